@@ -1,0 +1,70 @@
+# The two commands that matter: `make run` and `make test`. Each sets up what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+HOST   ?= 0.0.0.0
+PORT   ?= 8000
+DATA_DIR ?= ../shared/data
+
+SERVE_STAMP := $(VENV)/.serve-installed
+DEV_STAMP   := $(VENV)/.dev-installed
+
+.PHONY: run test lint format train bench bench-soak bench-models system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[train,dev]'
+	touch $@ $(SERVE_STAMP)
+
+## run: serve the models in models/ on $(HOST):$(PORT)
+run: $(SERVE_STAMP)
+	$(BIN)/python -m service --host $(HOST) --port $(PORT)
+
+## test: lint, type-check and run the whole test suite (installs system packages when root)
+test: $(DEV_STAMP) system-deps
+	$(BIN)/ruff check service training tests bench
+	$(BIN)/ruff format --check service training tests bench
+	$(BIN)/mypy
+	DATA_DIR=$(DATA_DIR) $(BIN)/python -m pytest
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check service training tests bench
+	$(BIN)/ruff format --check service training tests bench
+	$(BIN)/mypy
+
+format: $(DEV_STAMP)
+	$(BIN)/ruff format service training tests bench
+	$(BIN)/ruff check --fix service training tests bench
+
+system-deps:
+	bash tools/system-deps.sh
+
+## train: train one model (override DATASET, PRESET, NAME, EPOCHS)
+DATASET ?= mnist
+PRESET  ?= cnn
+NAME    ?= $(DATASET)-$(PRESET)
+EPOCHS  ?= 3
+train: $(DEV_STAMP)
+	$(BIN)/python -m training train --data-dir $(DATA_DIR) --dataset $(DATASET) --preset $(PRESET) \
+		--name $(NAME) --epochs $(EPOCHS) --publish models/
+
+## bench: serving throughput and latency vs a naive baseline and raw onnxruntime
+bench: $(DEV_STAMP) system-deps
+	$(BIN)/python -m bench.serving
+
+bench-soak: $(DEV_STAMP) system-deps
+	$(BIN)/python -m bench.soak
+
+## bench-models: retrain the shipped reference models into a scratch repository and compare accuracy
+bench-models: $(DEV_STAMP)
+	DATA_DIR=$(DATA_DIR) $(BIN)/python -m bench.reference_models
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/results test-artifacts

@@ -1,0 +1,118 @@
+"""``python -m service``: run the inference service under uvicorn.
+
+On SIGTERM (or Ctrl-C) the service drains before it stops: readiness turns 503 and new
+requests are refused with 503 + Retry-After at once, while queued and running requests finish;
+then uvicorn closes connections and the lifespan releases the sessions. All of it is bounded by
+``SERVE_DRAIN_SECONDS``. A second Ctrl-C exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from pydantic import ValidationError
+from uvicorn.supervisors import Multiprocess
+
+from service.app import create_app
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory: the app configured from ``SERVE_*`` environment variables."""
+    return create_app(Settings())
+
+
+def _fastapi(app: Any) -> FastAPI | None:
+    """Unwrap uvicorn's middleware to the FastAPI app it serves."""
+    while not isinstance(app, FastAPI) and hasattr(app, "app"):
+        app = app.app
+    return app if isinstance(app, FastAPI) else None
+
+
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server that drains its model queues before it stops accepting connections."""
+
+    drain_seconds: float = 10.0
+    _drain_deadline: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain_deadline is not None or self.should_exit:
+            super().handle_exit(sig, frame)  # second signal: stop now
+            return
+        self._drain_deadline = time.monotonic() + self.drain_seconds
+        app = _fastapi(self.config.loaded_app)
+        if app is not None:
+            app.state.lifecycle.draining = True
+        log.info("signal %d: draining (readiness now 503, up to %.1f s)", sig, self.drain_seconds)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_deadline is not None and not self.should_exit:
+            app = _fastapi(self.config.loaded_app)
+            registry = getattr(app.state, "registry", None) if app is not None else None
+            idle = registry is None or registry.pending() == 0
+            if idle or time.monotonic() >= self._drain_deadline:
+                log.info("drained (%s); stopping", "queues empty" if idle else "drain time over")
+                self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Serve the model repository over the KServe V2 protocol. Settings: SERVE_* variables.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes, each with its own models")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.workers < 1 or not 0 <= args.port <= 65535:
+        print("error: --workers must be >= 1 and --port in 0..65535", file=sys.stderr)
+        return 2
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"SERVE_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        print(f"error: invalid settings: {problems}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = uvicorn.Config(
+        "service.__main__:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=settings.log_level,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=max(1, int(settings.drain_seconds)),
+        timeout_keep_alive=30,
+        backlog=4096,
+    )
+    server = DrainingServer(config)
+    server.drain_seconds = settings.drain_seconds
+    if args.workers == 1:
+        server.run()
+    else:
+        sock = config.bind_socket()
+        Multiprocess(config, target=server.run, sockets=[sock]).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

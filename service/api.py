@@ -1,0 +1,363 @@
+"""HTTP routes: the KServe V2 REST protocol, Triton's extensions, and /classify.
+
+Routes stay thin: read the body, call the protocol parser, the registry and the batcher, shape the
+response. Every failure is a :class:`service.errors.ServiceError`, answered by the one handler in
+:mod:`service.app`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Annotated, Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service import __version__
+from service.errors import (
+    DeadlineExceeded,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    ServiceError,
+    Unauthorized,
+    Unavailable,
+)
+from service.images import decode_image
+from service.metrics import Metrics
+from service.protocol import decode_body, encode_infer_response, parse_infer_request
+from service.registry import ModelRegistry, ServedVersion
+from service.settings import Settings
+
+JSON = "application/json"
+
+
+class Lifecycle:
+    """Process state the routes consult: draining begins on SIGTERM, before the server stops."""
+
+    def __init__(self) -> None:
+        self.draining = False
+
+
+def _registry(request: Request) -> ModelRegistry:
+    registry: ModelRegistry = request.app.state.registry
+    return registry
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _lifecycle(request: Request) -> Lifecycle:
+    lifecycle: Lifecycle = request.app.state.lifecycle
+    return lifecycle
+
+
+RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+LifecycleDep = Annotated[Lifecycle, Depends(_lifecycle)]
+
+router = APIRouter()
+
+
+def json_response(content: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status_code, media_type=JSON)
+
+
+def parse_version(version: str | None) -> int | None:
+    if version is None:
+        return None
+    if not version.isascii() or not version.isdigit() or int(version) < 1 or len(version) > 18:
+        raise InvalidInput(f"model version must be a positive integer, got '{version[:32]}'")
+    return int(version)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) anything over ``limit`` bytes without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidInput("invalid Content-Length header")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+        return await request.body()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def status_label(exc: ServiceError) -> str:
+    """The ``status`` label of ``inference_requests_total`` for a failed request."""
+    if isinstance(exc, DeadlineExceeded):
+        return "timeout"
+    if isinstance(exc, Unavailable):
+        return "rejected"
+    if exc.status >= 500:
+        return "error"
+    return "bad_request"
+
+
+def model_metadata(served: ServedVersion, versions: list[int], max_batch_size: int) -> dict[str, Any]:
+    runtime = served.runtime
+    return {
+        "name": runtime.name,
+        "versions": [str(v) for v in versions],
+        "platform": "onnxruntime_onnx",
+        "inputs": [t.as_json() for t in runtime.signature.inputs],
+        "outputs": [t.as_json() for t in runtime.signature.outputs],
+        "parameters": {
+            "version": str(runtime.version),
+            "provider": runtime.provider,
+            "labels": list(runtime.labels),
+            "max_batch_size": max_batch_size,
+        },
+    }
+
+
+# ---- health and server metadata ------------------------------------------------------------------
+
+
+@router.get("/v2/health/live")
+async def live() -> Response:
+    return json_response({"live": True})
+
+
+@router.get("/v2/health/ready")
+async def ready(registry: RegistryDep, lifecycle: LifecycleDep) -> Response:
+    if lifecycle.draining:
+        raise Unavailable("server is draining")
+    if not registry.ready:
+        missing = [n for n in registry.names() if not registry.versions(n)]
+        raise Unavailable(f"models not ready: {', '.join(missing)}")
+    return json_response({"ready": True})
+
+
+@router.get("/v2")
+async def server_metadata() -> Response:
+    return json_response(
+        {
+            "name": "digits-serving",
+            "version": __version__,
+            "extensions": ["binary_tensor_data", "statistics", "model_repository", "classification"],
+        }
+    )
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    registry_metrics: Metrics = request.app.state.metrics
+    return Response(generate_latest(registry_metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+# ---- model metadata, readiness, statistics ---------------------------------------------------------
+
+
+@router.get("/v2/models/stats")
+async def all_stats(registry: RegistryDep) -> Response:
+    rows = [
+        registry.get(name, v).metrics.stats.as_json(name, str(v))
+        for name in registry.names()
+        for v in registry.versions(name)
+    ]
+    return json_response({"model_stats": rows})
+
+
+@router.get("/v2/models/{model_name}")
+@router.get("/v2/models/{model_name}/versions/{version}")
+async def get_model(
+    registry: RegistryDep, settings: SettingsDep, model_name: str, version: str | None = None
+) -> Response:
+    served = registry.get(model_name, parse_version(version))
+    return json_response(model_metadata(served, registry.versions(model_name), settings.max_batch_size))
+
+
+@router.get("/v2/models/{model_name}/ready")
+@router.get("/v2/models/{model_name}/versions/{version}/ready")
+async def model_ready(
+    registry: RegistryDep, lifecycle: LifecycleDep, model_name: str, version: str | None = None
+) -> Response:
+    served = registry.get(model_name, parse_version(version))
+    if lifecycle.draining:
+        raise Unavailable("server is draining")
+    return json_response({"name": served.name, "version": str(served.version), "ready": True})
+
+
+@router.get("/v2/models/{model_name}/stats")
+@router.get("/v2/models/{model_name}/versions/{version}/stats")
+async def model_stats(registry: RegistryDep, model_name: str, version: str | None = None) -> Response:
+    wanted = parse_version(version)
+    registry.get(model_name, wanted)  # 404/503 for unknown models and versions
+    versions = [wanted] if wanted is not None else registry.versions(model_name)
+    rows = [registry.get(model_name, v).metrics.stats.as_json(model_name, str(v)) for v in versions]
+    return json_response({"model_stats": rows})
+
+
+# ---- inference -------------------------------------------------------------------------------------
+
+
+@router.post("/v2/models/{model_name}/infer")
+@router.post("/v2/models/{model_name}/versions/{version}/infer")
+async def infer(
+    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    lifecycle: LifecycleDep,
+    model_name: str,
+    version: str | None = None,
+) -> Response:
+    started = time.perf_counter()
+    served = registry.get(model_name, parse_version(version))
+    try:
+        if lifecycle.draining:
+            raise Unavailable("server is draining")
+        body = await read_body(request, settings.max_body_bytes)
+        headers = request.headers
+        body = decode_body(body, headers.get("content-encoding"), max_bytes=settings.max_body_bytes)
+        header_length = headers.get("inference-header-content-length")
+        if header_length is not None and not header_length.isdigit():
+            raise InvalidInput(f"invalid Inference-Header-Content-Length '{header_length[:32]}'")
+        signature = served.runtime.signature
+        parsed = parse_infer_request(
+            body,
+            header_length=int(header_length) if header_length is not None else None,
+            signature=signature,
+            max_rows=settings.max_request_rows,
+        )
+        timeout_s = parsed.timeout_us / 1e6 if parsed.timeout_us else settings.default_timeout_s
+        outputs = await served.batcher.submit(parsed.inputs, deadline=time.monotonic() + timeout_s)
+        content, extra = encode_infer_response(
+            model_name=served.name,
+            model_version=str(served.version),
+            request_id=parsed.id,
+            outputs=outputs,
+            request=parsed,
+            signature=signature,
+        )
+    except ServiceError as exc:
+        served.metrics.observe_request(status_label(exc), time.perf_counter() - started)
+        raise
+    served.metrics.observe_request("ok", time.perf_counter() - started)
+    return Response(content, headers=extra)
+
+
+@router.post("/v2/models/{model_name}/classify")
+@router.post("/v2/models/{model_name}/versions/{version}/classify")
+async def classify(
+    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    lifecycle: LifecycleDep,
+    model_name: str,
+    version: str | None = None,
+    top_k: Annotated[int, Query(ge=1, le=1000)] = 3,
+) -> Response:
+    started = time.perf_counter()
+    served = registry.get(model_name, parse_version(version))
+    try:
+        if lifecycle.draining:
+            raise Unavailable("server is draining")
+        spec = served.runtime.signature.inputs[0]
+        if len(spec.shape) != 4 or spec.shape[3] not in (1, 3):
+            raise InvalidInput(f"model '{model_name}' does not take images (input shape {list(spec.shape)})")
+        data = await _image_bytes(request, settings.max_body_bytes)
+        _, height, width, channels = spec.shape
+        image = decode_image(
+            data, height=height, width=width, channels=channels, max_pixels=settings.max_image_pixels
+        )
+        outputs = await served.batcher.submit(
+            {spec.name: image.astype(spec.dtype, copy=False)},
+            deadline=time.monotonic() + settings.default_timeout_s,
+        )
+        probabilities = outputs[served.runtime.signature.outputs[0].name][0]
+    except ServiceError as exc:
+        served.metrics.observe_request(status_label(exc), time.perf_counter() - started)
+        raise
+    served.metrics.observe_request("ok", time.perf_counter() - started)
+    labels = served.runtime.labels
+    order = np.argsort(-probabilities, kind="stable")[:top_k]
+    return json_response(
+        {
+            "model_name": served.name,
+            "model_version": str(served.version),
+            "predictions": [
+                {
+                    "class_id": int(i),
+                    "label": labels[i] if i < len(labels) else str(i),
+                    "probability": float(probabilities[i]),
+                }
+                for i in order
+            ],
+        }
+    )
+
+
+async def _image_bytes(request: Request, limit: int) -> bytes:
+    """The uploaded image: a raw body, or the multipart form field ``file``."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        data = await read_body(request, limit)
+    else:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+        try:
+            form = await request.form(max_files=1, max_fields=8, max_part_size=limit)
+        except Exception as exc:  # python-multipart's errors carry no common base worth naming
+            raise InvalidInput(f"invalid multipart body: {exc}") from exc
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise InvalidInput("multipart body has no file field named 'file'")
+        data = await upload.read()
+    if not data:
+        raise InvalidInput("empty image")
+    return data
+
+
+# ---- repository extension (index here; load/unload are admin routes) -------------------------------
+
+
+@router.post("/v2/repository/index")
+async def repository_index(registry: RegistryDep) -> Response:
+    return json_response(registry.index())
+
+
+def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+    """Constant-time bearer token check; admin routes are refused when no token is configured."""
+    token: str | None = _settings(request).admin_token
+    if token is None:
+        raise Forbidden("the admin API is disabled (no SERVE_ADMIN_TOKEN configured)")
+    if authorization is None:
+        raise Unauthorized()
+    scheme, _, given = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise Unauthorized("expected 'Authorization: Bearer <token>'")
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise Forbidden("invalid admin token")
+
+
+AdminDep = Annotated[None, Depends(require_admin)]
+
+
+@router.post("/v2/repository/models/{model_name}/load")
+async def load_model(registry: RegistryDep, _: AdminDep, model_name: str) -> Response:
+    await registry.load(model_name)
+    return json_response({"name": model_name, "versions": [str(v) for v in registry.versions(model_name)]})
+
+
+@router.post("/v2/repository/models/{model_name}/unload")
+async def unload_model(registry: RegistryDep, _: AdminDep, model_name: str) -> Response:
+    if model_name not in registry.names():
+        raise NotFound(f"unknown model '{model_name}'")
+    await registry.unload(model_name)
+    return json_response({"name": model_name, "versions": []})

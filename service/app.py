@@ -1,0 +1,114 @@
+"""Application factory: ``create_app(settings)`` builds the FastAPI app; nothing happens at import.
+
+Sessions, batchers and the repository watcher start in the lifespan and are drained after its
+``yield``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.api import Lifecycle, router
+from service.errors import ServiceError
+from service.metrics import Metrics
+from service.registry import ModelRegistry
+from service.runtime import select_providers
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps({"error": message}), status_code=status, headers=headers, media_type="application/json"
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """One handler per error family, all answering ``{"error": message}``."""
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> Response:
+        return _error(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()))
+            parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        return _error(HTTPStatus.BAD_REQUEST, "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error")
+
+
+def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> FastAPI:
+    """Build the service. ``registry`` defaults to a fresh one with process metrics."""
+    if registry is None:
+        registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+    metrics = Metrics(registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        providers = select_providers(settings.providers)
+        log.info("settings: %s", settings.describe())
+        log.info("execution providers: %s", ", ".join(providers))
+        models = ModelRegistry(settings, metrics, providers)
+        app.state.registry = models
+        await models.start()
+        watcher = None
+        if settings.poll_interval_s > 0:
+            watcher = asyncio.create_task(_watch(models, settings.poll_interval_s))
+        try:
+            yield
+        finally:
+            app.state.lifecycle.draining = True
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            await models.stop(settings.drain_seconds)
+
+    app = FastAPI(
+        title="digits-serving",
+        description="KServe V2 inference for ONNX image classifiers, with dynamic batching.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.lifecycle = Lifecycle()
+    install_error_handlers(app)
+    app.include_router(router)
+    return app
+
+
+async def _watch(models: ModelRegistry, interval: float) -> None:
+    """Rescan the repository every ``interval`` seconds; a failed scan is logged, never fatal."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await models.sync()
+        except Exception:
+            log.exception("repository scan failed")

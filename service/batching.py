@@ -1,0 +1,325 @@
+"""Dynamic batching: one queue, counted in rows, and one consumer task per model version.
+
+``submit`` admits a request (or refuses it at once: :class:`Overloaded` when the queue is full,
+:class:`Unavailable` when stopping), splits it into jobs of at most ``max_batch_size`` rows, appends the
+jobs to a deque and awaits their futures. Each job carries its own future, created before it is queued.
+
+The consumer task sleeps on an :class:`asyncio.Event` until there is work, then until the queue holds
+``max_batch_size`` rows or the oldest job has waited ``max_queue_delay_us`` (a ``call_later`` timer sets
+the same event, so there is no polling). It takes whole jobs in FIFO order, never more than
+``max_batch_size`` rows, and computes them in the executor: concatenate, ``run``, check every output's
+row count, slice each job's rows back out. One batch computes at a time; submissions queue meanwhile,
+so batches grow under load. A failed batch fails all of its jobs with a generic :class:`InferenceFailed`
+and is logged once; later batches are unaffected.
+
+A job leaves the queue in one of two ways: taken into a batch, or dropped (deadline passed, client went
+away, shutdown). Dropped jobs stay in the deque as tombstones (``queued`` is False) until the consumer
+pops them, so dropping is O(1); their rows leave ``queue_rows`` at once. Deadlines are ``time.monotonic()``
+seconds, enforced by one timer per request, so an expired request is answered at its deadline; a job whose
+batch has started is always computed and answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from service.errors import DeadlineExceeded, InferenceFailed, InvalidInput, Overloaded, Unavailable
+
+logger = logging.getLogger(__name__)
+
+Arrays = dict[str, np.ndarray]
+RunFn = Callable[[Arrays], Arrays]
+"""Blocking inference on one batch; called from one thread at a time per batcher."""
+
+
+class BatchObserver(Protocol):
+    """Receives the batcher's measurements (see :mod:`service.metrics`)."""
+
+    def on_batch(self, rows: int, compute_seconds: float) -> None:
+        """Once per computed batch, successful or failed."""
+
+    def on_dequeue(self, queued_seconds: float) -> None:
+        """Once per job taken into a batch: seconds from submit to batch start."""
+
+    def on_queue_rows(self, rows: int) -> None:
+        """Whenever the number of queued rows changes."""
+
+
+class _Job:
+    __slots__ = ("deadline", "enqueued", "future", "inputs", "queued", "rows")
+
+    def __init__(
+        self, inputs: Arrays, rows: int, future: asyncio.Future[Arrays], deadline: float | None, now: float
+    ) -> None:
+        self.inputs = inputs
+        self.rows = rows
+        self.future = future
+        self.deadline = deadline
+        self.enqueued = now
+        self.queued = True  # counted in queue_rows: neither taken into a batch nor dropped
+
+
+class Batcher:
+    """Dynamic batcher for one model version; see the module docstring for the semantics."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        max_batch_size: int,
+        max_queue_delay_us: int,
+        max_queue_rows: int,
+        executor: concurrent.futures.Executor | None = None,
+        observer: BatchObserver | None = None,
+        name: str = "",
+    ) -> None:
+        if max_batch_size < 1 or max_queue_delay_us < 0 or max_queue_rows < 1:
+            raise ValueError("need max_batch_size >= 1, max_queue_delay_us >= 0, max_queue_rows >= 1")
+        self._run = run
+        self._max_batch_size = max_batch_size
+        self._delay = max_queue_delay_us / 1e6
+        self._max_queue_rows = max_queue_rows
+        self._owns_executor = executor is None
+        self._executor = executor or concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"batcher-{name}"
+        )
+        self._observer = observer
+        self._name = name
+        self._queue: deque[_Job] = deque()
+        self._queue_rows = 0
+        self._pending = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: list[_Job] = []
+        self._started = False
+        self._closing = False  # stop() was called: refuse submits, dispatch without waiting for the delay
+
+    @property
+    def queue_rows(self) -> int:
+        """Rows admitted and not yet taken into a batch."""
+        return self._queue_rows
+
+    @property
+    def pending(self) -> int:
+        """Requests submitted and not yet answered (queued or computing); 0 means idle."""
+        return self._pending
+
+    @property
+    def accepting(self) -> bool:
+        """Whether ``submit`` admits requests: started and not stopping."""
+        return self._started and not self._closing
+
+    def start(self) -> None:
+        """Start the consumer task; call from inside the running event loop."""
+        if self._task is None and not self._closing:
+            self._task = asyncio.get_running_loop().create_task(self._consume(), name=f"batcher-{self._name}")
+            self._started = True
+
+    async def submit(self, inputs: Arrays, *, deadline: float | None = None) -> Arrays:
+        """Compute ``inputs`` (all arrays sharing the leading row dimension) in some batch.
+
+        Raises :class:`Unavailable` when not accepting, :class:`Overloaded` when the queue is full,
+        :class:`DeadlineExceeded` when ``deadline`` (``time.monotonic()`` seconds) passes before the
+        request's compute starts, :class:`InferenceFailed` when its batch fails.
+        """
+        if not self.accepting:
+            message = "server is shutting down" if self._closing else f"model '{self._name}' is not ready"
+            raise Unavailable(message)
+        rows = len(next(iter(inputs.values())))
+        if rows < 1:
+            raise InvalidInput("a request needs at least one row")
+        now = time.monotonic()
+        if deadline is not None and deadline <= now:
+            raise DeadlineExceeded("deadline exceeded before the request was computed")
+        if self._queue_rows + rows > self._max_queue_rows:
+            raise Overloaded(
+                f"model '{self._name}' queue is full ({self._queue_rows} rows queued, "
+                f"limit {self._max_queue_rows})",
+                retry_after_s=1,
+            )
+        loop = asyncio.get_running_loop()
+        size = self._max_batch_size
+        if rows <= size:
+            jobs = [_Job(inputs, rows, loop.create_future(), deadline, now)]
+        else:
+            jobs = [
+                _Job({k: v[i : i + size] for k, v in inputs.items()}, min(size, rows - i), loop.create_future(),
+                     deadline, now)
+                for i in range(0, rows, size)
+            ]  # fmt: skip
+        before = self._queue_rows
+        self._queue.extend(jobs)
+        self._queue_rows += rows
+        self._notify_queue_rows()
+        if before == 0 or self._queue_rows >= size:
+            self._wakeup.set()  # otherwise the consumer is computing or already waiting on the head's delay
+        self._pending += 1
+        timer = None if deadline is None else loop.call_later(deadline - now, self._expire, jobs)
+        try:
+            if len(jobs) == 1:
+                return await jobs[0].future
+            parts = await asyncio.gather(*(job.future for job in jobs))
+            return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+        except BaseException:
+            for job in jobs:  # client went away or a chunk failed: skip what has not started
+                self._drop(job, None)
+            raise
+        finally:
+            self._pending -= 1
+            if timer is not None:
+                timer.cancel()
+
+    async def stop(self, *, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop admitting now; compute what is queued (``drain``) or fail it with :class:`Unavailable`.
+
+        When ``timeout`` expires, queued jobs and the batch computing are failed with
+        :class:`Unavailable` and the consumer is cancelled (the worker thread finishes on its own).
+        Idempotent; an owned executor is shut down without blocking the event loop.
+        """
+        self._closing = True
+        if not drain:
+            self._fail_queued()
+        self._wakeup.set()
+        task = self._task
+        if task is not None and not task.done():
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            if not done:
+                self._fail_queued()
+                for job in self._inflight:
+                    self._drop(job, Unavailable("server is shutting down"))
+                task.cancel()
+                await asyncio.wait({task})
+        self._fail_queued()  # never started, or the consumer ended early
+        if self._owns_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _drop(self, job: _Job, error: Exception | None) -> None:
+        """Answer ``job`` with ``error`` (cancel it when None) and release its rows if still queued."""
+        if job.queued:
+            job.queued = False
+            self._queue_rows -= job.rows
+            self._notify_queue_rows()
+        if not job.future.done():
+            if error is None:
+                job.future.cancel()
+            else:
+                job.future.set_exception(error)
+
+    def _expire(self, jobs: list[_Job]) -> None:
+        for job in jobs:
+            if job.queued:
+                self._drop(job, DeadlineExceeded("deadline exceeded before the request was computed"))
+
+    def _fail_queued(self) -> None:
+        while self._queue:
+            self._drop(self._queue.popleft(), Unavailable("server is shutting down"))
+
+    async def _consume(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue, wakeup = self._queue, self._wakeup
+        while True:
+            while queue and not queue[0].queued:
+                queue.popleft()  # tombstones of dropped jobs
+            if not queue:
+                if self._closing:
+                    return
+                wakeup.clear()
+                await wakeup.wait()
+                continue
+            if not self._closing and self._queue_rows < self._max_batch_size:
+                remaining = queue[0].enqueued + self._delay - time.monotonic()
+                if remaining > 0:
+                    wakeup.clear()
+                    timer = loop.call_later(remaining, wakeup.set)
+                    try:
+                        await wakeup.wait()
+                    finally:
+                        timer.cancel()
+                    continue
+            batch = self._take()
+            if batch:
+                self._inflight = batch
+                try:
+                    await self._compute(loop, batch)
+                finally:
+                    self._inflight = []
+
+    def _take(self) -> list[_Job]:
+        """Pop whole jobs, FIFO, up to ``max_batch_size`` rows; drop the expired and abandoned."""
+        queue, batch, rows, now = self._queue, [], 0, time.monotonic()
+        while queue:
+            job = queue[0]
+            if job.queued and not job.future.done() and (job.deadline is None or job.deadline > now):
+                if batch and rows + job.rows > self._max_batch_size:
+                    break
+                job.queued = False
+                batch.append(job)
+                rows += job.rows
+                self._queue_rows -= job.rows
+            elif job.queued:  # timer or cancellation callback not run yet
+                job.queued = False
+                self._queue_rows -= job.rows
+                if not job.future.done():
+                    job.future.set_exception(DeadlineExceeded("deadline exceeded before the request was computed"))
+            queue.popleft()
+        self._notify_queue_rows()
+        if self._observer is not None:
+            for job in batch:
+                self._observe(self._observer.on_dequeue, now - job.enqueued)
+        return batch
+
+    async def _compute(self, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> None:
+        sizes = [job.rows for job in batch]
+        results, seconds = await loop.run_in_executor(
+            self._executor, self._run_batch, [job.inputs for job in batch], sizes
+        )
+        if self._observer is not None:
+            self._observe(self._observer.on_batch, sum(sizes), seconds)
+        for i, job in enumerate(batch):
+            if not job.future.done():
+                if results is None:
+                    job.future.set_exception(InferenceFailed())
+                else:
+                    job.future.set_result(results[i])
+
+    def _run_batch(self, parts: list[Arrays], sizes: list[int]) -> tuple[list[Arrays] | None, float]:
+        """Worker thread: concatenate, run, check row counts, split. Never raises."""
+        start = time.perf_counter()
+        rows = sum(sizes)
+        try:
+            if len(parts) == 1:
+                inputs = parts[0]
+            else:
+                inputs = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+            outputs = self._run(inputs)
+            for k, v in outputs.items():
+                if v.ndim == 0 or v.shape[0] != rows:
+                    raise ValueError(f"output {k!r} has shape {v.shape}, expected {rows} rows")
+            if len(parts) == 1:
+                results = [outputs]
+            else:
+                bounds = np.cumsum([0, *sizes]).tolist()
+                results = [{k: v[a:b] for k, v in outputs.items()} for a, b in zip(bounds, bounds[1:])]
+        except Exception:
+            logger.exception("model '%s': batch of %d rows failed", self._name, rows)
+            return None, time.perf_counter() - start
+        return results, time.perf_counter() - start
+
+    def _notify_queue_rows(self) -> None:
+        if self._observer is not None:
+            self._observe(self._observer.on_queue_rows, self._queue_rows)
+
+    @staticmethod
+    def _observe(method: Callable[..., None], *args: float) -> None:
+        try:
+            method(*args)
+        except Exception:  # a broken observer must not stall the queue
+            logger.exception("batch observer failed")

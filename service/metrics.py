@@ -1,0 +1,198 @@
+"""Prometheus metrics, all in one place, registered on an injected registry.
+
+Names are fixed by the design contract (section 6). Requests, rows and batches are counted
+separately; time in the queue and time computing are separate histograms.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+STATUSES = ("ok", "bad_request", "rejected", "timeout", "error")
+
+
+class Metrics:
+    """Every metric the service exports, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        mv = ["model", "version"]
+        self.requests = Counter(
+            "inference_requests_total", "Inference requests by outcome.", [*mv, "status"], registry=registry
+        )
+        self.rows = Counter("inference_rows_total", "Rows (samples) computed.", mv, registry=registry)
+        self.batches = Counter("inference_batches_total", "Batches computed.", mv, registry=registry)
+        self.request_duration = Histogram(
+            "inference_request_duration_seconds",
+            "End-to-end inference request time, parse to response.",
+            mv,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.queue_duration = Histogram(
+            "inference_queue_duration_seconds",
+            "Time a request (or chunk) waited in the batch queue.",
+            mv,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.compute_duration = Histogram(
+            "inference_compute_duration_seconds",
+            "Time onnxruntime spent on one batch.",
+            mv,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "inference_batch_size", "Rows per computed batch.", mv, buckets=BATCH_BUCKETS, registry=registry
+        )
+        self.queue_rows = Gauge("inference_queue_rows", "Rows waiting in the batch queue.", mv, registry=registry)
+        self.model_info = Gauge(
+            "model_info", "1 for each served model version.", [*mv, "provider"], registry=registry
+        )
+        self.load_total = Counter(
+            "model_load_total", "Model version loads by result.", ["model", "result"], registry=registry
+        )
+        self.load_duration = Histogram(
+            "model_load_duration_seconds",
+            "Time to load, check and warm up one model version.",
+            ["model"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=registry,
+        )
+
+    def for_version(self, model: str, version: int) -> ModelMetrics:
+        return ModelMetrics(self, model, str(version))
+
+
+class ModelMetrics:
+    """The children of every per-version metric, bound once at load (no label lookups per request).
+
+    Also the batcher's observer (``on_batch``, ``on_dequeue``, ``on_queue_rows``).
+    """
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        self._metrics = metrics
+        self.model = model
+        self.version = version
+        labels = (model, version)
+        self.requests = {s: metrics.requests.labels(*labels, s) for s in STATUSES}
+        self._rows = metrics.rows.labels(*labels)
+        self._batches = metrics.batches.labels(*labels)
+        self._request_duration = metrics.request_duration.labels(*labels)
+        self._queue_duration = metrics.queue_duration.labels(*labels)
+        self._compute_duration = metrics.compute_duration.labels(*labels)
+        self._batch_size = metrics.batch_size.labels(*labels)
+        self._queue_rows = metrics.queue_rows.labels(*labels)
+        self._provider: str | None = None
+        self.stats = VersionStats()
+
+    def on_batch(self, rows: int, compute_seconds: float) -> None:
+        self.stats.on_batch(rows, compute_seconds)
+        self._rows.inc(rows)
+        self._batches.inc()
+        self._batch_size.observe(rows)
+        self._compute_duration.observe(compute_seconds)
+
+    def on_dequeue(self, queued_seconds: float) -> None:
+        self.stats.queue.add(queued_seconds)
+        self._queue_duration.observe(queued_seconds)
+
+    def on_queue_rows(self, rows: int) -> None:
+        self._queue_rows.set(rows)
+
+    def observe_request(self, status: str, seconds: float) -> None:
+        (self.stats.success if status == "ok" else self.stats.fail).add(seconds)
+        self.requests[status].inc()
+        self._request_duration.observe(seconds)
+
+    def set_served(self, provider: str) -> None:
+        self._provider = provider
+        self._metrics.model_info.labels(self.model, self.version, provider).set(1)
+
+    def remove(self) -> None:
+        """Forget the gauges of an unloaded version (counters stay, as Prometheus expects)."""
+        wrappers: tuple[tuple[MetricWrapperBase, tuple[str, ...]], ...] = (
+            (self._metrics.queue_rows, (self.model, self.version)),
+        )
+        if self._provider is not None:
+            wrappers += ((self._metrics.model_info, (self.model, self.version, self._provider)),)
+        for metric, labels in wrappers:
+            try:
+                metric.remove(*labels)
+            except KeyError:
+                pass
+
+
+class Duration:
+    """A count and a total in nanoseconds: Triton's statistics unit."""
+
+    __slots__ = ("count", "ns")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.ns = 0
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.ns += int(seconds * 1e9)
+
+    def as_json(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+class VersionStats:
+    """Per-version statistics in the shape of Triton's statistics extension."""
+
+    def __init__(self) -> None:
+        self.success = Duration()
+        self.fail = Duration()
+        self.queue = Duration()
+        self.compute = Duration()
+        self.inference_count = 0
+        self.execution_count = 0
+        self.last_inference_ms = 0
+        self.by_batch_size: defaultdict[int, Duration] = defaultdict(Duration)
+
+    def on_batch(self, rows: int, compute_seconds: float) -> None:
+        self.compute.add(compute_seconds)
+        self.by_batch_size[rows].add(compute_seconds)
+        self.inference_count += rows
+        self.execution_count += 1
+        self.last_inference_ms = int(time.time() * 1000)
+
+    def as_json(self, name: str, version: str) -> dict[str, Any]:
+        empty = Duration().as_json()
+        return {
+            "name": name,
+            "version": version,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": self.success.as_json(),
+                "fail": self.fail.as_json(),
+                "queue": self.queue.as_json(),
+                "compute_input": empty,
+                "compute_infer": self.compute.as_json(),
+                "compute_output": empty,
+                "cache_hit": empty,
+                "cache_miss": empty,
+            },
+            "batch_stats": [
+                {
+                    "batch_size": size,
+                    "compute_input": empty,
+                    "compute_infer": d.as_json(),
+                    "compute_output": empty,
+                }
+                for size, d in sorted(self.by_batch_size.items())
+            ],
+        }

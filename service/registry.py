@@ -1,0 +1,273 @@
+"""The served models: which versions are loaded, their batchers, and swapping in new versions.
+
+The registry is the only owner of runtimes and batchers. Loading (hash check, session creation,
+signature check, warm-up) runs in a worker thread; a version is visible to requests only once it
+has passed every step. A new version is loaded beside the old one and swapped in with one dict
+assignment, so a request sees either the old or the new version, never a half-loaded one; the old
+version finishes what it has queued and is stopped once idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.batching import Batcher
+from service.errors import NotFound, Unavailable
+from service.metrics import Metrics, ModelMetrics
+from service.repository import scan_repository, valid_model_name, version_dir
+from service.runtime import ModelLoadError, ModelRuntime, load_model
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedVersion:
+    """One loaded, warmed model version with its batcher and metrics."""
+
+    runtime: ModelRuntime
+    batcher: Batcher
+    metrics: ModelMetrics
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def name(self) -> str:
+        return self.runtime.name
+
+    @property
+    def version(self) -> int:
+        return self.runtime.version
+
+
+def warmup_batch_sizes(max_batch_size: int) -> list[int]:
+    """Powers of two up to ``max_batch_size``, and that size itself: the batch shapes seen most."""
+    sizes = {max_batch_size}
+    size = 1
+    while size < max_batch_size:
+        sizes.add(size)
+        size *= 2
+    return sorted(sizes)
+
+
+class ModelRegistry:
+    """Loads, serves and retires model versions from the repository."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, providers: list[str]) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.providers = providers
+        self.root = Path(settings.model_repository)
+        self._served: dict[str, dict[int, ServedVersion]] = {}
+        self._expected: set[str] = set()
+        # (name, version) -> mtime of the failed attempt, so the watcher retries only changed versions.
+        self._failed: dict[tuple[str, int], float] = {}
+        self._unloaded: set[str] = set()
+        self._lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    # ---- queries (event loop, no awaits) ---------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """True when every configured model has at least one served version."""
+        return all(self._served.get(name) for name in self._expected)
+
+    def names(self) -> list[str]:
+        return sorted(set(self._served) | self._expected)
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(self._served.get(name, {}))
+
+    def get(self, name: str, version: int | None = None) -> ServedVersion:
+        """The served version asked for (newest when ``version`` is None); NotFound otherwise."""
+        served = self._served.get(name)
+        if not served:
+            if name in self._expected:
+                raise Unavailable(f"model '{name}' is not ready")
+            raise NotFound(f"unknown model '{name}'")
+        if version is None:
+            return served[max(served)]
+        try:
+            return served[version]
+        except KeyError:
+            raise NotFound(f"model '{name}' has no served version {version}") from None
+
+    def index(self) -> list[dict[str, str]]:
+        """Repository index rows in Triton's shape: every version found on disk, with its state."""
+        found = scan_repository(self.root, self.settings.models)
+        rows = []
+        for name in sorted(set(found) | set(self._served)):
+            served = self._served.get(name, {})
+            for version in sorted(set(found.get(name, [])) | set(served)):
+                if version in served:
+                    state, reason = "READY", ""
+                elif (name, version) in self._failed:
+                    state, reason = "UNAVAILABLE", "failed to load (see server log)"
+                else:
+                    state, reason = "UNAVAILABLE", "not selected by the version policy"
+                rows.append({"name": name, "version": str(version), "state": state, "reason": reason})
+        return rows
+
+    def pending(self) -> int:
+        """Requests queued or computing across every served version."""
+        return sum(v.batcher.pending for served in self._served.values() for v in served.values())
+
+    # ---- changes ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Initial load: every selected version of every configured model."""
+        found = scan_repository(self.root, self.settings.models)
+        if not self.root.is_dir():
+            log.error("model repository %s does not exist", self.root)
+        self._expected = set(self.settings.models or found)
+        for name in sorted(self._expected - set(found)):
+            log.error("model '%s' configured in SERVE_MODELS but not found in %s", name, self.root)
+        await self.sync()
+
+    async def sync(self, names: Iterable[str] | None = None) -> None:
+        """Bring the served versions in line with the repository and the version policy."""
+        async with self._lock:
+            found = scan_repository(self.root, self.settings.models)
+            targets = sorted(set(names) if names is not None else set(found) | set(self._served))
+            for name in targets:
+                if name in self._unloaded and names is None:
+                    continue
+                await self._sync_model(name, found.get(name, []))
+
+    async def load(self, name: str) -> None:
+        """Admin load: (re)load a model per the version policy; NotFound if it has no versions on disk."""
+        if not valid_model_name(name):
+            raise NotFound(f"unknown model '{name}'")
+        if not scan_repository(self.root, [name]).get(name):
+            raise NotFound(f"model '{name}' has no complete version in the repository")
+        self._unloaded.discard(name)
+        self._expected.add(name)
+        await self.sync([name])
+        if not self._served.get(name):
+            raise Unavailable(f"model '{name}' failed to load (see server log)")
+
+    async def unload(self, name: str) -> None:
+        """Admin unload: stop serving every version of a model until it is loaded again."""
+        async with self._lock:
+            if name not in self._served and name not in self._expected:
+                raise NotFound(f"unknown model '{name}'")
+            self._unloaded.add(name)
+            self._expected.discard(name)
+            for version in list(self._served.get(name, {})):
+                self._retire(name, version)
+            self._served.pop(name, None)
+
+    async def _sync_model(self, name: str, available: list[int]) -> None:
+        wanted = set(self.settings.policy.select(available))
+        served = self._served.setdefault(name, {})
+        for version in sorted(wanted - set(served)):
+            loaded = await self._load_version(name, version)
+            if loaded is not None:
+                served[version] = loaded
+        # Retire what the policy no longer selects, but only when something newer is serving,
+        # so a broken new version never takes the model down.
+        for version in sorted(set(served) - wanted):
+            if any(v > version for v in served if v in wanted) or version not in available:
+                self._retire(name, version)
+        if not served:
+            del self._served[name]
+
+    async def _load_version(self, name: str, version: int) -> ServedVersion | None:
+        path = version_dir(self.root, name, version)
+        stamp = _mtime(path)
+        if self._failed.get((name, version)) == stamp:
+            return None
+        started = time.perf_counter()
+        try:
+            runtime = await asyncio.to_thread(self._load_and_warm, path)
+        except ModelLoadError as exc:
+            self._failed[(name, version)] = stamp
+            self.metrics.load_total.labels(name, "error").inc()
+            log.error("refused model version %s: %s", path, exc)
+            return None
+        self._failed.pop((name, version), None)
+        self.metrics.load_total.labels(name, "ok").inc()
+        self.metrics.load_duration.labels(name).observe(time.perf_counter() - started)
+        model_metrics = self.metrics.for_version(name, version)
+        batcher = Batcher(
+            runtime.run,
+            max_batch_size=self.settings.max_batch_size,
+            max_queue_delay_us=self.settings.max_queue_delay_us,
+            max_queue_rows=self.settings.max_queue_rows,
+            observer=model_metrics,
+            name=f"{name}/{version}",
+        )
+        batcher.start()
+        model_metrics.set_served(runtime.provider)
+        log.info(
+            "serving %s version %d on %s (%.0f ms to load and warm up)",
+            name,
+            version,
+            runtime.provider,
+            (time.perf_counter() - started) * 1000,
+        )
+        return ServedVersion(runtime, batcher, model_metrics)
+
+    def _load_and_warm(self, path: Path) -> ModelRuntime:
+        runtime = load_model(
+            path,
+            providers=self.providers,
+            intra_op_threads=self.settings.intra_op_threads,
+            inter_op_threads=self.settings.inter_op_threads,
+        )
+        try:
+            previous = self._served.get(runtime.name)
+            if previous:
+                newest = previous[max(previous)].runtime.signature
+                if newest != runtime.signature:
+                    raise ModelLoadError(
+                        f"{path}: signature differs from the served version's "
+                        f"({_describe(runtime.signature)} vs {_describe(newest)})"
+                    )
+            runtime.warm_up(warmup_batch_sizes(self.settings.max_batch_size))
+        except ModelLoadError:
+            runtime.close()
+            raise
+        except Exception as exc:  # a warm-up failure is a refused version, not a crash
+            runtime.close()
+            raise ModelLoadError(f"{path}: warm-up failed: {exc}") from exc
+        return runtime
+
+    def _retire(self, name: str, version: int) -> None:
+        served = self._served.get(name, {})
+        old = served.pop(version, None)
+        if old is None:
+            return
+        log.info("retiring %s version %d once its queued requests finish", name, version)
+        task = asyncio.get_running_loop().create_task(self._stop_version(old))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _stop_version(self, old: ServedVersion, timeout: float | None = None) -> None:
+        await old.batcher.stop(drain=True, timeout=timeout if timeout is not None else self.settings.drain_seconds)
+        old.metrics.remove()
+        old.runtime.close()
+
+    async def stop(self, timeout: float) -> None:
+        """Stop admitting, finish queued work (up to ``timeout`` seconds), release every session."""
+        everything = [v for served in self._served.values() for v in served.values()]
+        self._served.clear()
+        await asyncio.gather(*(self._stop_version(v, timeout) for v in everything))
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return max((path / "metadata.json").stat().st_mtime, (path / "model.onnx").stat().st_mtime)
+    except OSError:
+        return -1.0
+
+
+def _describe(signature: object) -> str:
+    return repr(signature)

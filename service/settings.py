@@ -1,0 +1,108 @@
+"""Service configuration: one pydantic-settings class, read from ``SERVE_*`` environment variables.
+
+Tests build ``Settings(...)`` directly; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.repository import VersionPolicy
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything an operator can tune. Every field is bounded; see the README for the defaults' reasons."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVE_", extra="forbid", frozen=True)
+
+    model_repository: Path = Field(Path("models"), description="Root of the model repository.")
+    models: Annotated[list[str] | None, NoDecode] = Field(
+        None, description="Comma-separated model names to serve; unset serves every model found."
+    )
+    version_policy: str = Field(
+        "latest:1", description="Which versions to serve: 'latest:N', 'all' or 'specific:1,3'."
+    )
+    providers: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="onnxruntime execution providers in order of preference; unset: CUDA if usable, else CPU.",
+    )
+    intra_op_threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads (0 = ORT default).")
+    inter_op_threads: int = Field(0, ge=0, le=256, description="onnxruntime inter-op threads (0 = ORT default).")
+
+    max_batch_size: int = Field(32, ge=1, le=4096, description="Most rows (samples) in one batch.")
+    max_queue_delay_us: int = Field(
+        2000, ge=0, le=10_000_000, description="Longest a queued request waits for its batch to fill, in us."
+    )
+    max_queue_rows: int = Field(
+        2048, ge=1, le=1_000_000, description="Most rows queued per model version; beyond it requests get 503."
+    )
+    max_request_rows: int = Field(
+        256, ge=1, le=1_000_000, description="Most rows in one request; beyond it requests get 413."
+    )
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        le=1024**3,
+        description="Largest request body, before and after gzip/deflate decompression; beyond it 413.",
+    )
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=1, le=1 << 30, description="Largest image (width x height) /classify decodes; else 413."
+    )
+    default_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="Deadline for requests that set no parameters.timeout."
+    )
+
+    poll_interval_s: float = Field(
+        0.0, ge=0, le=86_400, description="Seconds between repository scans for new versions; 0 = off."
+    )
+    admin_token: str | None = Field(
+        None, min_length=16, description="Bearer token for the repository load/unload API; unset = disabled."
+    )
+    drain_seconds: float = Field(
+        10.0, ge=0, le=3600, description="On SIGTERM: longest to finish queued and running requests."
+    )
+    log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$", description="Log level.")
+
+    @field_validator("models", "providers", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("version_policy")
+    @classmethod
+    def _policy(cls, value: str) -> str:
+        return str(VersionPolicy.parse(value))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.max_request_rows > self.max_queue_rows:
+            raise ValueError(
+                f"max_request_rows ({self.max_request_rows}) must not exceed max_queue_rows "
+                f"({self.max_queue_rows}): such a request could never be admitted"
+            )
+        if self.max_batch_size > self.max_queue_rows:
+            raise ValueError(
+                f"max_batch_size ({self.max_batch_size}) must not exceed max_queue_rows ({self.max_queue_rows})"
+            )
+        return self
+
+    @property
+    def policy(self) -> VersionPolicy:
+        return VersionPolicy.parse(self.version_policy)
+
+    def describe(self) -> dict[str, Any]:
+        """Settings as logged at start-up, with the admin token masked."""
+        data = self.model_dump(mode="json")
+        if data.get("admin_token"):
+            data["admin_token"] = "***"
+        return data

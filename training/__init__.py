@@ -1,0 +1,1 @@
+"""Training pipeline: Keras classifiers to a versioned ONNX model repository."""
