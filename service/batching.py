@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import logging
 import time
 from collections import deque
@@ -34,6 +35,8 @@ import numpy as np
 from service.errors import DeadlineExceeded, InferenceFailed, InvalidInput, Overloaded, Unavailable
 
 logger = logging.getLogger(__name__)
+_EXPIRED = "deadline exceeded before the request was computed"
+_SHUTTING_DOWN = "server is shutting down"
 
 Arrays = dict[str, np.ndarray]
 RunFn = Callable[[Arrays], Arrays]
@@ -99,7 +102,6 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: list[_Job] = []
-        self._started = False
         self._closing = False  # stop() was called: refuse submits, dispatch without waiting for the delay
 
     @property
@@ -115,13 +117,12 @@ class Batcher:
     @property
     def accepting(self) -> bool:
         """Whether ``submit`` admits requests: started and not stopping."""
-        return self._started and not self._closing
+        return self._task is not None and not self._closing
 
     def start(self) -> None:
         """Start the consumer task; call from inside the running event loop."""
         if self._task is None and not self._closing:
             self._task = asyncio.get_running_loop().create_task(self._consume(), name=f"batcher-{self._name}")
-            self._started = True
 
     async def submit(self, inputs: Arrays, *, deadline: float | None = None) -> Arrays:
         """Compute ``inputs`` (all arrays sharing the leading row dimension) in some batch.
@@ -131,14 +132,14 @@ class Batcher:
         request's compute starts, :class:`InferenceFailed` when its batch fails.
         """
         if not self.accepting:
-            message = "server is shutting down" if self._closing else f"model '{self._name}' is not ready"
+            message = _SHUTTING_DOWN if self._closing else f"model '{self._name}' is not ready"
             raise Unavailable(message)
         rows = len(next(iter(inputs.values())))
         if rows < 1:
             raise InvalidInput("a request needs at least one row")
         now = time.monotonic()
         if deadline is not None and deadline <= now:
-            raise DeadlineExceeded("deadline exceeded before the request was computed")
+            raise DeadlineExceeded(_EXPIRED)
         if self._queue_rows + rows > self._max_queue_rows:
             raise Overloaded(
                 f"model '{self._name}' queue is full ({self._queue_rows} rows queued, "
@@ -149,12 +150,12 @@ class Batcher:
         size = self._max_batch_size
         if rows <= size:
             jobs = [_Job(inputs, rows, loop.create_future(), deadline, now)]
-        else:
+        else:  # each chunk is its own job; views, not copies
+            chunks = [{k: v[i : i + size] for k, v in inputs.items()} for i in range(0, rows, size)]
             jobs = [
-                _Job({k: v[i : i + size] for k, v in inputs.items()}, min(size, rows - i), loop.create_future(),
-                     deadline, now)
-                for i in range(0, rows, size)
-            ]  # fmt: skip
+                _Job(c, min(size, rows - i * size), loop.create_future(), deadline, now)
+                for i, c in enumerate(chunks)
+            ]
         before = self._queue_rows
         self._queue.extend(jobs)
         self._queue_rows += rows
@@ -194,7 +195,7 @@ class Batcher:
             if not done:
                 self._fail_queued()
                 for job in self._inflight:
-                    self._drop(job, Unavailable("server is shutting down"))
+                    self._drop(job, Unavailable(_SHUTTING_DOWN))
                 task.cancel()
                 await asyncio.wait({task})
         self._fail_queued()  # never started, or the consumer ended early
@@ -216,11 +217,11 @@ class Batcher:
     def _expire(self, jobs: list[_Job]) -> None:
         for job in jobs:
             if job.queued:
-                self._drop(job, DeadlineExceeded("deadline exceeded before the request was computed"))
+                self._drop(job, DeadlineExceeded(_EXPIRED))
 
     def _fail_queued(self) -> None:
         while self._queue:
-            self._drop(self._queue.popleft(), Unavailable("server is shutting down"))
+            self._drop(self._queue.popleft(), Unavailable(_SHUTTING_DOWN))
 
     async def _consume(self) -> None:
         loop = asyncio.get_running_loop()
@@ -254,7 +255,7 @@ class Batcher:
 
     def _take(self) -> list[_Job]:
         """Pop whole jobs, FIFO, up to ``max_batch_size`` rows; drop the expired and abandoned."""
-        queue, batch, rows, now = self._queue, [], 0, time.monotonic()
+        queue, batch, rows, now = self._queue, list[_Job](), 0, time.monotonic()
         while queue:
             job = queue[0]
             if job.queued and not job.future.done() and (job.deadline is None or job.deadline > now):
@@ -268,7 +269,7 @@ class Batcher:
                 job.queued = False
                 self._queue_rows -= job.rows
                 if not job.future.done():
-                    job.future.set_exception(DeadlineExceeded("deadline exceeded before the request was computed"))
+                    job.future.set_exception(DeadlineExceeded(_EXPIRED))
             queue.popleft()
         self._notify_queue_rows()
         if self._observer is not None:
@@ -278,9 +279,12 @@ class Batcher:
 
     async def _compute(self, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> None:
         sizes = [job.rows for job in batch]
-        results, seconds = await loop.run_in_executor(
-            self._executor, self._run_batch, [job.inputs for job in batch], sizes
-        )
+        parts = [job.inputs for job in batch]
+        try:
+            results, seconds = await loop.run_in_executor(self._executor, self._run_batch, parts, sizes)
+        except RuntimeError:  # executor shut down under us; keep the consumer alive
+            logger.exception("model '%s': cannot schedule a batch", self._name)
+            results, seconds = None, 0.0
         if self._observer is not None:
             self._observe(self._observer.on_batch, sum(sizes), seconds)
         for i, job in enumerate(batch):
@@ -306,8 +310,8 @@ class Batcher:
             if len(parts) == 1:
                 results = [outputs]
             else:
-                bounds = np.cumsum([0, *sizes]).tolist()
-                results = [{k: v[a:b] for k, v in outputs.items()} for a, b in zip(bounds, bounds[1:])]
+                bounds = itertools.pairwise(itertools.accumulate(sizes, initial=0))
+                results = [{k: v[a:b] for k, v in outputs.items()} for a, b in bounds]
         except Exception:
             logger.exception("model '%s': batch of %d rows failed", self._name, rows)
             return None, time.perf_counter() - start

@@ -80,7 +80,9 @@ class VersionPolicy:
         if kind == "specific" and sep:
             parsed = [_positive(part.strip()) for part in arg.split(",")]
             if not parsed or None in parsed:
-                raise ValueError(f"invalid version policy {text!r}: versions must be positive integers; {usage}")
+                raise ValueError(
+                    f"invalid version policy {text!r}: versions must be positive integers; {usage}"
+                )
             return cls("specific", versions=tuple(sorted({v for v in parsed if v is not None})))
         raise ValueError(f"invalid version policy {text!r}: {usage}")
 

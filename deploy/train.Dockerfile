@@ -1,0 +1,37 @@
+# Training image: TensorFlow + tf2onnx + onnx; publishes new model versions into /models.
+#
+#   docker build -f deploy/train.Dockerfile -t digits-training:latest .
+#   docker run --rm -v "$PWD/../shared/data:/data:ro" -v digits-serving_models:/models digits-training:latest
+#
+# GPU build: --build-arg TF_CUDA=true adds tensorflow[and-cuda] (CUDA and cuDNN as pip wheels), so the
+# slim base is enough; run it with --gpus all (docker-compose.gpu.yml sets both).
+FROM python:3.11-slim AS builder
+ARG TF_CUDA=false
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY training ./training
+# Versions are bounded by pyproject.toml; the and-cuda variant repeats its tensorflow bound.
+RUN set -- ".[train]" \
+    && if [ "$TF_CUDA" = "true" ]; then set -- "$@" "tensorflow[and-cuda]>=2.21,<2.22"; fi \
+    && /opt/venv/bin/pip install --no-cache-dir "$@"
+
+FROM python:3.11-slim
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --home-dir /home/app --create-home --shell /usr/sbin/nologin app \
+    && install -d -o 10001 -g 10001 /models /data
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    DATA_DIR=/data \
+    MPLBACKEND=Agg
+COPY --from=builder /opt/venv /opt/venv
+# Same uid as the serving image, so both can share one model volume.
+USER 10001:10001
+WORKDIR /home/app
+ENTRYPOINT ["python", "-m", "training"]
+# Publishing goes through the promotion guard: exit status 3 (and no new version) when accuracy regresses
+# by more than --max-regression points against the newest version. Add --force to override.
+CMD ["train", "--data-dir", "/data", "--dataset", "mnist", "--preset", "cnn", "--epochs", "3", \
+     "--name", "mnist-cnn", "--publish", "/models"]

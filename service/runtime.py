@@ -1,0 +1,331 @@
+"""The onnxruntime wrapper: choose execution providers, load and check one model version, run it.
+
+:func:`load_model` serves nothing it has not checked, in this order: both files exist, ``metadata.json``
+parses, its name and version agree with the directory, ``model.onnx`` hashes to the recorded sha256,
+onnxruntime accepts the bytes, and the session's inputs and outputs are exactly the metadata's signature.
+Each failure is a :class:`ModelLoadError` whose message names the version directory and the reason.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from service.repository import parse_version, valid_model_name
+from service.signature import DATATYPES, ModelSignature, TensorSpec
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+# Providers that cannot work without an NVIDIA driver and at least one device.
+_NEEDS_CUDA_DEVICE = frozenset({CUDA, "TensorrtExecutionProvider"})
+
+# onnxruntime names element types "tensor(<numpy name>)", except float32 and float64, named as in C.
+_ORT_NAMES = {"float32": "float", "float64": "double"}
+_ORT_DATATYPES = {f"tensor({_ORT_NAMES.get(dt.name, dt.name)})": v2 for v2, dt in DATATYPES.items()}
+
+# A one-node ONNX model (Identity, x: float[1] -> y, IR 7, opset 13), serialized. The serving side may not
+# import the onnx package, so the bytes are spelled out; tests rebuild them with onnx.helper and compare.
+_PROBE_MODEL = (
+    b'\x08\x07:;\n\x10\n\x01x\x12\x01y"\x08Identity\x12\x05probeZ\x0f\n\x01x\x12\n\n\x08\x08\x01\x12\x04'
+    b"\n\x02\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n\x00\x10\r"
+)
+
+_CHUNK_BYTES = 1 << 20
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(Exception):
+    """A model version cannot be served. The message names the version directory and the reason."""
+
+
+def select_providers(requested: Sequence[str] | None = None) -> list[str]:
+    """The execution providers to create sessions with, in priority order.
+
+    ``requested`` (from ``SERVE_PROVIDERS``) wins: a name onnxruntime does not know raises ValueError
+    listing the available ones; a known provider that cannot start here (CUDA without a driver or GPU,
+    or without its CUDA/cuDNN libraries) is dropped, and ValueError is raised when nothing is left.
+    ``None`` means CUDA first when usable, else CPU only. Each provider is probed once per process,
+    with onnxruntime's logging silenced, so an unusable CUDA never prints an error.
+    """
+    if requested is None:
+        return list(_default_providers())
+    available = ort.get_available_providers()
+    unknown = [p for p in requested if p not in available]
+    if unknown:
+        raise ValueError(f"unknown execution provider(s) {unknown}; available: {available}")
+    usable = [p for p in dict.fromkeys(requested) if _usable(p)]
+    if not usable:
+        raise ValueError(f"none of the requested execution providers {list(requested)} can start here")
+    if dropped := [p for p in requested if p not in usable]:
+        log.warning("execution provider(s) %s cannot start on this machine; using %s", dropped, usable)
+    return usable
+
+
+@functools.cache
+def _default_providers() -> tuple[str, ...]:
+    if CUDA in ort.get_available_providers() and _usable(CUDA):
+        return (CUDA, CPU)
+    return (CPU,)
+
+
+@functools.cache
+def _usable(provider: str) -> bool:
+    if provider == CPU:
+        return True
+    if provider in _NEEDS_CUDA_DEVICE and _cuda_device_count() < 1:
+        return False
+    return _session_starts(provider)
+
+
+def _cuda_device_count() -> int:
+    # Asking the driver is silent and cheap, and spares loading the CUDA provider library (hundreds of
+    # MB) on machines with no GPU at all.
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+        count = ctypes.c_int(0)
+        if libcuda.cuInit(0) != 0 or libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+    except (OSError, AttributeError):
+        return 0
+    return count.value
+
+
+def _session_starts(provider: str) -> bool:
+    # onnxruntime-gpu lists CUDA even where its libraries are missing, then logs an error and falls back
+    # to CPU when a session asks for it. A throwaway session with logging off finds out quietly. The
+    # failure is logged by the process-wide default logger, not the session's, so both are silenced;
+    # onnxruntime has no getter, so the default logger goes back to its documented default (2, warning).
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    ort.set_default_logger_severity(4)
+    try:
+        session = ort.InferenceSession(_PROBE_MODEL, options, providers=[provider, CPU])
+    except Exception:  # any failure to start means "not usable"; the reason is not ours to report here
+        return False
+    finally:
+        ort.set_default_logger_severity(2)
+    return provider in session.get_providers()
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What the service needs from ``metadata.json``; ``raw`` keeps the whole document.
+
+    Required keys: ``name``, ``version``, ``platform`` (``"onnxruntime_onnx"``), ``inputs``, ``outputs``,
+    ``labels`` and ``sha256``. When labels are given and the first output is ``[-1, K]``, there must be K.
+    """
+
+    name: str
+    version: int
+    signature: ModelSignature
+    labels: tuple[str, ...]
+    sha256: str
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_file(cls, path: Path) -> ModelMetadata:
+        """Read and check ``path``; ModelLoadError (naming the file) when missing, not JSON, or invalid."""
+        try:
+            raw = json.loads(path.read_bytes())
+        except OSError as exc:
+            raise ModelLoadError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+            raise ModelLoadError(f"{path}: invalid JSON ({exc})") from exc
+        try:
+            return cls._from_dict(raw)
+        except ValueError as exc:
+            raise ModelLoadError(f"{path}: {exc}") from exc
+
+    @classmethod
+    def _from_dict(cls, raw: Any) -> ModelMetadata:
+        if not isinstance(raw, dict):
+            raise ValueError("expected a JSON object")
+        name = _field(raw, "name", str)
+        if not valid_model_name(name):
+            raise ValueError(f"'name' {name!r} is not a valid model name")
+        version = _field(raw, "version", int)
+        if version < 1:
+            raise ValueError(f"'version' must be positive, got {version}")
+        if _field(raw, "platform", str) != "onnxruntime_onnx":
+            raise ValueError(f"'platform' must be 'onnxruntime_onnx', got {raw['platform']!r}")
+        signature = ModelSignature(_tensors(raw, "inputs"), _tensors(raw, "outputs"))
+        labels = tuple(_field(raw, "labels", list))
+        if not all(isinstance(label, str) for label in labels):
+            raise ValueError("'labels' must be a list of strings")
+        first = signature.outputs[0].shape
+        if labels and len(first) == 2 and first[1] > 0 and len(labels) != first[1]:
+            raise ValueError(
+                f"{len(labels)} labels for {first[1]} classes in output '{signature.outputs[0].name}'"
+            )
+        sha256 = _field(raw, "sha256", str).lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise ValueError("'sha256' must be 64 hex digits")
+        return cls(name, version, signature, labels, sha256, raw)
+
+
+def _field(raw: dict[str, Any], key: str, kind: type[Any]) -> Any:
+    if key not in raw:
+        raise ValueError(f"missing key {key!r}")
+    value = raw[key]
+    # bool is an int subclass, and `"version": true` is not a version.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"{key!r} must be of type {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _tensors(raw: dict[str, Any], key: str) -> tuple[TensorSpec, ...]:
+    specs = []
+    for item in _field(raw, key, list):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
+            raise ValueError(f"each of {key!r} needs a non-empty 'name'")
+        where = f"{key} '{item['name']}'"
+        if item.get("datatype") not in DATATYPES:
+            raise ValueError(f"{where}: datatype {item.get('datatype')!r} is not one of {sorted(DATATYPES)}")
+        shape = item.get("shape")
+        if not isinstance(shape, list) or not all(type(d) is int and (d == -1 or d >= 1) for d in shape):
+            raise ValueError(f"{where}: shape must be a list of positive integers or -1, got {shape!r}")
+        specs.append(TensorSpec.from_json(item))
+    if not specs:
+        raise ValueError(f"{key!r} must not be empty")
+    if len({s.name for s in specs}) != len(specs):
+        raise ValueError(f"{key!r} has duplicate names")
+    return tuple(specs)
+
+
+class ModelRuntime:
+    """One loaded model version: an onnxruntime session already checked against its metadata.
+
+    ``provider`` is the execution provider the session actually uses. :meth:`run` blocks; call it from a
+    worker thread, never on the event loop. Concurrent calls are safe (onnxruntime sessions allow them
+    and release the GIL). Build one with :func:`load_model`.
+    """
+
+    def __init__(self, path: Path, metadata: ModelMetadata, session: ort.InferenceSession) -> None:
+        self.path = path
+        self.metadata = metadata
+        self.name = metadata.name
+        self.version = metadata.version
+        self.signature = metadata.signature
+        self.labels = metadata.labels
+        self.provider: str = session.get_providers()[0]
+        self._output_names = [t.name for t in metadata.signature.outputs]
+        self._session: ort.InferenceSession | None = session
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs by name, in signature order, for ``inputs`` by name; onnxruntime's errors propagate."""
+        session = self._session  # one read: a concurrent close() must not strike between check and use
+        if session is None:
+            raise RuntimeError(f"model {self.name} version {self.version} is closed")
+        results = session.run(self._output_names, inputs)
+        return dict(zip(self._output_names, results, strict=True))
+
+    def warm_up(self, batch_sizes: Iterable[int]) -> None:
+        """Run once per batch size on zeros, so first requests do not pay for allocation and kernel setup."""
+        for batch in batch_sizes:
+            if batch < 1:
+                raise ValueError(f"warm-up batch size must be >= 1, got {batch}")
+            self.run(
+                {t.name: np.zeros(_concrete_shape(t.shape, batch), t.dtype) for t in self.signature.inputs}
+            )
+
+    def close(self) -> None:
+        """Drop the session; runs already in progress finish, later ones raise RuntimeError."""
+        self._session = None
+
+
+def _concrete_shape(shape: tuple[int, ...], batch: int) -> tuple[int, ...]:
+    # -1 first is the batch dimension; any other -1 is a free dimension that 1 always satisfies.
+    return tuple((batch if i == 0 else 1) if d == -1 else d for i, d in enumerate(shape))
+
+
+def load_model(
+    path: Path, *, providers: Sequence[str], intra_op_threads: int = 0, inter_op_threads: int = 0
+) -> ModelRuntime:
+    """Load the version directory ``path`` (``<root>/<name>/<version>``) onto ``providers``.
+
+    Raises ModelLoadError, naming ``path`` and the reason, unless every check in the module docstring
+    passes. Thread counts of 0 leave onnxruntime's defaults.
+    """
+    if not providers:
+        raise ValueError("providers must not be empty (see select_providers)")
+    version = parse_version(path.name)
+    if version is None or not valid_model_name(path.parent.name):
+        raise ModelLoadError(f"{path}: not a <model name>/<version> directory")
+    model_file, metadata_file = path / "model.onnx", path / "metadata.json"
+    for file in (model_file, metadata_file):
+        if not file.is_file():
+            raise ModelLoadError(f"{path}: {file.name} is missing")
+    metadata = ModelMetadata.from_file(metadata_file)
+    if (metadata.name, metadata.version) != (path.parent.name, version):
+        raise ModelLoadError(
+            f"{path}: metadata.json describes {metadata.name}/{metadata.version}, "
+            f"not the directory's {path.parent.name}/{version}"
+        )
+    model_bytes, sha256 = _read_and_hash(model_file)
+    if sha256 != metadata.sha256:
+        raise ModelLoadError(
+            f"{path}: sha256 mismatch (metadata {metadata.sha256[:12]}.., file {sha256[:12]}..)"
+        )
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    options.intra_op_num_threads = max(intra_op_threads, 0)  # 0 is onnxruntime's "choose for me"
+    options.inter_op_num_threads = max(inter_op_threads, 0)
+    try:
+        session = ort.InferenceSession(model_bytes, options, providers=list(providers))
+    except Exception as exc:  # onnxruntime raises several unrelated types for a model it rejects
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{path}: onnxruntime cannot load model.onnx: {reason}") from exc
+    _check_signature(path, session, metadata.signature)
+    return ModelRuntime(path, metadata, session)
+
+
+def _read_and_hash(file: Path) -> tuple[bytes, str]:
+    # Hash the very bytes the session is built from: reading twice would let a file replaced in between
+    # be served under the old checksum.
+    digest = hashlib.sha256()
+    chunks = []
+    try:
+        with file.open("rb") as stream:
+            while chunk := stream.read(_CHUNK_BYTES):
+                digest.update(chunk)
+                chunks.append(chunk)
+    except OSError as exc:
+        raise ModelLoadError(f"{file.parent}: cannot read {file.name} ({exc.strerror or exc})") from exc
+    return b"".join(chunks), digest.hexdigest()
+
+
+def _check_signature(path: Path, session: ort.InferenceSession, signature: ModelSignature) -> None:
+    for kind, actual, declared in (
+        ("input", session.get_inputs(), signature.inputs),
+        ("output", session.get_outputs(), signature.outputs),
+    ):
+        names = [a.name for a in actual]
+        if names != [t.name for t in declared]:
+            raise ModelLoadError(
+                f"{path}: model {kind} names {names} differ from metadata {[t.name for t in declared]}"
+            )
+        for arg, spec in zip(actual, declared, strict=True):
+            datatype = _ORT_DATATYPES.get(arg.type, arg.type)
+            # Symbolic ("N") and unknown (None) dimensions are the batch-style -1 of the metadata.
+            shape = tuple(d if isinstance(d, int) else -1 for d in arg.shape)
+            where = f"{path}: {kind} '{spec.name}'"
+            if datatype != spec.datatype:
+                raise ModelLoadError(f"{where} is {datatype} in the model, {spec.datatype} in metadata")
+            if shape != spec.shape:
+                ranks = f" (rank {len(shape)} vs {len(spec.shape)})" if len(shape) != len(spec.shape) else ""
+                raise ModelLoadError(
+                    f"{where} has shape {list(shape)} in the model, {list(spec.shape)} in metadata{ranks}"
+                )

@@ -1,0 +1,89 @@
+"""Start the service as a real process on a free loopback port, and stop exactly that process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.helpers.data import MODELS, ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningService:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"service exited early with code {process.returncode}")
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"service at {url} not ready after {timeout} s")
+
+
+@contextmanager
+def running_service(
+    tmp_path: Path, *, env: dict[str, str] | None = None, args: list[str] | None = None, ready: bool = True
+) -> Iterator[RunningService]:
+    """``python -m service`` on a free port with ``SERVE_*`` settings from ``env``."""
+    port = free_port()
+    log_path = tmp_path / f"service-{port}.log"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_")}
+    full_env.update({"SERVE_MODEL_REPOSITORY": str(MODELS), "PYTHONUNBUFFERED": "1"})
+    full_env.update(env or {})
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), *(args or [])],
+            cwd=ROOT,
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    service = RunningService(process, port, log_path)
+    try:
+        if ready:
+            wait_ready(service.url, process)
+        yield service
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -1,0 +1,580 @@
+"""Deterministic tests of the dynamic batcher against a fake runtime that the test gates."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from http import HTTPStatus
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service import batching
+from service.batching import Batcher
+from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, Unavailable
+
+Arrays = dict[str, np.ndarray]
+WEIGHTS = np.random.default_rng(0).standard_normal((12, 3)).astype(np.float32)
+GUARD_S = 5.0  # only reached when the batcher is broken; keeps a failing test from hanging
+
+
+def model(inputs: Arrays) -> Arrays:
+    """What the fake computes: a fixed linear map on ``x`` and a row id check on ``k``."""
+    x, k = inputs["x"], inputs["k"]
+    return {"y": x.reshape(len(x), -1) @ WEIGHTS, "k2": k * 2}
+
+
+def make_inputs(rng: np.random.Generator, rows: int, first_id: int) -> Arrays:
+    x = rng.standard_normal((rows, 3, 4), dtype=np.float32)
+    return {"x": x, "k": np.arange(first_id, first_id + rows, dtype=np.int64)}
+
+
+class FakeRuntime:
+    """Runs :func:`model`; records each batch; blocks on ``gate`` (open unless ``gated``)."""
+
+    def __init__(self, *, gated: bool = False) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.gate = threading.Event()
+        if not gated:
+            self.gate.set()
+        self.started: asyncio.Queue[int] = asyncio.Queue()
+        self.batches: list[int] = []
+        self.received: list[Arrays] = []
+        self.fail_batches: set[int] = set()
+        self.transform: Callable[[Arrays], Arrays] = model
+
+    def __call__(self, inputs: Arrays) -> Arrays:
+        index = len(self.batches)
+        self.batches.append(len(inputs["k"]))
+        self.received.append(inputs)
+        self.loop.call_soon_threadsafe(self.started.put_nowait, len(inputs["k"]))
+        if not self.gate.wait(GUARD_S):
+            raise TimeoutError("the test never opened the gate")
+        if index in self.fail_batches:
+            raise RuntimeError("secret internal detail")
+        return self.transform(inputs)
+
+    def seen_ids(self) -> set[int]:
+        return {int(i) for inputs in self.received for i in inputs["k"]}
+
+    async def next_batch(self) -> int:
+        """Rows of the next batch to enter the runtime."""
+        return await asyncio.wait_for(self.started.get(), GUARD_S)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.compute_seconds: list[float] = []
+        self.queued_seconds: list[float] = []
+        self.queue_rows: list[int] = []
+
+    def on_batch(self, rows: int, compute_seconds: float) -> None:
+        self.batches.append(rows)
+        self.compute_seconds.append(compute_seconds)
+
+    def on_dequeue(self, queued_seconds: float) -> None:
+        self.queued_seconds.append(queued_seconds)
+
+    def on_queue_rows(self, rows: int) -> None:
+        self.queue_rows.append(rows)
+
+
+class BrokenObserver:
+    def on_batch(self, rows: int, compute_seconds: float) -> None:
+        raise RuntimeError("observer bug")
+
+    def on_dequeue(self, queued_seconds: float) -> None:
+        raise RuntimeError("observer bug")
+
+    def on_queue_rows(self, rows: int) -> None:
+        raise RuntimeError("observer bug")
+
+
+def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), 4 * GUARD_S))
+
+
+async def settle() -> None:
+    """Let every ready callback run (no time passes), so anything the batcher would do now is done."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def make_batcher(fake: FakeRuntime, **kwargs: Any) -> Batcher:
+    options: dict[str, Any] = {"max_batch_size": 8, "max_queue_delay_us": 0, "max_queue_rows": 1000}
+    batcher = Batcher(fake, name="digits", **(options | kwargs))
+    batcher.start()
+    return batcher
+
+
+async def answer(aw: Any) -> Any:
+    return await asyncio.wait_for(aw, GUARD_S)
+
+
+def assert_matches_model(inputs: Arrays, outputs: Arrays) -> None:
+    expected = model(inputs)
+    assert outputs.keys() == expected.keys()
+    np.testing.assert_allclose(outputs["y"], expected["y"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(outputs["k2"], expected["k2"])
+
+
+def test_batched_results_equal_unbatched() -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        batcher = make_batcher(fake, max_batch_size=8)
+        rng = np.random.default_rng(1)
+        sizes = [3, *rng.integers(1, 21, size=40).tolist()]  # some above max_batch_size
+        requests, first = [], 0
+        for rows in sizes:
+            requests.append(make_inputs(rng, rows, first))
+            first += rows
+        head = asyncio.create_task(batcher.submit(requests[0]))
+        assert await fake.next_batch() == 3
+        rest = [asyncio.create_task(batcher.submit(r)) for r in requests[1:]]
+        await settle()
+        fake.gate.set()
+        results = await answer(asyncio.gather(head, *rest))
+        for inputs, outputs in zip(requests, results, strict=True):
+            assert_matches_model(inputs, outputs)
+        jobs = sum(math.ceil(rows / 8) for rows in sizes)
+        assert sum(fake.batches) == sum(sizes)
+        assert max(fake.batches) <= 8
+        assert len(fake.batches) < jobs  # jobs really were batched together
+        await batcher.stop()
+
+    run(main)
+
+
+def test_batches_form_while_compute_is_gated() -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        batcher = make_batcher(fake, max_batch_size=16)
+        rng = np.random.default_rng(2)
+        first = asyncio.create_task(batcher.submit(make_inputs(rng, 2, 0)))
+        assert await fake.next_batch() == 2
+        queued = [asyncio.create_task(batcher.submit(make_inputs(rng, n, 10 * n))) for n in (3, 4, 5)]
+        await settle()
+        assert batcher.queue_rows == 12
+        assert batcher.pending == 4
+        fake.gate.set()
+        await answer(asyncio.gather(first, *queued))
+        assert fake.batches == [2, 12]
+        assert batcher.pending == 0
+        await batcher.stop()
+
+    run(main)
+
+
+@pytest.mark.parametrize("delay_us", [0, 1000])
+def test_partial_batch_goes_without_reaching_max_batch_size(delay_us: int) -> None:
+    async def main() -> None:
+        fake = FakeRuntime()
+        batcher = make_batcher(fake, max_batch_size=64, max_queue_delay_us=delay_us)
+        inputs = make_inputs(np.random.default_rng(3), 3, 0)
+        assert_matches_model(inputs, await answer(batcher.submit(inputs)))
+        assert fake.batches == [3]
+        await batcher.stop()
+
+    run(main)
+
+
+def test_huge_delay_dispatches_only_full_batches_or_on_drain() -> None:
+    async def main() -> None:
+        fake = FakeRuntime()
+        batcher = make_batcher(fake, max_batch_size=8, max_queue_delay_us=1000 * 10**6)
+        rng = np.random.default_rng(4)
+        a, b, c, d = (make_inputs(rng, n, 100 * i) for i, n in enumerate((3, 4, 1, 2)))
+        waiting = [asyncio.create_task(batcher.submit(x)) for x in (a, b)]
+        await settle()
+        assert batcher.queue_rows == 7  # not full: nothing taken
+        assert not any(t.done() for t in waiting)
+        full = asyncio.create_task(batcher.submit(c))
+        for inputs, outputs in zip((a, b, c), await answer(asyncio.gather(*waiting, full)), strict=True):
+            assert_matches_model(inputs, outputs)
+        last = asyncio.create_task(batcher.submit(d))
+        await settle()
+        assert batcher.queue_rows == 2
+        await answer(batcher.stop(drain=True))
+        assert_matches_model(d, last.result())
+        assert fake.batches == [8, 2]
+
+    run(main)
+
+
+def test_oversized_request_is_split_and_reassembled_in_order() -> None:
+    async def main() -> None:
+        fake = FakeRuntime()
+        recorder = Recorder()
+        batcher = make_batcher(fake, max_batch_size=4, observer=recorder)
+        inputs = make_inputs(np.random.default_rng(5), 10, 0)
+        outputs = await answer(batcher.submit(inputs))
+        assert fake.batches == [4, 4, 2]
+        assert [r["k"].tolist() for r in fake.received] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+        assert_matches_model(inputs, outputs)
+        assert len(recorder.queued_seconds) == 3
+        await batcher.stop()
+
+    run(main)
+
+
+def test_single_job_inputs_pass_through_without_copy() -> None:
+    async def main() -> None:
+        fake = FakeRuntime()
+        batcher = make_batcher(fake)
+        inputs = make_inputs(np.random.default_rng(6), 5, 0)
+        await answer(batcher.submit(inputs))
+        assert fake.received[0]["x"] is inputs["x"]
+        await batcher.stop()
+
+    run(main)
+
+
+def test_full_queue_is_overloaded_and_admits_nothing() -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        batcher = make_batcher(fake, max_queue_rows=10)
+        rng = np.random.default_rng(7)
+        computing = asyncio.create_task(batcher.submit(make_inputs(rng, 2, 0)))
+        assert await fake.next_batch() == 2
+        queued = asyncio.create_task(batcher.submit(make_inputs(rng, 6, 10)))
+        await settle()
+        with pytest.raises(Overloaded) as caught:
+            await batcher.submit(make_inputs(rng, 5, 20))
+        error = caught.value
+        assert error.status == HTTPStatus.SERVICE_UNAVAILABLE
+        assert error.headers == {"Retry-After": "1"}
+        assert error.message == "model 'digits' queue is full (6 rows queued, limit 10)"
+        assert batcher.queue_rows == 6
+        assert batcher.pending == 2
+        fits = asyncio.create_task(batcher.submit(make_inputs(rng, 4, 30)))  # exactly the limit
+        await settle()
+        assert batcher.queue_rows == 10
+        fake.gate.set()
+        await answer(asyncio.gather(computing, queued, fits))
+        assert fake.seen_ids().isdisjoint(range(20, 25))
+        await batcher.stop()
+
+    run(main)
+
+
+def test_deadline_already_past_is_refused_without_compute() -> None:
+    async def main() -> None:
+        fake = FakeRuntime()
+        recorder = Recorder()
+        batcher = make_batcher(fake, observer=recorder)
+        with pytest.raises(DeadlineExceeded):
+            await batcher.submit(make_inputs(np.random.default_rng(8), 3, 0), deadline=time.monotonic() - 1)
+        assert recorder.queue_rows == []  # refused before admission, not expired from the queue
+        await settle()
+        assert (batcher.queue_rows, batcher.pending, fake.batches) == (0, 0, [])
+        await batcher.stop()
+
+    run(main)
+
+
+def test_deadline_passing_while_queued_answers_at_the_deadline() -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        recorder = Recorder()
+        batcher = make_batcher(fake, observer=recorder)
+        rng = np.random.default_rng(9)
+        computing = asyncio.create_task(batcher.submit(make_inputs(rng, 2, 0)))
+        assert await fake.next_batch() == 2
+        late = make_inputs(rng, 3, 10)
+        with pytest.raises(DeadlineExceeded) as caught:  # the gate is still closed: answered at the deadline
+            await answer(batcher.submit(late, deadline=time.monotonic() + 0.05))
+        assert caught.value.status == HTTPStatus.GATEWAY_TIMEOUT
+        assert batcher.queue_rows == 0
+        assert recorder.queue_rows[-1] == 0
+        fake.gate.set()
+        await answer(computing)
+        after = make_inputs(rng, 1, 20)
+        assert_matches_model(after, await answer(batcher.submit(after)))
+        assert fake.batches == [2, 1]
+        assert fake.seen_ids().isdisjoint(late["k"].tolist())
+        assert len(recorder.queued_seconds) == 2  # the expired job was never dequeued into a batch
+        await batcher.stop()
+
+    run(main)
+
+
+def test_expired_job_is_skipped_at_batch_start_even_before_its_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batcher's clock jumps past the deadline while the loop's timer is still far off."""
+
+    class Clock:
+        offset = 0.0
+
+        @classmethod
+        def monotonic(cls) -> float:
+            return time.monotonic() + cls.offset
+
+        perf_counter = staticmethod(time.perf_counter)
+
+    monkeypatch.setattr(batching, "time", Clock)
+
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        batcher = make_batcher(fake)
+        rng = np.random.default_rng(23)
+        computing = asyncio.create_task(batcher.submit(make_inputs(rng, 2, 0)))
+        assert await fake.next_batch() == 2
+        late = make_inputs(rng, 3, 10)
+        expiring = asyncio.create_task(batcher.submit(late, deadline=Clock.monotonic() + 100))
+        await settle()
+        Clock.offset = 200.0
+        fake.gate.set()
+        await answer(computing)
+        with pytest.raises(DeadlineExceeded):
+            await answer(expiring)
+        assert fake.batches == [2]
+        assert batcher.queue_rows == 0
+        await batcher.stop()
+
+    run(main)
+
+
+def test_deadline_passing_after_batch_started_still_answers() -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        batcher = make_batcher(fake)
+        inputs = make_inputs(np.random.default_rng(10), 3, 0)
+        deadline = time.monotonic() + 0.05
+        task = asyncio.create_task(batcher.submit(inputs, deadline=deadline))
+        assert await fake.next_batch() == 3
+        await asyncio.sleep(deadline - time.monotonic() + 0.02)  # let the deadline pass mid-compute
+        assert not task.done()
+        fake.gate.set()
+        assert_matches_model(inputs, await answer(task))
+        await batcher.stop()
+
+    run(main)
+
+
+def test_cancelled_submit_releases_its_rows() -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        recorder = Recorder()
+        batcher = make_batcher(fake, observer=recorder)
+        rng = np.random.default_rng(11)
+        computing = asyncio.create_task(batcher.submit(make_inputs(rng, 2, 0)))
+        assert await fake.next_batch() == 2
+        gone = asyncio.create_task(batcher.submit(make_inputs(rng, 5, 10)))
+        await settle()
+        assert batcher.queue_rows == 5
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert batcher.queue_rows == 0
+        assert recorder.queue_rows[-1] == 0
+        assert batcher.pending == 1
+        fake.gate.set()
+        await answer(computing)
+        await answer(batcher.submit(make_inputs(rng, 1, 20)))
+        assert fake.batches == [2, 1]
+        assert fake.seen_ids() == {0, 1, 20}
+        await batcher.stop()
+
+    run(main)
+
+
+def test_failing_batch_fails_exactly_its_jobs(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        fake.fail_batches = {1}
+        batcher = make_batcher(fake)
+        rng = np.random.default_rng(12)
+        ok_before = asyncio.create_task(batcher.submit(make_inputs(rng, 2, 0)))
+        assert await fake.next_batch() == 2
+        doomed = [asyncio.create_task(batcher.submit(make_inputs(rng, n, 10 * n))) for n in (1, 3)]
+        await settle()
+        fake.gate.set()
+        await answer(ok_before)
+        for task in doomed:
+            with pytest.raises(InferenceFailed) as caught:
+                await answer(task)
+            assert caught.value.message == "inference failed"  # no internals for the client
+        after = make_inputs(rng, 2, 50)
+        assert_matches_model(after, await answer(batcher.submit(after)))
+        assert fake.batches == [2, 4, 2]
+        await batcher.stop()
+
+    with caplog.at_level(logging.ERROR, logger="service.batching"):
+        run(main)
+    failures = [r for r in caplog.records if r.exc_info and "secret internal detail" in str(r.exc_info[1])]
+    assert len(failures) == 1
+
+
+def test_failing_chunk_fails_the_whole_request() -> None:
+    async def main() -> None:
+        fake = FakeRuntime()
+        fake.fail_batches = {1}
+        batcher = make_batcher(fake, max_batch_size=4)
+        with pytest.raises(InferenceFailed):
+            await answer(batcher.submit(make_inputs(np.random.default_rng(13), 10, 0)))
+        await settle()
+        assert (batcher.queue_rows, batcher.pending) == (0, 0)
+        await batcher.stop()
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        lambda inputs: {"y": np.zeros((len(inputs["k"]) + 1, 3))},
+        lambda inputs: {"y": np.zeros((len(inputs["k"]), 3)), "z": np.zeros((1, 2))},
+        lambda inputs: {"y": np.float32(1.0)},
+    ],
+    ids=["extra-row", "one-short-output", "scalar"],
+)
+def test_wrong_output_row_count_fails_the_batch(transform: Callable[[Arrays], Arrays]) -> None:
+    async def main() -> None:
+        fake = FakeRuntime()
+        fake.transform = transform
+        batcher = make_batcher(fake)
+        with pytest.raises(InferenceFailed):
+            await answer(batcher.submit(make_inputs(np.random.default_rng(14), 3, 0)))
+        fake.transform = model
+        inputs = make_inputs(np.random.default_rng(15), 2, 0)
+        assert_matches_model(inputs, await answer(batcher.submit(inputs)))
+        await batcher.stop()
+
+    run(main)
+
+
+def test_observer_counts_are_exact() -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        recorder = Recorder()
+        batcher = make_batcher(fake, max_batch_size=8, observer=recorder)
+        rng = np.random.default_rng(16)
+        first = asyncio.create_task(batcher.submit(make_inputs(rng, 2, 0)))
+        assert await fake.next_batch() == 2
+        rest = [asyncio.create_task(batcher.submit(make_inputs(rng, n, 100 * n))) for n in (3, 4, 10)]
+        await settle()
+        fake.gate.set()
+        await answer(asyncio.gather(first, *rest))
+        assert fake.batches == [2, 7, 8, 2]  # the 10-row request is two jobs: 8 and 2
+        assert recorder.batches == [2, 7, 8, 2]
+        assert len(recorder.queued_seconds) == 5
+        assert all(s >= 0 for s in recorder.queued_seconds + recorder.compute_seconds)
+        assert recorder.queue_rows == [2, 0, 3, 7, 17, 10, 2, 0]
+        await batcher.stop()
+
+    run(main)
+
+
+def test_broken_observer_does_not_break_batching(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        fake = FakeRuntime()
+        batcher = make_batcher(fake, observer=BrokenObserver())
+        rng = np.random.default_rng(17)
+        for first in (0, 10):
+            inputs = make_inputs(rng, 3, first)
+            assert_matches_model(inputs, await answer(batcher.submit(inputs)))
+        await batcher.stop()
+
+    with caplog.at_level(logging.ERROR, logger="service.batching"):
+        run(main)
+    assert any("observer" in r.getMessage() for r in caplog.records)
+
+
+def test_stop_drains_queued_jobs_then_refuses_new_ones() -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        batcher = make_batcher(fake, max_queue_delay_us=1000 * 10**6)
+        rng = np.random.default_rng(18)
+        requests = [make_inputs(rng, n, 10 * n) for n in (3, 2)]
+        queued = [asyncio.create_task(batcher.submit(r)) for r in requests]
+        await settle()
+        assert fake.batches == []
+        stopping = asyncio.create_task(batcher.stop(drain=True))
+        await settle()
+        assert not batcher.accepting
+        with pytest.raises(Unavailable) as caught:
+            await batcher.submit(make_inputs(rng, 1, 99))
+        assert caught.value.message == "server is shutting down"
+        assert caught.value.headers == {"Retry-After": "1"}
+        assert await fake.next_batch() == 5  # the delay is ignored while draining
+        fake.gate.set()
+        await answer(stopping)
+        for inputs, task in zip(requests, queued, strict=True):
+            assert_matches_model(inputs, task.result())
+        assert batcher.pending == 0
+        await answer(batcher.stop())  # idempotent
+        with pytest.raises(Unavailable):
+            await batcher.submit(make_inputs(rng, 1, 99))
+
+    run(main)
+
+
+def test_stop_without_drain_fails_queued_jobs() -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        batcher = make_batcher(fake)
+        rng = np.random.default_rng(19)
+        computing = asyncio.create_task(batcher.submit(make_inputs(rng, 2, 0)))
+        assert await fake.next_batch() == 2
+        queued = [asyncio.create_task(batcher.submit(make_inputs(rng, n, 10 * n))) for n in (1, 3)]
+        await settle()
+        stopping = asyncio.create_task(batcher.stop(drain=False))
+        for task in queued:
+            with pytest.raises(Unavailable, match="server is shutting down"):
+                await answer(task)
+        assert batcher.queue_rows == 0
+        fake.gate.set()
+        await answer(stopping)
+        assert computing.done() and computing.exception() is None
+        assert fake.batches == [2]
+
+    run(main)
+
+
+def test_stop_timeout_fails_the_batch_still_computing() -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        batcher = make_batcher(fake)
+        rng = np.random.default_rng(20)
+        computing = asyncio.create_task(batcher.submit(make_inputs(rng, 2, 0)))
+        assert await fake.next_batch() == 2
+        queued = asyncio.create_task(batcher.submit(make_inputs(rng, 3, 10)))
+        await settle()
+        try:
+            await answer(batcher.stop(drain=True, timeout=0.05))
+            for task in (computing, queued):
+                with pytest.raises(Unavailable):
+                    await task
+            assert fake.batches == [2]
+        finally:
+            fake.gate.set()  # let the worker thread finish
+
+    run(main)
+
+
+def test_stop_leaves_a_shared_executor_running() -> None:
+    async def main() -> None:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as executor:
+            fake = FakeRuntime()
+            batcher = make_batcher(fake, executor=executor)
+            await answer(batcher.submit(make_inputs(np.random.default_rng(21), 1, 0)))
+            await batcher.stop()
+            assert executor.submit(lambda: 42).result(GUARD_S) == 42
+
+    run(main)
+
+
+def test_submit_before_start_is_unavailable() -> None:
+    async def main() -> None:
+        batcher = Batcher(model, max_batch_size=4, max_queue_delay_us=0, max_queue_rows=10, name="digits")
+        with pytest.raises(Unavailable, match="not ready"):
+            await batcher.submit(make_inputs(np.random.default_rng(22), 1, 0))
+        await batcher.stop()
+
+    run(main)
