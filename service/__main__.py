@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        problems = "; ".join(f"SERVE_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"SERVE_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
         print(f"error: invalid settings: {problems}", file=sys.stderr)
         return 2
     logging.basicConfig(
@@ -110,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         server.run()
     else:
         sock = config.bind_socket()
-        Multiprocess(config, target=server.run, sockets=[sock]).run()
+        # uvicorn's supervisor builds a plain Server per worker: each worker still finishes its
+        # in-flight requests on SIGTERM, but without the readiness-first drain above.
+        Multiprocess(config, sockets=[sock]).run()
     return 0
 
 

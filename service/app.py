@@ -12,11 +12,13 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
+from pathlib import Path
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -28,6 +30,7 @@ from service.runtime import select_providers
 from service.settings import Settings
 
 log = logging.getLogger("service")
+STATIC = Path(__file__).parent / "static"
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -101,6 +104,12 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app.state.lifecycle = Lifecycle()
     install_error_handlers(app)
     app.include_router(router)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
 

@@ -53,7 +53,9 @@ class Metrics:
         self.batch_size = Histogram(
             "inference_batch_size", "Rows per computed batch.", mv, buckets=BATCH_BUCKETS, registry=registry
         )
-        self.queue_rows = Gauge("inference_queue_rows", "Rows waiting in the batch queue.", mv, registry=registry)
+        self.queue_rows = Gauge(
+            "inference_queue_rows", "Rows waiting in the batch queue.", mv, registry=registry
+        )
         self.model_info = Gauge(
             "model_info", "1 for each served model version.", [*mv, "provider"], registry=registry
         )

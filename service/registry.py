@@ -249,7 +249,9 @@ class ModelRegistry:
         task.add_done_callback(self._retiring.discard)
 
     async def _stop_version(self, old: ServedVersion, timeout: float | None = None) -> None:
-        await old.batcher.stop(drain=True, timeout=timeout if timeout is not None else self.settings.drain_seconds)
+        await old.batcher.stop(
+            drain=True, timeout=timeout if timeout is not None else self.settings.drain_seconds
+        )
         old.metrics.remove()
         old.runtime.close()
 

@@ -36,15 +36,22 @@ class Settings(BaseSettings):
         None,
         description="onnxruntime execution providers in order of preference; unset: CUDA if usable, else CPU.",
     )
-    intra_op_threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads (0 = ORT default).")
-    inter_op_threads: int = Field(0, ge=0, le=256, description="onnxruntime inter-op threads (0 = ORT default).")
+    intra_op_threads: int = Field(
+        0, ge=0, le=256, description="onnxruntime intra-op threads (0 = ORT default)."
+    )
+    inter_op_threads: int = Field(
+        0, ge=0, le=256, description="onnxruntime inter-op threads (0 = ORT default)."
+    )
 
     max_batch_size: int = Field(32, ge=1, le=4096, description="Most rows (samples) in one batch.")
     max_queue_delay_us: int = Field(
         2000, ge=0, le=10_000_000, description="Longest a queued request waits for its batch to fill, in us."
     )
     max_queue_rows: int = Field(
-        2048, ge=1, le=1_000_000, description="Most rows queued per model version; beyond it requests get 503."
+        2048,
+        ge=1,
+        le=1_000_000,
+        description="Most rows queued per model version; beyond it requests get 503.",
     )
     max_request_rows: int = Field(
         256, ge=1, le=1_000_000, description="Most rows in one request; beyond it requests get 413."
@@ -56,7 +63,10 @@ class Settings(BaseSettings):
         description="Largest request body, before and after gzip/deflate decompression; beyond it 413.",
     )
     max_image_pixels: int = Field(
-        4096 * 4096, ge=1, le=1 << 30, description="Largest image (width x height) /classify decodes; else 413."
+        4096 * 4096,
+        ge=1,
+        le=1 << 30,
+        description="Largest image (width x height) /classify decodes; else 413.",
     )
     default_timeout_s: float = Field(
         30.0, gt=0, le=3600, description="Deadline for requests that set no parameters.timeout."

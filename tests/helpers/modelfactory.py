@@ -17,6 +17,8 @@ signature; a ``variant`` changes the *model* so that it disagrees with the metad
 - ``"fixed_batch"``: the batch dimension is fixed to 1 in the graph.
 - ``"batch_one_only"``: loads and matches the metadata, but a Reshape to ``[1, K]`` makes any batch of more
   than one row fail inside onnxruntime.
+- ``"value_trap"``: loads, warms up and serves dim images (every pixel < 51), but any brighter pixel makes
+  a Gather index go out of range inside onnxruntime: a model that fails at run time.
 - ``"corrupt"``: ``model.onnx`` is garbage bytes (with the right sha256 in the metadata).
 """
 
@@ -44,6 +46,7 @@ Variant = Literal[
     "input_rank",
     "fixed_batch",
     "batch_one_only",
+    "value_trap",
     "corrupt",
 ]
 VARIANTS: tuple[Variant, ...] = (
@@ -54,6 +57,7 @@ VARIANTS: tuple[Variant, ...] = (
     "input_rank",
     "fixed_batch",
     "batch_one_only",
+    "value_trap",
     "corrupt",
 )
 
@@ -132,6 +136,22 @@ def build_model(
             helper.make_node("Reshape", ["logits", "squared_shape"], ["one_row_logits"]),
         ]
         softmax_in = "one_row_logits"
+    if variant == "value_trap":
+        # Gather at index floor(5 * max(x)/255) from a one-element tensor: any pixel >= 51 makes the index
+        # out of range, so warm-up (zeros) and dim inputs pass while bright inputs fail inside onnxruntime.
+        initializers += [
+            numpy_helper.from_array(np.array([0.0], np.float32), "trap_data"),
+            numpy_helper.from_array(np.array(5.0, np.float32), "five"),
+        ]
+        nodes += [
+            helper.make_node("ReduceMax", ["scaled"], ["peak"], keepdims=0),
+            helper.make_node("Mul", ["peak", "five"], ["peak5"]),
+            helper.make_node("Floor", ["peak5"], ["peak_floor"]),
+            helper.make_node("Cast", ["peak_floor"], ["trap_index"], to=TensorProto.INT64),
+            helper.make_node("Gather", ["trap_data", "trap_index"], ["trap_value"], axis=0),
+            helper.make_node("Add", [softmax_in, "trap_value"], ["trapped_logits"]),
+        ]
+        softmax_in = "trapped_logits"
     out_name = "probs" if variant == "output_name" else "probabilities"
     nodes.append(helper.make_node("Softmax", [softmax_in], [out_name], axis=-1))
     graph = helper.make_graph(

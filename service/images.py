@@ -1,0 +1,94 @@
+"""Image files (PNG, JPEG) to model input tensors, for the ``classify`` endpoint.
+
+Decoding is guarded in this order: the format is sniffed from magic bytes (anything but PNG or JPEG
+is 415); the header is read without decoding pixels and ``width * height`` is checked against
+``max_pixels`` (413), so a decompression bomb is refused before a pixel is allocated; only then are
+pixels decoded (a corrupt or truncated file is 400).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageChops, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin
+
+from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+# Grayscale modes wider than 8 bits (16-bit PNGs); Pillow's own conversion to "L" clips them at 255
+# instead of scaling, so they are scaled here (65535 / 255 == 257).
+_WIDE_GRAY = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+def decode_image(data: bytes, *, height: int, width: int, channels: int, max_pixels: int) -> np.ndarray:
+    """Decode a PNG or JPEG file into a float32 array ``(1, height, width, channels)`` of 0..255.
+
+    ``channels`` is 1 (converted to grayscale) or 3 (RGB). Transparent pixels are composited onto
+    black for grayscale models, because MNIST-style digits are light strokes on a black (0)
+    background: a drawing with a transparent background must read as black, not white. RGB models
+    get the stored colours with alpha dropped. EXIF orientation is applied, then the image is resized
+    (Lanczos) to the model's size when it differs, without keeping the aspect ratio.
+
+    Raises :class:`UnsupportedMedia` for other formats, :class:`PayloadTooLarge` when the file claims
+    more than ``max_pixels`` pixels, and :class:`InvalidInput` for a corrupt file.
+    """
+    if channels not in (1, 3):
+        raise InvalidInput(f"this model takes {channels}-channel images; image upload supports 1 or 3")
+    source = _open(data)
+    pixels = source.width * source.height
+    if pixels > max_pixels:
+        raise PayloadTooLarge(
+            f"image is {source.width}x{source.height} = {pixels} pixels; the limit is {max_pixels}"
+        )
+    try:
+        if isinstance(source, JpegImagePlugin.JpegImageFile):
+            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the target is that much smaller.
+            source.draft("L" if channels == 1 else "RGB", (width, height))
+        source.load()
+        ImageOps.exif_transpose(source, in_place=True)  # phone photos: EXIF orientation
+        image = _convert(source, channels)
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(f"image too large: {exc}") from None
+    except Exception as exc:  # decoders raise many types on hostile input
+        raise InvalidInput(f"corrupt or truncated image: {exc}") from None
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    array = np.asarray(image, dtype=np.float32)
+    return array.reshape(1, height, width, channels)
+
+
+def _open(data: bytes) -> ImageFile.ImageFile:
+    """Read the header only. The plugin classes are used directly (not ``Image.open``) so that
+    Pillow's process-wide ``MAX_IMAGE_PIXELS`` check and its warning are replaced by our limit."""
+    plugin: Any
+    if data.startswith(_PNG_MAGIC):
+        plugin = PngImagePlugin.PngImageFile
+    elif data.startswith(_JPEG_MAGIC):
+        plugin = JpegImagePlugin.JpegImageFile
+    else:
+        raise UnsupportedMedia("unsupported image type; send PNG or JPEG")
+    try:
+        image: ImageFile.ImageFile = plugin(io.BytesIO(data))
+    except Exception as exc:  # header parsers raise SyntaxError, struct.error, ...
+        raise InvalidInput(f"corrupt image header: {exc}") from None
+    return image
+
+
+def _convert(image: Image.Image, channels: int) -> Image.Image:
+    """To mode "L" (transparency composited onto black) or "RGB" (alpha dropped)."""
+    if image.mode in _WIDE_GRAY:
+        wide = np.asarray(image, dtype=np.float32)
+        image = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))
+    transparent = image.mode in _ALPHA_MODES or "transparency" in image.info
+    if channels == 3:
+        # Palette images with a transparent index go through RGBA, as Pillow recommends.
+        return (image.convert("RGBA") if transparent else image).convert("RGB")
+    if not transparent:
+        return image.convert("L")
+    rgba = image.convert("RGBA")
+    # L * alpha / 255 is "over" compositing onto a black background.
+    return ImageChops.multiply(rgba.convert("L"), rgba.getchannel("A"))

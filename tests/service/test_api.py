@@ -1,0 +1,483 @@
+"""HTTP tests through the real app (lifespan included) on the shipped models."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import threading
+import zlib
+from collections.abc import Iterator
+
+import numpy as np
+import orjson
+import pytest
+import tritonclient.http as triton
+from fastapi.testclient import TestClient
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.app import create_app
+from service.settings import Settings
+from tests.helpers.data import MODELS, load_digits
+
+SHIPPED = ["mnist-mlp", "mnist-cnn", "fashion-cnn", "cifar10-cnn"]
+
+
+def settings(**overrides: object) -> Settings:
+    base: dict[str, object] = {"model_repository": MODELS, "models": SHIPPED, "max_queue_delay_us": 500}
+    base.update(overrides)
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    with TestClient(create_app(settings())) as c:
+        yield c
+
+
+def json_infer(images: np.ndarray, **extra: object) -> bytes:
+    body: dict[str, object] = {
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "FP32",
+                "shape": list(images.shape),
+                "data": images.ravel().tolist(),
+            }
+        ]
+    }
+    body.update(extra)
+    return orjson.dumps(body)
+
+
+def assert_error(response: object, status: int, fragment: str) -> dict[str, str]:
+    assert response.status_code == status, response.text  # type: ignore[attr-defined]
+    body = response.json()  # type: ignore[attr-defined]
+    assert set(body) == {"error"}
+    assert fragment in body["error"], body["error"]
+    return body
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array.astype(np.uint8).squeeze()).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# ---- health, metadata --------------------------------------------------------------------------------
+
+
+def test_health_and_server_metadata(client: TestClient) -> None:
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    meta = client.get("/v2").json()
+    assert meta["name"] == "digits-serving"
+    assert "binary_tensor_data" in meta["extensions"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_model_metadata_matches_repository(client: TestClient, name: str) -> None:
+    on_disk = orjson.loads((MODELS / name / "1" / "metadata.json").read_bytes())
+    for path in (f"/v2/models/{name}", f"/v2/models/{name}/versions/1"):
+        meta = client.get(path).json()
+        assert meta["name"] == name
+        assert meta["versions"] == ["1"]
+        assert meta["platform"] == "onnxruntime_onnx"
+        assert meta["inputs"] == on_disk["inputs"]
+        assert meta["outputs"] == on_disk["outputs"]
+        assert meta["parameters"]["provider"] == "CPUExecutionProvider"
+        assert meta["parameters"]["labels"] == on_disk["labels"]
+    assert client.get(f"/v2/models/{name}/ready").json() == {"name": name, "version": "1", "ready": True}
+    assert client.get(f"/v2/models/{name}/versions/1/ready").status_code == 200
+
+
+def test_unknown_model_and_version(client: TestClient) -> None:
+    assert_error(client.get("/v2/models/nope"), 404, "unknown model 'nope'")
+    assert_error(client.get("/v2/models/mnist-cnn/versions/7"), 404, "no served version 7")
+    assert_error(client.get("/v2/models/mnist-cnn/versions/x1"), 400, "positive integer")
+    assert_error(client.post("/v2/models/nope/infer", content=b"{}"), 404, "unknown model")
+    assert_error(client.get("/v2/models/mnist-cnn/versions/7/ready"), 404, "no served version")
+    assert_error(client.get("/v2/nothing-here"), 404, "Not Found")
+    assert_error(client.get(f"/v2/models/{'a' * 200}"), 404, "unknown model")
+    assert_error(client.get("/v2/models/%2e%2e"), 404, "unknown model")
+
+
+# ---- inference -----------------------------------------------------------------------------------------
+
+
+def test_json_infer_classifies_real_digits(client: TestClient) -> None:
+    images, labels = load_digits("mnist")
+    for name in ("mnist-cnn", "mnist-mlp"):
+        response = client.post(f"/v2/models/{name}/infer", content=json_infer(images[:64], id="req-1"))
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["model_name"] == name and body["model_version"] == "1" and body["id"] == "req-1"
+        [out] = body["outputs"]
+        assert out["name"] == "probabilities" and out["datatype"] == "FP32" and out["shape"] == [64, 10]
+        probs = np.asarray(out["data"], dtype=np.float32).reshape(64, 10)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+        assert probs[0].argmax() == labels[0] == 7
+        assert (probs.argmax(axis=1) == labels[:64]).mean() >= 0.95
+
+
+def test_binary_infer_as_tritonclient_sends_it(client: TestClient) -> None:
+    images, labels = load_digits("mnist")
+    batch = images[:16]
+    inp = triton.InferInput("image", list(batch.shape), "FP32")
+    inp.set_data_from_numpy(batch, binary_data=True)
+    out = triton.InferRequestedOutput("probabilities", binary_data=True)
+    body, header_length = triton.InferenceServerClient.generate_request_body([inp], outputs=[out])
+    response = client.post(
+        "/v2/models/mnist-cnn/infer",
+        content=body,
+        headers={"Inference-Header-Content-Length": str(header_length)},
+    )
+    assert response.status_code == 200, response.text
+    result = triton.InferenceServerClient.parse_response_body(
+        response.content, header_length=int(response.headers["Inference-Header-Content-Length"])
+    )
+    probs = result.as_numpy("probabilities")
+    assert probs.shape == (16, 10) and probs.dtype == np.float32
+    assert (probs.argmax(axis=1) == labels[:16]).mean() >= 0.9
+    # The same rows as JSON give the same numbers.
+    as_json = client.post("/v2/models/mnist-cnn/infer", content=json_infer(batch)).json()
+    np.testing.assert_allclose(np.asarray(as_json["outputs"][0]["data"]).reshape(16, 10), probs, atol=1e-6)
+
+
+def test_nested_uint8_gzip_and_deflate_bodies(client: TestClient) -> None:
+    images, labels = load_digits("mnist")
+    digit = images[:2].astype(np.uint8)
+    nested = {
+        "inputs": [{"name": "image", "datatype": "UINT8", "shape": [2, 28, 28, 1], "data": digit.tolist()}]
+    }
+    raw = orjson.dumps(nested)
+    plain = client.post("/v2/models/mnist-cnn/infer", content=raw).json()
+    for encoding, packed in (("gzip", gzip.compress(raw)), ("deflate", zlib.compress(raw))):
+        response = client.post(
+            "/v2/models/mnist-cnn/infer", content=packed, headers={"Content-Encoding": encoding}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["outputs"] == plain["outputs"]
+    probs = np.asarray(plain["outputs"][0]["data"]).reshape(2, 10)
+    assert list(probs.argmax(axis=1)) == list(labels[:2])
+
+
+def test_explicit_version_infer(client: TestClient) -> None:
+    images, _ = load_digits("mnist")
+    response = client.post("/v2/models/mnist-mlp/versions/1/infer", content=json_infer(images[:1]))
+    assert response.status_code == 200
+    assert response.json()["model_version"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        (b"{not json", 400, "invalid JSON"),
+        (b"[]", 400, ""),
+        (
+            orjson.dumps(
+                {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 28, 28], "data": [0] * 784}]}
+            ),
+            400,
+            "input 'image': expected shape [-1,28,28,1], got [1,28,28]",
+        ),
+        (
+            orjson.dumps(
+                {
+                    "inputs": [
+                        {"name": "image", "datatype": "INT64", "shape": [1, 28, 28, 1], "data": [0] * 784}
+                    ]
+                }
+            ),
+            400,
+            "INT64",
+        ),
+        (
+            orjson.dumps(
+                {
+                    "inputs": [
+                        {"name": "image", "datatype": "FP32", "shape": [1, 28, 28, 1], "data": [0] * 783}
+                    ]
+                }
+            ),
+            400,
+            "783",
+        ),
+        (
+            orjson.dumps(
+                {
+                    "inputs": [
+                        {"name": "pixels", "datatype": "FP32", "shape": [1, 28, 28, 1], "data": [0] * 784}
+                    ]
+                }
+            ),
+            400,
+            "pixels",
+        ),
+        (
+            orjson.dumps(
+                {
+                    "inputs": [
+                        {"name": "image", "datatype": "FP32", "shape": [1, 28, 28, 1], "data": [1e39] * 784}
+                    ]
+                }
+            ),
+            400,
+            "finite",
+        ),
+        (
+            orjson.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "image",
+                            "datatype": "FP32",
+                            "shape": [300, 28, 28, 1],
+                            "data": [0] * 784 * 300,
+                        }
+                    ]
+                }
+            ),
+            413,
+            "300 rows",
+        ),
+    ],
+)
+def test_infer_errors(client: TestClient, body: bytes, status: int, fragment: str) -> None:
+    assert_error(client.post("/v2/models/mnist-cnn/infer", content=body), status, fragment)
+
+
+def test_transport_errors(client: TestClient) -> None:
+    assert_error(
+        client.post("/v2/models/mnist-cnn/infer", content=b"{}", headers={"Content-Encoding": "br"}),
+        415,
+        "br",
+    )
+    assert_error(
+        client.post("/v2/models/mnist-cnn/infer", content=b"junk", headers={"Content-Encoding": "gzip"}),
+        400,
+        "",
+    )
+    assert_error(
+        client.post(
+            "/v2/models/mnist-cnn/infer", content=b"{}", headers={"Inference-Header-Content-Length": "abc"}
+        ),
+        400,
+        "Inference-Header-Content-Length",
+    )
+
+
+def test_body_limits() -> None:
+    with TestClient(create_app(settings(models=["mnist-mlp"], max_body_bytes=64 * 1024))) as small:
+        images, _ = load_digits("mnist")
+        too_big = json_infer(images[:20])
+        assert len(too_big) > 64 * 1024
+        assert_error(small.post("/v2/models/mnist-mlp/infer", content=too_big), 413, "exceeds the limit")
+        bomb = gzip.compress(b" " * (10 * 1024 * 1024))
+        assert len(bomb) < 64 * 1024
+        assert_error(
+            small.post("/v2/models/mnist-mlp/infer", content=bomb, headers={"Content-Encoding": "gzip"}),
+            413,
+            "decompressed",
+        )
+        # Streamed (chunked) bodies are bounded too.
+        chunks = (b"x" * 8192 for _ in range(16))
+        assert_error(small.post("/v2/models/mnist-mlp/infer", content=chunks), 413, "exceeds the limit")
+        # A good request still works afterwards.
+        assert small.post("/v2/models/mnist-mlp/infer", content=json_infer(images[:1])).status_code == 200
+
+
+# ---- classify -------------------------------------------------------------------------------------------
+
+
+def test_classify_png_raw_and_multipart(client: TestClient) -> None:
+    images, labels = load_digits("mnist")
+    image = png(images[0])
+    raw = client.post("/v2/models/mnist-cnn/classify", content=image, headers={"Content-Type": "image/png"})
+    assert raw.status_code == 200, raw.text
+    body = raw.json()
+    assert body["model_name"] == "mnist-cnn" and body["model_version"] == "1"
+    assert len(body["predictions"]) == 3
+    top = body["predictions"][0]
+    assert top["class_id"] == labels[0] and top["label"] == str(labels[0]) and top["probability"] > 0.5
+    probabilities = [p["probability"] for p in body["predictions"]]
+    assert probabilities == sorted(probabilities, reverse=True)
+    form = client.post(
+        "/v2/models/mnist-cnn/classify?top_k=10", files={"file": ("digit.png", image, "image/png")}
+    )
+    assert form.status_code == 200, form.text
+    assert len(form.json()["predictions"]) == 10
+    assert form.json()["predictions"][0] == top
+
+
+def test_classify_fashion_and_colour_conversion(client: TestClient) -> None:
+    images, labels = load_digits("fashion-mnist")
+    buffer = io.BytesIO()
+    # A colour JPEG twice the size: converted to grayscale and resized to 28x28 by the service.
+    big = Image.fromarray(images[1].squeeze().astype(np.uint8)).convert("RGB").resize((56, 56))
+    big.save(buffer, format="JPEG", quality=95)
+    response = client.post("/v2/models/fashion-cnn/classify", content=buffer.getvalue())
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["class_id"] == labels[1]
+    names = orjson.loads((MODELS / "fashion-cnn" / "1" / "metadata.json").read_bytes())["labels"]
+    assert response.json()["predictions"][0]["label"] == names[labels[1]]
+
+
+def test_classify_errors(client: TestClient) -> None:
+    assert_error(
+        client.post("/v2/models/mnist-cnn/classify", content=b"GIF89a not really"), 415, "PNG or JPEG"
+    )
+    assert_error(client.post("/v2/models/mnist-cnn/classify", content=b""), 400, "empty")
+    assert_error(client.post("/v2/models/mnist-cnn/classify?top_k=abc", content=b"x"), 400, "top_k")
+    assert_error(client.post("/v2/models/mnist-cnn/classify?top_k=0", content=b"x"), 400, "top_k")
+    truncated = png(np.zeros((28, 28)))[:40]
+    assert_error(client.post("/v2/models/mnist-cnn/classify", content=truncated), 400, "")
+    assert_error(client.post("/v2/models/nope/classify", content=b"x"), 404, "unknown model")
+
+
+def test_classify_decompression_bomb() -> None:
+    with TestClient(create_app(settings(models=["mnist-cnn"], max_image_pixels=1000 * 1000))) as c:
+        buffer = io.BytesIO()
+        Image.new("L", (4000, 4000)).save(buffer, format="PNG")
+        assert len(buffer.getvalue()) < 100_000
+        assert_error(c.post("/v2/models/mnist-cnn/classify", content=buffer.getvalue()), 413, "")
+
+
+# ---- shedding, deadlines, draining ------------------------------------------------------------------------
+
+
+def test_queue_full_is_503_and_deadline_is_504() -> None:
+    # Batches go only when full (8 rows) or after 10 s, so requests stay queued.
+    s = settings(
+        models=["mnist-mlp"], max_batch_size=8, max_queue_rows=8, max_request_rows=8, max_queue_delay_us=10_000_000
+    )
+    images, _ = load_digits("mnist")
+    with TestClient(create_app(s)) as c:
+        expired = c.post(
+            "/v2/models/mnist-mlp/infer", content=json_infer(images[:1], parameters={"timeout": 1000})
+        )
+        assert_error(expired, 504, "deadline")
+        holder: dict[str, object] = {}
+        first = threading.Thread(
+            target=lambda: holder.update(
+                r=c.post(
+                    "/v2/models/mnist-mlp/infer",
+                    content=json_infer(images[:5], parameters={"timeout": 3_000_000}),
+                )
+            )
+        )
+        first.start()
+        served = c.app.state.registry.get("mnist-mlp")  # type: ignore[attr-defined]
+        for _ in range(2000):
+            if served.batcher.queue_rows == 5:
+                break
+            threading.Event().wait(0.005)
+        assert served.batcher.queue_rows == 5
+        full = c.post("/v2/models/mnist-mlp/infer", content=json_infer(images[:4]))
+        assert_error(full, 503, "queue is full")
+        assert full.headers["Retry-After"] == "1"
+        first.join()
+        assert_error(holder["r"], 504, "deadline")
+        metrics = c.get("/metrics").text
+        mv = {"model": "mnist-mlp", "version": "1"}
+        assert sample(metrics, "inference_requests_total", status="timeout", **mv) == 2
+        assert sample(metrics, "inference_requests_total", status="rejected", **mv) == 1
+        assert sample(metrics, "inference_batches_total", **mv) == 0
+
+
+def test_draining_refuses_new_work(client: TestClient) -> None:
+    images, _ = load_digits("mnist")
+    lifecycle = client.app.state.lifecycle  # type: ignore[attr-defined]
+    lifecycle.draining = True
+    try:
+        assert_error(client.get("/v2/health/ready"), 503, "draining")
+        refused = client.post("/v2/models/mnist-mlp/infer", content=json_infer(images[:1]))
+        assert_error(refused, 503, "draining")
+        assert refused.headers["Retry-After"]
+        assert client.get("/v2/health/live").status_code == 200
+    finally:
+        lifecycle.draining = False
+    assert client.get("/v2/health/ready").status_code == 200
+
+
+# ---- metrics, statistics, repository ----------------------------------------------------------------------
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in a Prometheus text exposition (0 when absent)."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    return 0.0
+
+
+def test_metrics_move_by_exactly_what_happened() -> None:
+    images, _ = load_digits("mnist")
+    with TestClient(create_app(settings(models=["mnist-mlp"]))) as c:
+        before = c.get("/metrics").text
+        mv = {"model": "mnist-mlp", "version": "1"}
+        assert sample(before, "model_info", provider="CPUExecutionProvider", **mv) == 1.0
+        assert sample(before, "model_load_total", model="mnist-mlp", result="ok") == 1.0
+        assert sample(before, "inference_batches_total", **mv) == 0.0
+        for rows in (1, 3, 5):
+            assert c.post("/v2/models/mnist-mlp/infer", content=json_infer(images[:rows])).status_code == 200
+        assert c.post("/v2/models/mnist-mlp/infer", content=b"{bad").status_code == 400
+        after = c.get("/metrics").text
+        assert sample(after, "inference_requests_total", status="ok", **mv) == 3
+        assert sample(after, "inference_requests_total", status="bad_request", **mv) == 1
+        assert sample(after, "inference_rows_total", **mv) == 9
+        assert sample(after, "inference_batches_total", **mv) == 3  # sequential requests: one batch each
+        assert sample(after, "inference_request_duration_seconds_count", **mv) == 4
+        assert sample(after, "inference_queue_duration_seconds_count", **mv) == 3
+        assert sample(after, "inference_compute_duration_seconds_count", **mv) == 3
+        assert sample(after, "inference_batch_size_count", **mv) == 3
+        assert sample(after, "inference_batch_size_sum", **mv) == 9
+        assert sample(after, "inference_queue_rows", **mv) == 0
+        assert sample(after, "model_load_duration_seconds_count", model="mnist-mlp") == 1
+        assert "process_resident_memory_bytes" in after
+        stats = c.get("/v2/models/mnist-mlp/stats").json()["model_stats"][0]
+        assert stats["name"] == "mnist-mlp" and stats["version"] == "1"
+        assert stats["inference_count"] == 9 and stats["execution_count"] == 3
+        assert stats["inference_stats"]["success"]["count"] == 3
+        assert stats["inference_stats"]["fail"]["count"] == 1
+        assert {b["batch_size"] for b in stats["batch_stats"]} == {1, 3, 5}
+        assert c.get("/v2/models/stats").json()["model_stats"] == [stats]
+        assert_error(c.get("/v2/models/nope/stats"), 404, "unknown model")
+
+
+def test_repository_index(client: TestClient) -> None:
+    rows = client.post("/v2/repository/index").json()
+    assert {(r["name"], r["version"], r["state"]) for r in rows} >= {(n, "1", "READY") for n in SHIPPED}
+
+
+def test_admin_routes_disabled_without_token(client: TestClient) -> None:
+    assert_error(client.post("/v2/repository/models/mnist-cnn/load"), 403, "disabled")
+    assert_error(
+        client.post("/v2/repository/models/mnist-cnn/unload", headers={"Authorization": "Bearer x" * 3}),
+        403,
+        "disabled",
+    )
+
+
+def test_admin_routes_with_token() -> None:
+    token = "s3cret-token-for-tests"
+    images, _ = load_digits("mnist")
+    with TestClient(create_app(settings(models=["mnist-mlp"], admin_token=token))) as c:
+        assert_error(c.post("/v2/repository/models/mnist-mlp/unload"), 401, "bearer")
+        assert_error(
+            c.post(
+                "/v2/repository/models/mnist-mlp/unload", headers={"Authorization": "Bearer wrong-token-123"}
+            ),
+            403,
+            "invalid admin token",
+        )
+        auth = {"Authorization": f"Bearer {token}"}
+        assert c.post("/v2/repository/models/mnist-mlp/unload", headers=auth).status_code == 200
+        assert_error(
+            c.post("/v2/models/mnist-mlp/infer", content=json_infer(images[:1])), 404, "unknown model"
+        )
+        assert_error(c.post("/v2/repository/models/nope/load", headers=auth), 404, "nope")
+        loaded = c.post("/v2/repository/models/mnist-mlp/load", headers=auth)
+        assert loaded.status_code == 200 and loaded.json()["versions"] == ["1"]
+        assert c.post("/v2/models/mnist-mlp/infer", content=json_infer(images[:1])).status_code == 200

@@ -1,0 +1,141 @@
+"""The service as a real process, driven by real clients (tritonclient, httpx) over loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers.data import load_digits
+from tests.helpers.server import RunningService, running_service
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+    env = {"SERVE_MODELS": "mnist-cnn,mnist-mlp", "SERVE_MAX_QUEUE_DELAY_US": "20000"}
+    with running_service(tmp_path_factory.mktemp("serve"), env=env) as running:
+        yield running
+
+
+def test_tritonclient_readiness_and_metadata(service: RunningService) -> None:
+    client = triton.InferenceServerClient(service.address)
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("mnist-cnn")
+    assert client.is_model_ready("mnist-cnn", "1")
+    assert not client.is_model_ready("no-such-model")
+    server = client.get_server_metadata()
+    assert server["name"] == "digits-serving"
+    meta = client.get_model_metadata("mnist-cnn")
+    assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 28, 28, 1]}]
+    assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
+    assert meta["parameters"]["provider"] == "CPUExecutionProvider"
+    stats = client.get_inference_statistics("mnist-cnn")
+    assert stats["model_stats"][0]["name"] == "mnist-cnn"
+    index = client.get_model_repository_index()
+    assert {"name": "mnist-cnn", "version": "1", "state": "READY", "reason": ""} in index
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_tritonclient_infer(service: RunningService, binary: bool) -> None:
+    images, labels = load_digits("mnist")
+    client = triton.InferenceServerClient(service.address)
+    inp = triton.InferInput("image", [8, 28, 28, 1], "FP32")
+    inp.set_data_from_numpy(images[:8], binary_data=binary)
+    out = triton.InferRequestedOutput("probabilities", binary_data=binary)
+    result = client.infer("mnist-cnn", [inp], outputs=[out], request_id="abc")
+    probs = result.as_numpy("probabilities")
+    assert probs.shape == (8, 10)
+    assert result.get_response()["id"] == "abc"
+    assert result.get_response()["model_version"] == "1"
+    assert probs[0].argmax() == labels[0]
+    assert (probs.argmax(axis=1) == labels[:8]).mean() >= 0.85
+
+
+def test_tritonclient_reports_server_errors(service: RunningService) -> None:
+    client = triton.InferenceServerClient(service.address)
+    inp = triton.InferInput("image", [1, 28, 28], "FP32")
+    inp.set_data_from_numpy(np.zeros((1, 28, 28), np.float32))
+    with pytest.raises(
+        triton.InferenceServerException, match=r"expected shape \[-1,28,28,1\], got \[1,28,28\]"
+    ):
+        client.infer("mnist-cnn", [inp])
+
+
+def batch_size_histogram(url: str, model: str) -> tuple[float, float]:
+    text = httpx.get(f"{url}/metrics").text
+    count = total = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.labels.get("model") != model:
+                continue
+            if s.name == "inference_batch_size_count":
+                count = s.value
+            elif s.name == "inference_batch_size_sum":
+                total = s.value
+    return count, total
+
+
+def test_concurrent_burst_is_batched_and_answers_match(service: RunningService) -> None:
+    images, _ = load_digits("mnist")
+    rows = images[:96]
+    client = triton.InferenceServerClient(service.address)
+
+    def one(i: int) -> np.ndarray:
+        inp = triton.InferInput("image", [1, 28, 28, 1], "FP32")
+        inp.set_data_from_numpy(rows[i : i + 1], binary_data=True)
+        return client.infer("mnist-cnn", [inp]).as_numpy("probabilities")[0]
+
+    singles = [one(i) for i in range(len(rows))]  # sequential: each alone in its batch
+    count_before, rows_before = batch_size_histogram(service.url, "mnist-cnn")
+    burst_client = triton.InferenceServerClient(service.address, concurrency=32)
+    pending = []
+    for i in range(len(rows)):
+        inp = triton.InferInput("image", [1, 28, 28, 1], "FP32")
+        inp.set_data_from_numpy(rows[i : i + 1], binary_data=True)
+        pending.append(burst_client.async_infer("mnist-cnn", [inp]))
+    burst = [p.get_result().as_numpy("probabilities")[0] for p in pending]
+    count_after, rows_after = batch_size_histogram(service.url, "mnist-cnn")
+    assert rows_after - rows_before == len(rows)
+    batches = count_after - count_before
+    assert batches < len(rows), "no request was batched with another"
+    for single, batched in zip(singles, burst, strict=True):
+        np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+def test_httpx_concurrent_json(service: RunningService) -> None:
+    images, labels = load_digits("mnist")
+
+    def post(i: int) -> int:
+        body = {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "FP32",
+                    "shape": [1, 28, 28, 1],
+                    "data": images[i].ravel().tolist(),
+                }
+            ]
+        }
+        r = httpx.post(f"{service.url}/v2/models/mnist-mlp/infer", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        return int(np.argmax(r.json()["outputs"][0]["data"]))
+
+    with ThreadPoolExecutor(16) as pool:
+        predicted = list(pool.map(post, range(64)))
+    assert (np.array(predicted) == labels[:64]).mean() >= 0.9
+
+
+def test_process_logs_provider_and_settings(service: RunningService, tmp_path: Path) -> None:
+    log = service.log()
+    assert "execution providers: CPUExecutionProvider" in log
+    assert "serving mnist-cnn version 1 on CPUExecutionProvider" in log
+    assert "CUDA" not in log.replace("CUDAExecutionProvider", "")
