@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any
 
 import numpy as np
@@ -44,17 +45,17 @@ class Lifecycle:
         self.draining = False
 
 
-def _registry(request: Request) -> ModelRegistry:
+async def _registry(request: Request) -> ModelRegistry:
     registry: ModelRegistry = request.app.state.registry
     return registry
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _lifecycle(request: Request) -> Lifecycle:
+async def _lifecycle(request: Request) -> Lifecycle:
     lifecycle: Lifecycle = request.app.state.lifecycle
     return lifecycle
 
@@ -206,23 +207,26 @@ async def model_stats(registry: RegistryDep, model_name: str, version: str | Non
 # ---- inference -------------------------------------------------------------------------------------
 
 
-@router.post("/v2/models/{model_name}/infer")
-@router.post("/v2/models/{model_name}/versions/{version}/infer")
-async def infer(
-    request: Request,
-    registry: RegistryDep,
-    settings: SettingsDep,
-    lifecycle: LifecycleDep,
+async def run_infer(
+    state: Any,
     model_name: str,
-    version: str | None = None,
-) -> Response:
+    version: str | None,
+    headers: Mapping[str, str],
+    read: Callable[[int], Awaitable[bytes]],
+) -> tuple[bytes, dict[str, str]]:
+    """The whole infer request, transport aside: returns the response body and headers.
+
+    Shared by the documented FastAPI route and the ASGI fast path (:mod:`service.fastpath`).
+    ``read(limit)`` returns the raw body or raises PayloadTooLarge past ``limit`` bytes.
+    """
     started = time.perf_counter()
+    registry: ModelRegistry = state.registry
+    settings: Settings = state.settings
     served = registry.get(model_name, parse_version(version))
     try:
-        if lifecycle.draining:
+        if state.lifecycle.draining:
             raise Unavailable("server is draining")
-        body = await read_body(request, settings.max_body_bytes)
-        headers = request.headers
+        body = await read(settings.max_body_bytes)
         body = decode_body(body, headers.get("content-encoding"), max_bytes=settings.max_body_bytes)
         signature = served.runtime.signature
         parsed = parse_infer_request(
@@ -233,7 +237,7 @@ async def infer(
         )
         timeout_s = parsed.timeout_us / 1e6 if parsed.timeout_us else settings.default_timeout_s
         outputs = await served.batcher.submit(parsed.inputs, deadline=time.monotonic() + timeout_s)
-        content, extra = encode_infer_response(
+        response = encode_infer_response(
             model_name=served.name,
             model_version=str(served.version),
             request_id=parsed.id,
@@ -245,7 +249,18 @@ async def infer(
         served.metrics.observe_request(status_label(exc), time.perf_counter() - started)
         raise
     served.metrics.observe_request("ok", time.perf_counter() - started)
-    return Response(content, headers=extra)
+    return response
+
+
+@router.post("/v2/models/{model_name}/infer")
+@router.post("/v2/models/{model_name}/versions/{version}/infer")
+async def infer(request: Request, model_name: str, version: str | None = None) -> Response:
+    """KServe V2 inference, JSON or binary tensors. Served by :mod:`service.fastpath` in the running app;
+    this route documents it and answers when the app is used without that front."""
+    content, headers = await run_infer(
+        request.app.state, model_name, version, request.headers, lambda limit: read_body(request, limit)
+    )
+    return Response(content, headers=headers)
 
 
 @router.post("/v2/models/{model_name}/classify")
@@ -329,9 +344,9 @@ async def repository_index(registry: RegistryDep) -> Response:
     return json_response(registry.index())
 
 
-def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+async def require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
     """Constant-time bearer token check; admin routes are refused when no token is configured."""
-    token: str | None = _settings(request).admin_token
+    token: str | None = request.app.state.settings.admin_token
     if token is None:
         raise Forbidden("the admin API is disabled (no SERVE_ADMIN_TOKEN configured)")
     if authorization is None:

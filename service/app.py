@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api import Lifecycle, router
 from service.errors import ServiceError
+from service.fastpath import ServingApp
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.runtime import select_providers
@@ -94,7 +95,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
                     await watcher
             await models.stop(settings.drain_seconds)
 
-    app = FastAPI(
+    app = ServingApp(
         title="digits-serving",
         description="KServe V2 inference for ONNX image classifiers, with dynamic batching.",
         lifespan=lifespan,

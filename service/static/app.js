@@ -352,7 +352,10 @@ async function sendDrawing() {
       source: "drawing",
     });
   } catch (error) {
-    if (m === model) showError(error);
+    if (m === model) {
+      resetResult();
+      showError(error);
+    }
   }
 }
 
