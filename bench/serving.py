@@ -118,11 +118,10 @@ def hey(url: str, body: Path, headers: dict[str, str], concurrency: int, seconds
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     pct = {int(p): float(v) * 1000 for p, v in re.findall(r"(\d+)%+ in ([\d.]+) secs", out)}
     codes = {int(c): int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
-    errors = (
-        len(re.findall(r"^\s+\[\d+\]\s+Get|Post", out.split("Error distribution:")[-1]))
-        if "Error distribution" in out
-        else 0
-    )
+    errors = 0
+    if "Error distribution:" in out:
+        tail = out.split("Error distribution:")[1]
+        errors = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s", tail, re.M))
     total = sum(codes.values())
     return {
         "rps": rps,
@@ -131,6 +130,14 @@ def hey(url: str, body: Path, headers: dict[str, str], concurrency: int, seconds
         "responses": total,
         "non_2xx": total - sum(n for c, n in codes.items() if 200 <= c < 300) + errors,
     }
+
+
+def report(target: str, concurrency: int, r: dict[str, float]) -> None:
+    print(
+        f"{target:15} c={concurrency:3}: {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.1f} ms  "
+        f"p99 {r['p99_ms']:6.1f} ms  non-2xx {r['non_2xx']:.0f}",
+        flush=True,
+    )
 
 
 def raw_onnxruntime(model: Path, image: np.ndarray, batch: int, seconds: float) -> float:
@@ -200,10 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             for c in levels:
                 r = hey(f"{url}/v2/models/{args.model}/infer", body, headers, c, args.seconds)
                 runs.append({"target": f"service-{kind}", "concurrency": c, **r})
-                print(
-                    f"service {kind:6} c={c:3}: {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  non-2xx {r['non_2xx']}",
-                    flush=True,
-                )
+                report(f"service {kind}", c, r)
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -223,15 +227,13 @@ def main(argv: list[str] | None = None) -> int:
         for c in levels:
             r = hey(f"{url}/v2/models/{args.model}/infer", body, headers, c, args.seconds)
             runs.append({"target": "naive-json", "concurrency": c, **r})
-            print(
-                f"naive   json   c={c:3}: {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  non-2xx {r['non_2xx']}",
-                flush=True,
-            )
+            report("naive json", c, r)
 
     ceiling = {f"batch_{b}": raw_onnxruntime(model_dir / "model.onnx", image, b, 3.0) for b in (1, max_batch)}
     results["raw_onnxruntime_samples_per_s"] = ceiling
     print(
-        f"raw onnxruntime: batch 1 {ceiling['batch_1']:.0f} samples/s, batch {max_batch} {ceiling[f'batch_{max_batch}']:.0f} samples/s"
+        f"raw onnxruntime: batch 1 {ceiling['batch_1']:.0f} samples/s, "
+        f"batch {max_batch} {ceiling[f'batch_{max_batch}']:.0f} samples/s"
     )
 
     top = max(levels)
@@ -243,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["summary"] = summary
     print(
-        f"\nat concurrency {top}: JSON {summary[f'json_vs_naive_at_c{top}']:.2f}x naive (bar 3x), binary {summary[f'binary_vs_naive_at_c{top}']:.2f}x naive (bar 4x)"
+        f"\nat concurrency {top}: JSON {summary[f'json_vs_naive_at_c{top}']:.2f}x naive (bar 3x), "
+        f"binary {summary[f'binary_vs_naive_at_c{top}']:.2f}x naive (bar 4x)"
     )
     (RESULTS / "serving.json").write_text(json.dumps(results, indent=2))
     plot(results, RESULTS / "serving.png")

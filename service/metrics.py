@@ -6,6 +6,7 @@ separately; time in the queue and time computing are separate histograms.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict
 from typing import Any
@@ -127,10 +128,8 @@ class ModelMetrics:
         if self._provider is not None:
             wrappers += ((self._metrics.model_info, (self.model, self.version, self._provider)),)
         for metric, labels in wrappers:
-            try:
+            with contextlib.suppress(KeyError):
                 metric.remove(*labels)
-            except KeyError:
-                pass
 
 
 class Duration:

@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     )
     providers: Annotated[list[str] | None, NoDecode] = Field(
         None,
-        description="onnxruntime execution providers in order of preference; unset: CUDA if usable, else CPU.",
+        description="onnxruntime execution providers, in order; unset: CUDA if usable, else CPU.",
     )
     intra_op_threads: int = Field(
         0, ge=0, le=256, description="onnxruntime intra-op threads (0 = ORT default)."
@@ -102,7 +102,8 @@ class Settings(BaseSettings):
             )
         if self.max_batch_size > self.max_queue_rows:
             raise ValueError(
-                f"max_batch_size ({self.max_batch_size}) must not exceed max_queue_rows ({self.max_queue_rows})"
+                f"max_batch_size ({self.max_batch_size}) must not exceed "
+                f"max_queue_rows ({self.max_queue_rows})"
             )
         return self
 
