@@ -1,0 +1,181 @@
+"""The compose stack's own commands, run as processes on loopback: service, Prometheus, trainer.
+
+While a client streams requests, the trainer publishes a new version; the service switches to it with
+no failed request, and Prometheus (scraping with the shipped config, only its target rewritten) has the
+service's request counter for both versions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.helpers.data import DATA_DIR, ROOT, load_digits
+from tests.helpers.server import free_port, wait_ready
+
+pytestmark = pytest.mark.slow
+
+MODEL = "e2e-digits"
+
+
+def dockerfile_cmd(path: Path) -> list[str]:
+    """The exec-form CMD of a Dockerfile (continuation lines joined)."""
+    text = path.read_text().replace("\\\n", " ")
+    [line] = [ln for ln in text.splitlines() if ln.startswith("CMD [")]
+    command: list[str] = json.loads(line[len("CMD ") :])
+    return command
+
+
+def trainer_command(repository: Path) -> list[str]:
+    """The compose trainer's command, with paths mapped to this machine and a small, quick model."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    args = [str(a) for a in compose["services"]["trainer"]["command"]]
+    entry = dockerfile_cmd(ROOT / "deploy" / "train.Dockerfile")
+    assert entry[0] == "train" and "--publish" in args and "--force" not in args
+    mapping = {"/data": str(DATA_DIR), "/models": str(repository)}
+    args = [mapping.get(a, a) for a in args]
+    small = {"--preset": "tiny-mlp", "--epochs": "1", "--name": MODEL}
+    for flag, value in small.items():
+        args[args.index(flag) + 1] = value
+    # The promotion guard stays on; its threshold is widened because two one-epoch runs on 1,000
+    # images may differ by more than half a point, and this test is about the rollout, not the guard.
+    return [sys.executable, "-m", "training", *args, "--limit-train", "1000", "--max-regression", "20"]
+
+
+def run_trainer(repository: Path) -> None:
+    result = subprocess.run(
+        trainer_command(repository), cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def start_prometheus(config_dir: Path, api_address: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    config = (config_dir / "prometheus.yml").read_text()
+    assert config.count('"api:8000"') == 1
+    (config_dir / "prometheus.yml").write_text(config.replace('"api:8000"', f'"{api_address}"'))
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [
+                shutil.which("prometheus") or "prometheus",
+                f"--config.file={config_dir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={config_dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_retrain_rolls_out_with_zero_failed_requests(tmp_path: Path) -> None:
+    repository = tmp_path / "models"
+    repository.mkdir()
+    run_trainer(repository)
+    assert (repository / MODEL / "1" / "metadata.json").is_file()
+
+    serve_cmd = dockerfile_cmd(ROOT / "deploy" / "serve.Dockerfile")
+    assert serve_cmd[:3] == ["python", "-m", "service"]
+    api_port = free_port()
+    serve_cmd = [sys.executable, *serve_cmd[1:]]
+    serve_cmd[serve_cmd.index("--host") + 1] = "127.0.0.1"
+    serve_cmd[serve_cmd.index("--port") + 1] = str(api_port)
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    api_env = {str(k): str(v) for k, v in compose["services"]["api"]["environment"].items() if v is not None}
+    api_env.update({"SERVE_MODEL_REPOSITORY": str(repository), "SERVE_POLL_INTERVAL_S": "0.5"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_")} | api_env
+    api_url = f"http://127.0.0.1:{api_port}"
+    prom_port = free_port()
+    prom_url = f"http://127.0.0.1:{prom_port}"
+    with (tmp_path / "api.log").open("wb") as api_log:
+        api = subprocess.Popen(serve_cmd, cwd=ROOT, env=env, stdout=api_log, stderr=subprocess.STDOUT)
+    config_dir = tmp_path / "prometheus"
+    shutil.copytree(ROOT / "deploy" / "prometheus", config_dir)
+    prom = start_prometheus(config_dir, f"127.0.0.1:{api_port}", prom_port, tmp_path / "prometheus.log")
+    try:
+        wait_ready(api_url, api)
+        images, _ = load_digits("mnist")
+        outcomes: list[list[tuple[int, str]]] = [[], []]
+        stop_streaming = threading.Event()
+
+        def stream(results: list[tuple[int, str]], offset: int) -> None:
+            with httpx.Client(base_url=api_url, timeout=30) as client:
+                i = offset
+                while not stop_streaming.is_set():
+                    image = images[i % 1000 : i % 1000 + 1]
+                    body = {
+                        "inputs": [
+                            {
+                                "name": "image",
+                                "datatype": "FP32",
+                                "shape": [1, 28, 28, 1],
+                                "data": image.ravel().tolist(),
+                            }
+                        ]
+                    }
+                    try:
+                        r = client.post(f"/v2/models/{MODEL}/infer", json=body)
+                        results.append((r.status_code, r.json().get("model_version", "")))
+                    except httpx.HTTPError as exc:
+                        results.append((-1, type(exc).__name__))
+                    i += 1
+
+        threads = [threading.Thread(target=stream, args=(outcomes[k], k * 500)) for k in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(6)  # at least one Prometheus scrape (every 5 s) while version 1 serves
+        run_trainer(repository)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(v == "2" for v in (o[-1][1] for o in outcomes if o)):
+            time.sleep(0.2)
+        time.sleep(6)  # and at least one scrape after the switch
+        stop_streaming.set()
+        for t in threads:
+            t.join(timeout=60)
+
+        for results in outcomes:
+            assert results, "the client sent nothing"
+            failures = [r for r in results if r[0] != 200]
+            assert failures == [], failures[:5]
+            versions = [v for _, v in results]
+            assert versions[0] == "1" and versions[-1] == "2"
+            switch = versions.index("2")
+            assert set(versions[switch:]) == {"2"}, "a response from version 1 came after version 2"
+
+        # Prometheus' own query API has the service's counter for both versions.
+        query = f'inference_requests_total{{model="{MODEL}",status="ok"}}'
+        seen: set[str] = set()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and seen != {"1", "2"}:
+            data = httpx.get(f"{prom_url}/api/v1/query", params={"query": query}, timeout=5).json()
+            assert data["status"] == "success"
+            seen = {r["metric"]["version"] for r in data["data"]["result"] if float(r["value"][1]) > 0}
+            time.sleep(0.5)
+        assert seen == {"1", "2"}
+        targets = httpx.get(f"{prom_url}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+        api_target = [t for t in targets if t["labels"]["job"] == "api"]
+        assert api_target and api_target[0]["health"] == "up"
+        log = (tmp_path / "api.log").read_text()
+        assert f"serving {MODEL} version 2" in log and f"retiring {MODEL} version 1" in log
+    finally:
+        stop(api)
+        stop(prom)
