@@ -28,7 +28,7 @@ log = logging.getLogger("service")
 
 def app_from_env() -> FastAPI:
     """uvicorn factory: the app configured from ``SERVE_*`` environment variables."""
-    return create_app(Settings())
+    return create_app(Settings(), background_load=True)
 
 
 def _fastapi(app: Any) -> FastAPI | None:

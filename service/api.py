@@ -138,6 +138,8 @@ async def live() -> Response:
 async def ready(registry: RegistryDep, lifecycle: LifecycleDep) -> Response:
     if lifecycle.draining:
         raise Unavailable("server is draining")
+    if not registry.loaded:
+        raise Unavailable("models are still loading")
     if not registry.ready:
         missing = [n for n in registry.names() if not registry.versions(n)]
         raise Unavailable(f"models not ready: {', '.join(missing)}")

@@ -65,8 +65,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error")
 
 
-def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> FastAPI:
-    """Build the service. ``registry`` defaults to a fresh one with process metrics."""
+def create_app(
+    settings: Settings, *, registry: CollectorRegistry | None = None, background_load: bool = False
+) -> FastAPI:
+    """Build the service. ``registry`` defaults to a fresh one with process metrics.
+
+    With ``background_load`` the server answers (live, not ready) while models load, as a process under
+    an orchestrator should; without it start-up waits for the initial load, as tests and embedders want.
+    """
     if registry is None:
         registry = CollectorRegistry()
         ProcessCollector(registry=registry)
@@ -81,18 +87,18 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
         log.info("execution providers: %s", ", ".join(providers))
         models = ModelRegistry(settings, metrics, providers)
         app.state.registry = models
-        await models.start()
-        watcher = None
-        if settings.poll_interval_s > 0:
-            watcher = asyncio.create_task(_watch(models, settings.poll_interval_s))
+        if background_load:
+            loader = asyncio.create_task(_load_then_watch(models, settings.poll_interval_s))
+        else:
+            await models.start()
+            loader = asyncio.create_task(_watch(models, settings.poll_interval_s))
         try:
             yield
         finally:
             app.state.lifecycle.draining = True
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+            loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loader
             await models.stop(settings.drain_seconds)
 
     app = ServingApp(
@@ -114,8 +120,18 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     return app
 
 
+async def _load_then_watch(models: ModelRegistry, interval: float) -> None:
+    try:
+        await models.start()
+    except Exception:
+        log.exception("initial model load failed")
+    await _watch(models, interval)
+
+
 async def _watch(models: ModelRegistry, interval: float) -> None:
-    """Rescan the repository every ``interval`` seconds; a failed scan is logged, never fatal."""
+    """Rescan the repository every ``interval`` seconds (0: never); a failed scan is logged, never fatal."""
+    if interval <= 0:
+        return
     while True:
         await asyncio.sleep(interval)
         try:

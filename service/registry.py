@@ -69,13 +69,14 @@ class ModelRegistry:
         self._unloaded: set[str] = set()
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
+        self.loaded = False  # the initial load has finished (successfully or not)
 
     # ---- queries (event loop, no awaits) ---------------------------------------------------------
 
     @property
     def ready(self) -> bool:
-        """True when every configured model has at least one served version."""
-        return all(self._served.get(name) for name in self._expected)
+        """True when the initial load is done and every configured model has a served version."""
+        return self.loaded and all(self._served.get(name) for name in self._expected)
 
     def names(self) -> list[str]:
         return sorted(set(self._served) | self._expected)
@@ -87,6 +88,8 @@ class ModelRegistry:
         """The served version asked for (newest when ``version`` is None); NotFound otherwise."""
         served = self._served.get(name)
         if not served:
+            if not self.loaded:
+                raise Unavailable("models are still loading")
             if name in self._expected:
                 raise Unavailable(f"model '{name}' is not ready")
             raise NotFound(f"unknown model '{name}'")
@@ -127,7 +130,10 @@ class ModelRegistry:
         self._expected = set(self.settings.models or found)
         for name in sorted(self._expected - set(found)):
             log.error("model '%s' configured in SERVE_MODELS but not found in %s", name, self.root)
-        await self.sync()
+        try:
+            await self.sync()
+        finally:
+            self.loaded = True
 
     async def sync(self, names: Iterable[str] | None = None) -> None:
         """Bring the served versions in line with the repository and the version policy."""
