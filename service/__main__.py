@@ -1,15 +1,22 @@
 """``python -m service``: run the inference service under uvicorn.
 
 On SIGTERM (or Ctrl-C) the service drains before it stops: readiness turns 503 and new
-requests are refused with 503 + Retry-After at once, while queued and running requests finish;
-then uvicorn closes connections and the lifespan releases the sessions. All of it is bounded by
-``SERVE_DRAIN_SECONDS``. A second Ctrl-C exits at once.
+requests are refused with 503 + Retry-After at once (with ``Connection: close``, so no client reuses
+a connection that is about to close), while queued requests are computed without waiting for their
+batches to fill and running ones finish. Then new connections are refused, those already accepted are
+answered, uvicorn closes the listener and the connections, and the lifespan releases the sessions.
+All of it is bounded by ``SERVE_DRAIN_SECONDS``. A second Ctrl-C exits at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import ctypes
 import logging
+import math
+import socket
+import struct
 import sys
 import time
 from types import FrameType
@@ -43,6 +50,7 @@ class DrainingServer(uvicorn.Server):
 
     drain_seconds: float = 10.0
     _drain_deadline: float | None = None
+    _flush: asyncio.Task[None] | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain_deadline is not None or self.should_exit:
@@ -52,17 +60,62 @@ class DrainingServer(uvicorn.Server):
         app = _fastapi(self.config.loaded_app)
         if app is not None:
             app.state.lifecycle.draining = True
+            app.state.lifecycle.deadline = self._drain_deadline
         log.info("signal %d: draining (readiness now 503, up to %.1f s)", sig, self.drain_seconds)
+
+    def _time_left(self) -> float:
+        return 0.0 if self._drain_deadline is None else max(0.0, self._drain_deadline - time.monotonic())
 
     async def on_tick(self, counter: int) -> bool:
         if self._drain_deadline is not None and not self.should_exit:
             app = _fastapi(self.config.loaded_app)
             registry = getattr(app.state, "registry", None) if app is not None else None
+            if registry is not None and self._flush is None:
+                # Queued requests are computed now: no new rows will come to fill their batches, and
+                # waiting out max_queue_delay_us could outlast the drain.
+                self._flush = asyncio.create_task(registry.drain(self._time_left()))
             idle = registry is None or registry.pending() == 0
             if idle or time.monotonic() >= self._drain_deadline:
                 log.info("drained (%s); stopping", "queues empty" if idle else "drain time over")
                 self.should_exit = True
         return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._drain_deadline is not None:
+            # Closing a listener resets the connections in its kernel accept queue, whose clients may
+            # already have sent a request. So new handshakes are refused first, and what is queued is
+            # accepted and answered (503 while draining) before uvicorn closes the listener.
+            for server in self.servers:
+                for sock in server.sockets:
+                    _refuse_new_connections(sock)
+            await asyncio.sleep(min(ACCEPT_GRACE_S, self._time_left()))
+            # What is left of the drain bounds the wait for open responses (uvicorn counts whole seconds).
+            self.config.timeout_graceful_shutdown = max(1, math.ceil(self._time_left()))
+        await super().shutdown(sockets)
+
+
+#: After refusing new connections, how long accepted ones get to deliver their request and be answered.
+ACCEPT_GRACE_S = 0.3
+_SO_ATTACH_FILTER = 26  # Linux <asm-generic/socket.h>
+
+
+def _refuse_new_connections(sock: Any) -> None:
+    """Make a listening socket drop incoming handshakes (Linux: a one-instruction "drop all" BPF filter).
+
+    Clients retry their SYN and get "connection refused" once the listener is closed; connections already
+    accepted or queued are not affected. Elsewhere this does nothing.
+    """
+    if sys.platform != "linux":
+        return
+    program = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))  # BPF_RET | BPF_K, 0 bytes
+    fprog = struct.pack("HP", 1, ctypes.addressof(program))  # struct sock_fprog
+    raw = socket.socket(fileno=sock.fileno())
+    try:
+        raw.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+    except OSError as exc:
+        log.debug("cannot stop new connections on %s: %s", raw.getsockname(), exc)
+    finally:
+        raw.detach()  # the fd belongs to the server
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

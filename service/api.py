@@ -39,10 +39,18 @@ JSON = "application/json"
 
 
 class Lifecycle:
-    """Process state the routes consult: draining begins on SIGTERM, before the server stops."""
+    """Process state the routes consult: draining begins on SIGTERM, before the server stops.
+
+    ``deadline`` (``time.monotonic()`` seconds) is when the drain must be over, once one has begun.
+    """
 
     def __init__(self) -> None:
         self.draining = False
+        self.deadline: float | None = None
+
+    def time_left(self, default: float) -> float:
+        """Seconds until the drain deadline; ``default`` when no drain has set one."""
+        return default if self.deadline is None else max(0.0, self.deadline - time.monotonic())
 
 
 async def _registry(request: Request) -> ModelRegistry:

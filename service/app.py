@@ -99,7 +99,7 @@ def create_app(
             loader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loader
-            await models.stop(settings.drain_seconds)
+            await models.stop(app.state.lifecycle.time_left(settings.drain_seconds))
 
     app = ServingApp(
         title="digits-serving",

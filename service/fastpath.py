@@ -29,6 +29,8 @@ class ServingApp(FastAPI):
     """FastAPI, with infer requests short-circuited to :func:`run_infer`."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.state.lifecycle.draining:
+            send = _closing(send)
         if scope["type"] == "http" and scope["method"] == "POST":
             match = INFER_PATH.fullmatch(scope["path"])
             if match is not None:
@@ -56,6 +58,18 @@ class ServingApp(FastAPI):
         raw.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": int(status), "headers": raw})
         await send({"type": "http.response.body", "body": body})
+
+
+def _closing(send: Send) -> Send:
+    """``send`` with ``Connection: close`` on the response: while draining, a client must not reuse a
+    keep-alive connection that the server is about to close (its next request would be lost in the race)."""
+
+    async def send_closing(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+        await send(message)
+
+    return send_closing
 
 
 async def read_asgi_body(receive: Receive, declared: str | None, limit: int) -> bytes:

@@ -396,5 +396,8 @@ def _names(specs: tuple[TensorSpec, ...]) -> str:
 
 def _show(value: Any) -> str:
     """A client value in JSON notation, cut short: for messages only."""
-    text = orjson.dumps(value).decode()
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:  # orjson writes at most 254 levels; the parser accepted up to 1024
+        return f"a {type(value).__name__} nested too deeply to show"
     return text if len(text) <= 60 else text[:57] + "..."

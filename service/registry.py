@@ -233,7 +233,7 @@ class ModelRegistry:
                 if newest != runtime.signature:
                     raise ModelLoadError(
                         f"{path}: signature differs from the served version's "
-                        f"({_describe(runtime.signature)} vs {_describe(newest)})"
+                        f"({runtime.signature!r} vs {newest!r})"
                     )
             runtime.warm_up(warmup_batch_sizes(self.settings.max_batch_size))
         except ModelLoadError:
@@ -261,6 +261,15 @@ class ModelRegistry:
         old.metrics.remove()
         old.runtime.close()
 
+    async def drain(self, timeout: float) -> None:
+        """Stop admitting and compute what is queued now, without waiting for batches to fill.
+
+        Versions stay registered, so lookups still answer (new requests get 503 from the stopped
+        batchers); :meth:`stop` releases them afterwards.
+        """
+        batchers = [v.batcher for served in self._served.values() for v in served.values()]
+        await asyncio.gather(*(b.stop(drain=True, timeout=timeout) for b in batchers))
+
     async def stop(self, timeout: float) -> None:
         """Stop admitting, finish queued work (up to ``timeout`` seconds), release every session."""
         everything = [v for served in self._served.values() for v in served.values()]
@@ -275,7 +284,3 @@ def _mtime(path: Path) -> float:
         return max((path / "metadata.json").stat().st_mtime, (path / "model.onnx").stat().st_mtime)
     except OSError:
         return -1.0
-
-
-def _describe(signature: object) -> str:
-    return repr(signature)

@@ -79,6 +79,19 @@ def test_new_version_is_swapped_in_and_old_retired(tmp_path: Path) -> None:
         assert 'model_info{model="tiny",provider="CPUExecutionProvider",version="1"}' not in info
 
 
+def test_rollback_by_moving_the_new_version_away(tmp_path: Path) -> None:
+    v1 = write_model_version(tmp_path, "tiny", 1, seed=1)
+    write_model_version(tmp_path, "tiny", 2, seed=2)
+    with TestClient(create_app(Settings(model_repository=tmp_path))) as c:
+        assert infer(c, "/v2/models/tiny/infer")["model_version"] == "2"
+        (tmp_path / "tiny" / "2").rename(tmp_path / "tiny" / ".rolled-back-2")
+        c.portal.call(c.app.state.registry.sync)  # type: ignore[attr-defined]
+        result = infer(c, "/v2/models/tiny/infer")
+        assert result["model_version"] == "1"
+        np.testing.assert_allclose(probabilities(result), v1.reference(IMAGES), atol=1e-5)
+        assert c.get("/v2/models/tiny").json()["versions"] == ["1"]
+
+
 def test_policy_all_serves_every_version_by_explicit_request(tmp_path: Path) -> None:
     models = [write_model_version(tmp_path, "tiny", v, seed=v) for v in (1, 2, 3)]
     with TestClient(create_app(Settings(model_repository=tmp_path, version_policy="all"))) as c:
