@@ -4,7 +4,7 @@
 
 Each model is trained by the same ``python -m training train ...`` command that produced the shipped
 version under ``models/`` (recorded in its ``metadata.json``), one at a time, in a fresh process; only the
-data directory and the repository differ. Takes about 15 minutes on 2 CPU cores.
+data directory and the repository differ. Takes about 11 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -85,16 +85,22 @@ def _percent(value: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.reference_models", description=__doc__.splitlines()[0]
+        prog="python -m bench.reference_models",
+        description="Retrain the shipped reference models into a scratch repository and compare test "
+        "accuracy with the bars.",
     )
     parser.add_argument("--data-dir", default=os.environ.get("DATA_DIR") or SHIPPED_DATA_DIR)
     parser.add_argument(
-        "--scratch", type=Path, help="repository to retrain into (default: a new temporary one)"
+        "--scratch",
+        type=Path,
+        help="repository to retrain into (default: a new temporary one); a reused one applies the promotion "
+        "guard against its earlier results",
     )
     parser.add_argument("--only", nargs="+", choices=[r.name for r in REFERENCES], help="retrain only these")
     args = parser.parse_args(argv)
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="reference-models-"))
-    scratch.mkdir(parents=True, exist_ok=True)
+    logs = scratch / ".logs"  # a dot directory: not a model name, so repository scanners skip it
+    logs.mkdir(parents=True, exist_ok=True)
 
     rows = []
     for reference in REFERENCES:
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         if shipped is not None and shipped["training"]["command"] != expected:
             print(f"note: shipped {reference.name} was made by: {shipped['training']['command']}", flush=True)
         started = time.perf_counter()
-        retrained = retrain(reference, args.data_dir, scratch, scratch)
+        retrained = retrain(reference, args.data_dir, scratch, logs)
         elapsed = time.perf_counter() - started
         accuracy = retrained["metrics"]["accuracy"] if retrained else None
         verdict = "report" if reference.bar is None else "FAIL"

@@ -84,7 +84,9 @@ def read_idx(path: Path) -> np.ndarray:
     expected = int(np.prod(shape)) * dtype.itemsize
     found = len(raw) - header
     if found < expected:
-        raise IdxFormatError(f"{path}: truncated IDX file (header {shape} needs {expected} bytes, found {found})")
+        raise IdxFormatError(
+            f"{path}: truncated IDX file (header {shape} needs {expected} bytes, found {found})"
+        )
     if found > expected:
         raise IdxFormatError(f"{path}: {found - expected} unexpected bytes after the IDX data {shape}")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
@@ -132,6 +134,20 @@ _IDX_FILES = tuple(
     f"{split}-{kind}-ubyte.gz" for split in ("train", "t10k") for kind in ("images-idx3", "labels-idx1")
 )
 
+_FASHION_LABELS = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+_CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
 DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
         name="mnist",
@@ -146,8 +162,7 @@ DATASETS: dict[str, DatasetInfo] = {
         name="fashion-mnist",
         subdir="fashion-mnist",
         files=_IDX_FILES,
-        labels=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat")
-        + ("Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        labels=_FASHION_LABELS,
         read=_read_idx_set,
         download=_keras_download("fashion_mnist"),
         mirror_invariant=True,
@@ -156,8 +171,7 @@ DATASETS: dict[str, DatasetInfo] = {
         name="cifar10",
         subdir="cifar10",
         files=("cifar10_subset_lossless.npz",),
-        labels=("airplane", "automobile", "bird", "cat", "deer")
-        + ("dog", "frog", "horse", "ship", "truck"),
+        labels=_CIFAR10_LABELS,
         read=_read_cifar_npz,
         download=_keras_download("cifar10"),
         mirror_invariant=True,

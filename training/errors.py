@@ -7,6 +7,7 @@
     ├── DataError            exit 2  data files missing (and no download) or unreadable
     │   └── IdxFormatError   exit 2  an IDX file with a wrong magic number or truncated
     ├── ExportError          exit 1  conversion to ONNX failed, or the parity gate refused the export
+    ├── PublishError         exit 1  the repository cannot be written
     └── PromotionRefused     exit 3  the new model is worse than the newest published version
 
 The command line prints ``str(error)`` as one line on stderr and exits with ``exit_code``; no traceback.
@@ -39,6 +40,10 @@ class IdxFormatError(DataError):
 
 class ExportError(TrainingError):
     """The ONNX export failed or disagrees with the Keras model; nothing was published."""
+
+
+class PublishError(TrainingError):
+    """Writing the new version to the repository failed; no version directory was left behind."""
 
 
 class PromotionRefused(TrainingError):

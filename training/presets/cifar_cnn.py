@@ -14,12 +14,12 @@ from training.config import HyperParameters
 DEFAULTS = HyperParameters(
     optimizer="adam",
     learning_rate=1e-3,
-    epochs=60,
+    epochs=40,
     batch_size=64,
     activation="relu",
     dropout=0.25,
     l2=1e-4,
-    patience=12,
+    patience=10,
     augment=True,
 )
 

@@ -13,7 +13,7 @@ from training.config import HyperParameters
 DEFAULTS = HyperParameters(
     optimizer="adam",
     learning_rate=1e-3,
-    epochs=12,
+    epochs=15,
     batch_size=128,
     activation="relu",
     dropout=0.5,
