@@ -223,7 +223,7 @@ class ModelRegistry:
         runtime = load_model(
             path,
             providers=self.providers,
-            intra_op_threads=self.settings.intra_op_threads,
+            intra_op_threads=self.settings.compute_threads,
             inter_op_threads=self.settings.inter_op_threads,
         )
         try:

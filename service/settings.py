@@ -5,6 +5,7 @@ Tests build ``Settings(...)`` directly; nothing reads the environment at import 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,7 +38,10 @@ class Settings(BaseSettings):
         description="onnxruntime execution providers, in order; unset: CUDA if usable, else CPU.",
     )
     intra_op_threads: int = Field(
-        0, ge=0, le=256, description="onnxruntime intra-op threads (0 = ORT default)."
+        0,
+        ge=0,
+        le=256,
+        description="onnxruntime intra-op threads; 0 = one per CPU but one (left for the event loop).",
     )
     inter_op_threads: int = Field(
         0, ge=0, le=256, description="onnxruntime inter-op threads (0 = ORT default)."
@@ -106,6 +110,14 @@ class Settings(BaseSettings):
                 f"max_queue_rows ({self.max_queue_rows})"
             )
         return self
+
+    @property
+    def compute_threads(self) -> int:
+        """Intra-op threads to give onnxruntime (resolves 0 = auto against the CPUs this process may use)."""
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cpus - 1)
 
     @property
     def policy(self) -> VersionPolicy:
