@@ -49,7 +49,7 @@ class Settings(BaseSettings):
 
     max_batch_size: int = Field(32, ge=1, le=4096, description="Most rows (samples) in one batch.")
     max_queue_delay_us: int = Field(
-        2000, ge=0, le=10_000_000, description="Longest a queued request waits for its batch to fill, in us."
+        500, ge=0, le=10_000_000, description="Longest a queued request waits for its batch to fill, in us."
     )
     max_queue_rows: int = Field(
         2048,
