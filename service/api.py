@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import __version__
@@ -31,6 +31,7 @@ from service.errors import (
 )
 from service.images import decode_image
 from service.metrics import Metrics
+from service.openapi import CLASSIFY_RESPONSES, IMAGE_BODY, INFER_BODY, INFER_RESPONSES, errors
 from service.protocol import decode_body, encode_infer_response, parse_infer_request
 from service.registry import ModelRegistry, ServedVersion
 from service.settings import Settings
@@ -142,7 +143,7 @@ async def live() -> Response:
     return json_response({"live": True})
 
 
-@router.get("/v2/health/ready")
+@router.get("/v2/health/ready", responses=errors(503))
 async def ready(registry: RegistryDep, lifecycle: LifecycleDep) -> Response:
     if lifecycle.draining:
         raise Unavailable("server is draining")
@@ -165,7 +166,7 @@ async def server_metadata() -> Response:
     )
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
     registry_metrics: Metrics = request.app.state.metrics
     return Response(generate_latest(registry_metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -184,8 +185,8 @@ async def all_stats(registry: RegistryDep) -> Response:
     return json_response({"model_stats": rows})
 
 
-@router.get("/v2/models/{model_name}")
-@router.get("/v2/models/{model_name}/versions/{version}")
+@router.get("/v2/models/{model_name}", responses=errors(400, 404, 503))
+@router.get("/v2/models/{model_name}/versions/{version}", responses=errors(400, 404, 503))
 async def get_model(
     registry: RegistryDep, settings: SettingsDep, model_name: str, version: str | None = None
 ) -> Response:
@@ -193,8 +194,8 @@ async def get_model(
     return json_response(model_metadata(served, registry.versions(model_name), settings.max_batch_size))
 
 
-@router.get("/v2/models/{model_name}/ready")
-@router.get("/v2/models/{model_name}/versions/{version}/ready")
+@router.get("/v2/models/{model_name}/ready", responses=errors(400, 404, 503))
+@router.get("/v2/models/{model_name}/versions/{version}/ready", responses=errors(400, 404, 503))
 async def model_ready(
     registry: RegistryDep, lifecycle: LifecycleDep, model_name: str, version: str | None = None
 ) -> Response:
@@ -204,8 +205,8 @@ async def model_ready(
     return json_response({"name": served.name, "version": str(served.version), "ready": True})
 
 
-@router.get("/v2/models/{model_name}/stats")
-@router.get("/v2/models/{model_name}/versions/{version}/stats")
+@router.get("/v2/models/{model_name}/stats", responses=errors(400, 404, 503))
+@router.get("/v2/models/{model_name}/versions/{version}/stats", responses=errors(400, 404, 503))
 async def model_stats(registry: RegistryDep, model_name: str, version: str | None = None) -> Response:
     wanted = parse_version(version)
     registry.get(model_name, wanted)  # 404/503 for unknown models and versions
@@ -262,8 +263,10 @@ async def run_infer(
     return response
 
 
-@router.post("/v2/models/{model_name}/infer")
-@router.post("/v2/models/{model_name}/versions/{version}/infer")
+@router.post("/v2/models/{model_name}/infer", responses=INFER_RESPONSES, openapi_extra=INFER_BODY)
+@router.post(
+    "/v2/models/{model_name}/versions/{version}/infer", responses=INFER_RESPONSES, openapi_extra=INFER_BODY
+)
 async def infer(request: Request, model_name: str, version: str | None = None) -> Response:
     """KServe V2 inference, JSON or binary tensors. Served by :mod:`service.fastpath` in the running app;
     this route documents it and answers when the app is used without that front."""
@@ -273,8 +276,12 @@ async def infer(request: Request, model_name: str, version: str | None = None) -
     return Response(content, headers=headers)
 
 
-@router.post("/v2/models/{model_name}/classify")
-@router.post("/v2/models/{model_name}/versions/{version}/classify")
+@router.post("/v2/models/{model_name}/classify", responses=CLASSIFY_RESPONSES, openapi_extra=IMAGE_BODY)
+@router.post(
+    "/v2/models/{model_name}/versions/{version}/classify",
+    responses=CLASSIFY_RESPONSES,
+    openapi_extra=IMAGE_BODY,
+)
 async def classify(
     request: Request,
     registry: RegistryDep,
@@ -371,13 +378,13 @@ async def require_admin(request: Request, authorization: Annotated[str | None, H
 AdminDep = Annotated[None, Depends(require_admin)]
 
 
-@router.post("/v2/repository/models/{model_name}/load")
+@router.post("/v2/repository/models/{model_name}/load", responses=errors(401, 403, 404, 503))
 async def load_model(registry: RegistryDep, _: AdminDep, model_name: str) -> Response:
     await registry.load(model_name)
     return json_response({"name": model_name, "versions": [str(v) for v in registry.versions(model_name)]})
 
 
-@router.post("/v2/repository/models/{model_name}/unload")
+@router.post("/v2/repository/models/{model_name}/unload", responses=errors(401, 403, 404))
 async def unload_model(registry: RegistryDep, _: AdminDep, model_name: str) -> Response:
     if model_name not in registry.names():
         raise NotFound(f"unknown model '{model_name}'")

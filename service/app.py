@@ -26,6 +26,7 @@ from service.api import Lifecycle, router
 from service.errors import ServiceError
 from service.fastpath import ServingApp
 from service.metrics import Metrics
+from service.openapi import refine
 from service.registry import ModelRegistry
 from service.runtime import select_providers
 from service.settings import Settings
@@ -111,6 +112,7 @@ def create_app(
     app.state.lifecycle = Lifecycle()
     install_error_handlers(app)
     app.include_router(router)
+    refine(app)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:

@@ -54,6 +54,7 @@ def decode_image(data: bytes, *, height: int, width: int, channels: int, max_pix
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"image too large: {exc}") from None
     except Exception as exc:  # decoders raise many types on hostile input
+        _refuse_metadata_bomb(exc)
         raise InvalidInput(f"corrupt or truncated image: {exc}") from None
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
@@ -74,8 +75,17 @@ def _open(data: bytes) -> ImageFile.ImageFile:
     try:
         image: ImageFile.ImageFile = plugin(io.BytesIO(data))
     except Exception as exc:  # header parsers raise SyntaxError, struct.error, ...
+        _refuse_metadata_bomb(exc)
         raise InvalidInput(f"corrupt image header: {exc}") from None
     return image
+
+
+def _refuse_metadata_bomb(exc: Exception) -> None:
+    """413 for compressed PNG text or ICC chunks that inflate past Pillow's bounds (``MAX_TEXT_CHUNK``,
+    ``MAX_TEXT_MEMORY``): a decompression bomb in the metadata. Pillow raises a plain ValueError
+    naming the bound, so the name is what tells them apart from a corrupt file."""
+    if isinstance(exc, ValueError) and "MAX_TEXT" in str(exc):
+        raise PayloadTooLarge(f"image metadata inflates too much: {exc}") from None
 
 
 def _convert(image: Image.Image, channels: int) -> Image.Image:
