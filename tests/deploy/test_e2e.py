@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ import pytest
 import yaml
 
 from tests.helpers.data import DATA_DIR, ROOT, load_digits
-from tests.helpers.server import free_port, wait_ready
+from tests.helpers.server import free_port, stop_process, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -75,16 +74,6 @@ def start_prometheus(config_dir: Path, api_address: str, port: int, log: Path) -
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_retrain_rolls_out_with_zero_failed_requests(tmp_path: Path) -> None:
@@ -177,5 +166,5 @@ def test_retrain_rolls_out_with_zero_failed_requests(tmp_path: Path) -> None:
         log = (tmp_path / "api.log").read_text()
         assert f"serving {MODEL} version 2" in log and f"retiring {MODEL} version 1" in log
     finally:
-        stop(api)
-        stop(prom)
+        stop_process(api)
+        stop_process(prom)
