@@ -19,7 +19,7 @@ from pathlib import Path
 from service.batching import Batcher
 from service.errors import NotFound, Unavailable
 from service.metrics import Metrics, ModelMetrics
-from service.repository import scan_repository, valid_model_name, version_dir
+from service.repository import incomplete_versions, scan_repository, valid_model_name, version_dir
 from service.runtime import ModelLoadError, ModelRuntime, load_model
 from service.settings import Settings
 
@@ -66,6 +66,8 @@ class ModelRegistry:
         self._expected: set[str] = set()
         # (name, version) -> mtime of the failed attempt, so the watcher retries only changed versions.
         self._failed: dict[tuple[str, int], float] = {}
+        # (name, version) -> missing files already reported for an incomplete version directory.
+        self._incomplete: dict[tuple[str, int], tuple[str, ...]] = {}
         self._unloaded: set[str] = set()
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
@@ -175,6 +177,7 @@ class ModelRegistry:
             loaded = await self._load_version(name, version)
             if loaded is not None:
                 served[version] = loaded
+        self._report_incomplete(name, max(served, default=0))
         # Retire what the policy no longer selects, but only when something newer is serving,
         # so a broken new version never takes the model down.
         for version in sorted(set(served) - wanted):
@@ -218,6 +221,20 @@ class ModelRegistry:
             (time.perf_counter() - started) * 1000,
         )
         return ServedVersion(runtime, batcher, model_metrics)
+
+    def _report_incomplete(self, name: str, newest_served: int) -> None:
+        """Log and count (once per state) version directories newer than what serves that lack a file."""
+        for version, missing in sorted(incomplete_versions(self.root, name).items()):
+            key = (name, version)
+            if version <= newest_served or self._incomplete.get(key) == tuple(missing):
+                continue
+            self._incomplete[key] = tuple(missing)
+            self.metrics.load_total.labels(name, "error").inc()
+            log.error(
+                "refused model version %s: incomplete (missing %s)",
+                version_dir(self.root, name, version),
+                ", ".join(missing),
+            )
 
     def _load_and_warm(self, path: Path) -> ModelRuntime:
         runtime = load_model(

@@ -148,6 +148,28 @@ def _complete_versions(model_dir: Path, real_root: Path) -> list[int]:
     return sorted(versions)
 
 
+def incomplete_versions(root: Path, name: str) -> dict[int, list[str]]:
+    """Version directories of model ``name`` that lack a file: ``{version: [missing file names]}``.
+
+    A publisher that does not rename into place leaves these while it writes; the caller reports them.
+    """
+    model_dir = version_dir(root, name, 1).parent
+    real_root = root.resolve()
+    try:
+        children = list(model_dir.iterdir())
+    except OSError:
+        return {}
+    incomplete: dict[int, list[str]] = {}
+    for child in children:
+        version = parse_version(child.name)
+        if version is None or not _resolves_under(child, real_root) or not child.is_dir():
+            continue
+        missing = [file for file in VERSION_FILES if not _is_file_under(child / file, real_root)]
+        if missing:
+            incomplete[version] = missing
+    return incomplete
+
+
 def _resolves_under(path: Path, real_root: Path) -> bool:
     try:
         return path.resolve().is_relative_to(real_root)

@@ -131,16 +131,28 @@ def test_broken_new_version_is_refused_and_old_keeps_serving(tmp_path: Path, bre
         assert load_results(c, "tiny") == {"ok": 1.0, "error": 1.0}
 
 
-def test_half_written_version_is_ignored(tmp_path: Path) -> None:
-    write_model_version(tmp_path, "tiny", 1)
+def test_half_written_version_is_refused_reported_once_then_loaded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_model_version(tmp_path, "tiny", 1, seed=1)
+    v2 = write_model_version(tmp_path / "staging", "tiny", 2, seed=2)
     with TestClient(create_app(Settings(model_repository=tmp_path))) as c:
+        sync = c.app.state.registry.sync  # type: ignore[attr-defined]
         half = tmp_path / "tiny" / "2"
         half.mkdir()
-        shutil.copy(tmp_path / "tiny" / "1" / "model.onnx", half / "model.onnx")  # no metadata yet
-        (tmp_path / "tiny" / ".tmp-abc").mkdir()
-        c.portal.call(c.app.state.registry.sync)  # type: ignore[attr-defined]
+        shutil.copy(v2.path / "model.onnx", half / "model.onnx")  # written in place, metadata not yet
+        (tmp_path / "tiny" / ".tmp-abc").mkdir()  # a publisher's temporary directory: not a version
+        c.portal.call(sync)
+        c.portal.call(sync)
         assert infer(c, "/v2/models/tiny/infer")["model_version"] == "1"
-        assert load_results(c, "tiny") == {"ok": 1.0, "error": 0.0}
+        assert load_results(c, "tiny") == {"ok": 1.0, "error": 1.0}  # reported once, not per scan
+        assert "tiny/2: incomplete (missing metadata.json)" in caplog.text
+        shutil.copy(v2.path / "metadata.json", half / "metadata.json")  # the writer finishes
+        c.portal.call(sync)
+        result = infer(c, "/v2/models/tiny/infer")
+        assert result["model_version"] == "2"
+        np.testing.assert_allclose(probabilities(result), v2.reference(IMAGES), atol=1e-5)
+        assert load_results(c, "tiny") == {"ok": 2.0, "error": 1.0}
 
 
 def test_queued_requests_finish_on_the_old_version(tmp_path: Path) -> None:
