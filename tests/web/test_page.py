@@ -6,6 +6,7 @@ Screenshots land in ``test-artifacts/web/``.
 from __future__ import annotations
 
 import base64
+import json
 import math
 import re
 from pathlib import Path
@@ -15,25 +16,15 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
 
-from tests.helpers.data import load_digits
+from tests.helpers.data import MODELS, load_digits
 from tests.web.conftest import MAX_IMAGE_PIXELS, Visit
 
 pytestmark = pytest.mark.slow
 
 CANVAS = 280  # the drawing canvas, in canvas pixels
 NOTHING = "\u2013"  # the top label before anything is predicted (an en dash)
-FASHION_LABELS = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
+# The class names the served model declares (models/fashion-cnn/1/metadata.json).
+FASHION_LABELS = json.loads((MODELS / "fashion-cnn" / "1" / "metadata.json").read_text())["labels"]
 # Dropping a file: what a drag from the desktop delivers to the drop zone.
 DROP = """
 ([name, type, encoded]) => {
