@@ -17,8 +17,9 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import Message, Receive
 
-from service import __version__
+from service import __version__, repository
 from service.errors import (
     DeadlineExceeded,
     Forbidden,
@@ -81,30 +82,42 @@ def json_response(content: Any, status_code: int = 200) -> Response:
 
 
 def parse_version(version: str | None) -> int | None:
+    """The version named in a URL (None: newest); 400 unless it is a canonical positive integer."""
     if version is None:
         return None
-    if not version.isascii() or not version.isdigit() or int(version) < 1 or len(version) > 18:
+    parsed = repository.parse_version(version)
+    if parsed is None:
         raise InvalidInput(f"model version must be a positive integer, got '{version[:32]}'")
-    return int(version)
+    return parsed
 
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing (413) anything over ``limit`` bytes without reading it all."""
-    declared = request.headers.get("content-length")
+    return await read_asgi_body(request.receive, request.headers.get("content-length"), limit)
+
+
+async def read_asgi_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """The body from ASGI ``receive``, refusing (413) more than ``limit`` bytes, declared or sent."""
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
             raise InvalidInput("invalid Content-Length header")
         if int(declared) > limit:
             raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-        return await request.body()
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidInput("client disconnected before sending the whole body")
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def status_label(exc: ServiceError) -> str:

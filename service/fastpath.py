@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
 
 import orjson
 from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
-from service.api import run_infer
-from service.errors import InvalidInput, PayloadTooLarge, ServiceError
+from service.api import read_asgi_body, run_infer
+from service.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -70,27 +69,3 @@ def _closing(send: Send) -> Send:
         await send(message)
 
     return send_closing
-
-
-async def read_asgi_body(receive: Receive, declared: str | None, limit: int) -> bytes:
-    """The request body, refusing (413) anything over ``limit`` bytes without reading it all."""
-    if declared is not None:
-        if not (declared.isascii() and declared.isdigit()):
-            raise InvalidInput("invalid Content-Length header")
-        if int(declared) > limit:
-            raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message: Message = await receive()
-        if message["type"] == "http.disconnect":
-            raise InvalidInput("client disconnected before sending the whole body")
-        chunk: Any = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
