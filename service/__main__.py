@@ -15,8 +15,11 @@ import asyncio
 import ctypes
 import logging
 import math
+import os
+import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
 from types import FrameType
@@ -25,7 +28,6 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
-from uvicorn.supervisors import Multiprocess
 
 from service.app import create_app
 from service.settings import Settings
@@ -125,14 +127,68 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes, each with its own models")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the port (SO_REUSEPORT), each with its own models and drain",
+    )
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for workers
     return parser.parse_args(argv)
+
+
+def supervise(args: argparse.Namespace) -> int:
+    """``--workers N``: N single-worker services on one port; signals are forwarded so each drains.
+
+    If a worker dies on its own, the others are stopped and the supervisor exits non-zero, so the
+    orchestrator (compose restart policy, Kubernetes) restarts the whole service.
+    """
+    cmd = [sys.executable, "-m", "service", "--host", args.host, "--port", str(args.port), "--reuse-port"]
+    workers = {p.pid: p for p in (subprocess.Popen(cmd) for _ in range(args.workers))}
+    stopping = False
+
+    def forward(sig: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for worker in workers.values():
+            if worker.poll() is None:
+                worker.send_signal(sig)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    while workers:
+        pid, code = os.wait()
+        worker = workers.pop(pid, None)
+        if worker is None:
+            continue
+        worker.returncode = os.waitstatus_to_exitcode(code)
+        if not stopping:
+            log.error("worker %d exited with %d; stopping the others", pid, worker.returncode)
+            status = 1
+            forward(signal.SIGTERM, None)
+        elif worker.returncode:
+            status = status or worker.returncode
+    return status
+
+
+def _reuse_port_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    return sock
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.workers < 1 or not 0 <= args.port <= 65535:
-        print("error: --workers must be >= 1 and --port in 0..65535", file=sys.stderr)
+    if args.workers < 1 or not 0 <= args.port <= 65535 or (args.workers > 1 and args.port == 0):
+        print(
+            "error: --workers must be >= 1 and --port in 0..65535 (not 0 with several workers)",
+            file=sys.stderr,
+        )
         return 2
     try:
         settings = Settings()
@@ -145,12 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.workers > 1:
+        return supervise(args)
     config = uvicorn.Config(
         "service.__main__:app_from_env",
         factory=True,
         host=args.host,
         port=args.port,
-        workers=args.workers,
         log_level=settings.log_level,
         access_log=False,
         loop="uvloop",
@@ -161,13 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     server = DrainingServer(config)
     server.drain_seconds = settings.drain_seconds
-    if args.workers == 1:
-        server.run()
-    else:
-        sock = config.bind_socket()
-        # uvicorn's supervisor builds a plain Server per worker: each worker still finishes its
-        # in-flight requests on SIGTERM, but without the readiness-first drain above.
-        Multiprocess(config, sockets=[sock]).run()
+    server.run(sockets=[_reuse_port_socket(args.host, args.port)] if args.reuse_port else None)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -139,3 +140,24 @@ def test_process_logs_provider_and_settings(service: RunningService, tmp_path: P
     assert "execution providers: CPUExecutionProvider" in log
     assert "serving mnist-cnn version 1 on CPUExecutionProvider" in log
     assert "CUDA" not in log.replace("CUDAExecutionProvider", "")
+
+
+def test_workers_share_the_port_and_each_drains(tmp_path: Path) -> None:
+    images, labels = load_digits("mnist")
+    with running_service(tmp_path, env={"SERVE_MODELS": "mnist-mlp"}, args=["--workers", "2"]) as svc:
+        pid = svc.process.pid
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        assert len(children) == 2
+        client = triton.InferenceServerClient(svc.address, concurrency=8)
+        pending = []
+        for i in range(64):
+            inp = triton.InferInput("image", [1, 28, 28, 1], "FP32")
+            inp.set_data_from_numpy(images[i : i + 1], binary_data=True)
+            pending.append(client.async_infer("mnist-mlp", [inp]))
+        predicted = [int(p.get_result().as_numpy("probabilities")[0].argmax()) for p in pending]
+        assert (np.array(predicted) == labels[:64]).mean() >= 0.9
+        svc.process.send_signal(signal.SIGTERM)
+        assert svc.process.wait(timeout=30) == 0
+        for child in children:
+            assert not Path(f"/proc/{child}").exists()  # reaped by the supervisor
+        assert svc.log().count("draining (readiness now 503") == 2
