@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ import httpx
 import numpy as np
 
 from bench.loadgen import DATA_DIR, NO_ANSWER, run_load
-from bench.serving import free_port
+from bench.serving import free_port, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -198,11 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         rss, reloads = watch(service, url, repo, seconds, args.reload_every, train_log)
         load.join()
     finally:
-        service.send_signal(signal.SIGTERM)
-        try:
-            service.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            service.kill()
+        stop(service, timeout=60)
 
     data = dict(np.load(work / "load.npz"))
     # The load's clock starts once its process is up; move the watcher's times onto it.

@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import onnx
@@ -49,17 +49,7 @@ Variant = Literal[
     "value_trap",
     "corrupt",
 ]
-VARIANTS: tuple[Variant, ...] = (
-    "ok",
-    "output_name",
-    "output_dims",
-    "input_dtype",
-    "input_rank",
-    "fixed_batch",
-    "batch_one_only",
-    "value_trap",
-    "corrupt",
-)
+VARIANTS: tuple[Variant, ...] = get_args(Variant)
 
 #: Put as a value in ``metadata_overrides`` to remove that key from metadata.json.
 DROP: Any = object()
