@@ -18,8 +18,9 @@ import tf2onnx
 from training import report
 from training.config import HyperParameters
 from training.data import Dataset
-from training.export import Parity, parity_gate, to_onnx
-from training.publish import Published, check_promotion, publish, sha256_hex
+from training.export import Parity, parity_gate, parity_images, to_onnx
+from training.onnxmodel import opset_of
+from training.publish import Published, check_promotion, check_signature, publish, sha256_hex
 from training.train import Evaluation, Trained, evaluate, fit
 
 PLATFORM = "onnxruntime_onnx"
@@ -65,9 +66,11 @@ def finish(
 ) -> Outcome:
     """Gate ``onnx_model`` on parity with ``trained.model``, check the promotion guard, then publish."""
     onnx_bytes = onnx_model.SerializeToString()
-    parity = parity_gate(onnx_bytes, trained.model, dataset.x_test)
+    parity = parity_gate(onnx_bytes, trained.model, parity_images(dataset.x_test, dataset.x_train))
     published = None
     if config.repository is not None:
+        inputs, outputs = signature_entries(dataset)
+        check_signature(config.repository, config.name, inputs, outputs, force=config.force)
         check_promotion(
             config.repository, config.name, evaluation.accuracy, config.max_regression, force=config.force
         )
@@ -89,9 +92,12 @@ def finish(
     return Outcome(trained, evaluation, parity, len(onnx_bytes), published)
 
 
-def opset_of(onnx_model: onnx.ModelProto) -> int:
-    """The default-domain opset the model was exported with."""
-    return next(int(o.version) for o in onnx_model.opset_import if o.domain in ("", "ai.onnx"))
+def signature_entries(dataset: Dataset) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``inputs`` and ``outputs`` of the metadata of a model trained on ``dataset``."""
+    height, width, channels = dataset.input_shape
+    inputs = [{"name": "image", "datatype": "FP32", "shape": [-1, height, width, channels]}]
+    outputs = [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(dataset.labels)]}]
+    return inputs, outputs
 
 
 def build_metadata(
@@ -105,14 +111,14 @@ def build_metadata(
     opset: int,
 ) -> dict[str, Any]:
     """The ``metadata.json`` contract of ``DESIGN.md`` section 2 for one version."""
-    height, width, channels = dataset.input_shape
-    return {
+    inputs, outputs = signature_entries(dataset)
+    metadata: dict[str, Any] = {
         "name": config.name,
         "version": version,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "platform": PLATFORM,
-        "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, height, width, channels]}],
-        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(dataset.labels)]}],
+        "inputs": inputs,
+        "outputs": outputs,
         "labels": list(dataset.labels),
         "sha256": sha256,
         "opset": opset,
@@ -141,7 +147,11 @@ def build_metadata(
             "tf2onnx": tf2onnx.__version__,
             "onnx": onnx.__version__,
         },
+        "preprocessing": dataset.preprocessing.model_dump(mode="json"),
     }
+    if dataset.source is not None:
+        metadata["data"] = dataset.source
+    return metadata
 
 
 def summary_rows(dataset: Dataset, config: RunConfig, outcome: Outcome) -> list[tuple[str, object]]:

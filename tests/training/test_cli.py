@@ -61,11 +61,12 @@ BASE = ["train", "--dataset", "mnist", "--preset", "cnn"]
         ([*BASE, "--validation-split", "0.9"], "must be <= 0.5"),
         ([*BASE, "--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
         ([*BASE, "--limit-train", "0"], "--limit-train: must be >= 1, got 0"),
-        (["train", "--preset", "cnn"], "the following arguments are required: --dataset"),
+        (["train", "--preset", "cnn"], "one of the arguments --dataset --images is required"),
         (["fit", "--dataset", "mnist", "--preset", "cnn"], "invalid choice: 'fit'"),
         ([*BASE, "--name", "../evil"], "invalid model name '../evil'"),
         ([*BASE, "--name", "Big"], "invalid model name 'Big'"),
-        ([], "the following arguments are required: command, --dataset, --preset"),
+        ([], "the following arguments are required: command"),
+        (["train", "--dataset", "mnist"], "the following arguments are required: --preset"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args: list[str], message: str, data_dir: Path) -> None:

@@ -34,6 +34,7 @@ METADATA_KEYS = {
     "training",
     "parity",
     "versions",
+    "preprocessing",
 }
 
 
@@ -95,6 +96,13 @@ def test_tiny_run_publishes_a_loadable_version(
     assert metadata["parity"]["max_abs_diff"] <= MAX_ABS_DIFF
     assert metadata["parity"]["argmax_agreement"] == 1.0
     assert set(metadata["versions"]) == {"tensorflow", "keras", "tf2onnx", "onnx"}
+    assert metadata["preprocessing"] == {
+        "height": shape[0],
+        "width": shape[1],
+        "color": "grayscale" if shape[2] == 1 else "rgb",
+        "input_range": [0.0, 255.0],
+        "resize": "digit" if dataset_name == "mnist" else "stretch",
+    }
 
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     (probabilities,) = session.run(["probabilities"], {"image": dataset.x_test.astype(np.float32)})
