@@ -17,8 +17,8 @@ from typing import Any, Literal
 import numpy as np
 
 from service.contract import Preprocessing
+from training.diskimages import Images
 from training.errors import DataError, IdxFormatError
-from training.imagecache import Images
 
 #: Used when neither ``--data-dir`` nor ``DATA_DIR`` is given: the shared data next to the checkout.
 DEFAULT_DATA_DIR = Path("../shared/data")

@@ -18,8 +18,8 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
+from training.diskimages import Images, head
 from training.errors import ExportError
-from training.imagecache import Images, head
 from training.train import predict
 
 #: A TensorFlow computation from a float32 image batch to class probabilities.

@@ -20,10 +20,8 @@ import hashlib
 import io
 import json
 import os
-import struct
 import sys
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from PIL import Image, JpegImagePlugin, PngImagePlugin
 from service.contract import Preprocessing
 from service.errors import ServiceError
 from service.images import decode_image
+from training.diskimages import DiskImages, npy_header
 from training.errors import DataError, UnreadableImage
 
 #: The service's default pixel limit for one image (``SERVE_MAX_IMAGE_PIXELS``).
@@ -44,9 +43,6 @@ MAX_PIXELS = 4096 * 4096
 CACHE_FORMAT = 1
 #: Files decoded ahead of the writer: bounds the decoded rows waiting in memory.
 WINDOW = 256
-_NPY_MAGIC = b"\x93NUMPY\x01\x00"
-# A fixed header length, so the row count can be rewritten in place once the unreadable files are known.
-_NPY_HEADER_BYTES = 128
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _EXIF_ORIENTATION = 0x0112
 
@@ -152,97 +148,6 @@ def to_input_range(images: np.ndarray, input_range: Sequence[float]) -> np.ndarr
     return (black + pixels * np.float32((white - black) / 255.0)).astype(np.float32)
 
 
-class DiskImages:
-    """Rows of a uint8 ``.npy`` image cache, read on demand; :meth:`subset` selects rows without reading.
-
-    Reads use ``pread`` on one shared descriptor, so they are safe from several threads (tf.data's).
-    """
-
-    def __init__(self, path: Path, rows: np.ndarray | None = None, *, _file: _Npy | None = None) -> None:
-        self.path = path
-        self._file = _file or _Npy(path)
-        total = self._file.shape[0]
-        self._rows = np.arange(total, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
-        if len(self._rows) and (self._rows.min() < 0 or self._rows.max() >= total):
-            raise IndexError(f"row index out of range for {total} rows")
-        self.dtype = np.dtype(np.uint8)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self._rows), *self._file.shape[1:])
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def subset(self, indices: np.ndarray) -> DiskImages:
-        """The rows ``indices`` (positions in this selection), still on disk."""
-        return DiskImages(self.path, self._rows[np.asarray(indices, dtype=np.int64)], _file=self._file)
-
-    def take(self, indices: np.ndarray) -> np.ndarray:
-        """Rows ``indices`` read into a new uint8 array, in the order given."""
-        return self._file.read(self._rows[np.asarray(indices, dtype=np.int64).reshape(-1)])
-
-    def head(self, n: int) -> np.ndarray:
-        """The first ``n`` rows (fewer if there are fewer)."""
-        return self.take(np.arange(min(n, len(self))))
-
-
-#: Images a data set holds: in memory, or rows of a cache on disk.
-Images = np.ndarray | DiskImages
-
-
-def select(images: Images, indices: np.ndarray) -> Images:
-    """Rows ``indices`` of ``images``: a copy in memory, or a selection still on disk."""
-    return images.subset(indices) if isinstance(images, DiskImages) else images[indices]
-
-
-def head(images: Images, n: int) -> np.ndarray:
-    """The first ``n`` rows of ``images``, in memory."""
-    return images.head(n) if isinstance(images, DiskImages) else np.asarray(images[:n])
-
-
-class _Npy:
-    """An open ``.npy`` file of uint8 rows, read with ``pread``; closed when nothing refers to it."""
-
-    def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_RDONLY)
-        weakref.finalize(self, os.close, self.fd)
-        try:
-            with open(path, "rb") as stream:
-                if np.lib.format.read_magic(stream) != (1, 0):
-                    raise ValueError("not a version 1.0 .npy file")
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
-                self.offset = stream.tell()
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: not an image cache ({exc})") from exc
-        if dtype != np.uint8 or fortran or len(shape) != 4:
-            raise DataError(f"{path}: not an image cache (dtype {dtype}, shape {shape})")
-        self.shape: tuple[int, ...] = tuple(int(d) for d in shape)
-        self.row_bytes = int(np.prod(self.shape[1:]))
-
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        out = np.empty((len(rows), *self.shape[1:]), dtype=np.uint8)
-        flat = out.reshape(len(rows), self.row_bytes)
-        start = 0
-        while start < len(rows):  # one read per run of consecutive rows
-            stop = start + 1
-            while stop < len(rows) and rows[stop] == rows[stop - 1] + 1:
-                stop += 1
-            offset = self.offset + int(rows[start]) * self.row_bytes
-            view = flat[start:stop].data.cast("B")
-            got = os.preadv(self.fd, [view], offset)
-            if got != len(view):
-                raise DataError(f"image cache truncated at row {rows[start]}")
-            start = stop
-        return out
-
-
-def _npy_header(shape: tuple[int, ...]) -> bytes:
-    text = f"{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}"
-    room = _NPY_HEADER_BYTES - len(_NPY_MAGIC) - 2
-    return _NPY_MAGIC + struct.pack("<H", room) + text.ljust(room - 1).encode() + b"\n"
-
-
 @dataclass
 class Progress:
     """Prints ``decoding 12,000/100,000 images (12%) ...`` every ``every_s`` seconds at most, and last."""
@@ -251,7 +156,7 @@ class Progress:
     stream: TextIO = field(default_factory=lambda: sys.stderr)
     every_s: float = 2.0
     _started: float = field(default_factory=time.monotonic)
-    _last: float = 0.0
+    _last: float = field(default_factory=time.monotonic)
 
     def __call__(self, done: int, total: int, skipped: int) -> None:
         now = time.monotonic()
@@ -344,7 +249,7 @@ def _decode_all(
             return str(exc).removeprefix(f"{file}: ")
 
     with path.open("wb") as out, ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        out.write(_npy_header(shape))
+        out.write(npy_header(shape))
         pending: list[tuple[int, Future[np.ndarray | str]]] = []
         for start in range(0, len(files), WINDOW):
             pending = [(i, pool.submit(one, files[i])) for i in range(start, min(start + WINDOW, len(files)))]
@@ -360,7 +265,7 @@ def _decode_all(
             if progress is not None:
                 progress(len(kept) + len(failures), len(files), len(failures))
         out.seek(0)
-        out.write(_npy_header((len(kept), *shape[1:])))
+        out.write(npy_header((len(kept), *shape[1:])))
         out.flush()
         os.fsync(out.fileno())
     return kept, failures

@@ -30,8 +30,9 @@ import numpy as np
 
 from service.contract import Preprocessing
 from training.data import Dataset, train_validation_split
+from training.diskimages import DiskImages
 from training.errors import DataError, UnreadableImage
-from training.imagecache import MAX_PIXELS, Cache, DiskImages, Progress, build_cache, read_header
+from training.imagecache import MAX_PIXELS, Cache, Progress, build_cache, read_header
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 #: Unreadable files named on the console and in the metadata; the count is always complete.
@@ -153,7 +154,7 @@ def scan(root: Path) -> Layout:
     classes, train, ignored = _read_classes(root / "train")
     if not (root / "test").exists():
         return Layout(root, "split", classes, train, None, ignored)
-    test_classes, test, test_ignored = _read_classes(root / "test")
+    test_classes, test, test_ignored = _read_classes(root / "test", min_classes=1)
     if test_classes != classes:
         only_train = sorted(set(classes) - set(test_classes))
         only_test = sorted(set(test_classes) - set(classes))
@@ -216,9 +217,9 @@ def choose_preprocessing(
         for done, file in enumerate(files, 1):
             try:
                 header = read_header(file, options.max_pixels)
-            except UnreadableImage:
+            except UnreadableImage as exc:
                 if options.strict:
-                    raise
+                    raise UnreadableImage(f"{exc} (--strict)") from None
                 failed += 1  # listed by the decoding pass
             else:
                 sizes[(header.height, header.width)] += 1

@@ -30,9 +30,10 @@ import onnxruntime as ort
 
 from service.contract import Preprocessing
 from training import onnxmodel, report
+from training.diskimages import DiskImages
 from training.errors import PromotionRefused, UsageError
 from training.evaluation import Evaluation, score
-from training.imagecache import MAX_PIXELS, DiskImages, to_input_range
+from training.imagecache import MAX_PIXELS, to_input_range
 from training.imagefolder import load_labelled
 from training.publish import (
     Published,

@@ -17,9 +17,9 @@ import tensorflow as tf
 
 from training.config import SGD_MOMENTUM, HyperParameters
 from training.data import Dataset, stratified_sample, train_validation_split
+from training.diskimages import DiskImages, Images, select
 from training.errors import UsageError
 from training.evaluation import Evaluation, score
-from training.imagecache import DiskImages, Images, select
 from training.presets import build_model
 
 
@@ -200,7 +200,7 @@ def fit(dataset: Dataset, preset: str, hp: HyperParameters, *, verbose: int | No
 
 
 #: Rows read from a cache on disk at a time when predicting (a multiple of the predict batch size).
-PREDICT_CHUNK = 4096
+PREDICT_CHUNK = 1024
 
 
 def predict(model: keras.Model, images: Images, batch_size: int = 256) -> np.ndarray:
