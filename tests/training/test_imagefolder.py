@@ -141,6 +141,7 @@ def test_size_and_colour_default_to_the_data(tmp_path: Path) -> None:
         choose_preprocessing([*files, tmp_path / "bad.png"], FolderOptions(strict=True))
 
 
+@pytest.mark.slow
 def test_mnist_png_folder_loads_the_exact_pixels(folders: Folders, mnist, tmp_path: Path) -> None:
     log = io.StringIO()
     dataset = load_folder(folders.mnist, FolderOptions(), tmp_path / "cache", log=log)
@@ -160,6 +161,7 @@ def test_mnist_png_folder_loads_the_exact_pixels(folders: Folders, mnist, tmp_pa
     assert "10 classes, 400 images (split layout)" in log.getvalue()
 
 
+@pytest.mark.slow
 def test_cifar_jpeg_folder_carves_and_records_a_test_split(folders: Folders, tmp_path: Path) -> None:
     options = FolderOptions(image_size=(48, 40), test_split=0.25, seed=3)
     dataset = load_folder(folders.cifar, options, tmp_path / "cache", log=io.StringIO())

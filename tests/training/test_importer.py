@@ -23,6 +23,8 @@ from training.publish import sha256_hex
 
 from .conftest import CIFAR5, Folders, Foreign
 
+pytestmark = pytest.mark.slow  # trains the foreign model once, converts it three ways
+
 LABELS5 = CIFAR5
 
 

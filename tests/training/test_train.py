@@ -123,6 +123,7 @@ def test_augmenter_keeps_shape_and_changes_pixels(mnist: Dataset) -> None:
     assert augmented.min() >= 0 and augmented.max() <= 255.001
 
 
+@pytest.mark.slow
 def test_training_from_the_disk_cache_equals_training_in_memory(mnist: Dataset, tmp_path) -> None:
     from training.diskimages import DiskImages
 
