@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from training import imagefolder
+from training import folderlayout, imagefolder
 from training.arguments import PROG, build_parser
 from training.config import HyperParameters
 from training.data import load_dataset, resolve_data_dir
@@ -112,7 +112,7 @@ def _train(args: argparse.Namespace, *, command: str) -> int:
             if args.data_dir is not None or args.offline:
                 raise UsageError("--data-dir and --offline apply to --dataset only")
             # The layout and class counts are checked before TensorFlow is imported, so they answer at once.
-            layout = imagefolder.scan(args.images)
+            layout = folderlayout.scan(args.images)
             early = _folder_options(
                 args,
                 validation_split=_given_or_default(args, "validation_split"),

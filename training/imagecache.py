@@ -85,7 +85,9 @@ def _parse_header(stream: BinaryIO, path: Path, max_pixels: int) -> Header:
     except Exception as exc:  # OSError, SyntaxError, struct.error, ... from hostile headers
         raise UnreadableImage(f"{path}: corrupt image header ({exc})") from None
     if width * height > max_pixels:
-        raise UnreadableImage(f"{path}: {width}x{height} pixels, more than the limit of {max_pixels:,}")
+        raise UnreadableImage(
+            f"{path}: {width * height:,} pixels ({height}x{width}), more than the limit of {max_pixels:,}"
+        )
     return Header(width, height, grayscale)
 
 
@@ -123,8 +125,8 @@ def fit(image: np.ndarray, pre: Preprocessing, path: Path | str = "image") -> np
         return image
     if pre.resize == "digit":
         raise UnreadableImage(
-            f"{path}: {w}x{h}, not {target_w}x{target_h}; with resize 'digit' the images must already have "
-            "the model's size (the digit fit is done when serving)"
+            f"{path}: {h}x{w} (HxW), not {target_h}x{target_w}; with resize 'digit' the images must "
+            "already have the model's size (the digit fit is done when serving)"
         )
     source = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
     if pre.resize == "stretch":

@@ -1,24 +1,17 @@
-"""Image folders as data sets, in the layout Keras' ``image_dataset_from_directory`` reads.
+"""Image folders as data sets: the layout (:mod:`training.folderlayout`), checked, split, decoded.
 
-::
+Without ``test/`` a seeded test split, stratified per class, is carved out and its files are recorded. The
+images are decoded once into a cache on disk (:mod:`training.imagecache`) as the ``preprocessing`` entry
+says; its size and colour default to the data's: the most common size, grayscale only if every image is.
+The class names, sorted, become the model's labels.
 
-    DIR/train/<class>/**/*.{png,jpg,jpeg}     DIR/<class>/**/*.{png,jpg,jpeg}   (flat: no test split given)
-    DIR/test/<class>/**/*.{png,jpg,jpeg}      (optional)
-
-Class names are the folder names, sorted; they become the model's labels. Without ``test/`` a seeded test
-split, stratified per class, is carved out and its files are recorded. The images are decoded once into a
-cache on disk (:mod:`training.imagecache`) as the ``preprocessing`` entry says; its size and colour default
-to the data's: the most common size, grayscale only if every image is.
-
-Everything that makes a folder unusable is a :class:`DataError` (exit code 2) raised before any pixel is
-decoded where it can be: a missing or empty folder, one class only, a class with no images or with fewer
-than the splits need, ``train/`` and ``test/`` with different classes. Unreadable images are skipped and
-listed, or fatal with ``strict``.
+Everything that makes a folder unusable is a :class:`DataError` (exit code 2), raised before any pixel is
+decoded where it can be: a bad layout, or a class with fewer images than the splits need. Unreadable
+images are skipped and listed, or fatal with ``strict``.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -32,32 +25,11 @@ from service.contract import Preprocessing
 from training.data import Dataset, train_validation_split
 from training.diskimages import DiskImages
 from training.errors import DataError, UnreadableImage
+from training.folderlayout import Layout, read_classes, scan
 from training.imagecache import MAX_PIXELS, Cache, Progress, build_cache, read_header
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 #: Unreadable files named on the console and in the metadata; the count is always complete.
 LISTED_FAILURES = 20
-
-
-@dataclass(frozen=True)
-class Part:
-    """The image files of one split with their class ids."""
-
-    files: tuple[Path, ...]
-    labels: np.ndarray
-
-
-@dataclass(frozen=True)
-class Layout:
-    """What :func:`scan` found: the classes and the files of ``train`` (and ``test``, when given)."""
-
-    root: Path
-    kind: Literal["split", "flat"]
-    classes: tuple[str, ...]
-    train: Part
-    test: Part | None
-    #: Files under the class folders that are not PNG or JPEG by name (READMEs, .DS_Store, ...).
-    ignored: int
 
 
 @dataclass(frozen=True)
@@ -74,95 +46,6 @@ class FolderOptions:
     strict: bool = False
     max_pixels: int = MAX_PIXELS
     workers: int = 0
-
-
-def _visible(entries: Sequence[Path]) -> list[Path]:
-    return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
-
-
-def _images_under(directory: Path) -> tuple[list[Path], int]:
-    """Image files below ``directory`` (any depth, hidden entries skipped), sorted; and the other files."""
-    found, ignored = [], 0
-    for parent, dirs, names in os.walk(directory):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            if name.startswith("."):
-                continue
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                found.append(Path(parent) / name)
-            else:
-                ignored += 1
-    return found, ignored
-
-
-def _read_classes(directory: Path, min_classes: int = 2) -> tuple[tuple[str, ...], Part, int]:
-    if not directory.is_dir():
-        raise DataError(
-            f"{directory}: no such directory" if not directory.exists() else f"{directory}: not a directory"
-        )
-    entries = _visible(list(directory.iterdir()))
-    class_dirs = [e for e in entries if e.is_dir()]
-    loose = [e for e in entries if e.is_file() and e.suffix.lower() in IMAGE_SUFFIXES]
-    if not class_dirs:
-        if loose:
-            raise DataError(
-                f"{directory}: {len(loose)} images but no class folders; put each class's images in a "
-                f"folder named after it ({directory}/<class>/...)"
-            )
-        raise DataError(f"{directory}: empty; expected one folder of images per class")
-    files: list[Path] = []
-    labels: list[int] = []
-    ignored = len(entries) - len(class_dirs)
-    empty = []
-    for class_id, class_dir in enumerate(class_dirs):
-        images, other = _images_under(class_dir)
-        ignored += other
-        if not images:
-            empty.append(class_dir.name)
-        files += images
-        labels += [class_id] * len(images)
-    if not files:
-        raise DataError(f"{directory}: no image files (.png, .jpg, .jpeg) in any class folder")
-    if empty:
-        raise DataError(f"{directory}: class folder(s) with no image files: {', '.join(empty)}")
-    if len(class_dirs) < min_classes:
-        raise DataError(
-            f"{directory}: only one class ({class_dirs[0].name}); a classifier needs at least two "
-            "class folders"
-        )
-    classes = tuple(d.name for d in class_dirs)
-    return classes, Part(tuple(files), np.asarray(labels, dtype=np.int64)), ignored
-
-
-def scan(root: Path) -> Layout:
-    """List the classes and image files of ``root``; :class:`DataError` for a layout that cannot train."""
-    if not root.exists():
-        raise DataError(f"{root}: no such directory")
-    if not root.is_dir():
-        raise DataError(f"{root}: not a directory")
-    if not (root / "train").is_dir():
-        classes, train, ignored = _read_classes(root)
-        return Layout(root, "flat", classes, train, None, ignored)
-    others = [
-        e.name for e in _visible(list(root.iterdir())) if e.is_dir() and e.name not in ("train", "test")
-    ]
-    if others:
-        raise DataError(
-            f"{root}: unexpected folder(s) {', '.join(others)} beside train/; the layout is "
-            f"{root}/train/<class>/... with an optional {root}/test/<class>/..., or {root}/<class>/..."
-        )
-    classes, train, ignored = _read_classes(root / "train")
-    if not (root / "test").exists():
-        return Layout(root, "split", classes, train, None, ignored)
-    test_classes, test, test_ignored = _read_classes(root / "test", min_classes=1)
-    if test_classes != classes:
-        only_train = sorted(set(classes) - set(test_classes))
-        only_test = sorted(set(test_classes) - set(classes))
-        raise DataError(
-            f"{root}: train/ and test/ have different classes (only in train/: "
-            f"{', '.join(only_train) or '-'}; only in test/: {', '.join(only_test) or '-'})"
-        )
-    return Layout(root, "split", classes, train, test, ignored + test_ignored)
 
 
 def carve_test(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -243,7 +126,7 @@ def load_folder(root: Path, options: FolderOptions, cache_dir: Path, *, log: Tex
     labels = np.concatenate([layout.train.labels, *([layout.test.labels] if layout.test else [])])
     print(f"{root}: {len(layout.classes)} classes, {len(files):,} images ({layout.kind} layout)", file=log)
     pre = choose_preprocessing(files, options, Progress("reading headers of", stream=log))
-    print(f"images become {pre.width}x{pre.height} {pre.color} ({pre.resize})", file=log)
+    print(f"images become {pre.height}x{pre.width} (HxW) {pre.color} ({pre.resize})", file=log)
     cache = build_cache(
         files,
         pre,
@@ -334,7 +217,7 @@ def load_labelled(
     base = root / "test" if (root / "test").is_dir() and (root / "train").is_dir() else root
     if not base.is_dir():
         raise DataError(f"{root}: no such directory" if not root.exists() else f"{root}: not a directory")
-    classes, part, _ = _read_classes(base, min_classes=1)  # one class measures that class's accuracy
+    classes, part, _ = read_classes(base, min_classes=1)  # one class measures that class's accuracy
     unknown = sorted(set(classes) - set(labels))
     if unknown:
         raise DataError(

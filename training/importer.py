@@ -324,7 +324,7 @@ def summary_rows(config: ImportConfig, outcome: ImportOutcome) -> list[tuple[str
         ("labels", ", ".join(config.labels)),
         (
             "image contract",
-            f"{pre.width}x{pre.height} {pre.color}, {pre.resize}, range {list(pre.input_range)}",
+            f"{pre.height}x{pre.width} (HxW) {pre.color}, {pre.resize}, range {list(pre.input_range)}",
         ),
         ("graph changes", "; ".join(outcome.prepared.changes) or "none"),
     ]

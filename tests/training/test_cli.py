@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from tests.helpers.imagefiles import classes
 from training.cli import main
 from training.data import Dataset
 
@@ -150,29 +151,15 @@ def test_train_publish_then_guard_then_force(
     assert forced["training"]["command"].endswith("--force")
 
 
-def image_file(path: Path, seed: int = 0) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (12, 12), dtype=np.uint8)).save(path)
-
-
-def class_folders(root: Path, counts: dict[str, int]) -> Path:
-    for name, count in counts.items():
-        for i in range(count):
-            image_file(root / name / f"{i}.png", seed=i)
-    return root
-
-
 @pytest.mark.parametrize(
     ("build", "message"),
     [
         (lambda r: None, "images: no such directory"),
         (lambda r: r.mkdir(), "images: empty; expected one folder of images per class"),
-        (lambda r: class_folders(r, {"cat": 5}), "only one class (cat)"),
-        (lambda r: class_folders(r, {"cat": 5, "dog": 2}), "too few images in class(es) dog (2)"),
+        (lambda r: classes(r, {"cat": 5}), "only one class (cat)"),
+        (lambda r: classes(r, {"cat": 5, "dog": 2}), "too few images in class(es) dog (2)"),
         (
-            lambda r: (class_folders(r / "train", {"a": 3, "b": 3}), class_folders(r / "test", {"a": 1})),
+            lambda r: (classes(r / "train", {"a": 3, "b": 3}), classes(r / "test", {"a": 1})),
             "train/ and test/ have different classes",
         ),
         (
@@ -199,7 +186,7 @@ def test_unusable_image_folder_exits_2_and_publishes_nothing(
 
 
 def test_unreadable_images_are_fatal_with_strict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    images = class_folders(tmp_path / "images", {"a": 4, "b": 4})
+    images = classes(tmp_path / "images", {"a": 4, "b": 4})
     (images / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(30))
     args = [
         "train",

@@ -49,7 +49,7 @@ def test_folder_trained_and_imported_models_are_served(
     )
     assert result.returncode == 0, result.stderr
     assert "5 classes, 300 images (flat layout)" in result.stderr
-    assert "images become 32x32 rgb (stretch)" in result.stderr
+    assert "images become 32x32 (HxW) rgb (stretch)" in result.stderr
     trained = json.loads((repository / "photos" / "1" / "metadata.json").read_text())
     assert trained["labels"] == list(CIFAR5)
     assert trained["preprocessing"]["input_range"] == [0.0, 255.0]

@@ -54,7 +54,7 @@ def build_model(
     if min(input_shape[:2]) < minimum:
         raise UsageError(
             f"preset {preset} needs images of at least {minimum}x{minimum}, got "
-            f"{input_shape[1]}x{input_shape[0]} (--image-size)"
+            f"{input_shape[0]}x{input_shape[1]} (--image-size HxW)"
         )
     if num_classes < 2:
         raise UsageError(f"a classifier needs at least two classes, got {num_classes}")
