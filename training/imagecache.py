@@ -16,6 +16,7 @@ and the preprocessing are the same.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -212,23 +213,43 @@ def build_cache(
     """
     key = cache_key(files, pre, max_pixels)
     data_path, index_path = directory / f"{key}.npy", directory / f"{key}.json"
-    if data_path.is_file() and index_path.is_file():
-        index = json.loads(index_path.read_text())
-        if not (strict and index["failures"]):
-            listed = tuple((str(f), str(r)) for f, r in index["failures"])
-            rows = np.asarray(index["kept"], dtype=np.int64)
-            return Cache(DiskImages(data_path), rows, listed, reused=True)
-    directory.mkdir(parents=True, exist_ok=True)
+    reused = _reuse(data_path, index_path, strict)
+    if reused is not None:
+        return reused
     partial = directory / f".{key}.{os.getpid()}.partial"
+    partial_index = partial.with_suffix(".index")
     try:
+        directory.mkdir(parents=True, exist_ok=True)
         kept, failures = _decode_all(files, pre, partial, max_pixels, strict, workers, progress)
         if not kept:
             raise DataError(f"none of the {len(files):,} image files could be decoded")
+        partial_index.write_text(json.dumps({"kept": kept, "failures": failures}))
         partial.replace(data_path)
+        partial_index.replace(index_path)
+    except OSError as exc:
+        raise DataError(f"cannot write the image cache in {directory}: {exc.strerror or exc}") from exc
     finally:
-        partial.unlink(missing_ok=True)
-    index_path.write_text(json.dumps({"kept": kept, "failures": failures}))
+        for leftover in (partial, partial_index):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
     return Cache(DiskImages(data_path), np.asarray(kept, dtype=np.int64), tuple(failures), reused=False)
+
+
+def _reuse(data_path: Path, index_path: Path, strict: bool) -> Cache | None:
+    """The cache kept at ``data_path``, or ``None`` when there is none, it is damaged, or ``strict`` must
+    see files that it skipped fail."""
+    if not (data_path.is_file() and index_path.is_file()):
+        return None
+    try:
+        index = json.loads(index_path.read_text())
+        listed = tuple((str(f), str(r)) for f, r in index["failures"])
+        rows = np.asarray(index["kept"], dtype=np.int64)
+        images = DiskImages(data_path)
+    except (OSError, ValueError, KeyError, TypeError, DataError):
+        return None  # rebuilt
+    if (strict and listed) or len(rows) != len(images):
+        return None
+    return Cache(images, rows, listed, reused=True)
 
 
 def _decode_all(

@@ -128,7 +128,11 @@ def import_model(config: ImportConfig, *, log: TextIO | None = None) -> ImportOu
         )
         parity: dict[str, Any] | None = None
         if fmt == "onnx":
-            model = onnxmodel.load(config.path.read_bytes(), str(config.path))
+            try:
+                data = config.path.read_bytes()
+            except OSError as exc:
+                raise UsageError(f"{config.path}: cannot read ({exc.strerror or exc})") from None
+            model = onnxmodel.load(data, str(config.path))
             _, hwc = onnxmodel.input_hwc(model)
             pre = _preprocessing(hwc, config)
             evaluation_set = _evaluation_set(config, pre, cache_dir, log)

@@ -197,3 +197,23 @@ def test_progress_reports_counts(tmp_path: Path) -> None:
     (line,) = stream.getvalue().splitlines()
     assert line.startswith("decoding 4/4 images (100%, ")
     assert line.endswith(", 1 unreadable)")
+
+
+def test_a_damaged_kept_cache_is_rebuilt(tmp_path: Path) -> None:
+    files = write_files(tmp_path / "images", 3)
+    first = build_cache(files, RGB16, tmp_path / "cache")
+    first.images.path.with_suffix(".json").write_text("{not json")
+    again = build_cache(files, RGB16, tmp_path / "cache")
+    assert not again.reused
+    assert np.array_equal(again.images.head(3), first.images.head(3))
+    first.images.path.write_bytes(b"garbage")
+    assert not build_cache(files, RGB16, tmp_path / "cache").reused
+
+
+def test_an_unwritable_cache_directory_is_a_data_error(tmp_path: Path) -> None:
+    from training.errors import DataError
+
+    files = write_files(tmp_path / "images", 1)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="cannot write the image cache in"):
+        build_cache(files, RGB16, tmp_path / "file")
