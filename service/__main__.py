@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import functools
 import logging
 import math
 import os
@@ -33,11 +34,6 @@ from service.app import create_app
 from service.settings import Settings
 
 log = logging.getLogger("service")
-
-
-def app_from_env() -> FastAPI:
-    """uvicorn factory: the app configured from ``SERVE_*`` environment variables."""
-    return create_app(Settings(), background_load=True)
 
 
 def _fastapi(app: Any) -> FastAPI | None:
@@ -203,8 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.workers > 1:
         return supervise(args)
+    factory = functools.partial(
+        create_app, settings, background_load=True, grpc_host=args.host, grpc_reuse_port=args.reuse_port
+    )
     config = uvicorn.Config(
-        "service.__main__:app_from_env",
+        factory,
         factory=True,
         host=args.host,
         port=args.port,

@@ -1,7 +1,7 @@
 """Application factory: ``create_app(settings)`` builds the FastAPI app; nothing happens at import.
 
-Sessions, batchers and the repository watcher start in the lifespan and are drained after its
-``yield``.
+Sessions, batchers, the repository watcher and (when asked for) the gRPC listener start in the lifespan
+and are drained after its ``yield``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.api import Lifecycle, router
 from service.errors import ServiceError
 from service.fastpath import ServingApp
+from service.grpc.server import GrpcServer
 from service.metrics import Metrics
 from service.openapi import refine
 from service.registry import ModelRegistry
@@ -67,12 +68,19 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(
-    settings: Settings, *, registry: CollectorRegistry | None = None, background_load: bool = False
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    background_load: bool = False,
+    grpc_host: str | None = None,
+    grpc_reuse_port: bool = False,
 ) -> FastAPI:
     """Build the service. ``registry`` defaults to a fresh one with process metrics.
 
     With ``background_load`` the server answers (live, not ready) while models load, as a process under
     an orchestrator should; without it start-up waits for the initial load, as tests and embedders want.
+    With ``grpc_host`` the lifespan also serves gRPC on ``grpc_host:settings.grpc_port`` (unless that is
+    0), in the same event loop and over the same batchers; the bound port is ``app.state.grpc_port``.
     """
     if registry is None:
         registry = CollectorRegistry()
@@ -88,6 +96,10 @@ def create_app(
         log.info("execution providers: %s", ", ".join(providers))
         models = ModelRegistry(settings, metrics, providers)
         app.state.registry = models
+        grpc_server = None
+        if grpc_host is not None and settings.grpc_port:
+            grpc_server = GrpcServer(app.state, settings, reuse_port=grpc_reuse_port)
+            app.state.grpc_port = await grpc_server.start(grpc_host, settings.grpc_port)
         if background_load:
             loader = asyncio.create_task(_load_then_watch(models, settings.poll_interval_s))
         else:
@@ -100,6 +112,8 @@ def create_app(
             loader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loader
+            if grpc_server is not None:
+                await grpc_server.stop(app.state.lifecycle.time_left(settings.drain_seconds))
             await models.stop(app.state.lifecycle.time_left(settings.drain_seconds))
 
     app = ServingApp(

@@ -16,15 +16,14 @@ from tritonclient.grpc import service_pb2 as triton_pb
 from service import protocol
 from service.errors import InvalidInput, PayloadTooLarge
 from service.grpc.generated import grpc_service_pb2 as pb
+from service.grpc.protocol import encode_infer_response, parse_infer_request
 from service.grpc.tensors import (
     CONTENTS_FIELD,
     WIRE_DTYPES,
     build_infer_request,
-    encode_infer_response,
     fill_contents,
     from_contents,
     from_raw,
-    parse_infer_request,
     response_arrays,
     to_raw,
 )
