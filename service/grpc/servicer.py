@@ -19,6 +19,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -69,6 +70,13 @@ def _unimplemented(what: str) -> Callable[..., Awaitable[Any]]:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not supported by this server")
 
     return method
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A request whose bytes did not parse as its message type (see :mod:`service.grpc.server`)."""
+
+    message: str
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -183,7 +191,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         running: set[asyncio.Task[None]] = set()
 
-        async def one(request: pb.ModelInferRequest) -> None:
+        async def one(request: pb.ModelInferRequest | Malformed) -> None:
+            if isinstance(request, Malformed):
+                answers.put_nowait(pb.ModelStreamInferResponse(error_message=request.message))
+                return
             try:
                 response = await self._infer(request, context.time_remaining())
                 answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
