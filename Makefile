@@ -9,7 +9,7 @@ DATA_DIR ?= ../shared/data
 SERVE_STAMP := $(VENV)/.serve-installed
 DEV_STAMP   := $(VENV)/.dev-installed
 
-.PHONY: run test lint format protos train bench bench-soak bench-models system-deps clean
+.PHONY: run test lint format protos train bench bench-grpc bench-soak bench-models system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ train: $(DEV_STAMP)
 ## bench: serving throughput and latency vs a naive baseline and raw onnxruntime
 bench: $(DEV_STAMP) system-deps
 	$(BIN)/python -m bench.serving
+
+## bench-grpc: gRPC beside HTTP JSON and binary, one service process, c = 1, 16, 64
+bench-grpc: $(DEV_STAMP) system-deps
+	$(BIN)/python -m bench.protocols
 
 bench-soak: $(DEV_STAMP) system-deps
 	$(BIN)/python -m bench.soak
