@@ -7,29 +7,26 @@ convention when ``max_batch_size`` > 0).
 
 from __future__ import annotations
 
+from service.core import ModelInfo
 from service.grpc.generated import model_config_pb2 as mc
-from service.registry import ServedVersion
-from service.settings import Settings
 from service.signature import TensorSpec
 
-PLATFORM = "onnxruntime_onnx"
 
-
-def config_of(served: ServedVersion, settings: Settings) -> mc.ModelConfig:
-    signature = served.runtime.signature
+def config_of(info: ModelInfo, max_queue_delay_us: int) -> mc.ModelConfig:
+    signature = info.signature
     batched = all(t.shape[:1] == (-1,) for t in (*signature.inputs, *signature.outputs))
     return mc.ModelConfig(
-        name=served.name,
-        platform=PLATFORM,
+        name=info.name,
+        platform=info.platform,
         backend="onnxruntime",
-        max_batch_size=settings.max_batch_size if batched else 0,
+        max_batch_size=info.max_batch_size if batched else 0,
         input=[
             mc.ModelInput(name=t.name, data_type=_type(t), dims=_dims(t, batched)) for t in signature.inputs
         ],
         output=[
             mc.ModelOutput(name=t.name, data_type=_type(t), dims=_dims(t, batched)) for t in signature.outputs
         ],
-        dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=settings.max_queue_delay_us),
+        dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=max_queue_delay_us),
     )
 
 

@@ -1,5 +1,6 @@
-"""KServe V2 gRPC infer messages: a ``ModelInferRequest`` validated into an
-:class:`~service.protocol.InferenceRequest`, and outputs encoded into a ``ModelInferResponse``.
+"""KServe V2 gRPC infer messages: a ``ModelInferRequest`` validated into the core's
+:class:`~service.core.InferRequest`, and the core's :class:`~service.core.InferResponse` encoded into a
+``ModelInferResponse``.
 
 :func:`parse_infer_request` checks a request against the model's signature with the rules and messages of
 the HTTP parser (:mod:`service.protocol`): names, datatypes (UINT8 accepted for FP32 inputs), shapes, the
@@ -16,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from service.core import InferRequest, InferResponse
 from service.errors import InvalidInput, PayloadTooLarge
 from service.grpc.generated import grpc_service_pb2 as pb
 from service.grpc.tensors import fmt, from_contents, from_raw, has_contents, names, to_raw
-from service.protocol import InferenceRequest, RequestedOutput
 from service.signature import ModelSignature, TensorSpec
 
 _MAX_DIM = 2**31
@@ -28,8 +29,12 @@ _MAX_TIMEOUT_US = 2**63 - 1
 
 def parse_infer_request(
     request: pb.ModelInferRequest, *, signature: ModelSignature, max_rows: int
-) -> InferenceRequest:
-    """Validate ``request`` against ``signature``: InvalidInput, or PayloadTooLarge past ``max_rows``."""
+) -> tuple[InferRequest, int | None]:
+    """Validate ``request`` against ``signature``: InvalidInput, or PayloadTooLarge past ``max_rows``.
+
+    Returns the core's request (no deadline yet: the caller knows the gRPC one) and Triton's
+    ``parameters.timeout`` in microseconds, if given.
+    """
     timeout = _timeout(request.parameters)
     if not request.inputs:
         raise InvalidInput("the request has no inputs")
@@ -72,27 +77,19 @@ def parse_infer_request(
             array = array.astype(spec.dtype)
         array.flags.writeable = False
         inputs[spec.name] = array
-    return InferenceRequest(request.id or None, inputs, outputs, True, timeout, rows)
+    return InferRequest(inputs, request.id or None, outputs), timeout
 
 
-def encode_infer_response(
-    *,
-    model_name: str,
-    model_version: str,
-    request_id: str | None,
-    outputs: Mapping[str, np.ndarray],
-    request: InferenceRequest,
-    signature: ModelSignature,
-) -> pb.ModelInferResponse:
-    """The response, outputs in signature order (only those requested), values raw."""
-    wanted = None if request.outputs is None else {o.name for o in request.outputs}
-    response = pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request_id or "")
-    for spec in signature.outputs:
-        if wanted is None or spec.name in wanted:
-            array = np.asarray(outputs[spec.name])
-            response.outputs.add(name=spec.name, datatype=spec.datatype, shape=array.shape)
-            response.raw_output_contents.append(to_raw(array, spec.datatype))
-    return response
+def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
+    """The core's answer as a ``ModelInferResponse``: outputs in signature order, values raw."""
+    message = pb.ModelInferResponse(
+        model_name=response.model, model_version=str(response.version), id=response.id or ""
+    )
+    for spec in response.specs:
+        array = np.asarray(response.outputs[spec.name])
+        message.outputs.add(name=spec.name, datatype=spec.datatype, shape=array.shape)
+        message.raw_output_contents.append(to_raw(array, spec.datatype))
+    return message
 
 
 # ---- checks ----------------------------------------------------------------------------------------
@@ -134,7 +131,7 @@ def _check_input(
     return spec, shape
 
 
-def _requested_outputs(requested: Any, signature: ModelSignature) -> list[RequestedOutput] | None:
+def _requested_outputs(requested: Any, signature: ModelSignature) -> list[str] | None:
     wanted: list[str] = []
     for item in requested:
         if signature.output(item.name) is None:
@@ -151,7 +148,7 @@ def _requested_outputs(requested: Any, signature: ModelSignature) -> list[Reques
                 f"output {item.name!r}: the classification and shared-memory extensions are not supported"
             )
         wanted.append(item.name)
-    return [RequestedOutput(n, True) for n in wanted] or None
+    return wanted or None
 
 
 def _timeout(parameters: Mapping[str, pb.InferParameter]) -> int | None:

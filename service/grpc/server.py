@@ -8,9 +8,9 @@ with the generated ``add_..._to_server``, so that a message that does not parse 
 :class:`~service.grpc.servicer.Malformed` and is answered INVALID_ARGUMENT (grpcio would answer INTERNAL
 and log a traceback).
 
-It is started and stopped by the app's lifespan. Draining needs no call here, since every RPC reads the
-lifecycle (readiness false, new calls UNAVAILABLE); :meth:`GrpcServer.stop` closes the port and gives
-the calls in flight until the drain deadline to finish.
+It is started and stopped by the app's lifespan, beside the core. Draining needs no call here, since
+every RPC asks the core (readiness false, new calls UNAVAILABLE); :meth:`GrpcServer.stop` closes the
+port and gives the calls in flight until the drain deadline to finish.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service.core import InferenceService
 from service.grpc.generated import grpc_service_pb2 as pb
 from service.grpc.health import HealthServicer
 from service.grpc.servicer import InferenceServicer, Malformed, server_ready
-from service.settings import Settings
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = (
@@ -39,9 +39,10 @@ SERVICE_NAMES = (
 
 
 class GrpcServer:
-    """One ``grpc.aio`` server over the app's ``state``; create it inside the running event loop."""
+    """One ``grpc.aio`` server over the core; create it inside the running event loop."""
 
-    def __init__(self, state: Any, settings: Settings, *, reuse_port: bool = False) -> None:
+    def __init__(self, core: InferenceService, *, reuse_port: bool = False) -> None:
+        settings = core.settings
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", settings.max_body_bytes),
@@ -51,8 +52,8 @@ class GrpcServer:
                 ("grpc.so_reuseport", int(reuse_port)),
             ]
         )
-        self._server.add_generic_rpc_handlers((inference_handlers(InferenceServicer(state)),))
-        health = HealthServicer(lambda: server_ready(state))
+        self._server.add_generic_rpc_handlers((inference_handlers(InferenceServicer(core)),))
+        health = HealthServicer(lambda: server_ready(core))
         health_pb2_grpc.add_HealthServicer_to_server(health, self._server)
         reflection.enable_server_reflection(SERVICE_NAMES, self._server)
 

@@ -1,9 +1,11 @@
-"""``inference.GRPCInferenceService``: the KServe V2 gRPC protocol as a thin adapter over the service.
+"""``inference.GRPCInferenceService``: the KServe V2 gRPC protocol as a thin adapter over the core.
 
-Every RPC parses its message, calls the same registry, batchers and checks the HTTP routes use, and shapes
-the answer; each failure is a :class:`~service.errors.ServiceError`, answered once by :func:`_answer` with
-the status :mod:`service.grpc.status` maps it to. A ``ModelInfer`` call and an HTTP infer request for the
-same model version queue in the same batcher, so they can share a batch.
+Every RPC decodes its message, calls the typed core (:class:`~service.core.InferenceService`), the same
+one the HTTP adapter calls, and encodes the answer; each failure is a
+:class:`~service.errors.ServiceError`, answered once by :func:`_answer` with the status
+:mod:`service.grpc.status` maps its kind to. A ``ModelInfer`` call and an HTTP infer request for the same
+model version go through the same core call into the same batcher, so they can share a batch; gRPC calls
+are counted under ``protocol="grpc"``.
 
 Semantics follow Triton's server: ``ModelReady`` answers ``ready: false`` (not an error) for a model that is
 unknown or not ready; a request's deadline is the earlier of the gRPC deadline and ``parameters.timeout``
@@ -19,27 +21,25 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
 from grpc.aio import ServicerContext as Context
 
-from service import __version__
-from service.api import parse_version, status_label
+from service.contract import parse_version
+from service.core import InferenceService
 from service.errors import InvalidInput, NotFound, ServiceError, Unavailable
 from service.grpc import admin, model_config
 from service.grpc.generated import grpc_service_pb2 as pb
 from service.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from service.grpc.protocol import encode_infer_response, parse_infer_request
 from service.grpc.status import INTERNAL_MESSAGE, grpc_status
-from service.protocol import InferenceRequest
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 PROTOCOL = "grpc"
-EXTENSIONS = ["binary_tensor_data", "statistics", "model_repository", "classification"]
 
 
 async def _answer(context: Context, call: Awaitable[T]) -> T:
@@ -80,10 +80,10 @@ class Malformed:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """The V2 gRPC service over the app's state (registry, settings, lifecycle), read at call time."""
+    """The V2 gRPC service over one :class:`~service.core.InferenceService`."""
 
-    def __init__(self, state: Any) -> None:
-        self._state = state
+    def __init__(self, core: InferenceService) -> None:
+        self._core = core
 
     # ---- health and metadata ------------------------------------------------------------------------
 
@@ -91,59 +91,51 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=server_ready(self._state))
+        return pb.ServerReadyResponse(ready=server_ready(self._core))
 
     @_rpc
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
         version = _version(request.version)
         try:
-            self._state.registry.get(request.name, version)
+            self._core.check_model_ready(request.name, version)
         except (NotFound, Unavailable):
             return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=not self._state.lifecycle.draining)
+        return pb.ModelReadyResponse(ready=True)
 
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: Context
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="digits-serving", version=__version__, extensions=EXTENSIONS)
+        info = self._core.server_info()
+        return pb.ServerMetadataResponse(name=info.name, version=info.version, extensions=info.extensions)
 
     @_rpc
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: Context
     ) -> pb.ModelMetadataResponse:
-        registry = self._state.registry
-        served = registry.get(request.name, _version(request.version))
-        signature = served.runtime.signature
+        info = self._core.model_info(request.name, _version(request.version))
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
-            name=served.name,
-            versions=[str(v) for v in registry.versions(served.name)],
-            platform=model_config.PLATFORM,
-            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in signature.inputs],
-            outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in signature.outputs],
+            name=info.name,
+            versions=[str(v) for v in info.versions],
+            platform=info.platform,
+            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in info.signature.inputs],
+            outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in info.signature.outputs],
         )
 
     @_rpc
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Context) -> pb.ModelConfigResponse:
-        served = self._state.registry.get(request.name, _version(request.version))
-        return pb.ModelConfigResponse(config=model_config.config_of(served, self._state.settings))
+        info = self._core.model_info(request.name, _version(request.version))
+        delay = self._core.settings.max_queue_delay_us
+        return pb.ModelConfigResponse(config=model_config.config_of(info, delay))
 
     @_rpc
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: Context
     ) -> pb.ModelStatisticsResponse:
-        registry = self._state.registry
-        version = _version(request.version)
-        if request.name:
-            registry.get(request.name, version)  # NOT_FOUND / UNAVAILABLE for what is not served
-            names = [request.name]
-        else:
-            names = registry.names()
+        rows = self._core.statistics(request.name or None, _version(request.version))
         response = pb.ModelStatisticsResponse()
-        for name in names:
-            for v in [version] if version is not None else registry.versions(name):
-                stats = registry.get(name, v).metrics.stats.as_json(name, str(v))
-                json_format.ParseDict(stats, response.model_stats.add())
+        for row in rows:
+            json_format.ParseDict(row.stats.as_json(row.name, str(row.version)), response.model_stats.add())
         return response
 
     # ---- repository -----------------------------------------------------------------------------------
@@ -152,12 +144,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: Context
     ) -> pb.RepositoryIndexResponse:
-        rows = self._state.registry.index()
+        entry = pb.RepositoryIndexResponse.ModelIndex
         return pb.RepositoryIndexResponse(
             models=[
-                pb.RepositoryIndexResponse.ModelIndex(**row)
-                for row in rows
-                if not request.ready or row["state"] == "READY"
+                entry(name=e.name, version=str(e.version), state=e.state, reason=e.reason)
+                for e in self._core.repository_index()
+                if not request.ready or e.state == "READY"
             ]
         )
 
@@ -165,18 +157,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
-        admin.require(self._state.settings, context)
+        self._core.authorize_admin(admin.authorization(context))
         if request.parameters:
             raise InvalidInput("load parameters (config or file overrides) are not supported")
-        await self._state.registry.load(request.model_name)
+        await self._core.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     @_rpc
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> pb.RepositoryModelUnloadResponse:
-        admin.require(self._state.settings, context)
-        await self._state.registry.unload(request.model_name)
+        self._core.authorize_admin(admin.authorization(context))
+        await self._core.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     # ---- inference ------------------------------------------------------------------------------------
@@ -186,7 +178,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self._infer(request, context.time_remaining())
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest | Malformed], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         running: set[asyncio.Task[None]] = set()
@@ -230,46 +222,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(
         self, request: pb.ModelInferRequest, grpc_remaining: float | None
     ) -> pb.ModelInferResponse:
-        """One inference, transport aside: the gRPC twin of :func:`service.api.run_infer`."""
-        started = time.perf_counter()
-        state = self._state
-        settings = state.settings
-        served = state.registry.get(request.model_name, _version(request.model_version))
-        status = "error"
-        try:
-            if state.lifecycle.draining:
-                raise Unavailable("server is draining")
-            signature = served.runtime.signature
-            parsed: InferenceRequest = parse_infer_request(
-                request, signature=signature, max_rows=settings.max_request_rows
+        """One inference: decode against the version's signature, call the core, encode its answer.
+
+        The deadline is the earlier of the gRPC deadline and ``parameters.timeout``.
+        """
+        version = _version(request.model_version)
+        async with self._core.call(request.model_name, version, protocol=PROTOCOL) as call:
+            limits = call.limits
+            parsed, timeout_us = parse_infer_request(
+                request, signature=call.signature, max_rows=limits.max_request_rows
             )
-            timeout_s = parsed.timeout_us / 1e6 if parsed.timeout_us else settings.default_timeout_s
+            timeout_s = timeout_us / 1e6 if timeout_us else limits.default_timeout_s
             if grpc_remaining is not None:
                 timeout_s = min(timeout_s, grpc_remaining)
-            outputs = await served.batcher.submit(parsed.inputs, deadline=time.monotonic() + timeout_s)
-            response = encode_infer_response(
-                model_name=served.name,
-                model_version=str(served.version),
-                request_id=parsed.id,
-                outputs=outputs,
-                request=parsed,
-                signature=signature,
-            )
-            status = "ok"
-            return response
-        except ServiceError as exc:
-            status = status_label(exc)
-            raise
-        except asyncio.CancelledError:  # the client went away, or its deadline passed
-            status = (
-                "timeout"
-                if grpc_remaining is not None and time.perf_counter() - started >= grpc_remaining
-                else "cancelled"
-            )
-            raise
-        finally:
-            if status != "cancelled":
-                served.metrics.observe_request(status, time.perf_counter() - started, protocol=PROTOCOL)
+            response = await call.infer(replace(parsed, deadline=time.monotonic() + timeout_s))
+            return encode_infer_response(response)
 
     SystemSharedMemoryStatus = _unimplemented("system shared memory")
     SystemSharedMemoryRegister = _unimplemented("system shared memory")
@@ -281,10 +248,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     LogSettings = _unimplemented("changing log settings")
 
 
-def server_ready(state: Any) -> bool:
+def server_ready(core: InferenceService) -> bool:
     """What ``GET /v2/health/ready`` answers 200 for: every model served, and no drain begun."""
-    return not state.lifecycle.draining and state.registry is not None and state.registry.ready
+    try:
+        core.check_ready()
+    except Unavailable:
+        return False
+    return True
 
 
 def _version(text: str) -> int | None:
-    return parse_version(text or None)
+    """The version a request names ("" is the newest); InvalidInput unless a canonical positive integer."""
+    if not text:
+        return None
+    version = parse_version(text)
+    if version is None:
+        raise InvalidInput(f"model version must be a positive integer, got '{text[:32]}'")
+    return version

@@ -404,7 +404,7 @@ def test_stream_answers_every_request_and_reports_failures_in_band(
 def test_admin_load_and_unload_need_the_token(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
     unload = pb.RepositoryModelUnloadRequest(model_name="mnist-mlp")
     assert_status(
-        rpc_error(stub.RepositoryModelUnload, unload), grpc.StatusCode.UNAUTHENTICATED, "authorization"
+        rpc_error(stub.RepositoryModelUnload, unload), grpc.StatusCode.UNAUTHENTICATED, "missing bearer token"
     )
     wrong = (("authorization", "Bearer wrong-token-123456"),)
     assert_status(
