@@ -31,7 +31,7 @@ from grpc.aio import ServicerContext as Context
 from service.contract import parse_version
 from service.core import InferenceService
 from service.errors import InvalidInput, NotFound, ServiceError, Unavailable
-from service.grpc import admin, model_config
+from service.grpc import model_config
 from service.grpc.generated import grpc_service_pb2 as pb
 from service.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from service.grpc.protocol import encode_infer_response, parse_infer_request
@@ -157,7 +157,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
-        self._core.authorize_admin(admin.authorization(context))
+        self._core.authorize_admin(_authorization(context))
         if request.parameters:
             raise InvalidInput("load parameters (config or file overrides) are not supported")
         await self._core.load(request.model_name)
@@ -167,7 +167,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> pb.RepositoryModelUnloadResponse:
-        self._core.authorize_admin(admin.authorization(context))
+        self._core.authorize_admin(_authorization(context))
         await self._core.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
@@ -255,6 +255,14 @@ def server_ready(core: InferenceService) -> bool:
     except Unavailable:
         return False
     return True
+
+
+def _authorization(context: Context) -> str | None:
+    """The call's ``authorization`` metadata (``Bearer <token>``, as the HTTP header), for the core."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None
 
 
 def _version(text: str) -> int | None:
