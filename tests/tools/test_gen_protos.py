@@ -63,11 +63,8 @@ def test_the_generated_code_passes_its_version_checks_without_warnings() -> None
 def test_tritons_health_proto_matches_the_standard_health_service(tmp_path: Path) -> None:
     # health.proto is kept but not compiled: grpcio-health-checking serves grpc.health.v1. Their Check
     # must be the same on the wire.
-    from grpc_tools import protoc
-
     out = tmp_path / "health.pb"
-    args = ["protoc", f"-I{gen_protos.PROTOS}", f"--descriptor_set_out={out}", "health.proto"]
-    assert protoc.main(args) == 0
+    gen_protos.protoc(f"--descriptor_set_out={out}", str(gen_protos.PROTOS / "health.proto"))
     [triton] = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file
     standard = descriptor_pb2.FileDescriptorProto()
     health_pb2.DESCRIPTOR.CopyToProto(standard)
