@@ -32,8 +32,8 @@ def parse_infer_request(
 ) -> tuple[InferRequest, int | None]:
     """Validate ``request`` against ``signature``: InvalidInput, or PayloadTooLarge past ``max_rows``.
 
-    Returns the core's request (no deadline yet: the caller knows the gRPC one) and Triton's
-    ``parameters.timeout`` in microseconds, if given.
+    Returns the core's request, ``checked`` (the core need not check it again; no deadline yet: the
+    caller knows the gRPC one), and Triton's ``parameters.timeout`` in microseconds, if given.
     """
     timeout = _timeout(request.parameters)
     if not request.inputs:
@@ -77,7 +77,7 @@ def parse_infer_request(
             array = array.astype(spec.dtype)
         array.flags.writeable = False
         inputs[spec.name] = array
-    return InferRequest(inputs, request.id or None, outputs), timeout
+    return InferRequest(inputs, request.id or None, outputs, checked=True), timeout
 
 
 def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:

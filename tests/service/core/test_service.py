@@ -44,8 +44,7 @@ def run(
 ) -> T:
     """Start a core on a one-model repository, run ``test`` against it, stop it."""
     model = write_model_version(tmp_path, "tiny", 1, labels=[f"c{i}" for i in range(10)])
-    options: dict[str, object] = {"model_repository": tmp_path, "max_queue_delay_us": 0, **overrides}
-    settings = Settings(**options)  # type: ignore[arg-type]
+    settings = Settings(model_repository=tmp_path, max_queue_delay_us=0, **overrides)  # type: ignore[arg-type]
 
     async def main() -> T:
         core = InferenceService(settings, Metrics(CollectorRegistry()))
@@ -135,64 +134,6 @@ def test_a_passed_deadline_is_answered_without_computing(tmp_path: Path) -> None
         assert stats.execution_count == 0 and stats.fail.count == 1
 
     run(test, tmp_path)
-
-
-def test_decoding_inside_a_call_is_counted_and_timed(tmp_path: Path) -> None:
-    async def test(core: InferenceService, model: WrittenModel) -> None:
-        with pytest.raises(InvalidInput, match="bad wire format"):
-            async with core.call("tiny") as call:
-                assert (call.name, call.version) == ("tiny", 1)
-                assert call.signature.inputs[0].shape == (-1, 28, 28, 1)
-                raise InvalidInput("bad wire format")
-        with pytest.raises(RuntimeError):
-            async with core.call("tiny"):
-                raise RuntimeError("a transport bug")
-        assert (requests(core, "bad_request"), requests(core, "error")) == (1, 1)
-        count = core.metrics.registry.get_sample_value(
-            "inference_request_duration_seconds_count", {"model": "tiny", "version": "1", "protocol": "http"}
-        )
-        assert count == 2
-
-    run(test, tmp_path)
-
-
-def test_a_call_counts_under_its_transports_protocol(tmp_path: Path) -> None:
-    async def test(core: InferenceService, model: WrittenModel) -> None:
-        async with core.call("tiny", protocol="grpc") as call:
-            await call.infer(InferRequest({"image": images(1)}))
-        with pytest.raises(InvalidInput):
-            async with core.call("tiny", protocol="grpc") as call:
-                await call.infer(InferRequest({"image": images(1)}, outputs=["nope"]))
-        sample = core.metrics.registry.get_sample_value
-        mv = {"model": "tiny", "version": "1"}
-        assert sample("inference_requests_total", {**mv, "status": "ok", "protocol": "grpc"}) == 1
-        assert sample("inference_requests_total", {**mv, "status": "bad_request", "protocol": "grpc"}) == 1
-        assert requests(core, "ok") == 0  # nothing under http
-
-    run(test, tmp_path)
-
-
-def test_a_call_cancelled_before_its_deadline_is_not_counted(tmp_path: Path) -> None:
-    # The batch waits 10 s to fill, so the request is still queued when its client goes away.
-    async def test(core: InferenceService, model: WrittenModel) -> None:
-        batcher = core.registry.get("tiny").batcher
-
-        async def one() -> None:
-            async with core.call("tiny", protocol="grpc") as call:
-                await call.infer(InferRequest({"image": images(1)}, deadline=time.monotonic() + 60))
-
-        task = asyncio.create_task(one())
-        while batcher.queue_rows == 0:
-            await asyncio.sleep(0)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert batcher.queue_rows == 0
-        registry = core.metrics.registry
-        counted = [s for m in registry.collect() if m.name == "inference_requests" for s in m.samples]
-        assert all(s.value == 0 for s in counted if s.name == "inference_requests_total")
-
-    run(test, tmp_path, max_queue_delay_us=10_000_000)
 
 
 def test_draining_refuses_new_requests_and_readiness(tmp_path: Path) -> None:
