@@ -11,6 +11,7 @@ Every error a request can meet is a :class:`ServiceError`; one handler in
     ├── PayloadTooLarge     413  body, decompressed body, image or row count too large
     ├── UnsupportedMedia    415  content encoding or image type not handled
     ├── InferenceFailed     500  the runtime raised; message stays generic
+    ├── InsufficientStorage 507  feedback quota used up, or no disk space left to store feedback
     ├── Unavailable         503  model not ready, server draining (Retry-After)
     │   └── Overloaded      503  queue full (Retry-After)
     └── DeadlineExceeded    504  the request's deadline passed before compute
@@ -82,6 +83,15 @@ class InferenceFailed(ServiceError):
 
     def __init__(self, message: str = "inference failed") -> None:
         super().__init__(message)
+
+
+class InsufficientStorage(ServiceError):
+    """Feedback cannot be stored: the model's quota is used up or the disk is full.
+
+    507, not 429: waiting does not help; an operator must archive feedback or raise the quota.
+    """
+
+    status = HTTPStatus.INSUFFICIENT_STORAGE
 
 
 class Unavailable(ServiceError):

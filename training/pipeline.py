@@ -5,6 +5,7 @@ Nothing reaches the repository unless the export passed the parity gate and the 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +20,7 @@ from training import report
 from training.config import HyperParameters
 from training.data import Dataset
 from training.export import Parity, parity_gate, to_onnx
-from training.publish import Published, check_promotion, publish, sha256_hex
+from training.publish import KERAS_FILE, Published, check_promotion, publish, sha256_hex
 from training.train import Evaluation, Trained, evaluate, fit
 
 PLATFORM = "onnxruntime_onnx"
@@ -77,7 +78,8 @@ def finish(
         def metadata(version: int) -> dict[str, Any]:
             return build_metadata(config, dataset, trained, evaluation, parity, version, sha256, opset)
 
-        def write_report(directory: Path) -> None:
+        def write_extra(directory: Path) -> None:
+            keep_keras_model(trained.model, directory / KERAS_FILE)
             (directory / "report").mkdir()
             title = f"{config.name}: {config.preset} on {dataset.name}"
             report.plot_history(trained.history, directory / "report" / report.CURVES_FILE, title)
@@ -85,8 +87,19 @@ def finish(
                 evaluation.confusion, dataset.labels, directory / "report" / report.CONFUSION_FILE, title
             )
 
-        published = publish(config.repository, config.name, onnx_bytes, metadata, write_report)
+        published = publish(config.repository, config.name, onnx_bytes, metadata, write_extra)
     return Outcome(trained, evaluation, parity, len(onnx_bytes), published)
+
+
+def keep_keras_model(model: keras.Model, path: Path) -> None:
+    """Save ``model`` (weights and optimizer state) at ``path``, fsynced, for a later fine-tune."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def opset_of(onnx_model: onnx.ModelProto) -> int:

@@ -5,6 +5,7 @@ Layout (``DESIGN.md`` section 2)::
     <repository>/<name>/<version>/model.onnx
     <repository>/<name>/<version>/metadata.json
     <repository>/<name>/<version>/report/*.png
+    <repository>/<name>/<version>/train/model.keras    the Keras model, for retraining; never served
 
 A version is written in full under ``<repository>/<name>/.tmp-<uuid>`` and then renamed onto its number.
 ``rename`` of a directory onto an existing non-empty one fails, so two concurrent publishers never share
@@ -33,6 +34,9 @@ NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 VERSION_PATTERN = re.compile(r"[1-9][0-9]*")
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
+#: The Keras model a version was exported from, kept so that retraining can fine-tune it. The service
+#: never reads it, and the metadata's sha256 covers ``model.onnx`` only.
+KERAS_FILE = "train/model.keras"
 #: Give up after this many versions were taken by concurrent publishers in a row.
 MAX_ATTEMPTS = 1000
 
