@@ -67,9 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a Keras image classifier, evaluate it on the test set, export it to ONNX, check "
         "the export against Keras (parity gate) and publish it to a model repository.",
         epilog=f"example: {EXAMPLE}. Hyperparameters left out take the preset's defaults. Exit codes: 0 ok, "
-        "1 export failed, 2 bad usage or missing data, 3 promotion refused.",
+        f"1 export failed, 2 bad usage or missing data, 3 promotion refused. Retraining on feedback: "
+        f"{PROG} retrain --help.",
     )
-    parser.add_argument("command", choices=["train"], help="what to do (train: the whole pipeline)")
+    parser.add_argument(
+        "command",
+        choices=["train", "retrain"],
+        help="train: the whole pipeline; retrain: fine-tune on feedback (see retrain --help)",
+    )
 
     what = parser.add_argument_group("what to train")
     what.add_argument("--dataset", required=True, choices=list(DATASETS))
@@ -161,6 +166,10 @@ _HYPERPARAMETERS = (
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["retrain"]:
+        from training import retrain_cli
+
+        return retrain_cli.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return _train(args, command=shlex.join(["python", "-m", "training", *argv]))

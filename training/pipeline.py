@@ -72,23 +72,41 @@ def finish(
         check_promotion(
             config.repository, config.name, evaluation.accuracy, config.max_regression, force=config.force
         )
-        sha256 = sha256_hex(onnx_bytes)
-        opset = opset_of(onnx_model)
-
-        def metadata(version: int) -> dict[str, Any]:
-            return build_metadata(config, dataset, trained, evaluation, parity, version, sha256, opset)
-
-        def write_extra(directory: Path) -> None:
-            keep_keras_model(trained.model, directory / KERAS_FILE)
-            (directory / "report").mkdir()
-            title = f"{config.name}: {config.preset} on {dataset.name}"
-            report.plot_history(trained.history, directory / "report" / report.CURVES_FILE, title)
-            report.plot_confusion(
-                evaluation.confusion, dataset.labels, directory / "report" / report.CONFUSION_FILE, title
-            )
-
-        published = publish(config.repository, config.name, onnx_bytes, metadata, write_extra)
+        published = publish_version(dataset, config, trained, evaluation, parity, onnx_model)
     return Outcome(trained, evaluation, parity, len(onnx_bytes), published)
+
+
+def publish_version(
+    dataset: Dataset,
+    config: RunConfig,
+    trained: Trained,
+    evaluation: Evaluation,
+    parity: Parity,
+    onnx_model: onnx.ModelProto,
+    extra_metadata: dict[str, Any] | None = None,
+) -> Published:
+    """Publish a gated export as the next version in ``config.repository``: ``model.onnx``, metadata
+    (with ``extra_metadata`` merged in), the Keras model and the report."""
+    if config.repository is None:
+        raise ValueError("publish_version needs config.repository")
+    onnx_bytes = onnx_model.SerializeToString()
+    sha256 = sha256_hex(onnx_bytes)
+    opset = opset_of(onnx_model)
+
+    def metadata(version: int) -> dict[str, Any]:
+        record = build_metadata(config, dataset, trained, evaluation, parity, version, sha256, opset)
+        return {**record, **(extra_metadata or {})}
+
+    def write_extra(directory: Path) -> None:
+        keep_keras_model(trained.model, directory / KERAS_FILE)
+        (directory / "report").mkdir()
+        title = f"{config.name}: {config.preset} on {dataset.name}"
+        report.plot_history(trained.history, directory / "report" / report.CURVES_FILE, title)
+        report.plot_confusion(
+            evaluation.confusion, dataset.labels, directory / "report" / report.CONFUSION_FILE, title
+        )
+
+    return publish(config.repository, config.name, onnx_bytes, metadata, write_extra)
 
 
 def keep_keras_model(model: keras.Model, path: Path) -> None:

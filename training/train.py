@@ -23,7 +23,7 @@ from training.presets import build_model
 
 @dataclass(frozen=True)
 class Splits:
-    """The images a run fits on and validates on (uint8 ``(N, H, W, C)``, int64 labels)."""
+    """The images a run fits on and validates on (``(N, H, W, C)`` uint8 or float32 0..255, int64 labels)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -137,19 +137,29 @@ def fit(dataset: Dataset, preset: str, hp: HyperParameters, *, verbose: int | No
     """
     keras.utils.set_random_seed(hp.seed)
     splits = split(dataset, hp)
+    with make_strategy(hp.strategy).scope():
+        model = build_model(preset, dataset.input_shape, len(dataset.labels), hp)
+        compile_model(model, hp)
+    return fit_model(model, dataset, splits, hp, verbose=verbose)
+
+
+def compile_model(model: keras.Model, hp: HyperParameters) -> None:
+    """Compile for training: ``hp``'s optimizer, categorical cross-entropy, accuracy."""
+    model.compile(
+        optimizer=make_optimizer(hp),
+        loss=keras.losses.CategoricalCrossentropy(),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+
+
+def fit_model(
+    model: keras.Model, dataset: Dataset, splits: Splits, hp: HyperParameters, *, verbose: int | None = None
+) -> Trained:
+    """Fit the compiled ``model`` on ``splits`` (images of ``dataset``'s shape and classes) with ``hp``."""
     num_classes = len(dataset.labels)
     has_validation = len(splits.y_val) > 0
     if hp.patience and not has_validation:
         raise UsageError("early stopping (--patience) needs a validation split (--validation-split > 0)")
-
-    strategy = make_strategy(hp.strategy)
-    with strategy.scope():
-        model = build_model(preset, dataset.input_shape, num_classes, hp)
-        model.compile(
-            optimizer=make_optimizer(hp),
-            loss=keras.losses.CategoricalCrossentropy(),
-            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-        )
 
     augmenter = make_augmenter(dataset, hp.seed) if hp.augment else None
     train_ds = _batches(
@@ -196,7 +206,11 @@ def predict(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np
 
 def evaluate(model: keras.Model, x_test: np.ndarray, y_test: np.ndarray, num_classes: int) -> Evaluation:
     """Accuracy, cross-entropy and the confusion matrix of ``model`` on the test set."""
-    probabilities = predict(model, x_test)
+    return evaluation_of(predict(model, x_test), y_test, num_classes)
+
+
+def evaluation_of(probabilities: np.ndarray, y_test: np.ndarray, num_classes: int) -> Evaluation:
+    """Accuracy, cross-entropy and the confusion matrix of class ``probabilities`` against ``y_test``."""
     predicted = probabilities.argmax(axis=1)
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (y_test, predicted), 1)

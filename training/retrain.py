@@ -1,0 +1,319 @@
+"""Retraining on client feedback: fine-tune the newest version, publish it only if it beats the one serving.
+
+1. The newest version of the model is the champion. Its metadata gives the data set, preset and
+   hyperparameters; its ``train/model.keras`` the weights to start from (a version published before
+   weights were kept is retrained from scratch with the same recipe, and the run says so).
+2. The feedback log is read; when nothing arrived after the last item the champion was trained on, the
+   run stops: "nothing new". Feedback is split by a seeded hash of each id into train, validation and
+   holdout parts (:mod:`training.feedback`).
+3. The challenger trains on the original training split plus the feedback train part, oversampled to
+   ``feedback_share`` of every epoch, and validates on the original validation split plus the feedback
+   validation part, mixed the same way.
+4. Its export passes the parity gate. Then the champion (its served ``model.onnx``) and the challenger (its
+   new ONNX) are evaluated by onnxruntime on the same two sets: the original test set and the feedback
+   holdout. The challenger is published only if its test accuracy is within ``max_regression`` points of
+   the champion's and its holdout accuracy beats the champion's by more than ``min_improvement`` points.
+   Otherwise the run is refused (the command line exits 3) and nothing is published. The figures and the
+   decision go into the new version's metadata under ``retrain``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import onnxruntime as ort
+
+from training import feedback as fb
+from training.config import HyperParameters
+from training.data import Dataset, load_dataset
+from training.errors import DataError, UsageError
+from training.export import parity_gate, to_onnx
+from training.pipeline import RunConfig, publish_version
+from training.presets import build_model, preset_defaults
+from training.publish import KERAS_FILE, METADATA_FILE, MODEL_FILE, Published, sha256_hex, versions
+from training.train import Splits, compile_model, evaluation_of, fit_model, make_strategy, split
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """What to retrain, on which feedback, and the bars the challenger must clear."""
+
+    repository: Path
+    name: str
+    feedback: Path
+    data_dir: Path
+    offline: bool = False
+    #: Overrides of the champion's recorded hyperparameters (None keeps them).
+    epochs: int | None = None
+    learning_rate: float | None = None
+    limit_train: int | None = None
+    #: Share of each epoch's examples that are feedback (by repetition; see the README's measurement).
+    feedback_share: float = 0.2
+    #: Fraction of feedback items held out to compare champion and challenger.
+    holdout: float = 0.3
+    #: Fewer held-out items than this: wait for more feedback (exit 0, nothing trained).
+    min_holdout: int = 10
+    max_regression: float = 0.5
+    min_improvement: float = 0.0
+    command: str = ""
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One model on the two comparison sets."""
+
+    test_accuracy: float
+    holdout_accuracy: float
+
+    def as_json(self) -> dict[str, float]:
+        return {"test_accuracy": self.test_accuracy, "holdout_accuracy": self.holdout_accuracy}
+
+
+@dataclass(frozen=True)
+class Result:
+    """How a run ended: ``status`` is ``nothing_new``, ``waiting`` (too little feedback), ``published``
+    or ``refused``; ``record`` is what the metadata (and ``--report``) holds."""
+
+    status: str
+    message: str
+    record: dict[str, Any]
+    published: Published | None = None
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The newest published version: where it is, its metadata and its recipe."""
+
+    version: int
+    path: Path
+    metadata: dict[str, Any]
+    preset: str
+    hp: HyperParameters
+
+
+def newest_champion(repository: Path, name: str) -> Champion:
+    """The newest version of ``name`` with readable metadata and a training recipe; UsageError if none."""
+    found = versions(repository, name)
+    if not found:
+        raise UsageError(f"no published version of {name} in {repository} to retrain")
+    path = repository / name / str(found[-1])
+    try:
+        metadata = json.loads((path / METADATA_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path / METADATA_FILE}: cannot read ({exc})") from exc
+    training = metadata.get("training") or {}
+    preset, dataset = training.get("preset"), metadata.get("dataset")
+    if not isinstance(preset, str) or not isinstance(dataset, str):
+        raise UsageError(
+            f"{path}: no training recipe recorded (dataset and training.preset); retrain needs a version "
+            "this pipeline trained"
+        )
+    recorded = {f.name: training[f.name] for f in fields(HyperParameters) if f.name in training}
+    hp = replace(preset_defaults(preset), **recorded)
+    return Champion(found[-1], path, metadata, preset, hp)
+
+
+def retrain(config: RetrainConfig, *, verbose: int | None = None) -> Result:
+    """Run the whole retraining decision. Nothing is published unless the result is ``published``."""
+    champion = newest_champion(config.repository, config.name)
+    hp = _hyperparameters(champion.hp, config)
+    seen = (champion.metadata.get("retrain") or {}).get("feedback") or {}
+    labels = tuple(champion.metadata["labels"])
+    input_shape = tuple(champion.metadata["inputs"][0]["shape"][1:])
+    feedback = fb.load_feedback(
+        config.feedback,
+        config.name,
+        labels,
+        (int(input_shape[0]), int(input_shape[1]), int(input_shape[2])),
+        since_id=seen.get("last_id"),
+        seed=hp.seed,
+        holdout=config.holdout,
+        validation=hp.validation_split,
+    )
+    record: dict[str, Any] = {
+        "base_version": champion.version,
+        "feedback": _feedback_record(feedback, config),
+    }
+    if feedback.new == 0:
+        message = f"nothing new: no feedback for {config.name} since version {champion.version} was trained"
+        return Result("nothing_new", message, record)
+    if feedback.count("holdout") < config.min_holdout:
+        message = (
+            f"waiting for more feedback: {len(feedback.items)} usable items, {feedback.count('holdout')} "
+            f"held out, at least {config.min_holdout} needed to compare the models; nothing trained"
+        )
+        return Result("waiting", message, record)
+
+    dataset = load_dataset(champion.metadata["dataset"], config.data_dir, download=not config.offline)
+    if dataset.labels != labels or dataset.input_shape != input_shape:
+        raise DataError(f"data set {dataset.name} no longer matches version {champion.version}")
+    x_holdout, y_holdout = feedback.part("holdout")
+    champion_scores = _scores(_session(_champion_bytes(champion)), dataset, x_holdout, y_holdout)
+
+    model, start = _starting_model(champion, dataset, hp)
+    splits, mixing = _mixed_splits(dataset, hp, feedback, config.feedback_share)
+    trained = fit_model(model, dataset, splits, hp, verbose=verbose)
+    onnx_model = to_onnx(trained.model, dataset.input_shape)
+    onnx_bytes = onnx_model.SerializeToString()
+    parity = parity_gate(onnx_bytes, trained.model, dataset.x_test)
+    challenger_session = _session(onnx_bytes)
+    challenger_scores = _scores(challenger_session, dataset, x_holdout, y_holdout)
+    decision = decide(champion_scores, challenger_scores, config.max_regression, config.min_improvement)
+    record.update(
+        start=start,
+        mixing=mixing,
+        champion=champion_scores.as_json(),
+        challenger=challenger_scores.as_json(),
+        n_test=len(dataset.y_test),
+        n_holdout=len(y_holdout),
+        max_regression=config.max_regression,
+        min_improvement=config.min_improvement,
+        decision=decision,
+    )
+    if not decision["publish"]:
+        return Result("refused", f"not publishing {config.name}: " + "; ".join(decision["reasons"]), record)
+
+    evaluation = evaluation_of(
+        _probabilities(challenger_session, dataset.x_test), dataset.y_test, len(labels)
+    )
+    run = RunConfig(
+        dataset=dataset.name,
+        preset=champion.preset,
+        hp=hp,
+        name=config.name,
+        repository=config.repository,
+        max_regression=config.max_regression,
+        command=config.command,
+    )
+    published = publish_version(dataset, run, trained, evaluation, parity, onnx_model, {"retrain": record})
+    message = f"published {config.name} version {published.version} at {published.path}"
+    return Result("published", message, record, published)
+
+
+def decide(
+    champion: Scores, challenger: Scores, max_regression: float, min_improvement: float
+) -> dict[str, Any]:
+    """Both bars, with the reasons a person reads: within the guard on the test set, better on holdout."""
+    floor = champion.test_accuracy - max_regression / 100
+    bar = champion.holdout_accuracy + min_improvement / 100
+    test_ok = challenger.test_accuracy >= floor - 1e-12
+    holdout_ok = challenger.holdout_accuracy > bar + 1e-12
+    reasons = []
+    if not test_ok:
+        reasons.append(
+            f"test accuracy {challenger.test_accuracy:.2%} is more than {max_regression:g} points below the "
+            f"champion's {champion.test_accuracy:.2%}"
+        )
+    if not holdout_ok:
+        reasons.append(
+            f"feedback holdout accuracy {challenger.holdout_accuracy:.2%} does not beat the champion's "
+            f"{champion.holdout_accuracy:.2%}"
+            + (f" by {min_improvement:g} points" if min_improvement else "")
+        )
+    return {
+        "publish": test_ok and holdout_ok,
+        "test_floor": floor,
+        "holdout_bar": bar,
+        "test_ok": test_ok,
+        "holdout_ok": holdout_ok,
+        "reasons": reasons,
+    }
+
+
+def _hyperparameters(recorded: HyperParameters, config: RetrainConfig) -> HyperParameters:
+    return replace(
+        recorded,
+        epochs=config.epochs or recorded.epochs,
+        learning_rate=config.learning_rate or recorded.learning_rate,
+        limit_train=config.limit_train or recorded.limit_train,
+    )
+
+
+def _feedback_record(feedback: fb.FeedbackSet, config: RetrainConfig) -> dict[str, Any]:
+    return {
+        "log": fb.log_path(config.feedback, config.name).name,
+        "last_id": feedback.last_id,
+        "log_bytes": feedback.log_bytes,
+        "items": len(feedback.items),
+        "new": feedback.new,
+        "train": feedback.count("train"),
+        "validation": feedback.count("validation"),
+        "holdout": feedback.count("holdout"),
+        "skipped": feedback.skipped,
+        "holdout_fraction": config.holdout,
+        "share": config.feedback_share,
+    }
+
+
+def _champion_bytes(champion: Champion) -> bytes:
+    """The champion's ``model.onnx``, the very file the service serves (checked against its sha256)."""
+    path = champion.path / MODEL_FILE
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if sha256_hex(data) != champion.metadata.get("sha256"):
+        raise DataError(f"{path} does not match the sha256 in its metadata")
+    return data
+
+
+def _starting_model(champion: Champion, dataset: Dataset, hp: HyperParameters) -> tuple[keras.Model, str]:
+    """The champion's Keras model with its optimizer state, or a fresh preset model when none was kept."""
+    keras.utils.set_random_seed(hp.seed)
+    kept = champion.path / KERAS_FILE
+    with make_strategy(hp.strategy).scope():
+        if kept.is_file():
+            model = keras.saving.load_model(kept)
+            if model.optimizer is None:
+                compile_model(model, hp)
+            else:
+                model.optimizer.learning_rate.assign(hp.learning_rate)
+            return model, f"weights of version {champion.version}"
+        model = build_model(champion.preset, dataset.input_shape, len(dataset.labels), hp)
+        compile_model(model, hp)
+    return model, f"from scratch (version {champion.version} kept no {KERAS_FILE})"
+
+
+def _mixed_splits(
+    dataset: Dataset, hp: HyperParameters, feedback: fb.FeedbackSet, share: float
+) -> tuple[Splits, dict[str, Any]]:
+    original = split(dataset, hp)
+    x_train, y_train, repeats = fb.oversample(
+        original.x_train, original.y_train, *feedback.part("train"), share
+    )
+    x_val, y_val, _ = fb.oversample(original.x_val, original.y_val, *feedback.part("validation"), share)
+    mixing = {
+        "original_train": len(original.y_train),
+        "feedback_repeats": repeats,
+        "epoch_size": len(y_train),
+    }
+    return Splits(x_train, y_train, x_val, y_val), mixing
+
+
+def _session(onnx_bytes: bytes) -> ort.InferenceSession:
+    return ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+
+
+def _probabilities(session: ort.InferenceSession, images: np.ndarray, batch: int = 512) -> np.ndarray:
+    if len(images) == 0:
+        return np.zeros((0, session.get_outputs()[0].shape[1]), np.float32)
+    name = session.get_inputs()[0].name
+    parts = [
+        session.run(None, {name: images[i : i + batch].astype(np.float32)})[0]
+        for i in range(0, len(images), batch)
+    ]
+    return np.concatenate(parts)
+
+
+def _scores(
+    session: ort.InferenceSession, dataset: Dataset, x_holdout: np.ndarray, y_holdout: np.ndarray
+) -> Scores:
+    def accuracy(x: np.ndarray, y: np.ndarray) -> float:
+        return float((_probabilities(session, x).argmax(axis=1) == y).mean()) if len(y) else 0.0
+
+    return Scores(accuracy(dataset.x_test, dataset.y_test), accuracy(x_holdout, y_holdout))
