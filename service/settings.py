@@ -88,13 +88,14 @@ class Settings(BaseSettings):
 
     feedback_dir: Path | None = Field(
         None,
-        description="Where POST /v2/models/{m}/feedback stores labelled images for retraining; "
-        "unset = the feedback API is off (404).",
+        description="Where POST /v2/models/{m}/feedback stores labelled images for retraining. The "
+        "feedback API is on only when this and feedback_token are both set; otherwise it answers 404.",
     )
     feedback_token: str | None = Field(
         None,
         min_length=16,
-        description="Bearer token clients must present to send feedback; required when feedback_dir is set.",
+        description="Bearer token clients must present to send feedback (feedback becomes training data, "
+        "so it is never open); unset keeps the feedback API off even when feedback_dir is set.",
     )
     feedback_max_items: int = Field(
         10_000, ge=1, le=10_000_000, description="Most feedback items stored per model; beyond it 507."
@@ -129,11 +130,6 @@ class Settings(BaseSettings):
                 f"max_batch_size ({self.max_batch_size}) must not exceed "
                 f"max_queue_rows ({self.max_queue_rows})"
             )
-        if self.feedback_dir is not None and self.feedback_token is None:
-            raise ValueError(
-                "feedback_dir is set but feedback_token is not: feedback becomes training data, so "
-                "the feedback API needs a bearer token (SERVE_FEEDBACK_TOKEN, 16 characters or more)"
-            )
         if self.feedback_token is not None and self.feedback_dir is None:
             raise ValueError("feedback_token is set but feedback_dir is not: set SERVE_FEEDBACK_DIR too")
         return self
@@ -145,6 +141,11 @@ class Settings(BaseSettings):
             return self.intra_op_threads
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return max(1, cpus - 1)
+
+    @property
+    def feedback_enabled(self) -> bool:
+        """Whether the feedback API is on: a directory to store into and a token to guard it."""
+        return self.feedback_dir is not None and self.feedback_token is not None
 
     @property
     def policy(self) -> VersionPolicy:
