@@ -131,7 +131,9 @@ def status_label(exc: ServiceError) -> str:
     return "bad_request"
 
 
-def model_metadata(served: ServedVersion, versions: list[int], max_batch_size: int) -> dict[str, Any]:
+def model_metadata(
+    served: ServedVersion, versions: list[int], max_batch_size: int, *, feedback: bool = False
+) -> dict[str, Any]:
     runtime = served.runtime
     return {
         "name": runtime.name,
@@ -144,6 +146,8 @@ def model_metadata(served: ServedVersion, versions: list[int], max_batch_size: i
             "provider": runtime.provider,
             "labels": list(runtime.labels),
             "max_batch_size": max_batch_size,
+            # Whether POST .../feedback is on (the page offers "Wrong? It was: ..." only then).
+            "feedback": feedback,
         },
     }
 
@@ -204,7 +208,10 @@ async def get_model(
     registry: RegistryDep, settings: SettingsDep, model_name: str, version: str | None = None
 ) -> Response:
     served = registry.get(model_name, parse_version(version))
-    return json_response(model_metadata(served, registry.versions(model_name), settings.max_batch_size))
+    versions = registry.versions(model_name)
+    return json_response(
+        model_metadata(served, versions, settings.max_batch_size, feedback=settings.feedback_enabled)
+    )
 
 
 @router.get("/v2/models/{model_name}/ready", responses=errors(400, 404, 503))

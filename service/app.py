@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -25,6 +26,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.api import Lifecycle, router
 from service.errors import ServiceError
 from service.fastpath import ServingApp
+from service.feedback import FeedbackStore
+from service.feedback_api import router as feedback_router
 from service.metrics import Metrics
 from service.openapi import refine
 from service.registry import ModelRegistry
@@ -88,10 +91,15 @@ def create_app(
         log.info("execution providers: %s", ", ".join(providers))
         models = ModelRegistry(settings, metrics, providers)
         app.state.registry = models
+        app.state.feedback = open_feedback_store(settings)
+        feedback = app.state.feedback
         if background_load:
-            loader = asyncio.create_task(_load_then_watch(models, settings.poll_interval_s))
+            loader = asyncio.create_task(
+                _load_then_watch(models, settings.poll_interval_s, feedback, metrics)
+            )
         else:
             await models.start()
+            await _report_feedback_usage(models, feedback, metrics)
             loader = asyncio.create_task(_watch(models, settings.poll_interval_s))
         try:
             yield
@@ -101,6 +109,8 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await loader
             await models.stop(app.state.lifecycle.time_left(settings.drain_seconds))
+            if app.state.feedback is not None:
+                app.state.feedback.close()
 
     app = ServingApp(
         title="digits-serving",
@@ -110,8 +120,10 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.lifecycle = Lifecycle()
+    app.state.feedback = None
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(feedback_router)
     refine(app)
 
     @app.get("/", include_in_schema=False)
@@ -122,12 +134,46 @@ def create_app(
     return app
 
 
-async def _load_then_watch(models: ModelRegistry, interval: float) -> None:
+def open_feedback_store(settings: Settings) -> FeedbackStore | None:
+    """The feedback store when feedback is enabled; its directory must be writable (fail at start-up)."""
+    if settings.feedback_dir is None:
+        return None
+    if not settings.feedback_enabled:
+        log.warning("SERVE_FEEDBACK_DIR is set but SERVE_FEEDBACK_TOKEN is not: the feedback API is off")
+        return None
+    directory = settings.feedback_dir
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RuntimeError(f"cannot create the feedback directory {directory}: {exc.strerror}") from exc
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise RuntimeError(f"the feedback directory {directory} is not writable by this process")
+    log.info("feedback API on, storing into %s", directory)
+    return FeedbackStore(
+        directory, max_items=settings.feedback_max_items, max_bytes=settings.feedback_max_bytes
+    )
+
+
+async def _load_then_watch(
+    models: ModelRegistry, interval: float, feedback: FeedbackStore | None, metrics: Metrics
+) -> None:
     try:
         await models.start()
+        await _report_feedback_usage(models, feedback, metrics)
     except Exception:
         log.exception("initial model load failed")
     await _watch(models, interval)
+
+
+async def _report_feedback_usage(
+    models: ModelRegistry, feedback: FeedbackStore | None, metrics: Metrics
+) -> None:
+    """Start the stored-feedback gauges from what is on disk (reading each model's log once)."""
+    if feedback is None:
+        return
+    for name in models.names():
+        usage = await asyncio.to_thread(feedback.usage, name)
+        metrics.set_feedback_usage(name, usage.items, usage.bytes)
 
 
 async def _watch(models: ModelRegistry, interval: float) -> None:

@@ -256,6 +256,12 @@ class FeedbackStore:
                 state.refresh()
             return state.usage
 
+    def cached_usage(self, model: str) -> Usage:
+        """Items and bytes stored for ``model`` as of this store's last write or look, without I/O."""
+        with self._lock:
+            state = self._logs.get(model)
+            return state.usage if state is not None else Usage()
+
     def store(
         self, model: str, label: str, data: bytes, ext: str, *, served_version: int, predicted: str
     ) -> FeedbackItem:
