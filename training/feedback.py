@@ -9,6 +9,7 @@ champion and challenger on examples neither has seen. Images become model input 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from service.errors import ServiceError
 from service.feedback import FeedbackItem, log_path, read_log
 from service.images import decode_image
 from training.errors import DataError
+from training.publish import METADATA_FILE, versions
 
 Part = Literal["train", "validation", "holdout"]
 #: Images larger than this many pixels are skipped (the service's default upload limit).
@@ -50,6 +52,28 @@ class FeedbackSet:
 
     def count(self, name: Part) -> int:
         return sum(p == name for p in self.parts)
+
+
+def new_since_newest(repository: Path, name: str, root: Path) -> tuple[int, int | None]:
+    """(items logged after the last one the newest version of ``name`` was trained on, that version), or
+    ``(0, None)`` when there is no readable newest version; decodes nothing, so a run with nothing new
+    can stop before it loads TensorFlow."""
+    found = versions(repository, name)
+    if not found:
+        return 0, None
+    try:
+        metadata = json.loads((repository / name / str(found[-1]) / METADATA_FILE).read_text())
+        seen = (metadata.get("retrain") or {}).get("feedback") or {}
+    except (OSError, ValueError, AttributeError):
+        return 0, None  # the full run reports what is wrong with it
+    try:
+        items = read_log(log_path(root, name)).items
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read the feedback log: {exc}") from exc
+    ids = [item.id for item in items]
+    since = seen.get("last_id")
+    first_new = ids.index(since) + 1 if since in ids else 0
+    return len(ids) - first_new, found[-1]
 
 
 def assign_part(item_id: str, seed: int, holdout: float, validation: float) -> Part:

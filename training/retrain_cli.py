@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from training.cli import PROG, _bounded, _Parser
 from training.data import resolve_data_dir
 from training.errors import TrainingError, UsageError
+from training.feedback import new_since_newest
 from training.publish import validate_name
 
 if TYPE_CHECKING:
@@ -111,6 +112,12 @@ def _retrain(args: argparse.Namespace, *, command: str) -> int:
         raise UsageError(f"--repository {args.repository}: not a directory")
     if not args.feedback.is_dir():
         raise UsageError(f"--feedback {args.feedback}: not a directory")
+    print(f"retraining {name} in {args.repository} on the feedback in {args.feedback}", flush=True)
+    new, version = new_since_newest(args.repository, name, args.feedback)
+    if new == 0 and version is not None:
+        # The common case for a scheduled job: answer before paying for TensorFlow.
+        print(f"nothing new: no feedback for {name} since version {version} was trained")
+        return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from training import retrain
 
@@ -130,7 +137,6 @@ def _retrain(args: argparse.Namespace, *, command: str) -> int:
         min_improvement=args.min_improvement,
         command=command,
     )
-    print(f"retraining {name} in {args.repository} on the feedback in {args.feedback}", flush=True)
     result = retrain.retrain(config)
     print(render(result, name))
     if args.report is not None:

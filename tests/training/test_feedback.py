@@ -11,8 +11,9 @@ from PIL import Image
 
 from service.feedback import FeedbackStore, log_path, new_id
 from service.images import decode_image
+from tests.helpers.modelfactory import write_model_version
 from training.errors import DataError
-from training.feedback import FeedbackSet, assign_part, load_feedback, oversample
+from training.feedback import FeedbackSet, assign_part, load_feedback, new_since_newest, oversample
 
 LABELS = tuple(str(d) for d in range(10))
 
@@ -129,3 +130,18 @@ def test_oversampling_nothing_changes_nothing() -> None:
     x, y = np.zeros((5, 2, 2, 1), np.uint8), np.zeros(5, np.int64)
     x_all, y_all, used = oversample(x, y, np.zeros((0, 2, 2, 1), np.float32), np.zeros(0, np.int64), 0.3)
     assert used == 0 and x_all is x and y_all is y
+
+
+def test_new_since_newest_reads_the_newest_versions_record(tmp_path: Path) -> None:
+    repository, root = tmp_path / "models", tmp_path / "feedback"
+    assert new_since_newest(repository, "m", root) == (0, None)
+    ids = fill(root, ["1", "2", "3"])
+    write_model_version(repository, "m", 1)
+    assert new_since_newest(repository, "m", root) == (3, 1)  # version 1 was trained on no feedback
+    write_model_version(repository, "m", 2, metadata_overrides={"retrain": {"feedback": {"last_id": ids[1]}}})
+    assert new_since_newest(repository, "m", root) == (1, 2)
+    write_model_version(repository, "m", 3, metadata_overrides={"retrain": {"feedback": {"last_id": ids[2]}}})
+    assert new_since_newest(repository, "m", root) == (0, 3)
+    (repository / "m" / "4").mkdir()
+    (repository / "m" / "4" / "metadata.json").write_text("{not json")
+    assert new_since_newest(repository, "m", root) == (0, None)  # left to the full run to report
