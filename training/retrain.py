@@ -178,6 +178,13 @@ def retrain(config: RetrainConfig, *, verbose: int | None = None) -> Result:
     if not decision["publish"]:
         return Result("refused", f"not publishing {config.name}: " + "; ".join(decision["reasons"]), record)
 
+    newest = versions(config.repository, config.name)[-1]
+    if newest != champion.version:
+        message = (
+            f"not publishing {config.name}: version {newest} was published while this run compared against "
+            f"version {champion.version}; run again to compare with it"
+        )
+        return Result("refused", message, {**record, "decision": {**decision, "publish": False}})
     evaluation = evaluation_of(
         _probabilities(challenger_session, dataset.x_test), dataset.y_test, len(labels)
     )

@@ -11,6 +11,7 @@ import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -18,7 +19,9 @@ import pytest
 from PIL import Image
 
 from service.feedback import FeedbackStore
+from tests.helpers.modelfactory import write_model_version
 from training import pipeline
+from training import retrain as retrain_module
 from training.cli import main
 from training.data import Dataset
 from training.presets import preset_defaults
@@ -174,6 +177,23 @@ def test_a_version_without_keras_weights_is_retrained_from_scratch(
     send(feedback, *rotated(mnist, 0, 200))
     retrain(repository, feedback, data_dir, "--max-regression", "100")
     assert "challenger: from scratch (version 1 kept no train/model.keras)" in capsys.readouterr().out
+
+
+def test_a_version_published_meanwhile_makes_the_comparison_stale(
+    repository: Path, feedback: Path, data_dir: Path, mnist: Dataset, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    send(feedback, *rotated(mnist, 0, 200))
+    real_fit = retrain_module.fit_model
+
+    def fit_while_another_publishes(*args: Any, **kwargs: Any) -> Any:
+        trained = real_fit(*args, **kwargs)
+        write_model_version(repository, NAME, 2)  # another trainer wins the race
+        return trained
+
+    monkeypatch.setattr(retrain_module, "fit_model", fit_while_another_publishes)
+    assert retrain(repository, feedback, data_dir) == 3
+    assert "version 2 was published while this run compared against version 1" in capsys.readouterr().out
+    assert versions(repository, NAME) == [1, 2]
 
 
 @pytest.mark.parametrize(
