@@ -37,8 +37,8 @@ from typing import Any, Literal
 
 import orjson
 
+from service.contract import valid_model_name
 from service.errors import InsufficientStorage, ServiceError
-from service.repository import valid_model_name
 
 log = logging.getLogger(__name__)
 

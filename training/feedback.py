@@ -17,11 +17,12 @@ from typing import Literal
 
 import numpy as np
 
+from service.contract import METADATA_FILE
 from service.errors import ServiceError
 from service.feedback import FeedbackItem, log_path, read_log
 from service.images import decode_image
 from training.errors import DataError
-from training.publish import METADATA_FILE, versions
+from training.publish import versions
 
 Part = Literal["train", "validation", "holdout"]
 #: Images larger than this many pixels are skipped (the service's default upload limit).

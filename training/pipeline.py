@@ -9,21 +9,24 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import keras
 import onnx
 import tensorflow as tf
 import tf2onnx
 
+from service import contract
 from training import report
 from training.config import HyperParameters
 from training.data import Dataset
 from training.export import Parity, parity_gate, to_onnx
-from training.publish import KERAS_FILE, Published, check_promotion, publish, sha256_hex
+from training.publish import Published, check_promotion, publish, sha256_hex
 from training.train import Evaluation, Trained, evaluate, fit
 
-PLATFORM = "onnxruntime_onnx"
+#: How an uploaded image is resized for a model trained on each data set (``preprocessing.resize``):
+#: MNIST digits are centred by mass in a 20x20 box, everything else fills the frame.
+RESIZE: dict[str, Literal["stretch", "center_crop", "digit"]] = {"mnist": "digit"}
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,11 @@ def run(dataset: Dataset, config: RunConfig, *, verbose: int | None = None) -> O
 
 
 def finish(
-    dataset: Dataset, config: RunConfig, trained: Trained, evaluation: Evaluation, onnx_model: onnx.ModelProto
+    dataset: Dataset,
+    config: RunConfig,
+    trained: Trained,
+    evaluation: Evaluation,
+    onnx_model: onnx.ModelProto,
 ) -> Outcome:
     """Gate ``onnx_model`` on parity with ``trained.model``, check the promotion guard, then publish."""
     onnx_bytes = onnx_model.SerializeToString()
@@ -83,23 +90,23 @@ def publish_version(
     evaluation: Evaluation,
     parity: Parity,
     onnx_model: onnx.ModelProto,
-    extra_metadata: dict[str, Any] | None = None,
+    retrain: dict[str, Any] | None = None,
 ) -> Published:
     """Publish a gated export as the next version in ``config.repository``: ``model.onnx``, metadata
-    (with ``extra_metadata`` merged in), the Keras model and the report."""
+    (with the ``retrain`` record of a retrained version), the Keras model and the report."""
     if config.repository is None:
         raise ValueError("publish_version needs config.repository")
     onnx_bytes = onnx_model.SerializeToString()
     sha256 = sha256_hex(onnx_bytes)
     opset = opset_of(onnx_model)
 
-    def metadata(version: int) -> dict[str, Any]:
+    def metadata(version: int) -> contract.Metadata:
         record = build_metadata(config, dataset, trained, evaluation, parity, version, sha256, opset)
-        return {**record, **(extra_metadata or {})}
+        return record if retrain is None else record.model_copy(update={"retrain": retrain})
 
     def write_extra(directory: Path) -> None:
-        keep_keras_model(trained.model, directory / KERAS_FILE)
-        (directory / "report").mkdir()
+        keep_keras_model(trained.model, directory / contract.KERAS_FILE)
+        (directory / contract.REPORT_DIR).mkdir()
         title = f"{config.name}: {config.preset} on {dataset.name}"
         report.plot_history(trained.history, directory / "report" / report.CURVES_FILE, title)
         report.plot_confusion(
@@ -125,6 +132,19 @@ def opset_of(onnx_model: onnx.ModelProto) -> int:
     return next(int(o.version) for o in onnx_model.opset_import if o.domain in ("", "ai.onnx"))
 
 
+def preprocessing_for(dataset: Dataset) -> contract.Preprocessing:
+    """The ``preprocessing`` of a model trained on ``dataset``: its image size and colour, 0..255 pixels
+    (the model rescales them itself), and the resize that matches how its images were made."""
+    height, width, channels = dataset.input_shape
+    return contract.Preprocessing(
+        height=height,
+        width=width,
+        color="rgb" if channels == 3 else "grayscale",
+        input_range=(0.0, 255.0),
+        resize=RESIZE.get(dataset.name, "stretch"),
+    )
+
+
 def build_metadata(
     config: RunConfig,
     dataset: Dataset,
@@ -134,26 +154,29 @@ def build_metadata(
     version: int,
     sha256: str,
     opset: int,
-) -> dict[str, Any]:
-    """The ``metadata.json`` contract of ``DESIGN.md`` section 2 for one version."""
+) -> contract.Metadata:
+    """The ``metadata.json`` of one version, as the repository contract (``docs/repository.md``) has it."""
     height, width, channels = dataset.input_shape
-    return {
-        "name": config.name,
-        "version": version,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "platform": PLATFORM,
-        "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, height, width, channels]}],
-        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(dataset.labels)]}],
-        "labels": list(dataset.labels),
-        "sha256": sha256,
-        "opset": opset,
-        "dataset": dataset.name,
-        "metrics": {
-            "accuracy": evaluation.accuracy,
-            "loss": evaluation.loss,
-            "per_class_accuracy": dict(zip(dataset.labels, evaluation.per_class_accuracy, strict=True)),
-        },
-        "training": {
+    return contract.Metadata(
+        name=config.name,
+        version=version,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        platform=contract.PLATFORM,
+        inputs=(contract.TensorMetadata(name="image", datatype="FP32", shape=(-1, height, width, channels)),),
+        outputs=(
+            contract.TensorMetadata(name="probabilities", datatype="FP32", shape=(-1, len(dataset.labels))),
+        ),
+        labels=tuple(dataset.labels),
+        preprocessing=preprocessing_for(dataset),
+        sha256=sha256,
+        opset=opset,
+        dataset=dataset.name,
+        metrics=contract.Evaluation(
+            accuracy=evaluation.accuracy,
+            loss=evaluation.loss,
+            per_class_accuracy=dict(zip(dataset.labels, evaluation.per_class_accuracy, strict=True)),
+        ),
+        training={
             "preset": config.preset,
             **config.hp.as_json(),
             "epochs_run": trained.epochs_run,
@@ -165,14 +188,14 @@ def build_metadata(
             "history": trained.history,
             "command": config.command,
         },
-        "parity": parity.as_json(),
-        "versions": {
+        parity=contract.Parity(**parity.as_json()),
+        versions={
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
             "tf2onnx": tf2onnx.__version__,
             "onnx": onnx.__version__,
         },
-    }
+    )
 
 
 def summary_rows(dataset: Dataset, config: RunConfig, outcome: Outcome) -> list[tuple[str, object]]:

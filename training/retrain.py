@@ -28,6 +28,7 @@ import keras
 import numpy as np
 import onnxruntime as ort
 
+from service.contract import KERAS_FILE, METADATA_FILE, MODEL_FILE
 from training import feedback as fb
 from training.config import HyperParameters
 from training.data import Dataset, load_dataset
@@ -35,7 +36,7 @@ from training.errors import DataError, UsageError
 from training.export import parity_gate, to_onnx
 from training.pipeline import RunConfig, publish_version
 from training.presets import build_model, preset_defaults
-from training.publish import KERAS_FILE, METADATA_FILE, MODEL_FILE, Published, sha256_hex, versions
+from training.publish import Published, sha256_hex, versions
 from training.train import Splits, compile_model, evaluation_of, fit_model, make_strategy, split
 
 
@@ -197,7 +198,7 @@ def retrain(config: RetrainConfig, *, verbose: int | None = None) -> Result:
         max_regression=config.max_regression,
         command=config.command,
     )
-    published = publish_version(dataset, run, trained, evaluation, parity, onnx_model, {"retrain": record})
+    published = publish_version(dataset, run, trained, evaluation, parity, onnx_model, retrain=record)
     message = f"published {config.name} version {published.version} at {published.path}"
     return Result("published", message, record, published)
 

@@ -12,13 +12,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from service.contract import KERAS_FILE
 from training import pipeline
 from training.config import HyperParameters
 from training.data import load_dataset
 from training.errors import ExportError, PromotionRefused
 from training.export import MAX_ABS_DIFF, OPSET, PARITY_MIN_IMAGES
 from training.presets import preset_defaults
-from training.publish import KERAS_FILE, publish, sha256_hex
+from training.publish import publish, sha256_hex
 
 METADATA_KEYS = {
     "name",
@@ -28,6 +29,7 @@ METADATA_KEYS = {
     "inputs",
     "outputs",
     "labels",
+    "preprocessing",
     "sha256",
     "opset",
     "dataset",
@@ -75,6 +77,15 @@ def test_tiny_run_publishes_a_loadable_version(
     assert metadata["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, *shape]}]
     assert metadata["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
     assert metadata["labels"] == list(dataset.labels)
+    resize = "digit" if dataset_name == "mnist" else "stretch"
+    color = "rgb" if shape[2] == 3 else "grayscale"
+    assert metadata["preprocessing"] == {
+        "height": shape[0],
+        "width": shape[1],
+        "color": color,
+        "input_range": [0.0, 255.0],
+        "resize": resize,
+    }
     assert metadata["sha256"] == sha256_hex(model_bytes)
     assert metadata["opset"] == OPSET
     assert metadata["dataset"] == dataset_name

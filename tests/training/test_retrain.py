@@ -18,6 +18,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
+from service.contract import KERAS_FILE
 from service.feedback import FeedbackStore
 from tests.helpers.modelfactory import write_model_version
 from training import pipeline
@@ -25,7 +26,7 @@ from training import retrain as retrain_module
 from training.cli import main
 from training.data import Dataset
 from training.presets import preset_defaults
-from training.publish import KERAS_FILE, sha256_hex, versions
+from training.publish import sha256_hex, versions
 from training.retrain import Scores, decide
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""HTTP tests through the real app (lifespan included) on the shipped models."""
+"""service.http.routes: HTTP tests through the real app (lifespan included) on the shipped models."""
 
 from __future__ import annotations
 
@@ -87,6 +87,7 @@ def test_model_metadata_matches_repository(client: TestClient, name: str) -> Non
         assert meta["outputs"] == on_disk["outputs"]
         assert meta["parameters"]["provider"] == "CPUExecutionProvider"
         assert meta["parameters"]["labels"] == on_disk["labels"]
+        assert meta["parameters"]["preprocessing"] == on_disk["preprocessing"]
     assert client.get(f"/v2/models/{name}/ready").json() == {"name": name, "version": "1", "ready": True}
     assert client.get(f"/v2/models/{name}/versions/1/ready").status_code == 200
 

@@ -1,0 +1,105 @@
+"""Reading request bodies within limits: raw ASGI bodies (the fast path), FastAPI requests, image uploads,
+and undoing their ``Content-Encoding``.
+
+Nothing is read past the limit: a declared ``Content-Length`` above it is refused (413) before the
+first byte, a streamed body is refused as soon as it passes the limit, and a compressed body is never
+inflated past it.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from fastapi import Request
+from starlette.types import Message, Receive
+
+from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
+
+
+async def read_asgi_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """The body from ASGI ``receive``, refusing (413) more than ``limit`` bytes, declared or sent."""
+    if declared is not None:
+        if not (declared.isascii() and declared.isdigit()):
+            raise InvalidInput("invalid Content-Length header")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidInput("client disconnected before sending the whole body")
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) anything over ``limit`` bytes without reading it all."""
+    return await read_asgi_body(request.receive, request.headers.get("content-length"), limit)
+
+
+async def read_image(request: Request, limit: int) -> bytes:
+    """The uploaded image: a raw body, or the multipart form field ``file``."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        data = await read_body(request, limit)
+    else:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+        try:
+            form = await request.form(max_files=1, max_fields=8, max_part_size=limit)
+        except Exception as exc:  # python-multipart's errors carry no common base worth naming
+            raise InvalidInput(f"invalid multipart body: {exc}") from exc
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise InvalidInput("multipart body has no file field named 'file'")
+        data = await upload.read()
+    if not data:
+        raise InvalidInput("empty image")
+    return data
+
+
+def decode_body(body: bytes, content_encoding: str | None, *, max_bytes: int) -> bytes:
+    """Undo ``Content-Encoding`` (identity, gzip, deflate), never producing more than ``max_bytes``.
+
+    Inflation is bounded by zlib's ``max_length``, so a compression bomb allocates at most
+    ``max_bytes + 1`` bytes before it is refused with 413.
+    """
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding == "identity":
+        if len(body) > max_bytes:
+            raise PayloadTooLarge(f"body exceeds {max_bytes} bytes")
+        return body
+    if encoding in ("gzip", "x-gzip"):
+        return _inflate(body, 16 + zlib.MAX_WBITS, max_bytes, "gzip")
+    if encoding == "deflate":
+        # HTTP "deflate" is meant to be zlib-wrapped, but raw deflate is common; zlib's two header
+        # bytes (CM = 8, check bits) tell them apart.
+        wrapped = len(body) >= 2 and body[0] & 0x0F == 8 and (body[0] << 8 | body[1]) % 31 == 0
+        return _inflate(body, zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS, max_bytes, "deflate")
+    raise UnsupportedMedia(
+        f"unsupported Content-Encoding {content_encoding!r}; use gzip, deflate or identity"
+    )
+
+
+def _inflate(body: bytes, wbits: int, max_bytes: int, name: str) -> bytes:
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, max_bytes + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"invalid {name} body: {exc}") from None
+    if len(out) > max_bytes:
+        raise PayloadTooLarge(f"decompressed body exceeds {max_bytes} bytes")
+    if not inflater.eof:
+        raise InvalidInput(f"invalid {name} body: truncated stream")
+    if inflater.unused_data:
+        raise InvalidInput(f"invalid {name} body: trailing bytes after the compressed stream")
+    return out
