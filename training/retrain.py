@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import keras
 import numpy as np
 import onnxruntime as ort
 
-from service.contract import KERAS_FILE, METADATA_FILE, MODEL_FILE
+from service.contract import KERAS_FILE, METADATA_FILE, MODEL_FILE, MetadataError, read_metadata
 from training import feedback as fb
 from training.config import HyperParameters
 from training.data import Dataset, load_dataset
@@ -104,9 +103,11 @@ def newest_champion(repository: Path, name: str) -> Champion:
         raise UsageError(f"no published version of {name} in {repository} to retrain")
     path = repository / name / str(found[-1])
     try:
-        metadata = json.loads((path / METADATA_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path / METADATA_FILE}: cannot read ({exc})") from exc
+        _, metadata = read_metadata(path / METADATA_FILE)
+    except OSError as exc:
+        raise DataError(f"{path / METADATA_FILE}: cannot read ({exc.strerror or exc})") from exc
+    except MetadataError as exc:
+        raise DataError(str(exc)) from exc
     training = metadata.get("training") or {}
     preset, dataset = training.get("preset"), metadata.get("dataset")
     if not isinstance(preset, str) or not isinstance(dataset, str):
