@@ -9,7 +9,7 @@ DATA_DIR ?= ../shared/data
 SERVE_STAMP := $(VENV)/.serve-installed
 DEV_STAMP   := $(VENV)/.dev-installed
 
-.PHONY: run test lint format train bench bench-soak bench-models system-deps clean
+.PHONY: run test lint format train bench bench-soak bench-models bench-threads schema system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,14 @@ bench: $(DEV_STAMP) system-deps
 
 bench-soak: $(DEV_STAMP) system-deps
 	$(BIN)/python -m bench.soak
+
+## bench-threads: intra-op thread budget per process, shared or divided among two busy models
+bench-threads: $(DEV_STAMP)
+	$(BIN)/python -m bench.threads
+
+## schema: regenerate docs/metadata.schema.json from service/contract.py (a test checks it is current)
+schema: $(DEV_STAMP)
+	$(BIN)/python -m service.contract > docs/metadata.schema.json
 
 ## bench-models: retrain the shipped reference models into a scratch repository and compare accuracy
 bench-models: $(DEV_STAMP)

@@ -49,7 +49,7 @@ def free_port() -> int:
 @contextmanager
 def process(
     cmd: list[str], env: dict[str, str], ready_url: str, log: Path, cwd: Path = ROOT
-) -> Iterator[None]:
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -65,7 +65,7 @@ def process(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{cmd[:4]} not ready")
             time.sleep(0.2)
-        yield
+        yield proc
     finally:
         stop(proc)
 
@@ -279,28 +279,44 @@ def compare(
     """This tree's service against ``args.baseline_tree``'s, both running, loaded point by point in turn."""
     trees = {"this": ROOT, "baseline": args.baseline_tree.resolve()}
     ports = {name: free_port() for name in trees}
+    pids: dict[str, int] = {}
     rps: dict[tuple[str, str, int], list[float]] = {}
+    cpu: dict[tuple[str, str, int], list[float]] = {}
     with contextlib.ExitStack() as stack:
         for name, tree in trees.items():
             cmd = [sys.executable, "-m", "service", "--port", str(ports[name])]
             tree_env = {**env, "PYTHONPATH": str(tree), "SERVE_MODEL_REPOSITORY": str(tree / "models")}
             url = f"http://127.0.0.1:{ports[name]}/v2/health/ready"
-            stack.enter_context(process(cmd, tree_env, url, RESULTS / f"service-{name}.log", cwd=tree))
+            log = RESULTS / f"service-{name}.log"
+            pids[name] = stack.enter_context(process(cmd, tree_env, url, log, cwd=tree)).pid
         for _ in range(args.rounds):
             for kind, (body, headers) in bodies.items():
                 for c in levels:
                     for name in trees:
                         url = f"http://127.0.0.1:{ports[name]}/v2/models/{args.model}/infer"
+                        before = cpu_seconds(pids[name])
                         r = hey(url, body, headers, c, args.seconds)
+                        used = (cpu_seconds(pids[name]) - before) / max(1.0, r["responses"]) * 1e6
                         rps.setdefault((name, kind, c), []).append(r["rps"])
+                        cpu.setdefault((name, kind, c), []).append(used)
                         report(f"{name} {kind}", c, r)
-    print("\nthis tree / baseline, requests/s (mean over rounds):")
+    print("\nthis tree vs baseline, mean over rounds: requests/s, and server CPU µs per request:")
     for kind in bodies:
         for c in levels:
-            mine = sum(rps[("this", kind, c)]) / args.rounds
-            base = sum(rps[("baseline", kind, c)]) / args.rounds
-            print(f"  {kind:6} c={c:3}: {mine:8.0f} vs {base:8.0f}  = {mine / base:.3f}x")
+            key_this, key_base = ("this", kind, c), ("baseline", kind, c)
+            mine, base = sum(rps[key_this]) / args.rounds, sum(rps[key_base]) / args.rounds
+            cpu_mine, cpu_base = sum(cpu[key_this]) / args.rounds, sum(cpu[key_base]) / args.rounds
+            print(
+                f"  {kind:6} c={c:3}: {mine:7.0f} vs {base:7.0f} req/s = {mine / base:.3f}x;  "
+                f"{cpu_mine:6.1f} vs {cpu_base:6.1f} µs/request = {cpu_mine / cpu_base:.3f}x"
+            )
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (Linux) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

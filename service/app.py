@@ -66,6 +66,10 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # FastAPI's built-in OpenTelemetry hooks look up the global providers on every request, which
+        # costs the hot route several percent (bench/serving.py --baseline-tree). The service exports
+        # Prometheus metrics instead; to trace, add OpenTelemetry's ASGI middleware to the app.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.core = core
     app.state.settings = settings

@@ -23,6 +23,8 @@ seconds)::
     async with core.call(name, version) as call:           # NotFound / Unavailable before the block
         request = decode(wire, call.signature, call.limits) # the transport's work, counted and timed
         response = await call.infer(request)                # InferRequest -> InferResponse
+        # InferRequest(inputs={name: ndarray}, id=None, outputs=None, deadline=None, checked=False)
+        # InferResponse(model, version, id, outputs={name: ndarray}, specs=(TensorSpec, ...))
         # or: await call.classify(ClassifyRequest(image_bytes, top_k)) -> ClassifyResponse
     await core.infer(name, InferRequest(...), version)      # the same in one call
     await core.classify(name, ClassifyRequest(...), version)
@@ -43,9 +45,10 @@ draining, queue full; ``retry_after_s`` set), ``DeadlineExceeded``, ``InferenceF
 ``inference_request_duration_seconds``, including the transport's decoding and encoding.
 """
 
+from service.core.call import ModelCall, status_label
 from service.core.feedback import FeedbackCall
 from service.core.lifecycle import Lifecycle
-from service.core.service import InferenceService, ModelCall, status_label
+from service.core.service import InferenceService
 from service.core.types import (
     ClassifyRequest,
     ClassifyResponse,

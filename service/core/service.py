@@ -9,13 +9,10 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import time
-from types import TracebackType
-
-import numpy as np
 
 from service import __version__
 from service.contract import PLATFORM
+from service.core.call import ModelCall
 from service.core.feedback import FeedbackCall, FeedbackDesk
 from service.core.lifecycle import Lifecycle
 from service.core.types import (
@@ -24,21 +21,16 @@ from service.core.types import (
     InferRequest,
     InferResponse,
     ModelInfo,
-    Prediction,
     RepositoryEntry,
     ServerInfo,
     VersionStatistics,
 )
 from service.errors import (
-    DeadlineExceeded,
     Forbidden,
-    InvalidInput,
     NotFound,
-    ServiceError,
     Unauthorized,
     Unavailable,
 )
-from service.images import decode_image
 from service.metrics import Metrics
 from service.registry import ModelRegistry, ServedVersion
 from service.runtime import select_providers
@@ -167,7 +159,7 @@ class InferenceService:
         """A request to one served version, to use as ``async with``: NotFound or Unavailable now if there
         is none; inside the block, the transport decodes and calls :meth:`ModelCall.infer` or
         :meth:`ModelCall.classify`, and the request is counted and timed, failures by their kind."""
-        return ModelCall(self, self._get(name, version))
+        return ModelCall(self._get(name, version), self.settings, self.lifecycle)
 
     async def infer(self, name: str, request: InferRequest, version: int | None = None) -> InferResponse:
         """Infer in one call, for transports that decode without the model's signature."""
@@ -227,92 +219,3 @@ class InferenceService:
         if self._registry is None:
             raise Unavailable("models are still loading")
         return self._registry.get(name, version)
-
-
-def status_label(exc: BaseException) -> str:
-    """The ``status`` label of ``inference_requests_total`` for a failed request."""
-    if isinstance(exc, DeadlineExceeded):
-        return "timeout"
-    if isinstance(exc, Unavailable):
-        return "rejected"
-    if isinstance(exc, ServiceError) and exc.status < 500:
-        return "bad_request"
-    return "error"
-
-
-class ModelCall:
-    """One request to one served version (see :meth:`InferenceService.call`).
-
-    ``name``, ``version`` and ``signature`` say what the transport decodes against; ``limits`` are
-    the service's settings (body bytes, rows, image pixels).
-    """
-
-    def __init__(self, core: InferenceService, served: ServedVersion) -> None:
-        self._core = core
-        self._served = served
-        self.name = served.name
-        self.version = served.version
-        self.signature = served.runtime.signature
-        self.limits = core.settings
-        self._started = 0.0
-
-    async def __aenter__(self) -> ModelCall:
-        self._started = time.perf_counter()
-        if self._core.lifecycle.draining:
-            error = Unavailable("server is draining")
-            self._served.metrics.observe_request(status_label(error), time.perf_counter() - self._started)
-            raise error
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc is None or isinstance(exc, Exception):
-            status = "ok" if exc is None else status_label(exc)
-            self._served.metrics.observe_request(status, time.perf_counter() - self._started)
-
-    def _deadline(self, deadline: float | None) -> float:
-        return time.monotonic() + self.limits.default_timeout_s if deadline is None else deadline
-
-    async def infer(self, request: InferRequest) -> InferResponse:
-        """Check the inputs against the signature, compute them in some batch, pick the outputs asked for."""
-        signature = self.signature
-        inputs = signature.check_inputs(request.inputs, max_rows=self.limits.max_request_rows)
-        specs = signature.outputs
-        if request.outputs is not None:
-            unknown = [n for n in request.outputs if signature.output(n) is None]
-            if unknown:
-                names = [t.name for t in signature.outputs]
-                raise InvalidInput(f"unknown output {unknown[0]!r}; the model's outputs are {names}")
-            specs = tuple(t for t in signature.outputs if t.name in request.outputs)
-        outputs = await self._served.batcher.submit(inputs, deadline=self._deadline(request.deadline))
-        return InferResponse(
-            self.name, self.version, request.id, {t.name: outputs[t.name] for t in specs}, specs
-        )
-
-    async def classify(self, request: ClassifyRequest) -> ClassifyResponse:
-        """Decode the image to the model's input, compute it, and rank the classes."""
-        if not 1 <= request.top_k <= 1000:
-            raise InvalidInput(f"top_k must be from 1 to 1000, got {request.top_k}")
-        if not request.image:
-            raise InvalidInput("empty image")
-        spec = self.signature.inputs[0]
-        image = self._image_tensor(request.image)
-        outputs = await self._served.batcher.submit(
-            {spec.name: image.astype(spec.dtype, copy=False)}, deadline=self._deadline(request.deadline)
-        )
-        probabilities = outputs[self.signature.outputs[0].name][0]
-        labels = self._served.runtime.labels
-        order = np.argsort(-probabilities, kind="stable")[: request.top_k]
-        predictions = tuple(
-            Prediction(int(i), labels[i] if i < len(labels) else str(i), float(probabilities[i]))
-            for i in order
-        )
-        return ClassifyResponse(self.name, self.version, predictions)
-
-    def _image_tensor(self, data: bytes) -> np.ndarray:
-        """The uploaded image as the model's input rows ``(1, H, W, C)``."""
-        _, height, width, channels = self.signature.inputs[0].shape
-        return decode_image(
-            data, height=height, width=width, channels=channels, max_pixels=self.limits.max_image_pixels
-        )

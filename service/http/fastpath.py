@@ -67,7 +67,8 @@ async def answer_infer(
         )
         timeout_s = parsed.timeout_us / 1e6 if parsed.timeout_us else limits.default_timeout_s
         outputs = None if parsed.outputs is None else [o.name for o in parsed.outputs]
-        request = InferRequest(parsed.inputs, parsed.id, outputs, time.monotonic() + timeout_s)
+        # parse_infer_request checked the inputs against this signature, so the core need not again.
+        request = InferRequest(parsed.inputs, parsed.id, outputs, time.monotonic() + timeout_s, checked=True)
         response = await call.infer(request)
         return encode_infer_response(
             model_name=response.model,

@@ -136,25 +136,6 @@ def test_a_passed_deadline_is_answered_without_computing(tmp_path: Path) -> None
     run(test, tmp_path)
 
 
-def test_decoding_inside_a_call_is_counted_and_timed(tmp_path: Path) -> None:
-    async def test(core: InferenceService, model: WrittenModel) -> None:
-        with pytest.raises(InvalidInput, match="bad wire format"):
-            async with core.call("tiny") as call:
-                assert (call.name, call.version) == ("tiny", 1)
-                assert call.signature.inputs[0].shape == (-1, 28, 28, 1)
-                raise InvalidInput("bad wire format")
-        with pytest.raises(RuntimeError):
-            async with core.call("tiny"):
-                raise RuntimeError("a transport bug")
-        assert (requests(core, "bad_request"), requests(core, "error")) == (1, 1)
-        count = core.metrics.registry.get_sample_value(
-            "inference_request_duration_seconds_count", {"model": "tiny", "version": "1"}
-        )
-        assert count == 2
-
-    run(test, tmp_path)
-
-
 def test_draining_refuses_new_requests_and_readiness(tmp_path: Path) -> None:
     async def test(core: InferenceService, model: WrittenModel) -> None:
         core.check_ready()

@@ -1,0 +1,125 @@
+"""One request to one served version: resolved, counted and timed, whatever the transport.
+
+:meth:`service.core.InferenceService.call` returns a :class:`ModelCall`; see :mod:`service.core`.
+"""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+
+import numpy as np
+
+from service.core.lifecycle import Lifecycle
+from service.core.types import ClassifyRequest, ClassifyResponse, InferRequest, InferResponse, Prediction
+from service.errors import DeadlineExceeded, ErrorKind, InvalidInput, ServiceError, Unavailable
+from service.images import decode_image
+from service.registry import ServedVersion
+from service.settings import Settings
+
+
+def status_label(exc: BaseException) -> str:
+    """The ``status`` label of ``inference_requests_total`` for a failed request."""
+    if isinstance(exc, DeadlineExceeded):
+        return "timeout"
+    if isinstance(exc, Unavailable):
+        return "rejected"
+    if isinstance(exc, ServiceError) and exc.kind in _CLIENT_ERRORS:
+        return "bad_request"
+    return "error"
+
+
+#: Kinds of error that are the request's fault.
+_CLIENT_ERRORS = frozenset(
+    {
+        ErrorKind.INVALID_ARGUMENT,
+        ErrorKind.UNAUTHENTICATED,
+        ErrorKind.PERMISSION_DENIED,
+        ErrorKind.NOT_FOUND,
+        ErrorKind.TOO_LARGE,
+        ErrorKind.UNSUPPORTED_MEDIA,
+    }
+)
+
+
+class ModelCall:
+    """One request to one served version (see :meth:`InferenceService.call`).
+
+    ``name``, ``version`` and ``signature`` say what the transport decodes against; ``limits`` are
+    the service's settings (body bytes, rows, image pixels).
+    """
+
+    __slots__ = ("_lifecycle", "_served", "_started", "limits", "name", "signature", "version")
+
+    def __init__(self, served: ServedVersion, settings: Settings, lifecycle: Lifecycle) -> None:
+        self._lifecycle = lifecycle
+        self._served = served
+        self.name = served.name
+        self.version = served.version
+        self.signature = served.runtime.signature
+        self.limits = settings
+        self._started = 0.0
+
+    async def __aenter__(self) -> ModelCall:
+        self._started = time.perf_counter()
+        if self._lifecycle.draining:
+            error = Unavailable("server is draining")
+            self._served.metrics.observe_request(status_label(error), time.perf_counter() - self._started)
+            raise error
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None or isinstance(exc, Exception):
+            status = "ok" if exc is None else status_label(exc)
+            self._served.metrics.observe_request(status, time.perf_counter() - self._started)
+
+    def _deadline(self, deadline: float | None) -> float:
+        return time.monotonic() + self.limits.default_timeout_s if deadline is None else deadline
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Check the inputs against the signature, compute them in some batch, pick the outputs asked for."""
+        signature = self.signature
+        if request.checked:
+            inputs = request.inputs if isinstance(request.inputs, dict) else dict(request.inputs)
+        else:
+            inputs = signature.check_inputs(request.inputs, max_rows=self.limits.max_request_rows)
+            for name in request.outputs or ():
+                if signature.output(name) is None:
+                    names = [t.name for t in signature.outputs]
+                    raise InvalidInput(f"unknown output {name!r}; the model's outputs are {names}")
+        specs = signature.outputs
+        if request.outputs is not None:
+            specs = tuple(t for t in specs if t.name in request.outputs)
+        outputs = await self._served.batcher.submit(inputs, deadline=self._deadline(request.deadline))
+        return InferResponse(
+            self.name, self.version, request.id, {t.name: outputs[t.name] for t in specs}, specs
+        )
+
+    async def classify(self, request: ClassifyRequest) -> ClassifyResponse:
+        """Decode the image to the model's input, compute it, and rank the classes."""
+        if not 1 <= request.top_k <= 1000:
+            raise InvalidInput(f"top_k must be from 1 to 1000, got {request.top_k}")
+        if not request.image:
+            raise InvalidInput("empty image")
+        spec = self.signature.inputs[0]
+        image = self._image_tensor(request.image)
+        outputs = await self._served.batcher.submit(
+            {spec.name: image.astype(spec.dtype, copy=False)}, deadline=self._deadline(request.deadline)
+        )
+        probabilities = outputs[self.signature.outputs[0].name][0]
+        labels = self._served.runtime.labels
+        order = np.argsort(-probabilities, kind="stable")[: request.top_k]
+        predictions = tuple(
+            Prediction(int(i), labels[i] if i < len(labels) else str(i), float(probabilities[i]))
+            for i in order
+        )
+        return ClassifyResponse(self.name, self.version, predictions)
+
+    def _image_tensor(self, data: bytes) -> np.ndarray:
+        """The uploaded image as the model's input rows ``(1, H, W, C)``."""
+        _, height, width, channels = self.signature.inputs[0].shape
+        return decode_image(
+            data, height=height, width=width, channels=channels, max_pixels=self.limits.max_image_pixels
+        )
