@@ -27,31 +27,47 @@ import fcntl
 import hashlib
 import logging
 import os
-import secrets
 import threading
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 
-from service.contract import valid_model_name
 from service.errors import InsufficientStorage, ServiceError
+from service.feedback_log import (
+    LOG_SUFFIX,
+    FeedbackItem,
+    FeedbackLogError,
+    LogRead,
+    checked_model,
+    label_dir_name,
+    log_path,
+    new_id,
+    read_log,
+)
 
 log = logging.getLogger(__name__)
 
 #: The image types feedback accepts, by file extension.
 EXTENSIONS = ("png", "jpg")
 PARTIAL_SUFFIX = ".partial"
-LOG_SUFFIX = ".jsonl"
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_MAX_DIR_NAME = 200
 
-
-class FeedbackLogError(ValueError):
-    """A complete feedback log line is not a record: the log was damaged or edited by hand."""
+__all__ = [
+    "EXTENSIONS",
+    "LOG_SUFFIX",
+    "FeedbackItem",
+    "FeedbackLogError",
+    "FeedbackStore",
+    "LogRead",
+    "QuotaFull",
+    "Usage",
+    "label_dir_name",
+    "log_path",
+    "new_id",
+    "read_log",
+]
 
 
 class QuotaFull(InsufficientStorage):
@@ -63,111 +79,11 @@ class QuotaFull(InsufficientStorage):
 
 
 @dataclass(frozen=True)
-class FeedbackItem:
-    """One stored example, as its log line records it."""
-
-    id: str
-    time: str
-    model: str
-    #: The label the client says is right.
-    label: str
-    #: The model version that classified the image when the feedback arrived, and what it answered.
-    version: int
-    predicted: str
-    #: Path of the image relative to the feedback root.
-    file: str
-    bytes: int
-    sha256: str
-
-    def as_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
 class Usage:
     """What a model's feedback holds: stored items and the bytes of their files."""
 
     items: int = 0
     bytes: int = 0
-
-
-@dataclass(frozen=True)
-class LogRead:
-    """The complete records of a log, the bytes they span, and whether a torn last line followed them."""
-
-    items: list[FeedbackItem]
-    complete_bytes: int
-    torn: bool
-
-
-_FIELDS = tuple(FeedbackItem.__dataclass_fields__)
-
-
-def new_id() -> str:
-    """26 characters of Crockford base32: 48 bits of milliseconds since the epoch, then 80 random bits
-    (the ULID layout), so ids sort by time and cannot be guessed."""
-    value = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
-    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
-
-
-def label_dir_name(label: str) -> str:
-    """The folder name for ``label``: percent-encode what a path component cannot hold safely."""
-    out = []
-    for i, char in enumerate(label):
-        unsafe = char in "/\\%" or not char.isprintable() or (i == 0 and char == ".")
-        out.append("".join(f"%{b:02X}" for b in char.encode()) if unsafe else char)
-    name = "".join(out) or "%00"
-    if len(name.encode()) > _MAX_DIR_NAME:  # file systems allow 255 bytes per name
-        digest = hashlib.sha256(label.encode()).hexdigest()[:16]
-        name = name.encode()[: _MAX_DIR_NAME - 17].decode(errors="ignore") + "~" + digest
-    return name
-
-
-def log_path(root: Path, model: str) -> Path:
-    """The feedback log of ``model`` under ``root``."""
-    return root / f"{_checked(model)}{LOG_SUFFIX}"
-
-
-def read_log(path: Path, *, start: int = 0) -> LogRead:
-    """The records of the log at ``path`` from byte ``start`` (a line boundary) on; a missing log is empty.
-
-    Bytes after the last newline are a write cut short (every record is written as one line ending in a
-    newline) and are reported as ``torn``; a complete line that is not a record raises
-    :class:`FeedbackLogError` naming it.
-    """
-    try:
-        with path.open("rb") as stream:
-            stream.seek(start)
-            data = stream.read()
-    except FileNotFoundError:
-        return LogRead([], start, torn=False)
-    lines = data.split(b"\n")
-    tail = lines.pop()  # after the last newline: b"" unless the last write was cut short
-    items: list[FeedbackItem] = []
-    offset = start
-    for line in lines:
-        try:
-            items.append(_parse(line))
-        except (ValueError, TypeError, KeyError) as exc:
-            raise FeedbackLogError(f"{path}: line at byte {offset} is not a feedback record ({exc})") from exc
-        offset += len(line) + 1
-    return LogRead(items, offset, torn=bool(tail))
-
-
-def _parse(line: bytes) -> FeedbackItem:
-    record = orjson.loads(line)
-    if not isinstance(record, dict):
-        raise ValueError("not a JSON object")
-    item = FeedbackItem(**{key: record[key] for key in _FIELDS})  # KeyError for a missing field
-    if not isinstance(item.id, str) or not isinstance(item.bytes, int) or not isinstance(item.file, str):
-        raise ValueError("bad field types")
-    return item
-
-
-def _checked(model: str) -> str:
-    if not valid_model_name(model):
-        raise ValueError(f"invalid model name {model!r}")
-    return model
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -300,7 +216,7 @@ class FeedbackStore:
             self._logs.clear()
 
     def _state(self, model: str) -> _ModelLog:
-        state = self._logs.get(_checked(model))
+        state = self._logs.get(checked_model(model))
         if state is None:
             self.root.mkdir(parents=True, exist_ok=True)
             state = self._logs[model] = _ModelLog(self.root, model)

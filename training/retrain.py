@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
-import onnxruntime as ort
 
 from service.contract import KERAS_FILE, METADATA_FILE, MODEL_FILE, MetadataError, read_metadata
 from training import feedback as fb
+from training.compare import decide, probabilities, scores, session_of
 from training.config import HyperParameters
 from training.data import Dataset, load_dataset
 from training.errors import DataError, UsageError
@@ -61,17 +60,6 @@ class RetrainConfig:
     max_regression: float = 0.5
     min_improvement: float = 0.0
     command: str = ""
-
-
-@dataclass(frozen=True)
-class Scores:
-    """One model on the two comparison sets."""
-
-    test_accuracy: float
-    holdout_accuracy: float
-
-    def as_json(self) -> dict[str, float]:
-        return {"test_accuracy": self.test_accuracy, "holdout_accuracy": self.holdout_accuracy}
 
 
 @dataclass(frozen=True)
@@ -155,7 +143,8 @@ def retrain(config: RetrainConfig, *, verbose: int | None = None) -> Result:
     if dataset.labels != labels or dataset.input_shape != input_shape:
         raise DataError(f"data set {dataset.name} no longer matches version {champion.version}")
     x_holdout, y_holdout = feedback.part("holdout")
-    champion_scores = _scores(_session(_champion_bytes(champion)), dataset, x_holdout, y_holdout)
+    test_set = (dataset.x_test, dataset.y_test)
+    champion_scores = scores(session_of(_champion_bytes(champion)), *test_set, x_holdout, y_holdout)
 
     model, start = _starting_model(champion, dataset, hp)
     splits, mixing = _mixed_splits(dataset, hp, feedback, config.feedback_share)
@@ -163,8 +152,8 @@ def retrain(config: RetrainConfig, *, verbose: int | None = None) -> Result:
     onnx_model = to_onnx(trained.model, dataset.input_shape)
     onnx_bytes = onnx_model.SerializeToString()
     parity = parity_gate(onnx_bytes, trained.model, dataset.x_test)
-    challenger_session = _session(onnx_bytes)
-    challenger_scores = _scores(challenger_session, dataset, x_holdout, y_holdout)
+    challenger_session = session_of(onnx_bytes)
+    challenger_scores = scores(challenger_session, *test_set, x_holdout, y_holdout)
     decision = decide(champion_scores, challenger_scores, config.max_regression, config.min_improvement)
     record.update(
         start=start,
@@ -187,9 +176,7 @@ def retrain(config: RetrainConfig, *, verbose: int | None = None) -> Result:
             f"version {champion.version}; run again to compare with it"
         )
         return Result("refused", message, {**record, "decision": {**decision, "publish": False}})
-    evaluation = evaluation_of(
-        _probabilities(challenger_session, dataset.x_test), dataset.y_test, len(labels)
-    )
+    evaluation = evaluation_of(probabilities(challenger_session, dataset.x_test), dataset.y_test, len(labels))
     run = RunConfig(
         dataset=dataset.name,
         preset=champion.preset,
@@ -202,36 +189,6 @@ def retrain(config: RetrainConfig, *, verbose: int | None = None) -> Result:
     published = publish_version(dataset, run, trained, evaluation, parity, onnx_model, retrain=record)
     message = f"published {config.name} version {published.version} at {published.path}"
     return Result("published", message, record, published)
-
-
-def decide(
-    champion: Scores, challenger: Scores, max_regression: float, min_improvement: float
-) -> dict[str, Any]:
-    """Both bars, with the reasons a person reads: within the guard on the test set, better on holdout."""
-    floor = champion.test_accuracy - max_regression / 100
-    bar = champion.holdout_accuracy + min_improvement / 100
-    test_ok = challenger.test_accuracy >= floor - 1e-12
-    holdout_ok = challenger.holdout_accuracy > bar + 1e-12
-    reasons = []
-    if not test_ok:
-        reasons.append(
-            f"test accuracy {challenger.test_accuracy:.2%} is more than {max_regression:g} points below the "
-            f"champion's {champion.test_accuracy:.2%}"
-        )
-    if not holdout_ok:
-        reasons.append(
-            f"feedback holdout accuracy {challenger.holdout_accuracy:.2%} does not beat the champion's "
-            f"{champion.holdout_accuracy:.2%}"
-            + (f" by {min_improvement:g} points" if min_improvement else "")
-        )
-    return {
-        "publish": test_ok and holdout_ok,
-        "test_floor": floor,
-        "holdout_bar": bar,
-        "test_ok": test_ok,
-        "holdout_ok": holdout_ok,
-        "reasons": reasons,
-    }
 
 
 def _hyperparameters(recorded: HyperParameters, config: RetrainConfig) -> HyperParameters:
@@ -302,27 +259,3 @@ def _mixed_splits(
         "epoch_size": len(y_train),
     }
     return Splits(x_train, y_train, x_val, y_val), mixing
-
-
-def _session(onnx_bytes: bytes) -> ort.InferenceSession:
-    return ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-
-
-def _probabilities(session: ort.InferenceSession, images: np.ndarray, batch: int = 512) -> np.ndarray:
-    if len(images) == 0:
-        return np.zeros((0, session.get_outputs()[0].shape[1]), np.float32)
-    name = session.get_inputs()[0].name
-    parts = [
-        session.run(None, {name: images[i : i + batch].astype(np.float32)})[0]
-        for i in range(0, len(images), batch)
-    ]
-    return np.concatenate(parts)
-
-
-def _scores(
-    session: ort.InferenceSession, dataset: Dataset, x_holdout: np.ndarray, y_holdout: np.ndarray
-) -> Scores:
-    def accuracy(x: np.ndarray, y: np.ndarray) -> float:
-        return float((_probabilities(session, x).argmax(axis=1) == y).mean()) if len(y) else 0.0
-
-    return Scores(accuracy(dataset.x_test, dataset.y_test), accuracy(x_holdout, y_holdout))

@@ -27,7 +27,6 @@ from training.cli import main
 from training.data import Dataset
 from training.presets import preset_defaults
 from training.publish import sha256_hex, versions
-from training.retrain import Scores, decide
 
 pytestmark = pytest.mark.slow
 
@@ -224,12 +223,3 @@ def test_a_champion_whose_file_does_not_match_its_sha256_is_an_error(
     assert retrain(repository, feedback, data_dir) == 2
     assert "does not match the sha256 in its metadata" in capsys.readouterr().err
     assert versions(repository, NAME) == [1]
-
-
-def test_decide_needs_both_bars() -> None:
-    champion = Scores(test_accuracy=0.99, holdout_accuracy=0.2)
-    assert decide(champion, Scores(0.986, 0.5), 0.5, 0.0)["publish"] is True
-    assert decide(champion, Scores(0.984, 0.9), 0.5, 0.0)["reasons"][0].startswith("test accuracy 98.40%")
-    assert decide(champion, Scores(0.99, 0.2), 0.5, 0.0)["holdout_ok"] is False  # a tie is no improvement
-    assert decide(champion, Scores(0.99, 0.24), 0.5, 5.0)["holdout_ok"] is False
-    assert decide(champion, Scores(0.99, 0.26), 0.5, 5.0)["holdout_ok"] is True
