@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import keras
 import onnx
@@ -20,13 +20,10 @@ from service import contract
 from training import report
 from training.config import HyperParameters
 from training.data import Dataset
-from training.export import Parity, parity_gate, to_onnx
-from training.publish import Published, check_promotion, publish, sha256_hex
+from training.export import Parity, parity_gate, parity_images, to_onnx
+from training.onnxmodel import opset_of
+from training.publish import Published, check_promotion, check_signature, publish, sha256_hex
 from training.train import Evaluation, Trained, evaluate, fit
-
-#: How an uploaded image is resized for a model trained on each data set (``preprocessing.resize``):
-#: MNIST digits are centred by mass in a 20x20 box, everything else fills the frame.
-RESIZE: dict[str, Literal["stretch", "center_crop", "digit"]] = {"mnist": "digit"}
 
 
 @dataclass(frozen=True)
@@ -73,9 +70,11 @@ def finish(
 ) -> Outcome:
     """Gate ``onnx_model`` on parity with ``trained.model``, check the promotion guard, then publish."""
     onnx_bytes = onnx_model.SerializeToString()
-    parity = parity_gate(onnx_bytes, trained.model, dataset.x_test)
+    parity = parity_gate(onnx_bytes, trained.model, parity_images(dataset.x_test, dataset.x_train))
     published = None
     if config.repository is not None:
+        inputs, outputs = signature_entries(dataset)
+        check_signature(config.repository, config.name, inputs, outputs, force=config.force)
         check_promotion(
             config.repository, config.name, evaluation.accuracy, config.max_regression, force=config.force
         )
@@ -127,22 +126,12 @@ def keep_keras_model(model: keras.Model, path: Path) -> None:
         os.close(fd)
 
 
-def opset_of(onnx_model: onnx.ModelProto) -> int:
-    """The default-domain opset the model was exported with."""
-    return next(int(o.version) for o in onnx_model.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def preprocessing_for(dataset: Dataset) -> contract.Preprocessing:
-    """The ``preprocessing`` of a model trained on ``dataset``: its image size and colour, 0..255 pixels
-    (the model rescales them itself), and the resize that matches how its images were made."""
+def signature_entries(dataset: Dataset) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``inputs`` and ``outputs`` of the metadata of a model trained on ``dataset``."""
     height, width, channels = dataset.input_shape
-    return contract.Preprocessing(
-        height=height,
-        width=width,
-        color="rgb" if channels == 3 else "grayscale",
-        input_range=(0.0, 255.0),
-        resize=RESIZE.get(dataset.name, "stretch"),
-    )
+    inputs = [{"name": "image", "datatype": "FP32", "shape": [-1, height, width, channels]}]
+    outputs = [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(dataset.labels)]}]
+    return inputs, outputs
 
 
 def build_metadata(
@@ -156,18 +145,17 @@ def build_metadata(
     opset: int,
 ) -> contract.Metadata:
     """The ``metadata.json`` of one version, as the repository contract (``docs/repository.md``) has it."""
-    height, width, channels = dataset.input_shape
+    inputs, outputs = signature_entries(dataset)
+    extra: dict[str, Any] = {} if dataset.source is None else {"data": dataset.source}
     return contract.Metadata(
         name=config.name,
         version=version,
         created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         platform=contract.PLATFORM,
-        inputs=(contract.TensorMetadata(name="image", datatype="FP32", shape=(-1, height, width, channels)),),
-        outputs=(
-            contract.TensorMetadata(name="probabilities", datatype="FP32", shape=(-1, len(dataset.labels))),
-        ),
+        inputs=tuple(contract.TensorMetadata.model_validate(entry) for entry in inputs),
+        outputs=tuple(contract.TensorMetadata.model_validate(entry) for entry in outputs),
         labels=tuple(dataset.labels),
-        preprocessing=preprocessing_for(dataset),
+        preprocessing=dataset.preprocessing,
         sha256=sha256,
         opset=opset,
         dataset=dataset.name,
@@ -195,6 +183,7 @@ def build_metadata(
             "tf2onnx": tf2onnx.__version__,
             "onnx": onnx.__version__,
         },
+        **extra,
     )
 
 

@@ -106,6 +106,35 @@ def check_promotion(
         )
 
 
+def check_signature(
+    repository: Path,
+    name: str,
+    inputs: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+    *,
+    force: bool = False,
+) -> None:
+    """Refuse (:class:`PromotionRefused`) a version whose inputs or outputs differ from the newest
+    version's, unless ``force``: the service keeps serving that one and refuses the new one, so that no
+    client sees a model change its signature under the same name."""
+    previous = newest_metadata(repository, name)
+    if previous is None or force or "inputs" not in previous or "outputs" not in previous:
+        return  # a version without a recorded signature is not served, so it sets no bar
+    if previous["inputs"] == inputs and previous["outputs"] == outputs:
+        return
+
+    def show(tensors: Any) -> str:
+        if not isinstance(tensors, list):
+            return "?"
+        return ", ".join(f"{t.get('name')} {t.get('shape')}" for t in tensors if isinstance(t, dict))
+
+    raise PromotionRefused(
+        f"not publishing {name}: its signature ({show(inputs)} -> {show(outputs)}) differs from version "
+        f"{previous.get('version')}'s ({show(previous.get('inputs'))} -> {show(previous.get('outputs'))}), "
+        "and the service would keep serving that one; publish under another --name, or --force"
+    )
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

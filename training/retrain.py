@@ -19,23 +19,35 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
-from service.contract import KERAS_FILE, METADATA_FILE, MODEL_FILE, MetadataError, read_metadata
+from service.contract import (
+    KERAS_FILE,
+    METADATA_FILE,
+    MODEL_FILE,
+    MetadataError,
+    Preprocessing,
+    read_metadata,
+)
 from training import feedback as fb
 from training.compare import decide, probabilities, scores, session_of
 from training.config import HyperParameters
 from training.data import Dataset, load_dataset
+from training.diskimages import DiskImages, Images
 from training.errors import DataError, UsageError
-from training.export import parity_gate, to_onnx
+from training.evaluation import score
+from training.export import parity_gate, parity_images, to_onnx
+from training.imagefolder import FolderOptions, load_folder
 from training.pipeline import RunConfig, publish_version
 from training.presets import build_model, preset_defaults
 from training.publish import Published, sha256_hex, versions
-from training.train import Splits, compile_model, evaluation_of, fit_model, make_strategy, split
+from training.train import Splits, compile_model, fit_model, make_strategy, split
 
 
 @dataclass(frozen=True)
@@ -139,11 +151,13 @@ def retrain(config: RetrainConfig, *, verbose: int | None = None) -> Result:
         )
         return Result("waiting", message, record)
 
-    dataset = load_dataset(champion.metadata["dataset"], config.data_dir, download=not config.offline)
+    with tempfile.TemporaryDirectory(prefix="retrain-") as workdir:
+        dataset = load_original(champion, config, hp, Path(workdir))
     if dataset.labels != labels or dataset.input_shape != input_shape:
         raise DataError(f"data set {dataset.name} no longer matches version {champion.version}")
     x_holdout, y_holdout = feedback.part("holdout")
-    test_set = (dataset.x_test, dataset.y_test)
+    x_test = _in_memory(dataset.x_test)
+    test_set = (x_test, dataset.y_test)
     champion_scores = scores(session_of(_champion_bytes(champion)), *test_set, x_holdout, y_holdout)
 
     model, start = _starting_model(champion, dataset, hp)
@@ -151,7 +165,7 @@ def retrain(config: RetrainConfig, *, verbose: int | None = None) -> Result:
     trained = fit_model(model, dataset, splits, hp, verbose=verbose)
     onnx_model = to_onnx(trained.model, dataset.input_shape)
     onnx_bytes = onnx_model.SerializeToString()
-    parity = parity_gate(onnx_bytes, trained.model, dataset.x_test)
+    parity = parity_gate(onnx_bytes, trained.model, parity_images(dataset.x_test, dataset.x_train))
     challenger_session = session_of(onnx_bytes)
     challenger_scores = scores(challenger_session, *test_set, x_holdout, y_holdout)
     decision = decide(champion_scores, challenger_scores, config.max_regression, config.min_improvement)
@@ -176,7 +190,7 @@ def retrain(config: RetrainConfig, *, verbose: int | None = None) -> Result:
             f"version {champion.version}; run again to compare with it"
         )
         return Result("refused", message, {**record, "decision": {**decision, "publish": False}})
-    evaluation = evaluation_of(probabilities(challenger_session, dataset.x_test), dataset.y_test, len(labels))
+    evaluation = score(probabilities(challenger_session, x_test), dataset.y_test, len(labels))
     run = RunConfig(
         dataset=dataset.name,
         preset=champion.preset,
@@ -189,6 +203,42 @@ def retrain(config: RetrainConfig, *, verbose: int | None = None) -> Result:
     published = publish_version(dataset, run, trained, evaluation, parity, onnx_model, retrain=record)
     message = f"published {config.name} version {published.version} at {published.path}"
     return Result("published", message, record, published)
+
+
+#: Feedback is mixed into the original training images in memory; a folder data set larger than this
+#: (decoded) is refused rather than swapped.
+MAX_IN_MEMORY_BYTES = 4 * 1024**3
+
+
+def load_original(champion: Champion, config: RetrainConfig, hp: HyperParameters, workdir: Path) -> Dataset:
+    """The champion's own training data, as its metadata records it: the bundled data set by name, or
+    the image folder of its ``data`` entry read again with the same size, colour, resize and test split
+    (decoded under ``workdir``), in memory either way."""
+    source = champion.metadata.get("data")
+    if not isinstance(source, dict) or "images" not in source:
+        return load_dataset(champion.metadata["dataset"], config.data_dir, download=not config.offline)
+    pre = Preprocessing.model_validate(champion.metadata["preprocessing"])
+    test = source.get("test") or {}
+    options = FolderOptions(
+        image_size=(pre.height, pre.width),
+        color=pre.color,
+        resize=pre.resize,
+        test_split=float(test.get("fraction", FolderOptions.test_split)),
+        validation_split=hp.validation_split,
+        seed=int(test.get("seed", hp.seed)),
+    )
+    dataset = load_folder(Path(source["images"]), options, workdir)
+    decoded = (len(dataset.x_train) + len(dataset.x_test)) * int(np.prod(dataset.input_shape))
+    if decoded > MAX_IN_MEMORY_BYTES:
+        raise UsageError(
+            f"{source['images']}: {decoded / 1024**3:.1f} GiB of images; retraining holds them in memory "
+            f"(at most {MAX_IN_MEMORY_BYTES / 1024**3:.0f} GiB)"
+        )
+    return replace(dataset, x_train=_in_memory(dataset.x_train), x_test=_in_memory(dataset.x_test))
+
+
+def _in_memory(images: Images) -> np.ndarray:
+    return images.take(np.arange(len(images))) if isinstance(images, DiskImages) else images
 
 
 def _hyperparameters(recorded: HyperParameters, config: RetrainConfig) -> HyperParameters:
@@ -250,9 +300,11 @@ def _mixed_splits(
 ) -> tuple[Splits, dict[str, Any]]:
     original = split(dataset, hp)
     x_train, y_train, repeats = fb.oversample(
-        original.x_train, original.y_train, *feedback.part("train"), share
+        _in_memory(original.x_train), original.y_train, *feedback.part("train"), share
     )
-    x_val, y_val, _ = fb.oversample(original.x_val, original.y_val, *feedback.part("validation"), share)
+    x_val, y_val, _ = fb.oversample(
+        _in_memory(original.x_val), original.y_val, *feedback.part("validation"), share
+    )
     mixing = {
         "original_train": len(original.y_train),
         "feedback_repeats": repeats,

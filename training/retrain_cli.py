@@ -9,35 +9,35 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from training.cli import PROG, _bounded, _Parser
 from training.data import resolve_data_dir
-from training.errors import TrainingError, UsageError
+from training.errors import UsageError
 from training.feedback import new_since_newest
+from training.options import bounded
 from training.publish import validate_name
 
 if TYPE_CHECKING:
     from training.retrain import Result
 
-EXAMPLE = f"{PROG} retrain --repository models/ --name mnist-cnn --feedback /var/lib/feedback --epochs 2"
+EXAMPLE = (
+    "python -m training retrain --repository models/ --name mnist-cnn --feedback /var/lib/feedback --epochs 2"
+)
+DESCRIPTION = (
+    "Fine-tune the newest version of a model on its original training data plus the feedback clients "
+    "sent, compare it with the serving version on the original test set and on held-out feedback, and "
+    "publish it only if it stays within the guard on the first and improves on the second."
+)
+EPILOG = (
+    f"example: {EXAMPLE}. Exit codes: 0 published, nothing new or waiting for more feedback, 1 export "
+    "failed, 2 bad usage or missing data, 3 refused (nothing published)."
+)
 EXIT_REFUSED = 3
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog=f"{PROG} retrain",
-        description="Fine-tune the newest version of a model on its original training data plus the "
-        "feedback clients sent, compare it with the serving version on the original test set and on "
-        "held-out feedback, and publish it only if it stays within the guard on the first and improves on "
-        "the second.",
-        epilog=f"example: {EXAMPLE}. Exit codes: 0 published, nothing new or waiting for more feedback, "
-        "1 export failed, 2 bad usage or missing data, 3 refused (nothing published).",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``retrain`` command's options (registered by :func:`training.arguments.build_parser`)."""
     parser.add_argument("--repository", type=Path, required=True, help="the model repository")
     parser.add_argument("--name", required=True, help="the model to retrain")
     parser.add_argument(
@@ -47,66 +47,50 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, help="original data (default: $DATA_DIR, else ../shared/data)"
     )
     parser.add_argument("--offline", action="store_true", help="never download; fail if the files are absent")
-    parser.add_argument("--epochs", type=_bounded(int, minimum=1), help="default: the champion's")
+    parser.add_argument("--epochs", type=bounded(int, minimum=1), help="default: the champion's")
     parser.add_argument(
-        "--learning-rate",
-        "--lr",
-        type=_bounded(float, minimum=0, strict=True),
-        help="default: the champion's",
+        "--learning-rate", "--lr", type=bounded(float, minimum=0, strict=True), help="default: the champion's"
     )
     parser.add_argument(
-        "--limit-train", type=_bounded(int, minimum=1), metavar="N", help="use N original training images"
+        "--limit-train", type=bounded(int, minimum=1), metavar="N", help="use N original training images"
     )
     parser.add_argument(
         "--feedback-share",
-        type=_bounded(float, minimum=0, maximum=0.9),
+        type=bounded(float, minimum=0, maximum=0.9),
         default=0.2,
         help="feedback's share of each epoch, by repetition (default 0.2, measured: see the README)",
     )
     parser.add_argument(
         "--holdout",
-        type=_bounded(float, minimum=0, maximum=0.9, strict=True),
+        type=bounded(float, minimum=0, maximum=0.9, strict=True),
         default=0.3,
         help="fraction of feedback held out to compare the models (default 0.3)",
     )
     parser.add_argument(
         "--min-holdout",
-        type=_bounded(int, minimum=1),
+        type=bounded(int, minimum=1),
         default=10,
         help="train only once this many feedback items are held out (default 10)",
     )
     parser.add_argument(
         "--max-regression",
-        type=_bounded(float, minimum=0),
+        type=bounded(float, minimum=0),
         default=0.5,
         metavar="POINTS",
         help="refuse when test accuracy drops more than this many points below the champion's (default 0.5)",
     )
     parser.add_argument(
         "--min-improvement",
-        type=_bounded(float, minimum=0),
+        type=bounded(float, minimum=0),
         default=0.0,
         metavar="POINTS",
         help="refuse unless holdout accuracy beats the champion's by more than this (default 0: any gain)",
     )
     parser.add_argument("--report", type=Path, help="also write the figures and the decision here as JSON")
-    return parser
 
 
-def main(argv: Sequence[str]) -> int:
-    """``python -m training retrain`` with ``argv`` (the arguments after ``retrain``)."""
-    args = build_parser().parse_args(list(argv))
-    try:
-        return _retrain(args, command=shlex.join(["python", "-m", "training", "retrain", *argv]))
-    except TrainingError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-
-
-def _retrain(args: argparse.Namespace, *, command: str) -> int:
+def run(args: argparse.Namespace, *, command: str) -> int:
+    """Run ``retrain`` with parsed ``args``; :class:`TrainingError` for what the caller reports."""
     name = validate_name(args.name)
     if not args.repository.is_dir():
         raise UsageError(f"--repository {args.repository}: not a directory")

@@ -196,6 +196,31 @@ def test_a_version_published_meanwhile_makes_the_comparison_stale(
     assert versions(repository, NAME) == [1, 2]
 
 
+def test_a_folder_trained_version_is_retrained_from_its_folder(
+    tmp_path: Path, feedback: Path, mnist: Dataset, capsys
+) -> None:
+    folder, repository = tmp_path / "digits", tmp_path / "folder-models"
+    for digit in ("0", "1", "2"):
+        (folder / digit).mkdir(parents=True)
+        for i, image in enumerate(mnist.x_test[mnist.y_test == int(digit)][:60]):
+            (folder / digit / f"{i}.png").write_bytes(png(image))
+    train = ["train", "--images", str(folder), "--preset", "mlp", "--epochs", "2", "--name", NAME]
+    assert main([*train, "--publish", str(repository)]) == 0
+    upright = mnist.x_test[np.isin(mnist.y_test, [0, 1, 2])][100:220]
+    labels = mnist.y_test[np.isin(mnist.y_test, [0, 1, 2])][100:220]
+    send(feedback, np.rot90(upright, k=1, axes=(1, 2)), labels)
+    args = ["--repository", str(repository), "--name", NAME, "--feedback", str(feedback)]
+    assert main(["retrain", *args, "--epochs", "2", "--max-regression", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "decision: published m version 2" in out
+    v1, v2 = (json.loads((repository / NAME / v / "metadata.json").read_text()) for v in ("1", "2"))
+    assert v2["data"]["images"] == v1["data"]["images"] == str(folder)
+    assert v2["labels"] == ["0", "1", "2"]
+    # The same carved test split: the files version 1 recorded are the ones both models were compared on.
+    assert v2["data"]["test"]["files"] == v1["data"]["test"]["files"]
+    assert v2["retrain"]["n_test"] == len(v1["data"]["test"]["files"])
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
