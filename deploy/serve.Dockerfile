@@ -22,7 +22,8 @@ RUN if ! command -v python3 >/dev/null; then \
         && rm -rf /var/lib/apt/lists/*; \
     fi \
     && groupadd --system --gid 10001 app \
-    && useradd --system --uid 10001 --gid app --home-dir /home/app --create-home --shell /usr/sbin/nologin app
+    && useradd --system --uid 10001 --gid app --home-dir /home/app --create-home --shell /usr/sbin/nologin app \
+    && install -d -o 10001 -g 10001 /feedback
 
 FROM base AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -48,6 +49,8 @@ COPY --from=builder /opt/venv /opt/venv
 # named volume is seeded with them by Docker (see docker-compose.yml). Owned by the app user so a trainer
 # running as the same uid can publish into a volume seeded from here.
 COPY --chown=10001:10001 models /models
+# /feedback (created above, owned by the app user) is where a mounted volume receives client feedback
+# when SERVE_FEEDBACK_DIR points there; a new named volume takes its ownership from it.
 USER 10001:10001
 WORKDIR /home/app
 # 8000: HTTP (KServe V2 REST, metrics, demo page); 8001: KServe V2 gRPC (SERVE_GRPC_PORT).

@@ -21,7 +21,7 @@ RUN set -- ".[train]" \
 FROM python:3.11-slim
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /home/app --create-home --shell /usr/sbin/nologin app \
-    && install -d -o 10001 -g 10001 /models /data
+    && install -d -o 10001 -g 10001 /models /data /feedback
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     DATA_DIR=/data \

@@ -24,6 +24,7 @@ from service.core import InferenceService
 from service.grpc.server import GrpcServer
 from service.http.errors import install_error_handlers
 from service.http.fastpath import CloseWhileDraining, FastPath
+from service.http.feedback import router as feedback_router
 from service.http.openapi import install_docs, refine
 from service.http.routes import router
 from service.metrics import Metrics
@@ -90,6 +91,7 @@ def create_app(
     app.state.lifecycle = core.lifecycle
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(feedback_router)
     refine(app)
     install_docs(app)
 

@@ -5,6 +5,7 @@ Layout (documented in ``docs/repository.md``)::
     <repository>/<name>/<version>/model.onnx       the model (its sha256 is in metadata.json)
     <repository>/<name>/<version>/metadata.json    a :class:`Metadata` document
     <repository>/<name>/<version>/report/          optional: training curves, confusion matrix
+    <repository>/<name>/<version>/train/model.keras optional: the Keras model, kept for retraining
 
 ``<name>`` matches :data:`MODEL_NAME_RE`; ``<version>`` is a positive integer written canonically
 (:func:`parse_version`). Any other entry (``.tmp-*``, ``07``, ``notes``) is not a version, which is what
@@ -32,6 +33,9 @@ MAX_VERSION_DIGITS = 18
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 REPORT_DIR = "report"
+#: The Keras model a version was exported from, kept so that retraining can fine-tune it. The service
+#: never reads it, and the metadata's sha256 covers ``model.onnx`` only.
+KERAS_FILE = "train/model.keras"
 #: The files a version directory needs before it counts as complete.
 VERSION_FILES = (MODEL_FILE, METADATA_FILE)
 #: The ``platform`` of every version: what serves it.
@@ -161,6 +165,12 @@ class Metadata(BaseModel):
     metrics: Evaluation | None = Field(None, description="Test-set evaluation.")
     training: dict[str, Any] | None = Field(
         None, description="How the version was trained: preset, hyperparameters, history, command."
+    )
+    retrain: dict[str, Any] | None = Field(
+        None,
+        description="A version retrained on client feedback: the version it started from, the feedback "
+        "it saw (last_id, log_bytes, items and parts), both models' test and holdout accuracy, and the "
+        "decision.",
     )
     parity: Parity | None = Field(None, description="Parity gate results of the export.")
     versions: dict[str, str] | None = Field(None, description="Library versions used to produce it.")

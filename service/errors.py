@@ -7,12 +7,14 @@ the tree reads as the HTTP API documents it::
 
     ServiceError                    internal            500  generic message to the client
     ├── InvalidInput                invalid_argument    400  bad tensor, shape, datatype, JSON, parameter
-    ├── Unauthorized                unauthenticated     401  admin call without a bearer token
-    ├── Forbidden                   permission_denied   403  admin call with a wrong token, or admin disabled
+    ├── Unauthorized                unauthenticated     401  admin or feedback call without a bearer token
+    ├── Forbidden                   permission_denied   403  wrong token, or admin disabled
     ├── NotFound                    not_found           404  unknown model or version
     ├── PayloadTooLarge             too_large           413  body, decompressed body, image or rows too large
     ├── UnsupportedMedia            unsupported_media   415  content encoding or image type not handled
     ├── InferenceFailed             internal            500  the runtime raised; message stays generic
+    ├── InsufficientStorage         resource_exhausted  507  feedback quota or disk full
+    │   └── QuotaFull               resource_exhausted  507  (service.feedback) a model's quota is used up
     ├── Unavailable                 unavailable         503  model not ready, server draining (retry after)
     │   └── Overloaded              overloaded          503  queue full (retry after)
     └── DeadlineExceeded            deadline_exceeded   504  the request's deadline passed before compute
@@ -37,6 +39,7 @@ class ErrorKind(StrEnum):
     UNAVAILABLE = "unavailable"
     OVERLOADED = "overloaded"
     DEADLINE_EXCEEDED = "deadline_exceeded"
+    RESOURCE_EXHAUSTED = "resource_exhausted"
 
 
 class ServiceError(Exception):
@@ -69,7 +72,7 @@ class InvalidInput(ServiceError):
 
 
 class Unauthorized(ServiceError):
-    """An admin route was called without credentials."""
+    """An admin or feedback call came without credentials."""
 
     kind = ErrorKind.UNAUTHENTICATED
     status = HTTPStatus.UNAUTHORIZED
@@ -79,7 +82,7 @@ class Unauthorized(ServiceError):
 
 
 class Forbidden(ServiceError):
-    """An admin route was called with wrong credentials, or admin is disabled."""
+    """An admin or feedback call came with wrong credentials, or admin is disabled."""
 
     kind = ErrorKind.PERMISSION_DENIED
     status = HTTPStatus.FORBIDDEN
@@ -114,6 +117,16 @@ class InferenceFailed(ServiceError):
 
     def __init__(self, message: str = "inference failed") -> None:
         super().__init__(message)
+
+
+class InsufficientStorage(ServiceError):
+    """Feedback cannot be stored: the model's quota is used up or the disk is full.
+
+    507, not 429: waiting does not help; an operator must archive feedback or raise the quota.
+    """
+
+    kind = ErrorKind.RESOURCE_EXHAUSTED
+    status = HTTPStatus.INSUFFICIENT_STORAGE
 
 
 class Unavailable(ServiceError):

@@ -20,6 +20,17 @@ STATUSES = ("ok", "bad_request", "rejected", "timeout", "error")
 #: The ``protocol`` label of the request metrics: HTTP's series exist from the start, gRPC's from its
 #: first call (so an HTTP-only process exports exactly what it did before the label).
 PROTOCOLS = ("http", "grpc")
+#: Why a feedback item for a served model was refused (the ``result`` of ``feedback_items_total``).
+FEEDBACK_REASONS = (
+    "unauthorized",  # no or wrong bearer token
+    "bad_label",  # not one of the model's labels
+    "bad_image",  # not a PNG or JPEG, corrupt, too large, or nothing the model could read
+    "quota_items",
+    "quota_bytes",
+    "storage_full",
+    "storage_error",
+    "unavailable",  # draining, queue full, deadline
+)
 
 
 class Metrics:
@@ -76,6 +87,30 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
             registry=registry,
         )
+
+        self.feedback = Counter(
+            "feedback_items_total",
+            "Feedback items by outcome: result is 'accepted' or the reason for refusing.",
+            ["model", "label", "result"],
+            registry=registry,
+        )
+        self.feedback_stored_items = Gauge(
+            "feedback_stored_items", "Feedback items stored per model.", ["model"], registry=registry
+        )
+        self.feedback_stored_bytes = Gauge(
+            "feedback_stored_bytes", "Bytes of feedback images per model.", ["model"], registry=registry
+        )
+
+    def observe_feedback(self, model: str, label: str | None, result: str) -> None:
+        """Count one feedback request. ``label`` is ``None`` unless it is one of the model's labels, so
+        clients cannot grow the label set; ``result`` is ``accepted`` or one of :data:`FEEDBACK_REASONS`."""
+        if result != "accepted" and result not in FEEDBACK_REASONS:
+            raise ValueError(f"unknown feedback result {result!r}")
+        self.feedback.labels(model, "" if label is None else label, result).inc()
+
+    def set_feedback_usage(self, model: str, items: int, stored_bytes: int) -> None:
+        self.feedback_stored_items.labels(model).set(items)
+        self.feedback_stored_bytes.labels(model).set(stored_bytes)
 
     def for_version(self, model: str, version: int) -> ModelMetrics:
         return ModelMetrics(self, model, str(version))

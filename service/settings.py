@@ -95,6 +95,27 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(
         10.0, ge=0, le=3600, description="On SIGTERM: longest to finish queued and running requests."
     )
+
+    feedback_dir: Path | None = Field(
+        None,
+        description="Where POST /v2/models/{m}/feedback stores labelled images for retraining. The "
+        "feedback API is on only when this and feedback_token are both set; otherwise it answers 404.",
+    )
+    feedback_token: str | None = Field(
+        None,
+        min_length=16,
+        description="Bearer token clients must present to send feedback (feedback becomes training data, "
+        "so it is never open); unset keeps the feedback API off even when feedback_dir is set.",
+    )
+    feedback_max_items: int = Field(
+        10_000, ge=1, le=10_000_000, description="Most feedback items stored per model; beyond it 507."
+    )
+    feedback_max_bytes: int = Field(
+        1024**3,
+        ge=1024,
+        le=1024**4,
+        description="Most bytes of feedback images stored per model; beyond it 507.",
+    )
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$", description="Log level.")
 
     @field_validator("models", "providers", mode="before")
@@ -119,6 +140,8 @@ class Settings(BaseSettings):
                 f"max_batch_size ({self.max_batch_size}) must not exceed "
                 f"max_queue_rows ({self.max_queue_rows})"
             )
+        if self.feedback_token is not None and self.feedback_dir is None:
+            raise ValueError("feedback_token is set but feedback_dir is not: set SERVE_FEEDBACK_DIR too")
         return self
 
     @property
@@ -130,12 +153,18 @@ class Settings(BaseSettings):
         return max(1, cpus - 1)
 
     @property
+    def feedback_enabled(self) -> bool:
+        """Whether the feedback API is on: a directory to store into and a token to guard it."""
+        return self.feedback_dir is not None and self.feedback_token is not None
+
+    @property
     def policy(self) -> VersionPolicy:
         return VersionPolicy.parse(self.version_policy)
 
     def describe(self) -> dict[str, Any]:
-        """Settings as logged at start-up, with the admin token masked."""
+        """Settings as logged at start-up, with the tokens masked."""
         data = self.model_dump(mode="json")
-        if data.get("admin_token"):
-            data["admin_token"] = "***"
+        for secret in ("admin_token", "feedback_token"):
+            if data.get(secret):
+                data[secret] = "***"
         return data

@@ -1,4 +1,4 @@
-"""The command line's grammar: ``python -m training train ...`` and ``python -m training import ...``.
+"""The command line's grammar: ``python -m training train|import|retrain ...``.
 
 Every option is declared here, with its type, bounds and help; :mod:`training.cli` runs the commands.
 A usage error is one line on stderr and exit code 2; ``--help`` shows every command's options.
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from training import retrain_cli
 from training.config import ACTIVATIONS, CLASS_WEIGHTS, OPTIMIZERS, STRATEGIES
 from training.data import DATASETS
 from training.imagecache import MAX_PIXELS
@@ -53,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a Keras image classifier (on a bundled data set or your own image folder), or "
         "import a model trained elsewhere (ONNX, Keras, SavedModel); evaluate it, export it to ONNX, check "
         "the export (parity gate) and publish it to a model repository.",
-        epilog=f"examples: {EXAMPLE};  {IMPORT_EXAMPLE}. Exit codes: 0 ok, 1 export failed, 2 bad usage, "
-        "missing data or a model the service cannot serve, 3 promotion refused.",
+        epilog=f"examples: {EXAMPLE};  {IMPORT_EXAMPLE};  {retrain_cli.EXAMPLE}. Exit codes: 0 ok, 1 export "
+        "failed, 2 bad usage, missing data or a model the service cannot serve, 3 promotion refused.",
     )
     parser.add_argument("-h", "--help", action=_FullHelp, help="show every command's options and exit")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="command", parser_class=_Parser)
@@ -74,7 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"example: {IMPORT_EXAMPLE}",
     )
     _import_arguments(imported)
-    parser.commands = {"train": train, "import": imported}  # type: ignore[attr-defined]
+    retrain = subparsers.add_parser(
+        "retrain",
+        help="fine-tune the newest version on client feedback; publish only a winner",
+        description=retrain_cli.DESCRIPTION,
+        epilog=retrain_cli.EPILOG,
+    )
+    retrain_cli.add_arguments(retrain)
+    parser.commands = {"train": train, "import": imported, "retrain": retrain}  # type: ignore[attr-defined]
     return parser
 
 

@@ -1,5 +1,6 @@
-"""``python -m training train ...`` and ``python -m training import ...``: train (on a bundled data set or
-an image folder), or import a model trained elsewhere; evaluate, export and publish one model.
+"""``python -m training train|import|retrain ...``: train (on a bundled data set or an image folder), import a
+model trained elsewhere, or retrain one on client feedback (:mod:`training.retrain_cli`); evaluate, export
+and publish one model.
 
 Exit codes: 0 success; 1 export or parity failure; 2 bad usage, bad model name, missing or unusable data, or
 a model the service cannot serve; 3 the promotion guard refused to publish. Errors are one line on stderr,
@@ -21,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from training import folderlayout, imagefolder
+from training import folderlayout, imagefolder, retrain_cli
 from training.arguments import PROG, build_parser
 from training.config import HyperParameters
 from training.data import load_dataset, resolve_data_dir
@@ -55,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "import":
             return _import(args, command=command)
+        if args.command == "retrain":
+            return retrain_cli.run(args, command=command)
         return _train(args, command=command)
     except TrainingError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -5,6 +5,7 @@ Nothing reaches the repository unless the export passed the parity gate and the 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,22 +78,52 @@ def finish(
         check_promotion(
             config.repository, config.name, evaluation.accuracy, config.max_regression, force=config.force
         )
-        sha256 = sha256_hex(onnx_bytes)
-        opset = opset_of(onnx_model)
-
-        def metadata(version: int) -> contract.Metadata:
-            return build_metadata(config, dataset, trained, evaluation, parity, version, sha256, opset)
-
-        def write_report(directory: Path) -> None:
-            (directory / "report").mkdir()
-            title = f"{config.name}: {config.preset} on {dataset.name}"
-            report.plot_history(trained.history, directory / "report" / report.CURVES_FILE, title)
-            report.plot_confusion(
-                evaluation.confusion, dataset.labels, directory / "report" / report.CONFUSION_FILE, title
-            )
-
-        published = publish(config.repository, config.name, onnx_bytes, metadata, write_report)
+        published = publish_version(dataset, config, trained, evaluation, parity, onnx_model)
     return Outcome(trained, evaluation, parity, len(onnx_bytes), published)
+
+
+def publish_version(
+    dataset: Dataset,
+    config: RunConfig,
+    trained: Trained,
+    evaluation: Evaluation,
+    parity: Parity,
+    onnx_model: onnx.ModelProto,
+    retrain: dict[str, Any] | None = None,
+) -> Published:
+    """Publish a gated export as the next version in ``config.repository``: ``model.onnx``, metadata
+    (with the ``retrain`` record of a retrained version), the Keras model and the report."""
+    if config.repository is None:
+        raise ValueError("publish_version needs config.repository")
+    onnx_bytes = onnx_model.SerializeToString()
+    sha256 = sha256_hex(onnx_bytes)
+    opset = opset_of(onnx_model)
+
+    def metadata(version: int) -> contract.Metadata:
+        record = build_metadata(config, dataset, trained, evaluation, parity, version, sha256, opset)
+        return record if retrain is None else record.model_copy(update={"retrain": retrain})
+
+    def write_extra(directory: Path) -> None:
+        keep_keras_model(trained.model, directory / contract.KERAS_FILE)
+        (directory / contract.REPORT_DIR).mkdir()
+        title = f"{config.name}: {config.preset} on {dataset.name}"
+        report.plot_history(trained.history, directory / "report" / report.CURVES_FILE, title)
+        report.plot_confusion(
+            evaluation.confusion, dataset.labels, directory / "report" / report.CONFUSION_FILE, title
+        )
+
+    return publish(config.repository, config.name, onnx_bytes, metadata, write_extra)
+
+
+def keep_keras_model(model: keras.Model, path: Path) -> None:
+    """Save ``model`` (weights and optimizer state) at ``path``, fsynced, for a later fine-tune."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def signature_entries(dataset: Dataset) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -6,6 +6,7 @@ Names, versions and the layout are the repository contract (:mod:`service.contra
     <repository>/<name>/<version>/model.onnx
     <repository>/<name>/<version>/metadata.json
     <repository>/<name>/<version>/report/*.png
+    <repository>/<name>/<version>/train/model.keras    the Keras model, for retraining; never served
 
 A version is written in full under ``<repository>/<name>/.tmp-<uuid>`` and then renamed onto its number.
 ``rename`` of a directory onto an existing non-empty one fails, so two concurrent publishers never share

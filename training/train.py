@@ -25,7 +25,7 @@ from training.presets import build_model
 
 @dataclass(frozen=True)
 class Splits:
-    """The images a run fits on and validates on (uint8 ``(N, H, W, C)``, int64 labels)."""
+    """The images a run fits on and validates on (``(N, H, W, C)`` uint8 or float32 0..255, int64 labels)."""
 
     x_train: Images
     y_train: np.ndarray
@@ -148,19 +148,29 @@ def fit(dataset: Dataset, preset: str, hp: HyperParameters, *, verbose: int | No
     """
     keras.utils.set_random_seed(hp.seed)
     splits = split(dataset, hp)
+    with make_strategy(hp.strategy).scope():
+        model = build_model(preset, dataset.input_shape, len(dataset.labels), hp)
+        compile_model(model, hp)
+    return fit_model(model, dataset, splits, hp, verbose=verbose)
+
+
+def compile_model(model: keras.Model, hp: HyperParameters) -> None:
+    """Compile for training: ``hp``'s optimizer, categorical cross-entropy, accuracy."""
+    model.compile(
+        optimizer=make_optimizer(hp),
+        loss=keras.losses.CategoricalCrossentropy(),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+
+
+def fit_model(
+    model: keras.Model, dataset: Dataset, splits: Splits, hp: HyperParameters, *, verbose: int | None = None
+) -> Trained:
+    """Fit the compiled ``model`` on ``splits`` (images of ``dataset``'s shape and classes) with ``hp``."""
     num_classes = len(dataset.labels)
     has_validation = len(splits.y_val) > 0
     if hp.patience and not has_validation:
         raise UsageError("early stopping (--patience) needs a validation split (--validation-split > 0)")
-
-    strategy = make_strategy(hp.strategy)
-    with strategy.scope():
-        model = build_model(preset, dataset.input_shape, num_classes, hp)
-        model.compile(
-            optimizer=make_optimizer(hp),
-            loss=keras.losses.CategoricalCrossentropy(),
-            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-        )
 
     augmenter = make_augmenter(dataset, hp.seed) if hp.augment else None
     train_ds = _batches(

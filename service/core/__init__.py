@@ -29,6 +29,9 @@ seconds)::
     await core.infer(name, InferRequest(...), version)      # the same in one call
     await core.classify(name, ClassifyRequest(...), version)
 
+    async with core.feedback_call(name, version, "Bearer <token>", label) as call:  # 404/401/403/400
+        receipt = await call.submit(image_bytes)                                   # FeedbackReceipt
+
     core.repository_index() -> list[RepositoryEntry]
     core.authorize_admin("Bearer <token>" | None)          # Unauthorized / Forbidden
     await core.load(name) -> list[int];  await core.unload(name)
@@ -43,11 +46,13 @@ draining, queue full; ``retry_after_s`` set), ``DeadlineExceeded``, ``InferenceF
 """
 
 from service.core.call import ModelCall, status_label
+from service.core.feedback import FeedbackCall
 from service.core.lifecycle import Lifecycle
 from service.core.service import InferenceService
 from service.core.types import (
     ClassifyRequest,
     ClassifyResponse,
+    FeedbackReceipt,
     InferRequest,
     InferResponse,
     ModelInfo,
@@ -60,6 +65,8 @@ from service.core.types import (
 __all__ = [
     "ClassifyRequest",
     "ClassifyResponse",
+    "FeedbackCall",
+    "FeedbackReceipt",
     "InferRequest",
     "InferResponse",
     "InferenceService",

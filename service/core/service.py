@@ -13,6 +13,7 @@ import logging
 from service import __version__
 from service.contract import PLATFORM
 from service.core.call import ModelCall
+from service.core.feedback import FeedbackCall, FeedbackDesk
 from service.core.lifecycle import Lifecycle
 from service.core.types import (
     ClassifyRequest,
@@ -48,6 +49,7 @@ class InferenceService:
         self.settings = settings
         self.metrics = metrics
         self.lifecycle = Lifecycle(settings.poll_interval_s)
+        self.feedback = FeedbackDesk(settings, metrics)
         self._registry: ModelRegistry | None = None
         self._loader: asyncio.Task[None] | None = None
 
@@ -64,6 +66,7 @@ class InferenceService:
         """Load the models (in the background: answer live, not ready, meanwhile) and watch the repository."""
         providers = select_providers(self.settings.providers)
         log.info("settings: %s", self.settings.describe())
+        self.feedback.open()
         log.info("execution providers: %s", ", ".join(providers))
         self._registry = registry = ModelRegistry(self.settings, self.metrics, providers)
         log.info("compute: %d threads, %d per model session", registry.threads, registry.session_threads())
@@ -80,6 +83,7 @@ class InferenceService:
                 await self._loader
         if self._registry is not None:
             await self._registry.stop(self.lifecycle.time_left(self.settings.drain_seconds))
+        self.feedback.close()
 
     def begin_drain(self) -> float:
         """Start draining (readiness 503, new requests refused) for at most ``settings.drain_seconds``;
@@ -129,6 +133,7 @@ class InferenceService:
             preprocessing=runtime.metadata.preprocessing,
             provider=runtime.provider,
             max_batch_size=self.settings.max_batch_size,
+            feedback=self.feedback.enabled,
         )
 
     def check_model_ready(self, name: str, version: int | None = None) -> tuple[str, int]:
@@ -168,6 +173,13 @@ class InferenceService:
         """Classify in one call."""
         async with self.call(name, version) as call:
             return await call.classify(request)
+
+    def feedback_call(
+        self, name: str, version: int | None, authorization: str | None, label: str
+    ) -> FeedbackCall:
+        """A feedback request, to use as ``async with`` (see :mod:`service.core.feedback`): NotFound,
+        Unauthorized, Forbidden or InvalidInput (the label) now; inside, :meth:`FeedbackCall.submit`."""
+        return FeedbackCall(self, name, version, authorization, label)
 
     # ---- repository --------------------------------------------------------------------------------
 

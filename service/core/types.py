@@ -89,6 +89,19 @@ class ModelInfo:
     preprocessing: Preprocessing
     provider: str
     max_batch_size: int
+    #: Whether the server takes feedback (corrected labels) for it.
+    feedback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackReceipt:
+    """A stored feedback item: its id, the version that read the image, the label given and its answer."""
+
+    id: str
+    model: str
+    version: int
+    label: str
+    predicted: str
 
 
 @dataclass(frozen=True, slots=True)

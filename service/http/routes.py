@@ -50,6 +50,8 @@ def model_metadata(info: ModelInfo) -> dict[str, Any]:
             "labels": list(info.labels),
             "max_batch_size": info.max_batch_size,
             "preprocessing": info.preprocessing.model_dump(mode="json"),
+            # Whether POST .../feedback is on (the page offers "Wrong? It was: ..." only then).
+            "feedback": info.feedback,
         },
     }
 

@@ -37,8 +37,9 @@ export async function readyModels() {
 
 /**
  * What the page needs to know about one served model version:
- * {name, version, input, shape, classes, labels, takesDigits}, where `takesDigits` means an input
- * of shape [-1, 28, 28, 1] that the drawing canvas can feed.
+ * {name, version, input, shape, classes, labels, takesDigits, feedback}, where `takesDigits` means an
+ * input of shape [-1, 28, 28, 1] that the drawing canvas can feed, and `feedback` that the server takes
+ * corrected labels for this model (POST .../feedback).
  */
 export async function describeModel(name, version) {
   const meta = await request(modelPath({ name, version }));
@@ -53,6 +54,7 @@ export async function describeModel(name, version) {
     classes,
     labels: Array.from({ length: classes }, (_, i) => labels[i] ?? String(i)),
     takesDigits: input.shape.join() === "-1,28,28,1",
+    feedback: meta.parameters?.feedback === true,
   };
 }
 
@@ -87,6 +89,18 @@ export async function classifyFile(model, file) {
   const probabilities = new Array(model.classes).fill(0);
   for (const p of answer.predictions) probabilities[p.class_id] = p.probability;
   return { modelName: answer.model_name, modelVersion: answer.model_version, probabilities };
+}
+
+/**
+ * Tell the server what an image really shows: POST .../feedback?label=... with the image (a Blob) and
+ * the feedback token. Returns the stored item: {id, model_name, model_version, label, predicted}.
+ */
+export async function sendFeedback(model, label, image, token) {
+  return request(`${modelPath(model)}/feedback?label=${encodeURIComponent(label)}`, {
+    method: "POST",
+    headers: { "Content-Type": image.type || "application/octet-stream", Authorization: `Bearer ${token}` },
+    body: image,
+  });
 }
 
 const PREFIXES = {

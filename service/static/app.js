@@ -2,6 +2,7 @@
 // Everything comes from this service's own routes; nothing is fetched from anywhere else.
 
 import { classifyFile, describeModel, errorMessage, inferDigit, readyModels, ServiceError } from "./api.js";
+import { FeedbackBar } from "./feedback.js";
 import { DrawingPad } from "./pad.js";
 import { preprocessDigit, SIZE } from "./preprocess.js";
 import { ResultsPanel } from "./results.js";
@@ -13,6 +14,7 @@ const DIGITS = "0,1,2,3,4,5,6,7,8,9";
 const $ = (id) => document.getElementById(id);
 const picker = $("model");
 const results = new ResultsPanel($("results"));
+const feedback = new FeedbackBar($("feedback"));
 const inputView = $("model-input").getContext("2d");
 const preview = $("upload-preview");
 
@@ -79,6 +81,7 @@ function useModel(m) {
   $("model-details").textContent = `Input ${height}×${width}×${channels}, ${m.classes} classes`;
   $("draw-panel").hidden = !m.takesDigits;
   results.setModel(m);
+  feedback.setModel(m);
   if (m.takesDigits && pad.hasInk) predictDrawing.now();
 }
 
@@ -101,9 +104,11 @@ async function sendDrawing() {
     const answer = await inferDigit(m, values);
     if (m !== model || !pad.hasInk) return; // switched model or cleared meanwhile
     results.show({ ...answer, latencyMs: performance.now() - started, source: "drawing" });
+    feedback.offer(m, () => new Promise((resolve) => pad.canvas.toBlob(resolve, "image/png")));
   } catch (error) {
     if (m !== model) return;
     results.reset();
+    feedback.hide();
     results.showError(errorMessage(error));
   }
 }
@@ -126,6 +131,7 @@ $("clear").addEventListener("click", () => {
   clearModelInput();
   results.clearError();
   results.reset();
+  feedback.hide();
 });
 
 // ---- uploads -------------------------------------------------------------------------------------
@@ -139,9 +145,11 @@ async function sendFile(file) {
     if (m !== model) return;
     showPreview(file);
     results.show({ ...answer, latencyMs: performance.now() - started, source: file.name || "image" });
+    feedback.offer(m, () => file);
   } catch (error) {
     if (m !== model) return;
     results.reset();
+    feedback.hide();
     results.showError(errorMessage(error));
   }
 }

@@ -56,6 +56,8 @@ SETTINGS = {
     "SERVE_ADMIN_TOKEN",
     "SERVE_DRAIN_SECONDS",
     "SERVE_GRPC_PORT",
+    "SERVE_FEEDBACK_DIR",
+    "SERVE_FEEDBACK_TOKEN",
 }
 DEFAULT_DRAIN_SECONDS = 10.0
 HEALTH_PATHS = {"/v2/health/live", "/v2/health/ready"}
@@ -176,8 +178,9 @@ def test_trainer_is_a_one_shot_in_the_train_profile(base: dict[str, Any]) -> Non
     assert trainer["profiles"] == ["train"]
     assert trainer["restart"] == "no"
     command = trainer["command"]
-    assert command[0] == "train"
-    assert command[command.index("--publish") + 1] == "/models"
+    assert command[0] == "retrain"
+    assert command[command.index("--repository") + 1] == "/models"
+    assert command[command.index("--feedback") + 1] == "/feedback"
     assert command[command.index("--data-dir") + 1] == "/data"
     assert "--force" not in command, "publishing must go through the promotion guard"
 
@@ -188,6 +191,17 @@ def test_trainer_writes_the_store_the_api_reads(base: dict[str, Any]) -> None:
     assert "models" in base["volumes"], "a named volume, seeded from the serving image"
     assert trainer["/models"][1] is False, "the trainer publishes into the store"
     assert trainer["/data"][1] is True
+
+
+def test_trainer_retrains_from_the_feedback_the_api_writes(base: dict[str, Any]) -> None:
+    api_service = base["services"]["api"]
+    api, trainer = mounts(api_service), mounts(base["services"]["trainer"])
+    feedback_dir = api_service["environment"]["SERVE_FEEDBACK_DIR"]
+    assert api[feedback_dir] == ("feedback", False), "the api writes feedback into the named volume"
+    assert trainer["/feedback"] == ("feedback", True)
+    assert "feedback" in base["volumes"]
+    # The token comes from the host or nowhere: feedback stays off (404) unless an operator sets it.
+    assert api_service["environment"].get("SERVE_FEEDBACK_TOKEN") is None
 
 
 def test_gpu_override_reserves_a_device_and_prefers_cuda(gpu: dict[str, Any]) -> None:
@@ -390,11 +404,29 @@ def test_pods_run_unprivileged_and_read_models_from_the_shared_claim() -> None:
     job = k8s("CronJob")["spec"]["jobTemplate"]["spec"]
     job_pod = job["template"]["spec"]
     (trainer,) = job_pod["containers"]
-    publish_to = trainer["args"][trainer["args"].index("--publish") + 1]
+    publish_to = trainer["args"][trainer["args"].index("--repository") + 1]
     writer = next(m for m in trainer["volumeMounts"] if m["mountPath"] == publish_to)
     assert claims(job_pod)[writer["name"]] == models_claim and not writer.get("readOnly", False)
     assert "--force" not in trainer["args"]
     assert k8s("CronJob")["spec"]["concurrencyPolicy"] == "Forbid"
+
+    # Feedback: every replica writes into one ReadWriteMany claim, which the CronJob retrains from.
+    feedback_dir = k8s("ConfigMap")["data"]["SERVE_FEEDBACK_DIR"]
+    api_feedback = next(m for m in api["volumeMounts"] if m["mountPath"] == feedback_dir)
+    assert not api_feedback.get("readOnly", False)
+    feedback_claim = claims(pod)[api_feedback["name"]]
+    read_from = trainer["args"][trainer["args"].index("--feedback") + 1]
+    reader = next(m for m in trainer["volumeMounts"] if m["mountPath"] == read_from)
+    assert claims(job_pod)[reader["name"]] == feedback_claim and reader["readOnly"] is True
+    feedback_pvc = next(
+        doc
+        for p in k8s_manifests()
+        for doc in [load_yaml(p)]
+        if doc["kind"] == "PersistentVolumeClaim" and doc["metadata"]["name"] == feedback_claim
+    )
+    assert feedback_pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    token = next(e for e in api["env"] if e["name"] == "SERVE_FEEDBACK_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"]["optional"] is True, "no Secret: feedback off, pods start"
 
 
 def test_hpa_pdb_and_service_target_the_deployment() -> None:

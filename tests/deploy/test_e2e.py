@@ -37,11 +37,10 @@ def dockerfile_cmd(path: Path) -> list[str]:
 
 
 def trainer_command(repository: Path) -> list[str]:
-    """The compose trainer's command, with paths mapped to this machine and a small, quick model."""
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    args = [str(a) for a in compose["services"]["trainer"]["command"]]
-    entry = dockerfile_cmd(ROOT / "deploy" / "train.Dockerfile")
-    assert entry[0] == "train" and "--publish" in args and "--force" not in args
+    """The training image's default command (train and publish), with paths mapped to this machine and a
+    small, quick model. (The compose trainer retrains on feedback instead: tests/loop/ runs that.)"""
+    args = dockerfile_cmd(ROOT / "deploy" / "train.Dockerfile")
+    assert args[0] == "train" and "--publish" in args and "--force" not in args
     mapping = {"/data": str(DATA_DIR), "/models": str(repository)}
     args = [mapping.get(a, a) for a in args]
     small = {"--preset": "tiny-mlp", "--epochs": "1", "--name": MODEL}

@@ -14,7 +14,7 @@ def subclasses(cls: type[ServiceError]) -> list[type[ServiceError]]:
 
 def test_every_error_has_a_kind_and_a_status() -> None:
     tree = subclasses(ServiceError)
-    assert len(tree) == 11
+    assert len([cls for cls in tree if cls.__module__ == "service.errors"]) == 12
     for cls in tree:
         assert isinstance(cls.kind, ErrorKind), cls
         assert isinstance(cls.status, HTTPStatus), cls
@@ -36,6 +36,12 @@ def test_retryable_errors_say_when() -> None:
     assert isinstance(overloaded, errors.Unavailable) and overloaded.kind == ErrorKind.OVERLOADED
     assert overloaded.retry_after_s == 1
     assert errors.InvalidInput("x").retry_after_s is None and errors.InvalidInput("x").headers == {}
+
+
+def test_a_full_feedback_store_is_507_resource_exhausted() -> None:
+    full = errors.InsufficientStorage("no space left to store feedback")
+    assert (full.kind, full.status) == (ErrorKind.RESOURCE_EXHAUSTED, HTTPStatus.INSUFFICIENT_STORAGE)
+    assert full.retry_after_s is None, "waiting does not free a quota"
 
 
 def test_defaults_for_messages_that_must_stay_generic() -> None:

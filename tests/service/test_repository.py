@@ -109,6 +109,15 @@ def test_scan_finds_complete_versions_in_numeric_order(tmp_path: Path) -> None:
     assert scan_repository(tmp_path) == {"other": [1], "tiny": [1, 2, 10]}
 
 
+def test_scan_ignores_training_artifacts_inside_a_version(tmp_path: Path) -> None:
+    written = write_model_version(tmp_path, "tiny", 1)
+    (written.path / "train").mkdir()
+    (written.path / "train" / "model.keras").write_bytes(b"keras")
+    (tmp_path / "tiny" / "2" / "train").mkdir(parents=True)  # only training files: not a version
+    (tmp_path / "tiny" / "2" / "train" / "model.keras").write_bytes(b"keras")
+    assert scan_repository(tmp_path) == {"tiny": [1]}
+
+
 def test_scan_ignores_invalid_names_and_versions(tmp_path: Path) -> None:
     _version(tmp_path, "good", "1")
     for bad_name in ("Bad", ".hidden", "a b", "_x", ".tmp-good"):

@@ -168,6 +168,21 @@ def test_load_and_run_matches_numpy(tmp_path: Path, opset: int) -> None:
     model.close()
 
 
+def test_training_artifacts_in_the_version_directory_are_ignored(tmp_path: Path) -> None:
+    # Publishing keeps the Keras model as train/model.keras for retraining; the service never reads it,
+    # and the sha256 in the metadata covers model.onnx alone.
+    written = write_model_version(tmp_path, "tiny", 1)
+    (written.path / "train").mkdir()
+    (written.path / "train" / "model.keras").write_bytes(b"PK\x03\x04 not for the service")
+    model = load_model(written.path, providers=[CPU])
+    assert model.metadata.sha256 == hashlib.sha256((written.path / "model.onnx").read_bytes()).hexdigest()
+    images = _images(3)
+    np.testing.assert_allclose(
+        model.run({"image": images})["probabilities"], written.reference(images), rtol=1e-4, atol=1e-6
+    )
+    model.close()
+
+
 def test_model_larger_than_one_read_chunk(tmp_path: Path) -> None:
     written = write_model_version(tmp_path, input_shape=(64, 64, 3), classes=64)
     assert (written.path / "model.onnx").stat().st_size > 2 * runtime._CHUNK_BYTES

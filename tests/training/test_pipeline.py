@@ -7,10 +7,12 @@ import json
 from dataclasses import fields, replace
 from pathlib import Path
 
+import keras
 import numpy as np
 import onnxruntime as ort
 import pytest
 
+from service.contract import KERAS_FILE
 from training import pipeline
 from training.config import HyperParameters
 from training.data import load_dataset
@@ -110,6 +112,24 @@ def test_tiny_run_publishes_a_loadable_version(
     (probabilities,) = session.run(["probabilities"], {"image": dataset.x_test.astype(np.float32)})
     accuracy = float((probabilities.argmax(axis=1) == dataset.y_test).mean())
     assert accuracy == pytest.approx(metadata["metrics"]["accuracy"], abs=2e-3)
+
+
+def test_published_version_keeps_the_keras_model_for_retraining(tiny_run, tmp_path: Path) -> None:
+    config = replace(tiny_run.config, repository=tmp_path)
+    outcome = pipeline.finish(
+        tiny_run.dataset, config, tiny_run.trained, tiny_run.evaluation, tiny_run.onnx_model
+    )
+    assert outcome.published is not None
+    directory = outcome.published.path
+    assert sorted(p.name for p in directory.iterdir()) == ["metadata.json", "model.onnx", "report", "train"]
+    kept = keras.saving.load_model(directory / KERAS_FILE)
+    images = tiny_run.dataset.x_test[:64].astype(np.float32)
+    session = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
+    (served,) = session.run(["probabilities"], {"image": images})
+    np.testing.assert_allclose(kept.predict(images, verbose=0), served, atol=MAX_ABS_DIFF)
+    assert kept.optimizer is not None and kept.optimizer.iterations.numpy() > 0  # state kept for fine-tuning
+    metadata = json.loads((directory / "metadata.json").read_text())
+    assert metadata["sha256"] == sha256_hex((directory / "model.onnx").read_bytes())
 
 
 def test_tampered_export_publishes_nothing(tiny_run, tampered_onnx, tmp_path: Path) -> None:

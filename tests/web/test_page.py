@@ -222,3 +222,17 @@ def test_an_unavailable_model_is_explained(visit: Visit) -> None:
     expect(page.locator("#top-label")).to_have_text(NOTHING)
     errors = visit.errors()
     assert errors and all("status of 503" in e for e in errors), errors
+
+
+def test_no_feedback_is_offered_when_the_server_has_it_off(visit: Visit) -> None:
+    # The shared service runs without SERVE_FEEDBACK_DIR: the model metadata says so, and the page
+    # believes it (tests/web/test_feedback.py covers a server with feedback on).
+    visit.open()
+    page = visit.page
+    press(page, one_stroke())
+    page.mouse.up()
+    visit.settle()
+    expect(page.locator("#top-label")).to_have_text("1")
+    expect(page.locator("#feedback")).to_be_hidden()
+    assert page.get_by_text("Wrong? It was:").count() == 1  # in the page, never shown
+    assert visit.errors() == []
