@@ -9,7 +9,7 @@ DATA_DIR ?= ../shared/data
 SERVE_STAMP := $(VENV)/.serve-installed
 DEV_STAMP   := $(VENV)/.dev-installed
 
-.PHONY: run test lint format train bench bench-soak bench-models bench-threads schema system-deps clean
+.PHONY: run test lint format protos train bench bench-grpc bench-soak bench-models bench-threads schema system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,19 +29,23 @@ run: $(SERVE_STAMP)
 
 ## test: lint, type-check and run the whole test suite (installs system packages when root)
 test: $(DEV_STAMP) system-deps
-	$(BIN)/ruff check service training tests bench
-	$(BIN)/ruff format --check service training tests bench
+	$(BIN)/ruff check service training tests bench tools
+	$(BIN)/ruff format --check service training tests bench tools
 	$(BIN)/mypy
 	DATA_DIR=$(DATA_DIR) $(BIN)/python -m pytest
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check service training tests bench
-	$(BIN)/ruff format --check service training tests bench
+	$(BIN)/ruff check service training tests bench tools
+	$(BIN)/ruff format --check service training tests bench tools
 	$(BIN)/mypy
 
 format: $(DEV_STAMP)
-	$(BIN)/ruff format service training tests bench
-	$(BIN)/ruff check --fix service training tests bench
+	$(BIN)/ruff format service training tests bench tools
+	$(BIN)/ruff check --fix service training tests bench tools
+
+## protos: regenerate service/grpc/generated/ from service/grpc/protos/ (pinned grpcio-tools)
+protos: $(DEV_STAMP)
+	$(BIN)/python tools/gen_protos.py
 
 system-deps:
 	bash tools/system-deps.sh
@@ -58,6 +62,10 @@ train: $(DEV_STAMP)
 ## bench: serving throughput and latency vs a naive baseline and raw onnxruntime
 bench: $(DEV_STAMP) system-deps
 	$(BIN)/python -m bench.serving
+
+## bench-grpc: gRPC beside HTTP JSON and binary, one service process, c = 1, 16, 64
+bench-grpc: $(DEV_STAMP) system-deps
+	$(BIN)/python -m bench.protocols
 
 bench-soak: $(DEV_STAMP) system-deps
 	$(BIN)/python -m bench.soak

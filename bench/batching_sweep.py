@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             env = {
                 "SERVE_MODELS": args.model,
                 "SERVE_LOG_LEVEL": "warning",
+                "SERVE_GRPC_PORT": "0",
                 "SERVE_MAX_BATCH_SIZE": str(batch),
                 "SERVE_MAX_QUEUE_DELAY_US": str(delay),
             }

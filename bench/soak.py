@@ -106,7 +106,7 @@ def serve(repo: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_")}
-    env.update({"SERVE_MODEL_REPOSITORY": str(repo), "SERVE_POLL_INTERVAL_S": "1"})
+    env.update({"SERVE_MODEL_REPOSITORY": str(repo), "SERVE_POLL_INTERVAL_S": "1", "SERVE_GRPC_PORT": "0"})
     with log.open("wb") as out:
         service = subprocess.Popen(
             [sys.executable, "-m", "service", "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=out

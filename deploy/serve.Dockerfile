@@ -53,7 +53,8 @@ COPY --chown=10001:10001 models /models
 # when SERVE_FEEDBACK_DIR points there; a new named volume takes its ownership from it.
 USER 10001:10001
 WORKDIR /home/app
-EXPOSE 8000
+# 8000: HTTP (KServe V2 REST, metrics, demo page); 8001: KServe V2 gRPC (SERVE_GRPC_PORT).
+EXPOSE 8000 8001
 # No curl in the slim image: the standard library is enough (urlopen raises on any non-2xx answer).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2)"]

@@ -5,7 +5,8 @@ batchers and the repository watcher start there and are drained after its ``yiel
 FastAPI with the HTTP adapter of :mod:`service.http`: routes, the one error mapping, the OpenAPI
 document with its offline ``/docs``, and two middlewares, :class:`~service.http.fastpath.FastPath`
 (innermost: the hot infer route) and :class:`~service.http.fastpath.CloseWhileDraining`. Middleware
-added to the returned app wraps both, so it sees every request.
+added to the returned app wraps both, so it sees every request. With ``grpc_host`` the lifespan also
+serves the gRPC adapter (:mod:`service.grpc`) over the same core, in the same event loop.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from service.core import InferenceService
+from service.grpc.server import GrpcServer
 from service.http.errors import install_error_handlers
 from service.http.fastpath import CloseWhileDraining, FastPath
 from service.http.feedback import router as feedback_router
@@ -37,12 +39,16 @@ def create_app(
     registry: CollectorRegistry | None = None,
     background_load: bool = False,
     fast_path: bool = True,
+    grpc_host: str | None = None,
+    grpc_reuse_port: bool = False,
 ) -> FastAPI:
     """Build the service. ``registry`` defaults to a fresh one with process metrics.
 
     With ``background_load`` the server answers (live, not ready) while models load, as a process under
     an orchestrator should; without it start-up waits for the initial load, as tests and embedders want.
     Without ``fast_path`` infer requests go through FastAPI's own route (same answers, slower).
+    With ``grpc_host`` the lifespan serves gRPC on ``grpc_host:settings.grpc_port`` too (unless that is 0;
+    ``grpc_reuse_port`` for ``--workers``); the bound port is ``app.state.grpc_port``.
     """
     if registry is None:
         registry = CollectorRegistry()
@@ -55,9 +61,17 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await core.start(background=background_load)
         app.state.registry = core.registry
+        grpc_server = None
         try:
+            if grpc_host is not None and settings.grpc_port:
+                grpc_server = GrpcServer(core, reuse_port=grpc_reuse_port)
+                app.state.grpc_port = await grpc_server.start(grpc_host, settings.grpc_port)
             yield
         finally:
+            # New gRPC calls are refused from here on; those in flight finish before the port closes.
+            core.begin_drain()
+            if grpc_server is not None:
+                await grpc_server.stop(core.lifecycle.time_left(settings.drain_seconds))
             await core.stop()
 
     app = FastAPI(

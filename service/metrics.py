@@ -28,6 +28,9 @@ FEEDBACK_REASONS = (
     "storage_error",
     "unavailable",  # draining, queue full, deadline
 )
+#: The ``protocol`` label of the request metrics: HTTP's series exist from the start, gRPC's from its
+#: first call (so an HTTP-only process exports exactly what it did before the label).
+PROTOCOLS = ("http", "grpc")
 
 
 class Metrics:
@@ -37,14 +40,17 @@ class Metrics:
         self.registry = registry
         mv = ["model", "version"]
         self.requests = Counter(
-            "inference_requests_total", "Inference requests by outcome.", [*mv, "status"], registry=registry
+            "inference_requests_total",
+            "Inference requests by outcome and protocol.",
+            [*mv, "status", "protocol"],
+            registry=registry,
         )
         self.rows = Counter("inference_rows_total", "Rows (samples) computed.", mv, registry=registry)
         self.batches = Counter("inference_batches_total", "Batches computed.", mv, registry=registry)
         self.request_duration = Histogram(
             "inference_request_duration_seconds",
-            "End-to-end inference request time, parse to response.",
-            mv,
+            "End-to-end inference request time, parse to response, by protocol.",
+            [*mv, "protocol"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
@@ -121,10 +127,10 @@ class ModelMetrics:
         self.model = model
         self.version = version
         labels = (model, version)
-        self.requests = {s: metrics.requests.labels(*labels, s) for s in STATUSES}
+        self._requests = {("http", s): metrics.requests.labels(*labels, s, "http") for s in STATUSES}
         self._rows = metrics.rows.labels(*labels)
         self._batches = metrics.batches.labels(*labels)
-        self._request_duration = metrics.request_duration.labels(*labels)
+        self._request_duration = {"http": metrics.request_duration.labels(*labels, "http")}
         self._queue_duration = metrics.queue_duration.labels(*labels)
         self._compute_duration = metrics.compute_duration.labels(*labels)
         self._batch_size = metrics.batch_size.labels(*labels)
@@ -146,10 +152,21 @@ class ModelMetrics:
     def on_queue_rows(self, rows: int) -> None:
         self._queue_rows.set(rows)
 
-    def observe_request(self, status: str, seconds: float) -> None:
+    def observe_request(self, status: str, seconds: float, protocol: str = "http") -> None:
+        """One answered inference request: ``status`` in STATUSES, ``protocol`` in PROTOCOLS."""
         (self.stats.success if status == "ok" else self.stats.fail).add(seconds)
-        self.requests[status].inc()
-        self._request_duration.observe(seconds)
+        counter = self._requests.get((protocol, status))
+        if counter is None:
+            counter = self._requests[(protocol, status)] = self._metrics.requests.labels(
+                self.model, self.version, status, protocol
+            )
+        counter.inc()
+        duration = self._request_duration.get(protocol)
+        if duration is None:
+            duration = self._request_duration[protocol] = self._metrics.request_duration.labels(
+                self.model, self.version, protocol
+            )
+        duration.observe(seconds)
 
     def set_served(self, provider: str) -> None:
         self._provider = provider

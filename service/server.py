@@ -5,7 +5,9 @@ requests are refused with 503 + Retry-After at once (with ``Connection: close``,
 a connection that is about to close), while queued requests are computed without waiting for their
 batches to fill and running ones finish. Then new connections are refused, those already accepted are
 answered, uvicorn closes the listener and the connections, and the lifespan releases the sessions.
-All of it is bounded by ``SERVE_DRAIN_SECONDS``. A second Ctrl-C exits at once.
+All of it is bounded by ``SERVE_DRAIN_SECONDS``. A second Ctrl-C exits at once. gRPC (served by the
+same app's lifespan) drains alike: readiness false and new calls UNAVAILABLE from the signal on, calls in
+flight answered, and its port closed once HTTP has stopped.
 
 The drain hooks into :class:`uvicorn.Server` where uvicorn offers no public hook: ``handle_exit``,
 ``on_tick``, ``shutdown``, ``should_exit``, ``servers`` and ``config.timeout_graceful_shutdown``. The
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import functools
 import logging
 import math
 import os
@@ -42,7 +45,8 @@ log = logging.getLogger("service")
 
 
 def app_from_env() -> FastAPI:
-    """uvicorn factory: the app configured from ``SERVE_*`` environment variables."""
+    """uvicorn factory: the app configured from ``SERVE_*`` environment variables, HTTP only (uvicorn
+    does not tell a factory its host; ``python -m service`` serves gRPC as well)."""
     return create_app(Settings(), background_load=True)
 
 
@@ -209,8 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.workers > 1:
         return supervise(args)
+    # gRPC listens on the HTTP host, in the same event loop, started and stopped by the app's lifespan.
+    factory = functools.partial(
+        create_app, settings, background_load=True, grpc_host=args.host, grpc_reuse_port=args.reuse_port
+    )
     config = uvicorn.Config(
-        "service.server:app_from_env",
+        factory,
         factory=True,
         host=args.host,
         port=args.port,

@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(
         None, min_length=16, description="Bearer token for the repository load/unload API; unset = disabled."
     )
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="Port of the KServe V2 gRPC service (Triton's 8001), on the HTTP host; 0 turns gRPC off.",
+    )
     drain_seconds: float = Field(
         10.0, ge=0, le=3600, description="On SIGTERM: longest to finish queued and running requests."
     )

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from types import TracebackType
 
@@ -46,25 +47,41 @@ class ModelCall:
     """One request to one served version (see :meth:`InferenceService.call`).
 
     ``name``, ``version`` and ``signature`` say what the transport decodes against; ``limits`` are
-    the service's settings (body bytes, rows, image pixels).
+    the service's settings (body bytes, rows, image pixels). The request is counted under the
+    transport's ``protocol`` label. One cancelled after its deadline (a gRPC deadline the transport
+    passed on) counts as a timeout; one cancelled before it (the client went away) is not counted.
     """
 
-    __slots__ = ("_lifecycle", "_served", "_started", "limits", "name", "signature", "version")
+    __slots__ = (
+        "_deadline_at",
+        "_lifecycle",
+        "_served",
+        "_started",
+        "limits",
+        "name",
+        "protocol",
+        "signature",
+        "version",
+    )
 
-    def __init__(self, served: ServedVersion, settings: Settings, lifecycle: Lifecycle) -> None:
+    def __init__(
+        self, served: ServedVersion, settings: Settings, lifecycle: Lifecycle, protocol: str = "http"
+    ) -> None:
         self._lifecycle = lifecycle
         self._served = served
         self.name = served.name
         self.version = served.version
         self.signature = served.runtime.signature
         self.limits = settings
+        self.protocol = protocol
         self._started = 0.0
+        self._deadline_at: float | None = None
 
     async def __aenter__(self) -> ModelCall:
         self._started = time.perf_counter()
         if self._lifecycle.draining:
             error = Unavailable("server is draining")
-            self._served.metrics.observe_request(status_label(error), time.perf_counter() - self._started)
+            self._observe(status_label(error))
             raise error
         return self
 
@@ -72,11 +89,19 @@ class ModelCall:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if exc is None or isinstance(exc, Exception):
-            status = "ok" if exc is None else status_label(exc)
-            self._served.metrics.observe_request(status, time.perf_counter() - self._started)
+            self._observe("ok" if exc is None else status_label(exc))
+        elif isinstance(exc, asyncio.CancelledError) and self._deadline_passed():
+            self._observe("timeout")
+
+    def _observe(self, status: str) -> None:
+        self._served.metrics.observe_request(status, time.perf_counter() - self._started, self.protocol)
+
+    def _deadline_passed(self) -> bool:
+        return self._deadline_at is not None and time.monotonic() >= self._deadline_at
 
     def _deadline(self, deadline: float | None) -> float:
-        return time.monotonic() + self.limits.default_timeout_s if deadline is None else deadline
+        self._deadline_at = time.monotonic() + self.limits.default_timeout_s if deadline is None else deadline
+        return self._deadline_at
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """Check the inputs against the signature, compute them in some batch, pick the outputs asked for."""

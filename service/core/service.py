@@ -155,11 +155,12 @@ class InferenceService:
 
     # ---- inference ---------------------------------------------------------------------------------
 
-    def call(self, name: str, version: int | None = None) -> ModelCall:
+    def call(self, name: str, version: int | None = None, *, protocol: str = "http") -> ModelCall:
         """A request to one served version, to use as ``async with``: NotFound or Unavailable now if there
         is none; inside the block, the transport decodes and calls :meth:`ModelCall.infer` or
-        :meth:`ModelCall.classify`, and the request is counted and timed, failures by their kind."""
-        return ModelCall(self._get(name, version), self.settings, self.lifecycle)
+        :meth:`ModelCall.classify`, and the request is counted and timed, failures by their kind, under
+        the transport's ``protocol`` label (``http`` or ``grpc``)."""
+        return ModelCall(self._get(name, version), self.settings, self.lifecycle, protocol)
 
     async def infer(self, name: str, request: InferRequest, version: int | None = None) -> InferResponse:
         """Infer in one call, for transports that decode without the model's signature."""

@@ -57,6 +57,7 @@ SETTINGS = {
     "SERVE_DRAIN_SECONDS",
     "SERVE_FEEDBACK_DIR",
     "SERVE_FEEDBACK_TOKEN",
+    "SERVE_GRPC_PORT",
 }
 DEFAULT_DRAIN_SECONDS = 10.0
 HEALTH_PATHS = {"/v2/health/live", "/v2/health/ready"}
@@ -161,6 +162,7 @@ def test_api_service_is_healthchecked_restarted_and_drained(base: dict[str, Any]
     assert any("/v2/health/ready" in part for part in api["healthcheck"]["test"])
     assert api["restart"] == "unless-stopped"
     assert (8000, 8000) in ports(api)
+    assert (8001, 8001) in ports(api), "gRPC"
     env = api["environment"]
     assert float(env["SERVE_POLL_INTERVAL_S"]) > 0, "a retrained version must be picked up"
     drain = float(env.get("SERVE_DRAIN_SECONDS") or DEFAULT_DRAIN_SECONDS)
@@ -247,7 +249,7 @@ def test_serve_image_contract() -> None:
     ops = dict(final)
     assert json.loads(ops["CMD"]) == ["python", "-m", "service", "--host", "0.0.0.0", "--port", "8000"]
     assert "ENTRYPOINT" not in ops
-    assert ops["EXPOSE"] == "8000"
+    assert ops["EXPOSE"].split() == ["8000", "8001"]
     assert ops["STOPSIGNAL"] == "SIGTERM"
     assert "/v2/health/ready" in ops["HEALTHCHECK"]
     assert ops["USER"].split(":")[0] not in ("root", "0")
@@ -354,7 +356,10 @@ def test_deployment_probes_and_shutdown_budget() -> None:
     assert spec["replicas"] == 2
     pod = spec["template"]["spec"]
     (api,) = pod["containers"]
-    assert api["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # Readiness over gRPC health (SERVING exactly when /v2/health/ready is 200), on the configured port.
+    grpc_port = int(k8s("ConfigMap")["data"]["SERVE_GRPC_PORT"])
+    assert api["readinessProbe"]["grpc"] == {"port": grpc_port}
+    assert {"name": "grpc", "containerPort": grpc_port, "protocol": "TCP"} in api["ports"]
     assert api["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert api["startupProbe"]["httpGet"]["path"] in HEALTH_PATHS
     config = k8s("ConfigMap")
@@ -434,6 +439,7 @@ def test_hpa_pdb_and_service_target_the_deployment() -> None:
     assert k8s("PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
     service = k8s("Service")["spec"]
     assert service["type"] == "ClusterIP" and service["ports"][0]["port"] == 8000
+    assert {"name": "grpc", "port": 8001, "targetPort": "grpc"}.items() <= service["ports"][1].items()
     assert service["selector"].items() <= labels.items()
 
 

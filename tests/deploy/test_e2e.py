@@ -89,7 +89,13 @@ def test_retrain_rolls_out_with_zero_failed_requests(tmp_path: Path) -> None:
     serve_cmd[serve_cmd.index("--port") + 1] = str(api_port)
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     api_env = {str(k): str(v) for k, v in compose["services"]["api"]["environment"].items() if v is not None}
-    api_env.update({"SERVE_MODEL_REPOSITORY": str(repository), "SERVE_POLL_INTERVAL_S": "0.5"})
+    api_env.update(
+        {
+            "SERVE_MODEL_REPOSITORY": str(repository),
+            "SERVE_POLL_INTERVAL_S": "0.5",
+            "SERVE_GRPC_PORT": str(free_port()),
+        }
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_")} | api_env
     api_url = f"http://127.0.0.1:{api_port}"
     prom_port = free_port()

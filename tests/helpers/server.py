@@ -29,6 +29,11 @@ class RunningService:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    grpc_port: int = 0  # 0: gRPC off
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     @property
     def url(self) -> str:
@@ -60,11 +65,13 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 90.0
 def running_service(
     tmp_path: Path, *, env: dict[str, str] | None = None, args: list[str] | None = None, ready: bool = True
 ) -> Iterator[RunningService]:
-    """``python -m service`` on a free port with ``SERVE_*`` settings from ``env``."""
+    """``python -m service`` on a free port with ``SERVE_*`` settings from ``env``; gRPC on another free
+    port unless ``env`` sets ``SERVE_GRPC_PORT``."""
     port = free_port()
     log_path = tmp_path / f"service-{port}.log"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_")}
     full_env.update({"SERVE_MODEL_REPOSITORY": str(MODELS), "PYTHONUNBUFFERED": "1"})
+    full_env["SERVE_GRPC_PORT"] = str(free_port())
     full_env.update(env or {})
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
@@ -74,7 +81,7 @@ def running_service(
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    service = RunningService(process, port, log_path)
+    service = RunningService(process, port, log_path, int(full_env["SERVE_GRPC_PORT"]))
     try:
         if ready:
             wait_ready(service.url, process)

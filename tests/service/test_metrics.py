@@ -14,8 +14,9 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None
 def test_a_fresh_registry_per_instance() -> None:
     a, b = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
     a.for_version("m", 1).observe_request("ok", 0.01)
-    assert value(a.registry, "inference_requests_total", model="m", version="1", status="ok") == 1
-    assert value(b.registry, "inference_requests_total", model="m", version="1", status="ok") is None
+    ok = {"model": "m", "version": "1", "status": "ok", "protocol": "http"}
+    assert value(a.registry, "inference_requests_total", **ok) == 1
+    assert value(b.registry, "inference_requests_total", **ok) is None
 
 
 def test_requests_rows_batches_and_queue_are_counted_separately() -> None:
@@ -29,8 +30,9 @@ def test_requests_rows_batches_and_queue_are_counted_separately() -> None:
     version.on_batch(rows=5, compute_seconds=0.004)
     version.on_queue_rows(7)
     r = metrics.registry
-    assert all(value(r, "inference_requests_total", **mv, status=s) == 1 for s in STATUSES)
-    assert value(r, "inference_request_duration_seconds_count", **mv) == len(STATUSES)
+    http = {**mv, "protocol": "http"}
+    assert all(value(r, "inference_requests_total", **http, status=s) == 1 for s in STATUSES)
+    assert value(r, "inference_request_duration_seconds_count", **http) == len(STATUSES)
     assert value(r, "inference_rows_total", **mv) == 5
     assert value(r, "inference_batches_total", **mv) == 1
     assert value(r, "inference_batch_size_sum", **mv) == 5
@@ -52,8 +54,29 @@ def test_removing_a_version_drops_its_gauges_but_keeps_its_counters() -> None:
     version.remove()
     assert value(metrics.registry, "model_info", **info) is None
     assert value(metrics.registry, "inference_queue_rows", model="m", version="1") is None
-    assert value(metrics.registry, "inference_requests_total", model="m", version="1", status="ok") == 1
+    ok = {"model": "m", "version": "1", "status": "ok", "protocol": "http"}
+    assert value(metrics.registry, "inference_requests_total", **ok) == 1
     version.remove()  # idempotent
+
+
+def test_requests_are_labelled_by_protocol_and_grpc_series_appear_with_the_first_call() -> None:
+    metrics = Metrics(CollectorRegistry())
+    version = metrics.for_version("m", 1)
+    r, mv = metrics.registry, {"model": "m", "version": "1"}
+    # An HTTP-only process exports its series from the start, as before the label existed.
+    assert all(value(r, "inference_requests_total", **mv, status=s, protocol="http") == 0 for s in STATUSES)
+    assert value(r, "inference_requests_total", **mv, status="ok", protocol="grpc") is None
+    assert value(r, "inference_request_duration_seconds_count", **mv, protocol="grpc") is None
+    version.observe_request("ok", 0.001, protocol="grpc")
+    version.observe_request("ok", 0.001, protocol="grpc")
+    version.observe_request("timeout", 0.002, protocol="grpc")
+    version.observe_request("ok", 0.001)
+    assert value(r, "inference_requests_total", **mv, status="ok", protocol="grpc") == 2
+    assert value(r, "inference_requests_total", **mv, status="timeout", protocol="grpc") == 1
+    assert value(r, "inference_requests_total", **mv, status="ok", protocol="http") == 1
+    assert value(r, "inference_request_duration_seconds_count", **mv, protocol="grpc") == 3
+    assert value(r, "inference_request_duration_seconds_count", **mv, protocol="http") == 1
+    assert version.stats.success.count == 3 and version.stats.fail.count == 1  # Triton's stats: both
 
 
 def test_statistics_in_tritons_shape() -> None:

@@ -233,7 +233,9 @@ def test_model_failing_at_run_time_is_500_and_isolated(tmp_path: Path) -> None:
             probabilities(infer(c, "/v2/models/good/infer")), good.reference(IMAGES), atol=1e-5
         )
         text = c.get("/metrics").text
-        assert 'inference_requests_total{model="fragile",status="error",version="1"} 1.0' in text
+        assert (
+            'inference_requests_total{model="fragile",protocol="http",status="error",version="1"} 1.0' in text
+        )
 
 
 def test_corrupt_version_at_start_is_reported(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
@@ -246,6 +247,14 @@ def test_workers_share_the_port_and_each_drains(tmp_path: Path) -> None:
         pid = svc.process.pid
         children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
         assert len(children) == 2
+        # running_service saw one worker ready; the kernel spreads new connections over both, so wait
+        # until 20 fresh connections in a row find a ready worker (both have loaded, barring a 1-in-2^20).
+        for _ in range(600):
+            if all(httpx.get(f"{svc.url}/v2/health/ready").status_code == 200 for _ in range(20)):
+                break
+        # Both workers serve gRPC on the one gRPC port as well (SO_REUSEPORT there too).
+        with triton_grpc.InferenceServerClient(svc.grpc_address) as over_grpc:
+            assert all(over_grpc.is_server_ready() for _ in range(8))
         client = triton.InferenceServerClient(svc.address, concurrency=8)
         pending = []
         for i in range(64):

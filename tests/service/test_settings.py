@@ -97,6 +97,15 @@ def test_settings_are_frozen() -> None:
         Settings().max_batch_size = 4  # type: ignore[misc]
 
 
+def test_grpc_port_defaults_to_tritons_and_zero_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().grpc_port == 8001
+    monkeypatch.setenv("SERVE_GRPC_PORT", "0")
+    assert Settings().grpc_port == 0
+    for bad in (-1, 65536):
+        with pytest.raises(ValidationError, match="grpc_port"):
+            Settings(grpc_port=bad)
+
+
 # ---- feedback ------------------------------------------------------------------------------------------
 
 TOKEN = "f" * 32

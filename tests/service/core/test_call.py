@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +46,45 @@ def test_decoding_inside_a_call_is_counted_and_timed(tmp_path: Path) -> None:
                 raise RuntimeError("a transport bug")
         assert (requests(core, "bad_request"), requests(core, "error")) == (1, 1)
         count = core.metrics.registry.get_sample_value(
-            "inference_request_duration_seconds_count", {"model": "tiny", "version": "1"}
+            "inference_request_duration_seconds_count", {"model": "tiny", "version": "1", "protocol": "http"}
         )
         assert count == 2
+
+    run(test, tmp_path)
+
+
+def test_a_call_counts_under_its_transports_protocol(tmp_path: Path) -> None:
+    async def test(core: InferenceService, model: WrittenModel) -> None:
+        async with core.call("tiny", protocol="grpc") as call:
+            await call.infer(InferRequest({"image": images(1)}))
+        with pytest.raises(InvalidInput):
+            async with core.call("tiny", protocol="grpc") as call:
+                await call.infer(InferRequest({"image": images(1)}, outputs=["nope"]))
+        sample = core.metrics.registry.get_sample_value
+        mv = {"model": "tiny", "version": "1"}
+        assert sample("inference_requests_total", {**mv, "status": "ok", "protocol": "grpc"}) == 1
+        assert sample("inference_requests_total", {**mv, "status": "bad_request", "protocol": "grpc"}) == 1
+        assert requests(core, "ok") == 0  # nothing under http
+
+    run(test, tmp_path)
+
+
+def test_a_request_cancelled_after_its_deadline_counts_as_a_timeout(tmp_path: Path) -> None:
+    # What a gRPC deadline does: grpcio cancels the handler once the client's deadline has passed.
+    async def test(core: InferenceService, model: WrittenModel) -> None:
+        async def past_deadline_then_wait() -> None:
+            async with core.call("tiny", protocol="grpc") as call:
+                call._deadline(time.monotonic() - 1)  # the deadline the request was given, already over
+                await asyncio.sleep(3600)
+
+        task = asyncio.create_task(past_deadline_then_wait())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        sample = core.metrics.registry.get_sample_value
+        labels = {"model": "tiny", "version": "1", "status": "timeout", "protocol": "grpc"}
+        assert sample("inference_requests_total", labels) == 1
 
     run(test, tmp_path)
 

@@ -59,7 +59,7 @@ def run(
 
 def requests(core: InferenceService, status: str) -> float:
     value = core.metrics.registry.get_sample_value(
-        "inference_requests_total", {"model": "tiny", "version": "1", "status": status}
+        "inference_requests_total", {"model": "tiny", "version": "1", "status": status, "protocol": "http"}
     )
     return value or 0.0
 

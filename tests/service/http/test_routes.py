@@ -385,8 +385,9 @@ def test_queue_full_is_503_and_deadline_is_504() -> None:
         assert_error(holder["r"], 504, "deadline")
         metrics = c.get("/metrics").text
         mv = {"model": "mnist-mlp", "version": "1"}
-        assert sample(metrics, "inference_requests_total", status="timeout", **mv) == 2
-        assert sample(metrics, "inference_requests_total", status="rejected", **mv) == 1
+        http = {**mv, "protocol": "http"}
+        assert sample(metrics, "inference_requests_total", status="timeout", **http) == 2
+        assert sample(metrics, "inference_requests_total", status="rejected", **http) == 1
         assert sample(metrics, "inference_batches_total", **mv) == 0
 
 
@@ -429,11 +430,12 @@ def test_metrics_move_by_exactly_what_happened() -> None:
             assert c.post("/v2/models/mnist-mlp/infer", content=json_infer(images[:rows])).status_code == 200
         assert c.post("/v2/models/mnist-mlp/infer", content=b"{bad").status_code == 400
         after = c.get("/metrics").text
-        assert sample(after, "inference_requests_total", status="ok", **mv) == 3
-        assert sample(after, "inference_requests_total", status="bad_request", **mv) == 1
+        http = {**mv, "protocol": "http"}
+        assert sample(after, "inference_requests_total", status="ok", **http) == 3
+        assert sample(after, "inference_requests_total", status="bad_request", **http) == 1
         assert sample(after, "inference_rows_total", **mv) == 9
         assert sample(after, "inference_batches_total", **mv) == 3  # sequential requests: one batch each
-        assert sample(after, "inference_request_duration_seconds_count", **mv) == 4
+        assert sample(after, "inference_request_duration_seconds_count", **http) == 4
         assert sample(after, "inference_queue_duration_seconds_count", **mv) == 3
         assert sample(after, "inference_compute_duration_seconds_count", **mv) == 3
         assert sample(after, "inference_batch_size_count", **mv) == 3

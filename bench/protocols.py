@@ -1,0 +1,149 @@
+"""gRPC beside HTTP: one service process, both listeners, the same single-image requests, side by side.
+
+``python -m bench.protocols`` starts ``python -m service`` with gRPC on, then at each concurrency level
+drives it with:
+
+- ``http-json`` and ``http-binary``: ``hey`` (Go), as ``bench.serving`` does;
+- ``http-binary-py`` and ``grpc-raw`` / ``grpc-typed``: the Python closed-loop generator of
+  :mod:`bench.grpc_load`, so HTTP and gRPC are also compared with the same client costs (``grpc-raw``
+  sends ``raw_input_contents`` as ``tritonclient.grpc`` does; ``grpc-typed`` sends ``fp32_contents``).
+
+Each answer of each kind is checked once before the load (same probabilities over every protocol). At each
+level the targets take turns, ``--rounds`` times, so that a burst of other work on the machine hits them
+alike; a target's row is its median round (requests/s, and that round's p50 and p99). The table goes to
+stdout and ``bench/results/protocols.json``. On a small machine the load generators share the cores with
+the service, so compare the rows of one run as ratios, not across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import sys
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+
+from bench.grpc_load import CHANNEL_OPTIONS, closed_loop, infer_request_bytes
+from bench.serving import RESULTS, first_test_image, free_port, hey, process, write_bodies
+from service.grpc.generated import grpc_service_pb2 as pb
+from service.grpc.tensors import response_arrays
+
+
+def check_answers(
+    url: str, grpc_address: str, model: str, image: np.ndarray, grpc_bodies: dict[str, bytes]
+) -> None:
+    """Every protocol answers the benchmark's request with the same probabilities."""
+    tensor = {"name": "image", "datatype": "FP32", "shape": list(image.shape), "data": image.ravel().tolist()}
+    answer = httpx.post(f"{url}/v2/models/{model}/infer", json={"inputs": [tensor]}, timeout=30)
+    answer.raise_for_status()
+    expected = np.asarray(answer.json()["outputs"][0]["data"], np.float32)
+    with grpc.insecure_channel(grpc_address, options=CHANNEL_OPTIONS) as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        for kind, body in grpc_bodies.items():
+            got = response_arrays(pb.ModelInferResponse.FromString(infer(body, timeout=30)))["probabilities"]
+            np.testing.assert_allclose(got.ravel(), expected, atol=1e-6, err_msg=kind)
+
+
+def line(target: str, concurrency: int, r: dict[str, Any]) -> None:
+    failed = r.get("failed", r.get("non_2xx", 0))
+    print(
+        f"{target:15} c={concurrency:3}: {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.1f} ms  "
+        f"p99 {r['p99_ms']:6.1f} ms  failed {failed:.0f}",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mnist-cnn")
+    parser.add_argument("--seconds", type=float, default=10.0, help="load duration per point")
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--client-processes", type=int, default=1, help="processes of the Python generator")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each target takes at each level")
+    args = parser.parse_args(argv)
+    if shutil.which("hey") is None:
+        print("error: hey not found (make system-deps installs it)", file=sys.stderr)
+        return 2
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    image = first_test_image()
+    bodies = write_bodies(image, RESULTS)
+    grpc_bodies = {
+        "grpc-raw": infer_request_bytes(args.model, image, raw=True),
+        "grpc-typed": infer_request_bytes(args.model, image, raw=False),
+    }
+    levels = [int(c) for c in args.concurrency.split(",")]
+    port, grpc_port = free_port(), free_port()
+    url, grpc_address = f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
+    path = f"/v2/models/{args.model}/infer"
+    env = {"SERVE_MODELS": args.model, "SERVE_LOG_LEVEL": "warning", "SERVE_GRPC_PORT": str(grpc_port)}
+    binary_body, binary_headers = bodies["binary"]
+    targets: dict[str, dict[str, Any]] = {
+        "http-binary-py": {
+            "protocol": "http",
+            "address": f"127.0.0.1:{port}",
+            "path": path,
+            "body": binary_body.read_bytes(),
+            "headers": {k: v for k, v in binary_headers.items() if k.lower() != "content-type"},
+        },
+        **{k: {"protocol": "grpc", "address": grpc_address, "body": v} for k, v in grpc_bodies.items()},
+    }
+    runs: list[dict[str, Any]] = []
+    cmd = [sys.executable, "-m", "service", "--port", str(port)]
+    with process(cmd, env, f"{url}/v2/health/ready", RESULTS / "protocols-service.log"):
+        check_answers(url, grpc_address, args.model, image, grpc_bodies)
+        for c in levels:
+            rounds: dict[str, list[dict[str, Any]]] = {}
+            for _ in range(args.rounds):
+                for kind in ("json", "binary"):
+                    body, headers = bodies[kind]
+                    r = hey(f"{url}{path}", body, headers, c, args.seconds)
+                    rounds.setdefault(f"http-{kind}", []).append({"client": "hey", **r})
+                for name, target in targets.items():
+                    r = closed_loop(
+                        target, concurrency=c, seconds=args.seconds, processes=args.client_processes
+                    )
+                    rounds.setdefault(name, []).append({"client": "python", **r})
+            for name, tries in rounds.items():
+                median = sorted(tries, key=lambda r: r["rps"])[len(tries) // 2]
+                runs.append(
+                    {"target": name, "concurrency": c, **median, "rps_rounds": [r["rps"] for r in tries]}
+                )
+                line(name, c, median)
+
+    by = {(r["target"], r["concurrency"]): r["rps"] for r in runs}
+    ratios = {
+        f"c{c}": {
+            "grpc_raw_vs_http_binary_same_client": by[("grpc-raw", c)] / by[("http-binary-py", c)],
+            "grpc_raw_vs_http_binary_hey": by[("grpc-raw", c)] / by[("http-binary", c)],
+            "grpc_raw_vs_http_json_hey": by[("grpc-raw", c)] / by[("http-json", c)],
+            "grpc_typed_vs_grpc_raw": by[("grpc-typed", c)] / by[("grpc-raw", c)],
+        }
+        for c in levels
+    }
+    for level, values in ratios.items():
+        print(level, "  ".join(f"{k} {v:.2f}x" for k, v in values.items()))
+    results = {
+        "date": dt.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared with other work while measured)",
+        "model": args.model,
+        "seconds": args.seconds,
+        "client_processes": args.client_processes,
+        "rounds": args.rounds,
+        "runs": runs,
+        "ratios": ratios,
+    }
+    out = RESULTS / "protocols.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

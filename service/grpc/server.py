@@ -1,0 +1,113 @@
+"""The gRPC listener: grpcio's asyncio server, in the event loop (and process) that serves HTTP.
+
+:class:`GrpcServer` binds ``SERVE_GRPC_PORT`` with three services: ``inference.GRPCInferenceService``
+(:mod:`service.grpc.servicer`), ``grpc.health.v1.Health`` (:mod:`service.grpc.health`) and server
+reflection. Messages above ``SERVE_MAX_BODY_BYTES`` (the HTTP body limit, compressed or not) are refused by
+gRPC itself with RESOURCE_EXHAUSTED. The inference service is registered from its descriptor rather than
+with the generated ``add_..._to_server``, so that a message that does not parse reaches the servicer as
+:class:`~service.grpc.servicer.Malformed` and is answered INVALID_ARGUMENT (grpcio would answer INTERNAL
+and log a traceback).
+
+It is started and stopped by the app's lifespan, beside the core. Draining needs no call here, since
+every RPC asks the core (readiness false, new calls UNAVAILABLE); :meth:`GrpcServer.stop` closes the
+port and gives the calls in flight until the drain deadline to finish.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.core import InferenceService
+from service.grpc.generated import grpc_service_pb2 as pb
+from service.grpc.health import HealthServicer
+from service.grpc.servicer import InferenceServicer, Malformed, server_ready
+
+log = logging.getLogger(__name__)
+SERVICE_NAMES = (
+    pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+)
+
+
+class GrpcServer:
+    """One ``grpc.aio`` server over the core; create it inside the running event loop."""
+
+    def __init__(self, core: InferenceService, *, reuse_port: bool = False) -> None:
+        settings = core.settings
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_body_bytes),
+                ("grpc.max_send_message_length", -1),
+                # SO_REUSEPORT only for --workers (one port, several processes); otherwise a second
+                # server on a taken port must fail to start, not share it silently.
+                ("grpc.so_reuseport", int(reuse_port)),
+            ]
+        )
+        self._server.add_generic_rpc_handlers((inference_handlers(InferenceServicer(core)),))
+        health = HealthServicer(lambda: server_ready(core))
+        health_pb2_grpc.add_HealthServicer_to_server(health, self._server)
+        reflection.enable_server_reflection(SERVICE_NAMES, self._server)
+
+    async def start(self, host: str, port: int) -> int:
+        """Bind ``host:port`` (0: any free port) and start serving; returns the bound port."""
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            bound = self._server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpcio raises RuntimeError("Failed to bind to address ...")
+            raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
+        await self._server.start()
+        log.info("gRPC listening on %s:%d", host, bound)
+        return bound
+
+    async def stop(self, grace: float) -> None:
+        """Close the port now; calls in flight get ``grace`` seconds, then are cancelled."""
+        await self._server.stop(grace)
+
+
+def inference_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """Every method of ``inference.GRPCInferenceService``, bound to ``servicer``."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {}
+    for method in service.methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        behaviour = getattr(servicer, method.name)
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if method.client_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            behaviour if method.client_streaming else _refuse_malformed(behaviour),
+            request_deserializer=_parser(request_class),
+            response_serializer=response_class.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def _parser(message_class: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError:
+            return Malformed(f"the request is not a valid {message_class.DESCRIPTOR.full_name} message")
+
+    return parse
+
+
+def _refuse_malformed(behaviour: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return await behaviour(request, context)
+
+    return call

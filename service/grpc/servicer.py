@@ -1,0 +1,275 @@
+"""``inference.GRPCInferenceService``: the KServe V2 gRPC protocol as a thin adapter over the core.
+
+Every RPC decodes its message, calls the typed core (:class:`~service.core.InferenceService`), the same
+one the HTTP adapter calls, and encodes the answer; each failure is a
+:class:`~service.errors.ServiceError`, answered once by :func:`_answer` with the status
+:mod:`service.grpc.status` maps its kind to. A ``ModelInfer`` call and an HTTP infer request for the same
+model version go through the same core call into the same batcher, so they can share a batch; gRPC calls
+are counted under ``protocol="grpc"``.
+
+Semantics follow Triton's server: ``ModelReady`` answers ``ready: false`` (not an error) for a model that is
+unknown or not ready; a request's deadline is the earlier of the gRPC deadline and ``parameters.timeout``
+(microseconds); ``ModelStreamInfer`` answers each request of the stream as it completes, in any order,
+with failures in ``error_message`` and the stream kept open. Shared memory, tracing and log settings are
+not offered (UNIMPLEMENTED, with a message saying so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+from grpc.aio import ServicerContext as Context
+
+from service.contract import parse_version
+from service.core import InferenceService
+from service.errors import InvalidInput, NotFound, ServiceError, Unavailable
+from service.grpc import model_config
+from service.grpc.generated import grpc_service_pb2 as pb
+from service.grpc.generated import grpc_service_pb2_grpc as pb_grpc
+from service.grpc.protocol import encode_infer_response, parse_infer_request
+from service.grpc.status import INTERNAL_MESSAGE, grpc_status
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+PROTOCOL = "grpc"
+
+
+async def _answer(context: Context, call: Awaitable[T]) -> T:
+    """Await ``call``; a ServiceError aborts the RPC with its mapped status, anything else with INTERNAL."""
+    try:
+        return await call
+    except ServiceError as exc:
+        code, message, trailers = grpc_status(exc)
+    except (asyncio.CancelledError, grpc.aio.AbortError):
+        raise
+    except Exception:
+        log.exception("unhandled error in a gRPC call")
+        code, message, trailers = grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE, ()
+    await context.abort(code, message, trailing_metadata=trailers)
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+def _rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    @functools.wraps(method)
+    async def wrapper(self: InferenceServicer, request: Any, context: Context) -> T:
+        return await _answer(context, method(self, request, context))
+
+    return wrapper
+
+
+def _unimplemented(what: str) -> Callable[..., Awaitable[Any]]:
+    async def method(self: InferenceServicer, request: Any, context: Context) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not supported by this server")
+
+    return method
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A request whose bytes did not parse as its message type (see :mod:`service.grpc.server`)."""
+
+    message: str
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """The V2 gRPC service over one :class:`~service.core.InferenceService`."""
+
+    def __init__(self, core: InferenceService) -> None:
+        self._core = core
+
+    # ---- health and metadata ------------------------------------------------------------------------
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=server_ready(self._core))
+
+    @_rpc
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
+        version = _version(request.version)
+        try:
+            self._core.check_model_ready(request.name, version)
+        except (NotFound, Unavailable):
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Context
+    ) -> pb.ServerMetadataResponse:
+        info = self._core.server_info()
+        return pb.ServerMetadataResponse(name=info.name, version=info.version, extensions=info.extensions)
+
+    @_rpc
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Context
+    ) -> pb.ModelMetadataResponse:
+        info = self._core.model_info(request.name, _version(request.version))
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=info.name,
+            versions=[str(v) for v in info.versions],
+            platform=info.platform,
+            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in info.signature.inputs],
+            outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in info.signature.outputs],
+        )
+
+    @_rpc
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Context) -> pb.ModelConfigResponse:
+        info = self._core.model_info(request.name, _version(request.version))
+        delay = self._core.settings.max_queue_delay_us
+        return pb.ModelConfigResponse(config=model_config.config_of(info, delay))
+
+    @_rpc
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Context
+    ) -> pb.ModelStatisticsResponse:
+        rows = self._core.statistics(request.name or None, _version(request.version))
+        response = pb.ModelStatisticsResponse()
+        for row in rows:
+            json_format.ParseDict(row.stats.as_json(row.name, str(row.version)), response.model_stats.add())
+        return response
+
+    # ---- repository -----------------------------------------------------------------------------------
+
+    @_rpc
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Context
+    ) -> pb.RepositoryIndexResponse:
+        entry = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(
+            models=[
+                entry(name=e.name, version=str(e.version), state=e.state, reason=e.reason)
+                for e in self._core.repository_index()
+                if not request.ready or e.state == "READY"
+            ]
+        )
+
+    @_rpc
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
+        self._core.authorize_admin(_authorization(context))
+        if request.parameters:
+            raise InvalidInput("load parameters (config or file overrides) are not supported")
+        await self._core.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @_rpc
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        self._core.authorize_admin(_authorization(context))
+        await self._core.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    # ---- inference ------------------------------------------------------------------------------------
+
+    @_rpc
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+        return await self._infer(request, context.time_remaining())
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest | Malformed], context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+
+        async def one(request: pb.ModelInferRequest | Malformed) -> None:
+            if isinstance(request, Malformed):
+                answers.put_nowait(pb.ModelStreamInferResponse(error_message=request.message))
+                return
+            try:
+                response = await self._infer(request, context.time_remaining())
+                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
+            except ServiceError as exc:
+                failed = pb.ModelInferResponse(
+                    model_name=request.model_name, model_version=request.model_version, id=request.id
+                )
+                answers.put_nowait(
+                    pb.ModelStreamInferResponse(error_message=exc.message, infer_response=failed)
+                )
+            except Exception:
+                log.exception("unhandled error in a gRPC stream request")
+                answers.put_nowait(pb.ModelStreamInferResponse(error_message=INTERNAL_MESSAGE))
+
+        async def read() -> None:
+            async for request in request_iterator:
+                task = asyncio.create_task(one(request))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            if running:
+                await asyncio.wait(set(running))
+            answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+            await reader  # the client's half-close: re-raise a failed read
+        finally:
+            for task in (reader, *running):
+                task.cancel()
+
+    async def _infer(
+        self, request: pb.ModelInferRequest, grpc_remaining: float | None
+    ) -> pb.ModelInferResponse:
+        """One inference: decode against the version's signature, call the core, encode its answer.
+
+        The deadline is the earlier of the gRPC deadline and ``parameters.timeout``.
+        """
+        version = _version(request.model_version)
+        async with self._core.call(request.model_name, version, protocol=PROTOCOL) as call:
+            limits = call.limits
+            parsed, timeout_us = parse_infer_request(
+                request, signature=call.signature, max_rows=limits.max_request_rows
+            )
+            timeout_s = timeout_us / 1e6 if timeout_us else limits.default_timeout_s
+            if grpc_remaining is not None:
+                timeout_s = min(timeout_s, grpc_remaining)
+            response = await call.infer(replace(parsed, deadline=time.monotonic() + timeout_s))
+            return encode_infer_response(response)
+
+    SystemSharedMemoryStatus = _unimplemented("system shared memory")
+    SystemSharedMemoryRegister = _unimplemented("system shared memory")
+    SystemSharedMemoryUnregister = _unimplemented("system shared memory")
+    CudaSharedMemoryStatus = _unimplemented("CUDA shared memory")
+    CudaSharedMemoryRegister = _unimplemented("CUDA shared memory")
+    CudaSharedMemoryUnregister = _unimplemented("CUDA shared memory")
+    TraceSetting = _unimplemented("tracing")
+    LogSettings = _unimplemented("changing log settings")
+
+
+def server_ready(core: InferenceService) -> bool:
+    """What ``GET /v2/health/ready`` answers 200 for: every model served, and no drain begun."""
+    try:
+        core.check_ready()
+    except Unavailable:
+        return False
+    return True
+
+
+def _authorization(context: Context) -> str | None:
+    """The call's ``authorization`` metadata (``Bearer <token>``, as the HTTP header), for the core."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None
+
+
+def _version(text: str) -> int | None:
+    """The version a request names ("" is the newest); InvalidInput unless a canonical positive integer."""
+    if not text:
+        return None
+    version = parse_version(text)
+    if version is None:
+        raise InvalidInput(f"model version must be a positive integer, got '{text[:32]}'")
+    return version
