@@ -17,9 +17,6 @@ from prometheus_client.metrics import MetricWrapperBase
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 STATUSES = ("ok", "bad_request", "rejected", "timeout", "error")
-#: The ``protocol`` label of the request metrics: HTTP's series exist from the start, gRPC's from its
-#: first call (so an HTTP-only process exports exactly what it did before the label).
-PROTOCOLS = ("http", "grpc")
 #: Why a feedback item for a served model was refused (the ``result`` of ``feedback_items_total``).
 FEEDBACK_REASONS = (
     "unauthorized",  # no or wrong bearer token
@@ -31,6 +28,9 @@ FEEDBACK_REASONS = (
     "storage_error",
     "unavailable",  # draining, queue full, deadline
 )
+#: The ``protocol`` label of the request metrics: HTTP's series exist from the start, gRPC's from its
+#: first call (so an HTTP-only process exports exactly what it did before the label).
+PROTOCOLS = ("http", "grpc")
 
 
 class Metrics:

@@ -7,6 +7,7 @@
     permission_denied                    PERMISSION_DENIED
     not_found                            NOT_FOUND
     too_large                            RESOURCE_EXHAUSTED  (what gRPC answers past the message limit)
+    resource_exhausted                   RESOURCE_EXHAUSTED  (a full feedback quota or disk)
     unavailable, overloaded              UNAVAILABLE         + ``grpc-retry-pushback-ms`` trailer
     deadline_exceeded                    DEADLINE_EXCEEDED
     internal                             INTERNAL            (the error's generic message)
@@ -28,6 +29,7 @@ CODES: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
     ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     ErrorKind.TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorKind.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
     ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     ErrorKind.OVERLOADED: grpc.StatusCode.UNAVAILABLE,

@@ -20,7 +20,7 @@ from PIL import Image
 
 from service.contract import KERAS_FILE
 from service.feedback import FeedbackStore
-from tests.helpers.modelfactory import write_model_version
+from tests.helpers.modelfactory import DROP, write_model_version
 from training import pipeline
 from training import retrain as retrain_module
 from training.cli import main
@@ -219,6 +219,19 @@ def test_a_folder_trained_version_is_retrained_from_its_folder(
     # The same carved test split: the files version 1 recorded are the ones both models were compared on.
     assert v2["data"]["test"]["files"] == v1["data"]["test"]["files"]
     assert v2["retrain"]["n_test"] == len(v1["data"]["test"]["files"])
+
+
+def test_an_imported_version_has_no_recipe_to_retrain(
+    tmp_path: Path, feedback: Path, data_dir: Path, mnist: Dataset, capsys
+) -> None:
+    repository = tmp_path / "imported"
+    write_model_version(
+        repository, NAME, 1, labels=[str(d) for d in range(10)], metadata_overrides={"training": DROP}
+    )
+    send(feedback, *rotated(mnist, 0, 20))
+    assert retrain(repository, feedback, data_dir) == 2
+    assert "no training recipe recorded" in capsys.readouterr().err
+    assert versions(repository, NAME) == [1]
 
 
 @pytest.mark.parametrize(
