@@ -9,7 +9,9 @@
 # Training data is never baked in: mount it read-only at /data (DATA_DIR).
 ARG BASE_IMAGE=python:3.11-slim
 
-FROM ${BASE_IMAGE} AS base
+# One stage: nothing is compiled, so a builder stage would only copy the 2.7 GB environment once more.
+FROM ${BASE_IMAGE}
+ARG TF_CUDA=false
 # hadolint ignore=DL3008
 RUN if ! python3 -c "import ensurepip" 2>/dev/null; then \
         apt-get update \
@@ -19,9 +21,6 @@ RUN if ! python3 -c "import ensurepip" 2>/dev/null; then \
     && groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /home/app --create-home --shell /usr/sbin/nologin app \
     && install -d -o 10001 -g 10001 /models /data
-
-FROM base AS builder
-ARG TF_CUDA=false
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/venv
 WORKDIR /src
@@ -36,14 +35,12 @@ RUN mkdir service training && touch service/__init__.py training/__init__.py \
     && rm -rf service training build ./*.egg-info
 COPY service ./service
 COPY training ./training
-RUN /opt/venv/bin/pip install --no-cache-dir --no-deps .
-
-FROM base AS runtime
+# The sources are installed into the environment; their copy goes.
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . && rm -rf /src/*
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     DATA_DIR=/data \
     MPLBACKEND=Agg
-COPY --from=builder /opt/venv /opt/venv
 # Same uid as the serving image, so both can share one model volume.
 USER 10001:10001
 WORKDIR /home/app

@@ -1,7 +1,7 @@
 # Test-only stand-in for prom/prometheus, for tests/deploy/test_compose.py where no registry can be pulled
 # from: Debian's prometheus package on the local base image (tools/local-base-image.sh), with the official
-# image's entry point, defaults, user (nobody, 65534) and data directory, so the compose service runs it as it would the
-# official one. Operators use prom/prometheus; nothing else builds this.
+# image's entry point, defaults, user (nobody, 65534) and data directory, so the compose service runs it
+# as it would the official one. Operators use prom/prometheus; nothing else builds this.
 ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
 # Debian's version follows the base's release.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -27,7 +28,6 @@ from tests.helpers.data import ROOT
 
 TOOLS = ROOT / "tools"
 TEST_OVERRIDE = ROOT / "deploy" / "test" / "compose.yml"
-RUN_LABEL = "org.digits-serving.test-run"
 
 
 def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -72,46 +72,80 @@ class Image:
         return config
 
 
-def build(
-    dockerfile: str, tag: str, run_id: str, *, context: Path = ROOT, timeout: float = 900, **args: str
-) -> Image:
-    """``docker build`` of a repository Dockerfile on the host network, labelled with the run's id."""
-    build_args = [a for k, v in args.items() for a in ("--build-arg", f"{k}={v}")]
-    start = time.monotonic()
-    result = subprocess.run(
-        [
-            "docker",
-            "build",
-            "--network",
-            "host",
-            "--label",
-            f"{RUN_LABEL}={run_id}",
-            "-f",
-            str(ROOT / dockerfile),
-            *build_args,
-            "-t",
-            tag,
-            "-q",
-            str(context),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        # The legacy builder: the engine here has no BuildKit front end to pull.
-        env={**os.environ, "DOCKER_BUILDKIT": "0"},
-    )
-    seconds = time.monotonic() - start
-    assert result.returncode == 0, (
-        f"building {dockerfile} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
-    )
-    return Image(result.stdout.strip().splitlines()[-1], tag, seconds)
+def _all_image_ids() -> set[str]:
+    return {i.removeprefix("sha256:") for i in docker("image", "ls", "-aq", "--no-trunc").stdout.split()}
 
 
-def remove_images(run_id: str) -> None:
-    ids = docker("image", "ls", "-q", "--filter", f"label={RUN_LABEL}={run_id}", check=False).stdout.split()
-    if ids:
-        docker("image", "rm", "--force", *dict.fromkeys(ids), check=False, timeout=300)
+class Builder:
+    """``docker build`` of the repository's Dockerfiles, remembering every image each build created.
+
+    The legacy builder (the engine here has no BuildKit front end to pull) keeps an image per step,
+    and a multi-stage build's earlier stages are no parent of the final image: removing the final image
+    alone would leave them behind. So each build's step images that did not exist before it are
+    recorded, and :meth:`remove` deletes exactly those, newest first, never pruning anything else (a
+    step taken from an earlier build's cache belongs to that build).
+    """
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.created: list[str] = []
+
+    def build(
+        self, dockerfile: str, tag: str, *, context: Path = ROOT, timeout: float = 1200, **args: str
+    ) -> Image:
+        before = _all_image_ids()
+        build_args = [a for k, v in args.items() for a in ("--build-arg", f"{k}={v}")]
+        start = time.monotonic()
+        result = subprocess.run(
+            [
+                "docker",
+                "build",
+                "--network",
+                "host",
+                "--label",
+                self.label,
+                "-f",
+                str(ROOT / dockerfile),
+                *build_args,
+                "-t",
+                tag,
+                str(context),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, "DOCKER_BUILDKIT": "0"},
+        )
+        seconds = time.monotonic() - start
+        new = _all_image_ids() - before
+        steps = re.findall(r"^ ---> ([0-9a-f]{12})$", result.stdout, re.M)
+        self.created += [full for short in dict.fromkeys(steps) for full in new if full.startswith(short)]
+        assert result.returncode == 0, (
+            f"building {dockerfile} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+        )
+        image_id = (
+            docker("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip().removeprefix("sha256:")
+        )
+        return Image(image_id, tag, seconds)
+
+    def remove(self) -> list[str]:
+        """Delete the images the builds created (tags included); the ids that could not be deleted."""
+        pending = list(dict.fromkeys(reversed(self.created)))
+        # Builds run side by side share step images, so a parent may come before another build's child:
+        # each pass deletes what it can, until a pass deletes nothing.
+        while pending:
+            failed = [
+                i
+                for i in pending
+                if docker("image", "rm", "--force", "--no-prune", i, check=False).returncode
+            ]
+            present = _all_image_ids()
+            failed = [i for i in failed if i in present]
+            if len(failed) == len(pending):
+                return failed
+            pending = failed
+        return []
 
 
 class Compose:
@@ -259,16 +293,19 @@ class Outcome:
 class Stream:
     """tritonclient.http requests in a loop on its own thread, each outcome recorded in order."""
 
-    url: str
+    address: str  # host:port, as tritonclient wants it (no scheme)
     model: str
     images: np.ndarray
     mark: threading.Event = field(default_factory=threading.Event)
     stop: threading.Event = field(default_factory=threading.Event)
     outcomes: list[Outcome] = field(default_factory=list)
 
+    def _client(self) -> triton.InferenceServerClient:
+        return triton.InferenceServerClient(self.address, connection_timeout=10, network_timeout=30)
+
     def run(self, deadline_s: float) -> None:
         end = time.monotonic() + deadline_s
-        client = triton.InferenceServerClient(self.url, connection_timeout=10, network_timeout=30)
+        client = self._client()
         try:
             i = 0
             while not self.stop.is_set() and time.monotonic() < end:
@@ -289,7 +326,7 @@ class Stream:
                     self.outcomes.append(Outcome(False, type(exc).__name__, None, after))
                     # A fresh client: a broken connection must not poison the next request.
                     client.close()
-                    client = triton.InferenceServerClient(self.url, connection_timeout=10, network_timeout=30)
+                    client = self._client()
                     time.sleep(0.05)
                 i += 1
         finally:
@@ -298,10 +335,10 @@ class Stream:
 
 @contextmanager
 def streaming(
-    url: str, model: str, images: np.ndarray, clients: int = 2, deadline_s: float = 600
+    address: str, model: str, images: np.ndarray, clients: int = 2, deadline_s: float = 600
 ) -> Iterator[list[Stream]]:
     """``clients`` streams running for the duration of the block (at most ``deadline_s``)."""
-    streams = [Stream(url, model, images[k * 100 :]) for k in range(clients)]
+    streams = [Stream(address, model, images[k * 100 :]) for k in range(clients)]
     threads = [threading.Thread(target=s.run, args=(deadline_s,), daemon=True) for s in streams]
     for t in threads:
         t.start()
