@@ -95,39 +95,44 @@ class Builder:
     ) -> Image:
         before = _all_image_ids()
         build_args = [a for k, v in args.items() for a in ("--build-arg", f"{k}={v}")]
+        command = [
+            "docker",
+            "build",
+            "--network",
+            "host",
+            "--label",
+            self.label,
+            "-f",
+            str(ROOT / dockerfile),
+        ]
         start = time.monotonic()
-        result = subprocess.run(
-            [
-                "docker",
-                "build",
-                "--network",
-                "host",
-                "--label",
-                self.label,
-                "-f",
-                str(ROOT / dockerfile),
-                *build_args,
-                "-t",
-                tag,
-                str(context),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            env={**os.environ, "DOCKER_BUILDKIT": "0"},
-        )
+        output = ""
+        try:
+            result = subprocess.run(
+                [*command, *build_args, "-t", tag, str(context)],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+                env={**os.environ, "DOCKER_BUILDKIT": "0"},
+            )
+            output = result.stdout
+        except subprocess.TimeoutExpired as exc:
+            output = (
+                exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+            )
+            raise
+        finally:
+            # Recorded even when the build failed or timed out: its finished steps are images too.
+            new = _all_image_ids() - before
+            steps = re.findall(r"^ ---> ([0-9a-f]{12})$", output, re.M)
+            self.created += [full for short in dict.fromkeys(steps) for full in new if full.startswith(short)]
         seconds = time.monotonic() - start
-        new = _all_image_ids() - before
-        steps = re.findall(r"^ ---> ([0-9a-f]{12})$", result.stdout, re.M)
-        self.created += [full for short in dict.fromkeys(steps) for full in new if full.startswith(short)]
         assert result.returncode == 0, (
-            f"building {dockerfile} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+            f"building {dockerfile} failed:\n{output[-3000:]}{result.stderr[-3000:]}"
         )
-        image_id = (
-            docker("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip().removeprefix("sha256:")
-        )
-        return Image(image_id, tag, seconds)
+        image_id = docker("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
+        return Image(image_id.removeprefix("sha256:"), tag, seconds)
 
     def remove(self) -> list[str]:
         """Delete the images the builds created (tags included); the ids that could not be deleted."""
@@ -170,25 +175,22 @@ class Compose:
         self.file = workdir / "compose.resolved.yml"
         self.file.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
-    def _run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def _run(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            ["docker-compose", *args],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
+            ["docker-compose", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
         )
-        assert result.returncode == 0, (
-            f"docker-compose {' '.join(args)}:\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
-        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"docker-compose {' '.join(args)}:\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
+            )
         return result
 
-    def __call__(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return self._run(
-            "-p", self.project, "-f", str(self.file), "--project-directory", str(ROOT), *args, timeout=timeout
-        )
+    def __call__(
+        self, *args: str, timeout: float = 300, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """A docker-compose command on this project, from the repository root."""
+        project = ["-p", self.project, "-f", str(self.file), "--project-directory", str(ROOT)]
+        return self._run(*project, *args, timeout=timeout, check=check)
 
     def container(self, service: str) -> str:
         ids = docker(
@@ -215,28 +217,7 @@ class Compose:
 
     def remove(self) -> None:
         """``down -v`` for the project; then anything still carrying its label, by id."""
-        subprocess.run(
-            [
-                "docker-compose",
-                "-p",
-                self.project,
-                "-f",
-                str(self.file),
-                "--project-directory",
-                str(ROOT),
-                "--profile",
-                "train",
-                "down",
-                "--volumes",
-                "--timeout",
-                "30",
-            ],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            timeout=300,
-            check=False,
-        )
+        self("--profile", "train", "down", "--volumes", "--timeout", "30", check=False)
         left = self.leftovers()
         if left["containers"]:
             docker("rm", "--force", "--volumes", *left["containers"], check=False)
