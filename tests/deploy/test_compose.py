@@ -449,7 +449,8 @@ def test_stop_drains_without_failures_and_up_keeps_every_version(
     measurements["stop_requests"] = {
         "answered_200": sum(o.ok for o in after_stop),
         "refused_503_draining": sum(o.status == 503 for o in after_stop),
-        "not_connected_after_close": sum(not o.ok and o.status is None for o in after_stop),
+        "reset_at_close": sum(o.version == "ConnectionResetError" for o in after_stop),
+        "refused_connections_after_close": sum(o.version == "ConnectionRefusedError" for o in after_stop),
     }
     api = stack.api
     state = json.loads(docker("inspect", "--format", "{{json .State}}", api).stdout)
@@ -460,15 +461,19 @@ def test_stop_drains_without_failures_and_up_keeps_every_version(
         before = [o for o in stream.outcomes if not o.after_mark]
         assert before and all(o.ok for o in before), [o for o in before if not o.ok][:5]
         after = [o for o in stream.outcomes if o.after_mark]
-        # Answered (200) or refused with 503 while draining; then, once the listener closed, refused
-        # connections only: no request was cut off or answered with an error.
+        # Every answer was 200, or 503 + "draining" for requests that came once the drain began. Then the
+        # server closed: refused connections only, but for at most one reset first, the request a stream
+        # had just written onto its kept-alive connection as uvicorn closed it unread (the HTTP/1.1
+        # keep-alive race: it was never processed). Nothing answered after that.
         refused = [o for o in after if not o.ok and o.status == 503]
         assert all("draining" in o.version or "shutting down" in o.version for o in refused), refused[:3]
         unconnected = [i for i, o in enumerate(after) if not o.ok and o.status is None]
         assert unconnected, "the api still answered after `docker compose stop`"
         answered, closed = after[: unconnected[0]], after[unconnected[0] :]
         assert all(o.ok or o.status == 503 for o in answered), [o for o in answered if not o.ok][:5]
-        assert {o.version for o in closed} == {"ConnectionRefusedError"}, closed[:5]
+        if closed[0].version == "ConnectionResetError":
+            closed = closed[1:]
+        assert closed and {o.version for o in closed} == {"ConnectionRefusedError"}, closed[:5]
 
     measurements["up_again_to_healthy_s"] = round(stack.up(), 1)
     files = volume_files(stack.compose.volume("models"), stack.images.serve.id)
