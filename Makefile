@@ -37,7 +37,7 @@ test: $(DEV_STAMP) system-deps
 ## test-deploy: build the images and run the compose stack in Docker (root; starts and stops its own dockerd)
 test-deploy: $(DEV_STAMP)
 	bash tools/system-deps.sh deploy
-	DATA_DIR=$(DATA_DIR) $(BIN)/python -m pytest -m docker tests/deploy/test_compose.py
+	DATA_DIR=$(DATA_DIR) $(BIN)/python -m pytest -m docker tests/deploy
 	@cat test-artifacts/deploy-measurements.json
 
 lint: $(DEV_STAMP)

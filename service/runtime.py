@@ -60,8 +60,8 @@ def select_providers(requested: Sequence[str] | None = None) -> list[str]:
     listing the available ones; a known provider that cannot start here (CUDA without a driver or GPU,
     or without its CUDA/cuDNN libraries) is dropped with a warning that says why, and ValueError is
     raised when nothing is left. ``None`` means CUDA first when usable, else CPU only, and says once, at
-    INFO, why CUDA is not used. Each provider is probed once per process, with onnxruntime's logging
-    silenced, so an unusable CUDA never prints an error.
+    INFO, why CUDA is not used. Each provider is probed once per process (a dropped CUDA once more, for
+    the warning's reason), with onnxruntime's logging silenced, so an unusable CUDA never prints an error.
     """
     if requested is None:
         return list(_default_providers())

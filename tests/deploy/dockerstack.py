@@ -72,6 +72,16 @@ class Image:
         return config
 
 
+@dataclass(frozen=True)
+class Images:
+    """Everything the docker tests build, each from its repository Dockerfile on the local base."""
+
+    serve: Image
+    serve_gpu: Image
+    train: Image
+    prometheus: Image
+
+
 def _all_image_ids() -> set[str]:
     return {i.removeprefix("sha256:") for i in docker("image", "ls", "-aq", "--no-trunc").stdout.split()}
 

@@ -7,7 +7,8 @@ installs them), and starts a dockerd of its own when none runs (stopped again at
 pulled: every image is built on a local Debian base (tools/local-base-image.sh, kept between runs by its
 label); Prometheus is Debian's package in a test-only image (deploy/test/prometheus.Dockerfile).
 Everything runs on the host network on free loopback ports (deploy/test/compose.yml). Clean-up removes
-the images this run built (by its label), and the compose project's containers and volumes.
+the images this run's builds created (by id), and the compose project's containers and volumes.
+Engine, base image and images are session fixtures (conftest.py), shared with test_gpu_image.py.
 
 Timings and image sizes go to test-artifacts/deploy-measurements.json; no test asserts them.
 """
@@ -18,9 +19,7 @@ import json
 import re
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,14 +30,12 @@ import tritonclient.http as triton
 import yaml
 
 from tests.deploy.dockerstack import (
-    Builder,
     Compose,
-    Image,
+    Images,
     Stream,
     docker,
     health,
     streaming,
-    tool,
     volume_files,
     wait_for,
 )
@@ -50,7 +47,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 MODEL = "mnist-cnn"  # the shipped trainer's model: the retrain publishes its version 2
 APP_UID = (10001, 10001)
 HEALTHY_WITHIN_S = 150  # the shipped healthcheck: 10 s interval, 60 s start period, 3 retries
-MEASUREMENTS = ROOT / "test-artifacts" / "deploy-measurements.json"
 
 
 def trainer_args() -> list[str]:
@@ -68,106 +64,6 @@ def trainer_args() -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def measurements() -> Iterator[dict[str, Any]]:
-    found: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    start = time.monotonic()
-    yield found
-    found["total_s"] = round(time.monotonic() - start, 1)
-    MEASUREMENTS.parent.mkdir(exist_ok=True)
-    MEASUREMENTS.write_text(json.dumps(found, indent=2) + "\n")
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[None]:
-    """A Docker engine: the one running, or one started here and stopped at the end."""
-    before = tool("dockerd.sh", "status").stdout.strip()
-    if before == "none":
-        started = tool("dockerd.sh", "start", timeout=120)
-        assert started.returncode == 0, started.stdout + started.stderr
-    try:
-        yield
-    finally:
-        if before == "none":
-            stopped = tool("dockerd.sh", "stop", timeout=120)
-            assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-
-
-@pytest.fixture(scope="module")
-def base_image(engine: None, measurements: dict[str, Any]) -> str:
-    start = time.monotonic()
-    made = tool("local-base-image.sh", timeout=600)
-    assert made.returncode == 0, made.stderr
-    measurements["local_base_s"] = round(time.monotonic() - start, 1)
-    measurements["local_base_reused"] = "debootstrap" not in made.stderr
-    image = made.stdout.strip().splitlines()[-1]
-    labels = json.loads(docker("image", "inspect", "--format", "{{json .Config.Labels}}", image).stdout)
-    assert labels["org.digits-serving.role"] == "local-base"
-    return image
-
-
-@pytest.fixture(scope="module")
-def run_id() -> str:
-    return uuid.uuid4().hex[:10]
-
-
-@pytest.fixture(scope="module")
-def builder(engine: None, run_id: str) -> Iterator[Builder]:
-    """Builds the repository's Dockerfiles; every image it made is removed at the end."""
-    images = Builder(f"org.digits-serving.test-run={run_id}")
-    try:
-        yield images
-    finally:
-        assert images.remove() == [], "images of this run could not be removed"
-
-
-@dataclass(frozen=True)
-class Images:
-    serve: Image
-    serve_gpu: Image
-    train: Image
-    prometheus: Image
-
-
-@pytest.fixture(scope="module")
-def images(base_image: str, builder: Builder, run_id: str, measurements: dict[str, Any]) -> Images:
-    """Every image, in two lanes side by side: the training image, and the three others one by one."""
-
-    def serving_images() -> tuple[Image, Image, Image]:
-        serve = builder.build(
-            "deploy/serve.Dockerfile", f"digits-test-serving:{run_id}", BASE_IMAGE=base_image
-        )
-        prometheus = builder.build(
-            "deploy/test/prometheus.Dockerfile",
-            f"digits-test-prometheus:{run_id}",
-            context=ROOT / "deploy" / "test",
-            BASE_IMAGE=base_image,
-        )
-        gpu = builder.build(
-            "deploy/serve.Dockerfile",
-            f"digits-test-serving-gpu:{run_id}",
-            BASE_IMAGE=base_image,
-            ONNXRUNTIME="gpu",
-        )
-        return serve, prometheus, gpu
-
-    start = time.monotonic()
-    with ThreadPoolExecutor(2) as lanes:
-        train = lanes.submit(
-            builder.build, "deploy/train.Dockerfile", f"digits-test-training:{run_id}", BASE_IMAGE=base_image
-        )
-        serving = lanes.submit(serving_images)
-        (serve, prometheus, gpu), trainer = serving.result(), train.result()
-    measurements["images_build_wall_s"] = round(time.monotonic() - start, 1)
-    built = Images(serve=serve, serve_gpu=gpu, train=trainer, prometheus=prometheus)
-    for name, image in vars(built).items():
-        measurements[f"image_{name}"] = {
-            "build_s": round(image.build_seconds, 1),
-            "size_mb": image.size_bytes // 10**6,
-        }
-    return built
 
 
 @dataclass
@@ -287,55 +183,6 @@ def test_images_build_on_the_local_base_and_keep_their_contracts(images: Images,
     providers, no_tensorflow = json.loads(probe.stdout)
     assert "CPUExecutionProvider" in providers and "CUDAExecutionProvider" not in providers, providers
     assert no_tensorflow
-
-
-# --------------------------------------------------------------------------------------------- GPU image
-
-CUDA_CHECK = r"""
-import ctypes, json, pathlib, re, subprocess, sys
-import onnxruntime as ort
-from onnxruntime.capi import build_and_package_info as info
-from service import runtime
-
-capi = pathlib.Path(ort.__file__).parent / "capi"
-site = capi.parent.parent
-def missing(lib):
-    out = subprocess.run(["ldd", str(lib)], capture_output=True, text=True).stdout
-    return sorted(set(re.findall(r"^\s*(\S+) => not found", out, re.M)))
-wheel_libs = sorted(str(p) for p in site.glob("nvidia/*/lib/*.so*"))
-session = subprocess.run(
-    [sys.executable, "-c", "import onnxruntime as ort; from service.runtime import _PROBE_MODEL as m; "
-     "providers = ['CUDAExecutionProvider', 'CPUExecutionProvider']; "
-     "print(ort.InferenceSession(m, providers=providers).get_providers())"],
-    capture_output=True, text=True)
-print(json.dumps({
-    "cuda_version": info.cuda_version,
-    "runtime_wheel": [p.name for p in site.glob("nvidia/cu*/lib/libcudart.so.*")],
-    "provider_missing": missing(capi / "libonnxruntime_providers_cuda.so"),
-    "wheel_libs": len(wheel_libs),
-    "wheel_missing": sorted({m for lib in wheel_libs for m in missing(lib)}),
-    "cudnn": ctypes.CDLL("libcudnn.so.9") is not None,
-    "session_providers": session.stdout.strip(),
-    "session_unopened": sorted(set(re.findall(r"(\S+): cannot open shared object file", session.stderr))),
-    "reason": runtime.cuda_unusable_reason(),
-}))
-"""
-
-
-def test_gpu_serving_image_resolves_every_cuda_library_but_the_driver(images: Images) -> None:
-    run = ["run", "--rm", "--network", "none", "--entrypoint", "python"]
-    result = docker(*run, images.serve_gpu.id, "-c", CUDA_CHECK, timeout=300)
-    found = json.loads(result.stdout.strip().splitlines()[-1])
-    major = found["cuda_version"].split(".")[0]
-    # The CUDA runtime came from the wheel's own extras, in the major version onnxruntime was built for.
-    assert found["runtime_wheel"] == [f"libcudart.so.{major}"], found
-    # Only the driver is missing: the NVIDIA Container Toolkit mounts it on a GPU host.
-    assert found["provider_missing"] == ["libcuda.so.1"], found
-    assert found["wheel_libs"] > 5 and set(found["wheel_missing"]) <= {"libcuda.so.1"}, found
-    assert found["cudnn"] is True
-    assert found["session_unopened"] == ["libcuda.so.1"], found
-    assert found["session_providers"] == "['CPUExecutionProvider']", found
-    assert found["reason"].startswith("no NVIDIA driver: libcuda.so.1 cannot be loaded"), found
 
 
 def test_api_is_healthy_by_docker_healthcheck_and_says_why_cuda_is_unused(stack: Stack) -> None:
