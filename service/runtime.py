@@ -86,7 +86,7 @@ def cuda_unusable_reason() -> str | None:
     a driver that sees no GPU, then CUDA or cuDNN libraries that the provider cannot load (named).
     """
     if CUDA not in ort.get_available_providers():
-        return "this onnxruntime has no CUDA provider (the CPU-only onnxruntime package is installed)"
+        return "this onnxruntime has no CUDAExecutionProvider (the CPU-only onnxruntime package)"
     if _cuda_device_count() < 1:
         return _no_cuda_device_reason()
     _preload_cuda_libraries()
@@ -100,7 +100,7 @@ def _default_providers() -> tuple[str, ...]:
     reason = cuda_unusable_reason()
     if reason is None:
         return (CUDA, CPU)
-    log.info("CUDA execution provider unusable, serving on the CPU: %s", reason)
+    log.info("CUDAExecutionProvider unusable, serving on the CPU: %s", reason)
     return (CPU,)
 
 
@@ -152,8 +152,8 @@ def _cuda_library_problem() -> str:
     try:
         ctypes.CDLL(str(Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"))
     except OSError as exc:
-        return f"the CUDA provider cannot load its libraries: {exc}"
-    return "a CUDA session did not start (onnxruntime fell back to the CPU)"
+        return f"its libraries cannot be loaded: {exc}"
+    return "a session on it did not start (onnxruntime fell back to the CPU)"
 
 
 def _session_starts(provider: str) -> bool:

@@ -198,7 +198,8 @@ def test_api_is_healthy_by_docker_healthcheck_and_says_why_cuda_is_unused(stack:
     assert ran == [part.replace(":8000/", f":{port}/") for part in shipped]
     log = stack.api_log()
     assert (
-        "CUDA execution provider unusable, serving on the CPU: this onnxruntime has no CUDA provider" in log
+        "CUDAExecutionProvider unusable, serving on the CPU: this onnxruntime has no CUDAExecutionProvider"
+        in log
     )
     metrics = httpx.get(f"{stack.api_url}/metrics", timeout=10).text
     assert f'model_info{{model="{MODEL}",provider="CPUExecutionProvider",version="1"}} 1.0' in metrics

@@ -168,7 +168,7 @@ def _loader(monkeypatch: pytest.MonkeyPatch, libraries: dict[str, object]) -> No
 def test_cuda_reason_for_the_cpu_only_onnxruntime(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: [CPU])
     assert runtime.cuda_unusable_reason() == (
-        "this onnxruntime has no CUDA provider (the CPU-only onnxruntime package is installed)"
+        "this onnxruntime has no CUDAExecutionProvider (the CPU-only onnxruntime package)"
     )
 
 
@@ -197,7 +197,7 @@ def test_cuda_reason_names_the_missing_cuda_library(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(runtime, "_session_starts", lambda provider: False)
     missing = "libcufft.so.12: cannot open shared object file: No such file or directory"
     _loader(monkeypatch, {"libonnxruntime_providers_cuda.so": OSError(missing)})
-    assert runtime.cuda_unusable_reason() == f"the CUDA provider cannot load its libraries: {missing}"
+    assert runtime.cuda_unusable_reason() == f"its libraries cannot be loaded: {missing}"
 
 
 def test_cuda_library_problem_names_a_real_library() -> None:
@@ -205,9 +205,13 @@ def test_cuda_library_problem_names_a_real_library() -> None:
     # the loader's message names the library it could not find.
     problem = runtime._cuda_library_problem()
     if _cuda_driver_present():
-        assert problem.startswith(("the CUDA provider cannot load", "a CUDA session did not start")), problem
+        assert problem.startswith(("its libraries cannot be loaded", "a session on it did not start")), (
+            problem
+        )
     else:
-        assert re.search(r"cannot load its libraries: lib[\w.+-]+\.so[.\d]*: cannot open", problem), problem
+        assert re.search(r"its libraries cannot be loaded: lib[\w.+-]+\.so[.\d]*: cannot open", problem), (
+            problem
+        )
 
 
 def test_cuda_libraries_are_preloaded_quietly_before_the_probe(
@@ -238,7 +242,7 @@ def test_default_logs_once_why_cuda_is_not_used(
         assert select_providers() == select_providers() == [CPU]
     messages = [r.getMessage() for r in caplog.records if "CUDA" in r.getMessage()]
     assert messages == [
-        "CUDA execution provider unusable, serving on the CPU: no NVIDIA driver: libcuda.so.1 cannot be "
+        "CUDAExecutionProvider unusable, serving on the CPU: no NVIDIA driver: libcuda.so.1 cannot be "
         "loaded (Docker: --gpus, NVIDIA Container Toolkit)"
     ]
 
