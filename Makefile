@@ -9,7 +9,7 @@ DATA_DIR ?= ../shared/data
 SERVE_STAMP := $(VENV)/.serve-installed
 DEV_STAMP   := $(VENV)/.dev-installed
 
-.PHONY: run test lint format protos train bench bench-grpc bench-soak bench-models bench-threads schema system-deps clean
+.PHONY: run test test-deploy lint format protos train bench bench-grpc bench-soak bench-models bench-threads schema system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ test: $(DEV_STAMP) system-deps
 	$(BIN)/ruff format --check service training tests bench tools
 	$(BIN)/mypy
 	DATA_DIR=$(DATA_DIR) $(BIN)/python -m pytest
+
+## test-deploy: build the images and run the compose stack in Docker (root; starts and stops its own dockerd)
+test-deploy: $(DEV_STAMP)
+	bash tools/system-deps.sh deploy
+	DATA_DIR=$(DATA_DIR) $(BIN)/python -m pytest -m docker tests/deploy
+	@cat test-artifacts/deploy-measurements.json
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check service training tests bench tools

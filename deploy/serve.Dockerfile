@@ -1,22 +1,27 @@
-# Serving image: FastAPI + onnxruntime + numpy, never TensorFlow (DESIGN.md section 1).
+# Serving image: FastAPI + onnxruntime + numpy, never TensorFlow.
 #
-# CPU build, from the repository root (the default base is python:3.11-slim):
-#   docker build -f deploy/serve.Dockerfile -t digits-serving:latest .
-#
-# GPU build: pick a CUDA 12 + cuDNN 9 runtime base (what the onnxruntime-gpu wheels link against). When the
-# base has no python3 it is installed from the distribution, so a stock nvidia/cuda image works as is:
-#   docker build -f deploy/serve.Dockerfile -t digits-serving:gpu \
-#       --build-arg BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 .
-#   docker run --rm --gpus all -p 8000:8000 \
-#       -e SERVE_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider digits-serving:gpu
+# From the repository root:
+#   docker build -f deploy/serve.Dockerfile -t digits-serving:latest .                            # CPU
+#   docker build -f deploy/serve.Dockerfile -t digits-serving:gpu --build-arg ONNXRUNTIME=gpu .   # NVIDIA
+#   docker run --rm --gpus all -p 8000:8000 digits-serving:gpu
 # (docker-compose.gpu.yml does the same for `docker compose up`.)
+#
+# ONNXRUNTIME picks the onnxruntime wheel, with pyproject.toml's version bound:
+#   cpu (default)  onnxruntime: CPU only, the small image.
+#   gpu            onnxruntime-gpu[cuda,cudnn]: the wheel's own extras bring the CUDA runtime, cuBLAS, cuFFT,
+#                  cuRAND, NVRTC and cuDNN as pip wheels, of the CUDA major version that onnxruntime-gpu was
+#                  built for (13 for 1.31), so the base needs no CUDA; only the host's NVIDIA driver
+#                  (libcuda.so.1, mounted by the NVIDIA Container Toolkit) comes from outside. The wheels'
+#                  library directories are registered with ldconfig, so the CUDA provider's dependencies
+#                  resolve for any process in the image.
+# BASE_IMAGE: python:3.11-slim, or any Debian-like image with python3 >= 3.11 (python3 and python3-venv are
+# installed with apt-get when missing).
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS base
-# python:3.11-slim already has python3; a CUDA base gets the distribution's python3 + venv. The package
-# versions follow whichever base is chosen, so they cannot be pinned here.
+# The package versions follow whichever base is chosen, so they cannot be pinned here.
 # hadolint ignore=DL3008
-RUN if ! command -v python3 >/dev/null; then \
+RUN if ! python3 -c "import ensurepip" 2>/dev/null; then \
         apt-get update \
         && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv \
         && rm -rf /var/lib/apt/lists/*; \
@@ -26,16 +31,21 @@ RUN if ! command -v python3 >/dev/null; then \
     && install -d -o 10001 -g 10001 /feedback
 
 FROM base AS builder
+ARG ONNXRUNTIME=cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
-# Dependencies first, from a stub package, so editing service/ does not re-download onnxruntime-gpu.
-# The versions are bounded by pyproject.toml, the single place they are declared.
-RUN mkdir service && touch service/__init__.py \
-    && /opt/venv/bin/pip install --no-cache-dir . \
-    && /opt/venv/bin/pip uninstall --yes digits-serving \
-    && rm -rf service build ./*.egg-info
+# Dependencies first, so editing service/ does not re-download them. pyproject.toml is the one place their
+# versions are declared; its onnxruntime requirement is swapped for the wheel ONNXRUNTIME names (both wheels
+# provide the same `onnxruntime` module and must never be installed together).
+RUN case "$ONNXRUNTIME" in \
+        cpu) wheel="onnxruntime" ;; \
+        gpu) wheel="onnxruntime-gpu[cuda,cudnn]" ;; \
+        *) echo "ONNXRUNTIME must be cpu or gpu, not '$ONNXRUNTIME'" >&2; exit 2 ;; \
+    esac \
+    && python3 -c "import sys, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; bound = next(d for d in deps if d.startswith('onnxruntime-gpu')).split(';')[0].removeprefix('onnxruntime-gpu'); print(*[d for d in deps if not d.startswith('onnxruntime')], sys.argv[1] + bound, sep='\n')" "$wheel" >requirements.txt \
+    && /opt/venv/bin/pip install --no-cache-dir -r requirements.txt
 COPY service ./service
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps .
 
@@ -45,6 +55,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     SERVE_MODEL_REPOSITORY=/models
 COPY --from=builder /opt/venv /opt/venv
+# CUDA libraries from pip wheels live under site-packages/nvidia/*/lib (gpu only; nothing to do for cpu).
+RUN dirs=$(find /opt/venv/lib -type d -path '*/site-packages/nvidia/*/lib') \
+    && if [ -n "$dirs" ]; then echo "$dirs" >/etc/ld.so.conf.d/onnxruntime-cuda-wheels.conf && ldconfig; fi
 # The reference models are the default repository. A volume mounted at /models replaces them; a new, empty
 # named volume is seeded with them by Docker (see docker-compose.yml). Owned by the app user so a trainer
 # running as the same uid can publish into a volume seeded from here.

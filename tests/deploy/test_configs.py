@@ -209,7 +209,9 @@ def test_gpu_override_reserves_a_device_and_prefers_cuda(gpu: dict[str, Any]) ->
         devices = gpu["services"][name]["deploy"]["resources"]["reservations"]["devices"]
         assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices), name
     api = gpu["services"]["api"]
-    assert api["build"]["args"]["BASE_IMAGE"].startswith("nvidia/cuda:")
+    # The GPU wheel with its CUDA and cuDNN wheels; the base stays the default (no CUDA base needed).
+    assert api["build"]["args"] == {"ONNXRUNTIME": "gpu"}
+    assert gpu["services"]["trainer"]["build"]["args"] == {"TF_CUDA": "true"}
     assert api["environment"]["SERVE_PROVIDERS"].split(",") == [
         "CUDAExecutionProvider",
         "CPUExecutionProvider",
@@ -235,7 +237,7 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
     return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1]) for ln in lines]
 
 
-@pytest.mark.parametrize("name", ["serve.Dockerfile", "train.Dockerfile"])
+@pytest.mark.parametrize("name", ["serve.Dockerfile", "train.Dockerfile", "test/prometheus.Dockerfile"])
 def test_hadolint(name: str) -> None:
     result = run(venv_tool("hadolint"), "--no-color", DEPLOY / name)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -255,17 +257,23 @@ def test_serve_image_contract() -> None:
     assert ops["USER"].split(":")[0] not in ("root", "0")
     assert ("COPY", "--chown=10001:10001 models /models") in final
     assert "SERVE_MODEL_REPOSITORY=/models" in ops["ENV"]
-    # `pip install .` without extras: the serving image holds no TensorFlow.
+    # pyproject.toml's dependencies and the package without extras: the serving image holds no TensorFlow.
     runs = " ".join(args for op, args in steps if op == "RUN")
-    assert "pip install --no-cache-dir ." in runs
+    assert (
+        "pip install --no-cache-dir -r requirements.txt" in runs
+        and "pip install --no-cache-dir --no-deps ." in runs
+    )
     assert "tensorflow" not in runs.lower() and "[train]" not in runs
+    assert ("ARG", "ONNXRUNTIME=cpu") in steps
 
 
 def test_train_image_contract() -> None:
     steps = instructions(DEPLOY / "train.Dockerfile")
+    assert steps[0] == ("ARG", "BASE_IMAGE=python:3.11-slim")
+    stages = [args for op, args in steps if op == "FROM"]
+    assert stages == ["${BASE_IMAGE}"]
     final = steps[max(i for i, (op, _) in enumerate(steps) if op == "FROM") :]
     ops = dict(final)
-    assert ops["FROM"] == "python:3.11-slim"
     assert json.loads(ops["ENTRYPOINT"]) == ["python", "-m", "training"]
     cmd = json.loads(ops["CMD"])
     assert cmd[0] == "train" and cmd[cmd.index("--publish") + 1] == "/models" and "--force" not in cmd

@@ -6,6 +6,7 @@ import ctypes
 import hashlib
 import json
 import logging
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -141,6 +142,119 @@ def test_unknown_provider_is_refused_with_the_available_list() -> None:
     assert CPU in str(info.value)
     with pytest.raises(ValueError):
         select_providers([])
+
+
+class _FakeLibcuda:
+    def __init__(self, init_status: int) -> None:
+        self.init_status = init_status
+
+    def cuInit(self, flags: int) -> int:
+        return self.init_status
+
+
+def _loader(monkeypatch: pytest.MonkeyPatch, libraries: dict[str, object]) -> None:
+    """ctypes.CDLL as service.runtime sees it: a file name in ``libraries`` gives that object or raises it."""
+    real = ctypes.CDLL
+
+    def cdll(name: str, *args: object, **kwargs: object) -> object:
+        value = libraries.get(Path(name).name)
+        if isinstance(value, OSError):
+            raise value
+        return real(name, *args, **kwargs) if value is None else value  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runtime.ctypes, "CDLL", cdll)
+
+
+def test_cuda_reason_for_the_cpu_only_onnxruntime(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: [CPU])
+    assert runtime.cuda_unusable_reason() == (
+        "this onnxruntime has no CUDAExecutionProvider (the CPU-only onnxruntime package)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("libcuda", "reason"),
+    [
+        (OSError("libcuda.so.1: cannot open shared object file"), "no NVIDIA driver: libcuda.so.1 cannot be"),
+        (_FakeLibcuda(100), "the NVIDIA driver failed to initialise (cuInit error 100)"),
+        (_FakeLibcuda(0), "no GPU found"),
+    ],
+    ids=["no-driver", "driver-fails", "no-gpu"],
+)
+def test_cuda_reason_names_what_the_driver_lacks(
+    monkeypatch: pytest.MonkeyPatch, libcuda: object, reason: str
+) -> None:
+    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(runtime, "_cuda_device_count", lambda: 0)
+    _loader(monkeypatch, {"libcuda.so.1": libcuda})
+    found = runtime.cuda_unusable_reason()
+    assert found is not None and found.startswith(reason), found
+
+
+def test_cuda_reason_names_the_missing_cuda_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(runtime, "_cuda_device_count", lambda: 1)
+    monkeypatch.setattr(runtime, "_session_starts", lambda provider: False)
+    missing = "libcufft.so.12: cannot open shared object file: No such file or directory"
+    _loader(monkeypatch, {"libonnxruntime_providers_cuda.so": OSError(missing)})
+    assert runtime.cuda_unusable_reason() == f"its libraries cannot be loaded: {missing}"
+
+
+def test_cuda_library_problem_names_a_real_library() -> None:
+    # The real provider library of the installed onnxruntime-gpu: without a driver it cannot load, and
+    # the loader's message names the library it could not find.
+    problem = runtime._cuda_library_problem()
+    if _cuda_driver_present():
+        assert problem.startswith(("its libraries cannot be loaded", "a session on it did not start")), (
+            problem
+        )
+    else:
+        assert re.search(r"its libraries cannot be loaded: lib[\w.+-]+\.so[.\d]*: cannot open", problem), (
+            problem
+        )
+
+
+def test_cuda_libraries_are_preloaded_quietly_before_the_probe(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[str] = []
+
+    def preload() -> None:
+        calls.append("preload")
+        print("Failed to load libcublasLt.so.13")  # what onnxruntime prints for a library it lacks
+
+    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(runtime.ort, "preload_dlls", preload)
+    monkeypatch.setattr(runtime, "_cuda_device_count", lambda: 1)
+    monkeypatch.setattr(runtime, "_session_starts", lambda provider: calls.append("probe") or True)
+    assert runtime.cuda_unusable_reason() is None
+    assert calls == ["preload", "probe"]
+    assert capsys.readouterr().out == ""
+
+
+def test_default_logs_once_why_cuda_is_not_used(
+    monkeypatch: pytest.MonkeyPatch, fresh_provider_cache: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(runtime, "_cuda_device_count", lambda: 0)
+    _loader(monkeypatch, {"libcuda.so.1": OSError("libcuda.so.1: cannot open shared object file")})
+    with caplog.at_level(logging.INFO, logger="service.runtime"):
+        assert select_providers() == select_providers() == [CPU]
+    messages = [r.getMessage() for r in caplog.records if "CUDA" in r.getMessage()]
+    assert messages == [
+        "CUDAExecutionProvider unusable, serving on the CPU: no NVIDIA driver: libcuda.so.1 cannot be "
+        "loaded (Docker: --gpus, NVIDIA Container Toolkit)"
+    ]
+
+
+def test_explicit_cuda_request_warns_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch, fresh_provider_cache: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(runtime, "_cuda_device_count", lambda: 0)
+    _loader(monkeypatch, {"libcuda.so.1": OSError("libcuda.so.1: cannot open shared object file")})
+    with caplog.at_level(logging.WARNING, logger="service.runtime"):
+        assert select_providers([CUDA, CPU]) == [CPU]
+    assert "(CUDAExecutionProvider: no NVIDIA driver: libcuda.so.1 cannot be loaded" in caplog.text
 
 
 # ---- loading and running ----------------------------------------------------------------------------
