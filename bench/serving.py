@@ -1,10 +1,19 @@
-"""Serving benchmark: the service vs a naive FastAPI baseline vs raw onnxruntime, in one run.
+"""Serving benchmark: the service beside its floor, a naive baseline and its previous batching, in one run.
 
-``python -m bench.serving`` starts the service (``python -m service``) and the naive baseline as
-real processes on loopback, drives each with ``hey`` (a separate process) at several concurrency
-levels with single-image requests, JSON and binary bodies, and measures raw in-process onnxruntime
-throughput at batch 1 and at the service's max batch size (the ceiling). Prints a table, writes
-``bench/results/serving.json`` and a plot ``bench/results/serving.png``.
+``python -m bench.serving`` starts these as real processes on loopback, all at once:
+
+- ``floor``: a bare FastAPI endpoint that reads the body and answers a constant (``bench/floor_app.py``);
+- ``naive``: FastAPI + onnxruntime, one ``session.run`` per request, JSON only (``bench/naive_app.py``);
+- ``service``: ``python -m service`` with its defaults (``SERVE_BATCH_WAIT=adaptive``);
+- ``service-fixed``: the same with ``SERVE_BATCH_WAIT=fixed``, the default before the adaptive wait.
+
+Then, level by level and body by body, it drives each target in turn with ``hey`` (a separate process on
+the same cores) with single-image requests, so load that drifts on a shared machine touches every target
+alike. It measures raw in-process onnxruntime at batch 1 and at the max batch size (the ceiling), prints
+the table and the targets below as ratios, and writes ``bench/results/serving.json`` and ``serving.png``.
+
+Targets: c=1 at least the naive baseline, JSON and binary; c=16 and c=64 throughput at least the previous
+default's; c=64 p99 at most 25 ms, JSON and binary; c=64 binary at least 0.9x the floor (same body).
 """
 
 from __future__ import annotations
@@ -12,138 +21,48 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import httpx
 import numpy as np
 import onnxruntime as ort
-import orjson
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
-DATA_DIR = Path(os.environ.get("DATA_DIR", ROOT.parent / "shared" / "data"))
+from bench.harness import RESULTS, ROOT, first_test_image, free_port, hey, process, report, write_bodies
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+UVICORN = ["-m", "uvicorn", "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+Run = dict[str, Any]
 
 
-@contextmanager
-def process(cmd: list[str], env: dict[str, str], ready_url: str, log: Path) -> Iterator[None]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{cmd[:4]} exited with {proc.returncode}; see {log}")
-            try:
-                if httpx.get(ready_url, timeout=2).status_code in (200, 405):
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{cmd[:4]} not ready")
-            time.sleep(0.2)
-        yield
-    finally:
-        stop(proc)
+@dataclass
+class Target:
+    name: str
+    cmd: list[str]
+    env: dict[str, str]
+    ready_path: str
+    bodies: tuple[str, ...] = ("json", "binary")
+    port: int = field(default_factory=free_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
 
-def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    """SIGTERM a process this benchmark started; SIGKILL it if it outlives ``timeout``."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def service_target(name: str, model: str, workers: int, env: dict[str, str]) -> Target:
+    port = free_port()
+    cmd = [sys.executable, "-m", "service", "--port", str(port), "--workers", str(workers)]
+    base = {"SERVE_MODELS": model, "SERVE_LOG_LEVEL": "warning"}
+    return Target(name, cmd, base | env, "/v2/health/ready", port=port)
 
 
-def first_test_image() -> np.ndarray:
-    import gzip
-
-    raw = gzip.decompress((DATA_DIR / "mnist" / "t10k-images-idx3-ubyte.gz").read_bytes())
-    return np.frombuffer(raw, np.uint8, count=784, offset=16).reshape(1, 28, 28, 1).astype(np.float32)
-
-
-def write_bodies(image: np.ndarray, workdir: Path) -> dict[str, tuple[Path, dict[str, str]]]:
-    json_body = orjson.dumps(
-        {
-            "inputs": [
-                {"name": "image", "datatype": "FP32", "shape": [1, 28, 28, 1], "data": image.ravel().tolist()}
-            ]
-        }
-    )
-    header = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "image",
-                    "datatype": "FP32",
-                    "shape": [1, 28, 28, 1],
-                    "parameters": {"binary_data_size": image.nbytes},
-                }
-            ],
-            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
-        }
-    )
-    (workdir / "body.json").write_bytes(json_body)
-    (workdir / "body.bin").write_bytes(header + image.tobytes())
-    return {
-        "json": (workdir / "body.json", {"Content-Type": "application/json"}),
-        "binary": (
-            workdir / "body.bin",
-            {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))},
-        ),
-    }
-
-
-def hey(url: str, body: Path, headers: dict[str, str], concurrency: int, seconds: float) -> dict[str, float]:
-    cmd = ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-D", str(body), "-t", "30"]
-    for key, value in headers.items():
-        if key.lower() == "content-type":
-            cmd += ["-T", value]
-        else:
-            cmd += ["-H", f"{key}: {value}"]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    pct = {int(p): float(v) * 1000 for p, v in re.findall(r"(\d+)%+ in ([\d.]+) secs", out)}
-    codes = {int(c): int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
-    errors = 0
-    if "Error distribution:" in out:
-        tail = out.split("Error distribution:")[1]
-        errors = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s", tail, re.M))
-    total = sum(codes.values())
-    return {
-        "rps": rps,
-        "p50_ms": pct.get(50, float("nan")),
-        "p99_ms": pct.get(99, float("nan")),
-        "responses": total,
-        "non_2xx": total - sum(n for c, n in codes.items() if 200 <= c < 300) + errors,
-    }
-
-
-def report(target: str, concurrency: int, r: dict[str, float]) -> None:
-    print(
-        f"{target:15} c={concurrency:3}: {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.1f} ms  "
-        f"p99 {r['p99_ms']:6.1f} ms  non-2xx {r['non_2xx']:.0f}",
-        flush=True,
-    )
+def app_target(name: str, factory: str, env: dict[str, str], bodies: tuple[str, ...]) -> Target:
+    port = free_port()
+    cmd = [sys.executable, *UVICORN, "--log-level", "warning", "--port", str(port), "--factory", factory]
+    return Target(name, cmd, env, "/docs", bodies, port)
 
 
 def raw_onnxruntime(model: Path, image: np.ndarray, batch: int, seconds: float) -> float:
@@ -159,26 +78,71 @@ def raw_onnxruntime(model: Path, image: np.ndarray, batch: int, seconds: float) 
     return runs * batch / (time.perf_counter() - start)
 
 
-def plot(results: dict[str, object], path: Path) -> None:
+def check_targets(runs: list[Run], levels: list[int]) -> list[dict[str, Any]]:
+    """The issue's targets, each as ``measured`` against ``bar`` (a ratio, or p99 milliseconds)."""
+    by = {(r["target"], r["body"], r["concurrency"]): r for r in runs}
+    rows: list[dict[str, Any]] = []
+
+    def ratio(label: str, a: tuple[str, str, int], b: tuple[str, str, int], bar: float) -> None:
+        if a in by and b in by:
+            value = by[a]["rps"] / by[b]["rps"]
+            rows.append({"target": label, "measured": value, "bar": bar, "unit": "x", "met": value >= bar})
+
+    for body in ("json", "binary"):
+        ratio(f"c=1 {body}: service / naive JSON", ("service", body, 1), ("naive", "json", 1), 1.0)
+    for c in (16, 64):
+        for body in ("json", "binary"):
+            ratio(
+                f"c={c} {body}: service / previous default",
+                ("service", body, c),
+                ("service-fixed", body, c),
+                1.0,
+            )
+    top = max(levels)
+    for body in ("json", "binary"):
+        key = ("service", body, top)
+        if key in by:
+            p99 = by[key]["p99_ms"]
+            rows.append(
+                {
+                    "target": f"c={top} {body}: p99",
+                    "measured": p99,
+                    "bar": 25.0,
+                    "unit": "ms",
+                    "met": p99 <= 25.0,
+                }
+            )
+    ratio(f"c={top} binary: service / floor", ("service", "binary", top), ("floor", "binary", top), 0.9)
+    return rows
+
+
+def print_targets(rows: list[dict[str, Any]]) -> None:
+    print(f"\n{'target':44} {'measured':>9} {'bar':>10}")
+    for row in rows:
+        if row["unit"] == "x":
+            measured, bar = f"{row['measured']:.2f}x", f">= {row['bar']:.1f}x"
+        else:
+            measured, bar = f"{row['measured']:.1f} ms", f"<= {row['bar']:.0f} ms"
+        print(f"{row['target']:44} {measured:>9} {bar:>10}  {'met' if row['met'] else 'NOT MET'}")
+
+
+def plot(runs: list[Run], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = results["http"]  # type: ignore[index]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for target in sorted({r["target"] for r in runs}):  # type: ignore[attr-defined]
-        rows = [r for r in runs if r["target"] == target]  # type: ignore[attr-defined]
+    for label in sorted({f"{r['target']} {r['body']}" for r in runs}):
+        rows = [r for r in runs if f"{r['target']} {r['body']}" == label]
         cs = [r["concurrency"] for r in rows]
-        ax1.plot(cs, [r["rps"] for r in rows], marker="o", label=target)
-        ax2.plot(cs, [r["p99_ms"] for r in rows], marker="o", label=target)
-    ax1.set(
-        xlabel="concurrency", ylabel="requests/s", title="Throughput (single-image requests)", xscale="log"
-    )
+        ax1.plot(cs, [r["rps"] for r in rows], marker="o", label=label)
+        ax2.plot(cs, [r["p99_ms"] for r in rows], marker="o", label=label)
+    ax1.set(xlabel="concurrency", ylabel="requests/s", title="Throughput (one image a request)", xscale="log")
     ax2.set(xlabel="concurrency", ylabel="p99 latency (ms)", title="p99 latency", xscale="log", yscale="log")
     for ax in (ax1, ax2):
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -186,9 +150,9 @@ def plot(results: dict[str, object], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mnist-cnn")
-    parser.add_argument("--seconds", type=float, default=10.0, help="load duration per point")
+    parser.add_argument("--seconds", type=float, default=5.0, help="load duration per point")
     parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="service worker processes")
     args = parser.parse_args(argv)
     if shutil.which("hey") is None:
         print("error: hey not found (make system-deps installs it)", file=sys.stderr)
@@ -200,62 +164,45 @@ def main(argv: list[str] | None = None) -> int:
     image = first_test_image()
     bodies = write_bodies(image, RESULTS)
     levels = [int(c) for c in args.concurrency.split(",")]
-    serve_env = {"SERVE_MODELS": args.model, "SERVE_LOG_LEVEL": "warning"}
-    max_batch = int(os.environ.get("SERVE_MAX_BATCH_SIZE", "32"))
-    results: dict[str, object] = {"model": args.model, "seconds": args.seconds, "http": []}
-    runs: list[dict[str, object]] = results["http"]  # type: ignore[assignment]
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "service", "--port", str(port), "--workers", str(args.workers)]
-    with process(cmd, serve_env, f"{url}/v2/health/ready", RESULTS / "service.log"):
-        for kind, (body, headers) in bodies.items():
-            for c in levels:
-                r = hey(f"{url}/v2/models/{args.model}/infer", body, headers, c, args.seconds)
-                runs.append({"target": f"service-{kind}", "concurrency": c, **r})
-                report(f"service {kind}", c, r)
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "bench.naive_app:create_app",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
+    targets = [
+        app_target("floor", "bench.floor_app:create_app", {}, ("json", "binary")),
+        app_target(
+            "naive", "bench.naive_app:create_app", {"NAIVE_MODEL": str(model_dir / "model.onnx")}, ("json",)
+        ),
+        service_target("service", args.model, args.workers, {"SERVE_BATCH_WAIT": "adaptive"}),
+        service_target("service-fixed", args.model, args.workers, {"SERVE_BATCH_WAIT": "fixed"}),
     ]
-    with process(cmd, {"NAIVE_MODEL": str(model_dir / "model.onnx")}, f"{url}/docs", RESULTS / "naive.log"):
-        body, headers = bodies["json"]
+    runs: list[Run] = []
+    with ExitStack() as stack:
+        for t in targets:
+            stack.enter_context(process(t.cmd, t.env, t.url + t.ready_path, RESULTS / f"{t.name}.log"))
         for c in levels:
-            r = hey(f"{url}/v2/models/{args.model}/infer", body, headers, c, args.seconds)
-            runs.append({"target": "naive-json", "concurrency": c, **r})
-            report("naive json", c, r)
+            for body in ("json", "binary"):
+                for t in (t for t in targets if body in t.bodies):
+                    path, headers = bodies[body]
+                    r = hey(f"{t.url}/v2/models/{args.model}/infer", path, headers, c, args.seconds)
+                    runs.append({"target": t.name, "body": body, "concurrency": c, **r})
+                    report(f"{t.name} {body}", c, r)
 
+    max_batch = int(os.environ.get("SERVE_MAX_BATCH_SIZE", "32"))
     ceiling = {f"batch_{b}": raw_onnxruntime(model_dir / "model.onnx", image, b, 3.0) for b in (1, max_batch)}
-    results["raw_onnxruntime_samples_per_s"] = ceiling
     print(
         f"raw onnxruntime: batch 1 {ceiling['batch_1']:.0f} samples/s, "
         f"batch {max_batch} {ceiling[f'batch_{max_batch}']:.0f} samples/s"
     )
-
-    top = max(levels)
-    by = {(r["target"], r["concurrency"]): r for r in runs}
-    naive = by[("naive-json", top)]["rps"]
-    summary = {
-        f"json_vs_naive_at_c{top}": by[("service-json", top)]["rps"] / naive,  # type: ignore[operator]
-        f"binary_vs_naive_at_c{top}": by[("service-binary", top)]["rps"] / naive,  # type: ignore[operator]
+    rows = check_targets(runs, levels)
+    print_targets(rows)
+    results = {
+        "model": args.model,
+        "seconds": args.seconds,
+        "date": time.strftime("%Y-%m-%d"),
+        "cpus": os.cpu_count(),
+        "http": runs,
+        "raw_onnxruntime_samples_per_s": ceiling,
+        "targets": rows,
     }
-    results["summary"] = summary
-    print(
-        f"\nat concurrency {top}: JSON {summary[f'json_vs_naive_at_c{top}']:.2f}x naive (bar 3x), "
-        f"binary {summary[f'binary_vs_naive_at_c{top}']:.2f}x naive (bar 4x)"
-    )
     (RESULTS / "serving.json").write_text(json.dumps(results, indent=2))
-    plot(results, RESULTS / "serving.png")
+    plot(runs, RESULTS / "serving.png")
     print(f"wrote {RESULTS / 'serving.json'} and {RESULTS / 'serving.png'}")
     return 0
 

@@ -4,19 +4,28 @@
 :class:`Unavailable` when stopping), splits it into jobs of at most ``max_batch_size`` rows, appends the
 jobs to a deque and awaits their futures. Each job carries its own future, created before it is queued.
 
-The consumer task sleeps on an :class:`asyncio.Event` until there is work, then until the queue holds
-``max_batch_size`` rows or the oldest job has waited ``max_queue_delay_us`` (a ``call_later`` timer sets
-the same event, so there is no polling). It takes whole jobs in FIFO order, never more than
-``max_batch_size`` rows, and computes them in the executor: concatenate, ``run``, check every output's
-row count, slice each job's rows back out. One batch computes at a time; submissions queue meanwhile,
-so batches grow under load. A failed batch fails all of its jobs with a generic :class:`InferenceFailed`
-and is logged once; later batches are unaffected.
+The consumer task sleeps on an :class:`asyncio.Event` until there is work, takes whole jobs in FIFO order,
+never more than ``max_batch_size`` rows, and computes them in the executor: concatenate, ``run``, check
+every output's row count, slice each job's rows back out. One batch computes at a time; submissions queue
+meanwhile, so batches grow under load. A failed batch fails all of its jobs with a generic
+:class:`InferenceFailed` and is logged once; later batches are unaffected.
+
+When a batch goes (:mod:`service.batchwait`): ``max_batch_size`` queued rows go at once, and so does
+everything while stopping. Fewer rows go when the wait policy says so. ``"adaptive"`` (the default) holds
+them only when company is likely: the mean gap between arrivals is under ``max_queue_delay_us`` and at
+least half of the recent arrivals found another request in flight (a lone client in a closed loop never
+does, so its requests go at once however fast it is). A held batch goes at the first of: two mean gaps
+after the last arrival (the stream has paused), ``max_queue_delay_us`` after its oldest request, and one
+batch's compute time before its earliest deadline. ``"fixed"`` is Triton's rule: the oldest request waits
+``max_queue_delay_us`` for the batch to fill. Each batch's hold time (0: none) goes to the observer's
+``on_wait``. Timers set the same event, so nothing polls.
 
 A job leaves the queue in one of two ways: taken into a batch, or dropped (deadline passed, client went
 away, shutdown). Dropped jobs stay in the deque as tombstones (``queued`` is False) until the consumer
 pops them, so dropping is O(1); their rows leave ``queue_rows`` at once. Deadlines are ``time.monotonic()``
-seconds, enforced by one timer per request, so an expired request is answered at its deadline; a job whose
-batch has started is always computed and answered.
+seconds (the batcher's ``clock``), enforced by one timer per request, so an expired request is answered at
+its deadline; a job whose batch has started is always computed and answered. A batcher belongs to the event
+loop that started it.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import asyncio
 import concurrent.futures
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,6 +42,7 @@ from typing import Protocol
 
 import numpy as np
 
+from service.batchwait import WaitName, make_policy
 from service.errors import DeadlineExceeded, InferenceFailed, InvalidInput, Overloaded, Unavailable
 
 logger = logging.getLogger(__name__)
@@ -54,6 +65,9 @@ class BatchObserver(Protocol):
 
     def on_queue_rows(self, rows: int) -> None:
         """Whenever the number of queued rows changes."""
+
+    def on_wait(self, seconds: float) -> None:
+        """Once per batch, before it computes: how long it was held open for more rows (0: not at all)."""
 
 
 class _Job:
@@ -83,12 +97,19 @@ class Batcher:
         executor: concurrent.futures.Executor | None = None,
         observer: BatchObserver | None = None,
         name: str = "",
+        wait: WaitName = "adaptive",
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """``wait`` names the policy for batches that are not full (see the module docstring). ``clock``
+        gives the seconds that deadlines, waits and compute times are measured in (default:
+        ``time.monotonic``, and ``time.perf_counter`` for compute)."""
         if max_batch_size < 1 or max_queue_delay_us < 0 or max_queue_rows < 1:
             raise ValueError("need max_batch_size >= 1, max_queue_delay_us >= 0, max_queue_rows >= 1")
         self._run = run
         self._max_batch_size = max_batch_size
-        self._delay = max_queue_delay_us / 1e6
+        self._policy = make_policy(wait, max_queue_delay_us / 1e6)
+        self._clock = clock or time.monotonic
+        self._stopwatch = clock or time.perf_counter
         self._max_queue_rows = max_queue_rows
         self._owns_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
@@ -101,6 +122,10 @@ class Batcher:
         self._pending = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # While the consumer holds a batch open: the earliest queued deadline it allowed for (an earlier
+        # one wakes it); -inf otherwise.
+        self._held_for = -math.inf
         self._inflight: list[_Job] = []
         self._closing = False  # stop() was called: refuse submits, dispatch without waiting for the delay
 
@@ -122,7 +147,8 @@ class Batcher:
     def start(self) -> None:
         """Start the consumer task; call from inside the running event loop."""
         if self._task is None and not self._closing:
-            self._task = asyncio.get_running_loop().create_task(self._consume(), name=f"batcher-{self._name}")
+            self._loop = asyncio.get_running_loop()
+            self._task = self._loop.create_task(self._consume(), name=f"batcher-{self._name}")
 
     async def submit(self, inputs: Arrays, *, deadline: float | None = None) -> Arrays:
         """Compute ``inputs`` (all arrays sharing the leading row dimension) in some batch.
@@ -131,13 +157,14 @@ class Batcher:
         :class:`DeadlineExceeded` when ``deadline`` (``time.monotonic()`` seconds) passes before the
         request's compute starts, :class:`InferenceFailed` when its batch fails.
         """
-        if not self.accepting:
+        loop = self._loop
+        if loop is None or not self.accepting:
             message = _SHUTTING_DOWN if self._closing else f"model '{self._name}' is not ready"
             raise Unavailable(message)
         rows = len(next(iter(inputs.values())))
         if rows < 1:
             raise InvalidInput("a request needs at least one row")
-        now = time.monotonic()
+        now = self._clock()
         if deadline is not None and deadline <= now:
             raise DeadlineExceeded(_EXPIRED)
         if self._queue_rows + rows > self._max_queue_rows:
@@ -146,7 +173,7 @@ class Batcher:
                 f"limit {self._max_queue_rows})",
                 retry_after_s=1,
             )
-        loop = asyncio.get_running_loop()
+        self._policy.arrived(now, self._pending)
         size = self._max_batch_size
         if rows <= size:
             jobs = [_Job(inputs, rows, loop.create_future(), deadline, now)]
@@ -160,8 +187,8 @@ class Batcher:
         self._queue.extend(jobs)
         self._queue_rows += rows
         self._notify_queue_rows()
-        if before == 0 or self._queue_rows >= size:
-            self._wakeup.set()  # otherwise the consumer is computing or already waiting on the head's delay
+        if before == 0 or self._queue_rows >= size or (deadline is not None and deadline < self._held_for):
+            self._wakeup.set()  # otherwise the consumer is computing or holding a batch that can wait
         self._pending += 1
         timer = None if deadline is None else loop.call_later(deadline - now, self._expire, jobs)
         try:
@@ -226,36 +253,54 @@ class Batcher:
     async def _consume(self) -> None:
         loop = asyncio.get_running_loop()
         queue, wakeup = self._queue, self._wakeup
+        held_since: float | None = None  # when the consumer began holding the next batch open
         while True:
             while queue and not queue[0].queued:
                 queue.popleft()  # tombstones of dropped jobs
             if not queue:
                 if self._closing:
                     return
+                held_since = None
                 wakeup.clear()
                 await wakeup.wait()
                 continue
             if not self._closing and self._queue_rows < self._max_batch_size:
-                remaining = queue[0].enqueued + self._delay - time.monotonic()
-                if remaining > 0:
-                    wakeup.clear()
-                    timer = loop.call_later(remaining, wakeup.set)
-                    try:
-                        await wakeup.wait()
-                    finally:
-                        timer.cancel()
+                now = self._clock()
+                if await self._hold(loop, now):
+                    held_since = now if held_since is None else held_since
                     continue
             batch = self._take()
             if batch:
+                if self._observer is not None:
+                    held = 0.0 if held_since is None else max(0.0, self._clock() - held_since)
+                    self._observe(self._observer.on_wait, held)
+                held_since = None
                 self._inflight = batch
                 try:
                     await self._compute(loop, batch)
                 finally:
                     self._inflight = []
 
+    async def _hold(self, loop: asyncio.AbstractEventLoop, now: float) -> bool:
+        """Wait while the policy keeps the queued rows open (until an event); False if they go now."""
+        deadlines = [j.deadline for j in self._queue if j.queued and j.deadline is not None]
+        earliest = min(deadlines) if deadlines else None
+        remaining = self._policy.close_at(self._queue[0].enqueued, earliest) - now
+        if remaining <= 0:
+            return False
+        self._held_for = math.inf if earliest is None else earliest
+        self._wakeup.clear()
+        timer = loop.call_later(remaining, self._wakeup.set)
+        try:
+            await self._wakeup.wait()
+        finally:
+            timer.cancel()
+            self._held_for = -math.inf
+        return True
+
     def _take(self) -> list[_Job]:
         """Pop whole jobs, FIFO, up to ``max_batch_size`` rows; drop the expired and abandoned."""
-        queue, batch, rows, now = self._queue, list[_Job](), 0, time.monotonic()
+        queue, batch, rows, now = self._queue, list[_Job](), 0, self._clock()
         while queue:
             job = queue[0]
             if job.queued and not job.future.done() and (job.deadline is None or job.deadline > now):
@@ -285,6 +330,7 @@ class Batcher:
         except RuntimeError:  # executor shut down under us; keep the consumer alive
             logger.exception("model '%s': cannot schedule a batch", self._name)
             results, seconds = None, 0.0
+        self._policy.computed(sum(sizes), seconds)
         if self._observer is not None:
             self._observe(self._observer.on_batch, sum(sizes), seconds)
         for i, job in enumerate(batch):
@@ -296,7 +342,7 @@ class Batcher:
 
     def _run_batch(self, parts: list[Arrays], sizes: list[int]) -> tuple[list[Arrays] | None, float]:
         """Worker thread: concatenate, run, check row counts, split. Never raises."""
-        start = time.perf_counter()
+        start = self._stopwatch()
         rows = sum(sizes)
         try:
             if len(parts) == 1:
@@ -314,8 +360,8 @@ class Batcher:
                 results = [{k: v[a:b] for k, v in outputs.items()} for a, b in bounds]
         except Exception:
             logger.exception("model '%s': batch of %d rows failed", self._name, rows)
-            return None, time.perf_counter() - start
-        return results, time.perf_counter() - start
+            return None, self._stopwatch() - start
+        return results, self._stopwatch() - start
 
     def _notify_queue_rows(self) -> None:
         if self._observer is not None:

@@ -209,6 +209,7 @@ class ModelRegistry:
             max_queue_delay_us=self.settings.max_queue_delay_us,
             max_queue_rows=self.settings.max_queue_rows,
             observer=model_metrics,
+            wait=self.settings.batch_wait,
             name=f"{name}/{version}",
         )
         batcher.start()
