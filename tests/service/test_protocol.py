@@ -12,7 +12,10 @@ import numpy as np
 import orjson
 import pytest
 import tritonclient.http as triton
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from service import protocol
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
 from service.protocol import (
     HEADER_LENGTH,
@@ -22,7 +25,7 @@ from service.protocol import (
     encode_infer_response,
     parse_infer_request,
 )
-from service.signature import ModelSignature, TensorSpec
+from service.signature import DATATYPES, ModelSignature, TensorSpec
 
 SIG = ModelSignature(
     inputs=(TensorSpec("image", "FP32", (-1, 28, 28, 1)),),
@@ -537,3 +540,42 @@ def test_unknown_content_encoding_is_415(encoding: str) -> None:
     with pytest.raises(UnsupportedMedia, match=re.escape(repr(encoding))) as caught:
         decode_body(b"{}", encoding, max_bytes=100)
     assert caught.value.status == 415
+
+
+# Numbers and non-numbers a JSON ``data`` leaf can be, booleans aside (the fast path's premise).
+_LEAVES = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.integers(min_value=-300, max_value=300),
+    st.none(),
+    st.text(max_size=2),
+    st.lists(st.integers(0, 3), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    leaves=st.lists(_LEAVES, max_size=12),
+    datatype=st.sampled_from(["FP16", "FP32", "FP64", "INT8", "UINT8", "INT32", "INT64", "UINT64"]),
+)
+def test_json_fast_conversion_agrees_with_the_checked_one(leaves: list[Any], datatype: str) -> None:
+    wire = DATATYPES[datatype]
+    outcomes = []
+    for maybe_bools in (False, True):
+        try:
+            array = protocol._from_json("t", leaves, wire, [len(leaves)], maybe_bools)
+            outcomes.append((array.dtype, array.tolist()))
+        except InvalidInput as exc:
+            outcomes.append(("error", exc.message))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_boolean_literal_elsewhere_in_the_body_changes_nothing() -> None:
+    data = images(1)
+    plain = orjson.dumps({"inputs": [image_input(data=data.ravel().tolist())]})
+    flagged = orjson.dumps(
+        {"inputs": [image_input(data=data.ravel().tolist())], "parameters": {"binary_data_output": True}}
+    )
+    for body in (plain, flagged):
+        request = parse_infer_request(body, header_length=None, signature=SIG, max_rows=8)
+        np.testing.assert_array_equal(request.inputs["image"], data)
