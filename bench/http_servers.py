@@ -1,0 +1,98 @@
+"""HTTP server and event-loop settings for the same service app, side by side in one run.
+
+``python -m bench.http_servers`` starts each variant below as its own process (all at once, each with
+its own copy of the model), then, point by point, drives every variant in turn with ``hey`` and prints
+requests/s and p99 with the ratio to ``python -m service`` (uvicorn, uvloop, httptools, no access log:
+what the service runs today). Writes ``bench/results/http_servers.json``.
+
+The variants change one thing at a time from the uvicorn command line that matches the service
+(``uvicorn`` row): the HTTP parser (h11), the loop (asyncio), the access log, uvicorn's proxy-headers
+middleware, a frozen start-up heap for the garbage collector (``bench/tuned.py``), and granian (a Rust
+HTTP server running the same ASGI app on uvloop, one worker, single-threaded runtime).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from contextlib import ExitStack
+from typing import Any
+
+from bench.harness import RESULTS, first_test_image, free_port, hey, process, write_bodies
+
+POINTS = (("binary", 1), ("binary", 64), ("json", 64))
+
+
+def variants(model: str) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """Name -> (command line with {port}, environment)."""
+    env = {"SERVE_MODELS": model, "SERVE_LOG_LEVEL": "warning"}
+    py = sys.executable
+    uvicorn = [py, "-m", "uvicorn", "--factory", "--port", "{port}", "--log-level", "warning"]
+    fast = ["--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+    app = "service.__main__:app_from_env"
+    granian = "--interface asgi --factory --workers 1 --loop uvloop --runtime-mode st --http 1 --no-ws"
+    granian += " --log-level warning --no-access-log"
+    return {
+        "service": ([py, "-m", "service", "--port", "{port}"], env),
+        "uvicorn": ([*uvicorn, *fast, app], env),
+        "uvicorn h11": ([*uvicorn, "--loop", "uvloop", "--http", "h11", "--no-access-log", app], env),
+        "uvicorn asyncio h11": (
+            [*uvicorn, "--loop", "asyncio", "--http", "h11", "--no-access-log", app],
+            env,
+        ),
+        "uvicorn access log": ([*uvicorn[:-1], "info", *fast[:4], "--access-log", app], env),
+        "uvicorn no proxy headers": ([*uvicorn, *fast, "--no-proxy-headers", app], env),
+        "uvicorn gc.freeze": ([*uvicorn, *fast, "bench.tuned:app_gc_frozen"], env),
+        "uvicorn no proxy headers + gc.freeze": (
+            [*uvicorn, *fast, "--no-proxy-headers", "bench.tuned:app_gc_frozen"],
+            env,
+        ),
+        "granian": ([py, "-m", "granian", *granian.split(), "--port", "{port}", app], env),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mnist-cnn")
+    parser.add_argument("--seconds", type=float, default=5.0, help="load duration per point")
+    parser.add_argument("--only", default="", help="comma-separated variant names (default: all)")
+    args = parser.parse_args(argv)
+    if shutil.which("hey") is None:
+        print("error: hey not found (make system-deps installs it)", file=sys.stderr)
+        return 2
+    bodies = write_bodies(first_test_image(), RESULTS)
+    chosen = variants(args.model)
+    if args.only:
+        chosen = {k: v for k, v in chosen.items() if k in args.only.split(",") or k == "service"}
+    ports = {name: free_port() for name in chosen}
+    runs: list[dict[str, Any]] = []
+    with ExitStack() as stack:
+        for name, (cmd, env) in chosen.items():
+            argv_ = [part.replace("{port}", str(ports[name])) for part in cmd]
+            log = RESULTS / f"http-{name.replace(' ', '_').replace('+', '').replace('.', '')}.log"
+            stack.enter_context(process(argv_, env, f"http://127.0.0.1:{ports[name]}/v2/health/ready", log))
+        for body, c in POINTS:
+            path, headers = bodies[body]
+            for name in chosen:
+                url = f"http://127.0.0.1:{ports[name]}/v2/models/{args.model}/infer"
+                r = hey(url, path, headers, c, args.seconds)
+                runs.append({"variant": name, "body": body, "concurrency": c, **r})
+                line = f"{name:38} {body:6} c={c:2}: {r['rps']:7.0f} req/s  p99 {r['p99_ms']:6.1f} ms"
+                print(f"{line}  non-2xx {r['non_2xx']:.0f}", flush=True)
+    by = {(r["variant"], r["body"], r["concurrency"]): r for r in runs}
+    head = "".join(f" | {b} c={c} req/s (x) | p99 ms" for b, c in POINTS)
+    print(f"\n{'variant':38}{head}")
+    for name in chosen:
+        cells = []
+        for body, c in POINTS:
+            r, ref = by[(name, body, c)], by[("service", body, c)]
+            cells.append(f" | {r['rps']:6.0f} ({r['rps'] / ref['rps']:.2f}x) | {r['p99_ms']:5.1f}")
+        print(f"{name:38}{''.join(cells)}")
+    (RESULTS / "http_servers.json").write_text(json.dumps(runs, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
