@@ -141,8 +141,10 @@ def hey(url: str, body: Path, headers: dict[str, str], concurrency: int, seconds
 
 
 def report(target: str, concurrency: int, r: dict[str, float]) -> None:
-    print(
+    line = (
         f"{target:24} c={concurrency:3}: {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.1f} ms  "
-        f"p99 {r['p99_ms']:6.1f} ms  non-2xx {r['non_2xx']:.0f}",
-        flush=True,
+        f"p99 {r['p99_ms']:6.1f} ms  non-2xx {r['non_2xx']:.0f}"
     )
+    if "rows_per_batch" in r:
+        line += f"  {r['rows_per_batch']:5.1f} rows/batch, held {r['held_us_per_batch']:4.0f} us/batch"
+    print(line, flush=True)

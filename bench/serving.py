@@ -9,8 +9,9 @@
 
 Then, level by level and body by body, it drives each target in turn with ``hey`` (a separate process on
 the same cores) with single-image requests, so load that drifts on a shared machine touches every target
-alike. It measures raw in-process onnxruntime at batch 1 and at the max batch size (the ceiling), prints
-the table and the targets below as ratios, and writes ``bench/results/serving.json`` and ``serving.png``.
+alike; ``--rounds N`` repeats the whole sweep and reports each point's median. It measures raw
+in-process onnxruntime at batch 1 and at the max batch size (the ceiling), prints the table and the
+targets below as ratios, and writes ``bench/results/serving.json`` and ``serving.png``.
 
 Targets: c=1 at least the naive baseline, JSON and binary; c=16 and c=64 throughput at least the previous
 default's; c=64 p99 at most 25 ms, JSON and binary; c=64 binary at least 0.9x the floor (same body).
@@ -29,8 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import onnxruntime as ort
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.harness import RESULTS, ROOT, first_test_image, free_port, hey, process, report, write_bodies
 
@@ -63,6 +66,47 @@ def app_target(name: str, factory: str, env: dict[str, str], bodies: tuple[str, 
     port = free_port()
     cmd = [sys.executable, *UVICORN, "--log-level", "warning", "--port", str(port), "--factory", factory]
     return Target(name, cmd, env, "/docs", bodies, port)
+
+
+def batch_counters(url: str) -> dict[str, float]:
+    """The service's batch counters (summed over versions): batches, rows, seconds held open."""
+    wanted = {
+        "inference_batch_size_count": "batches",
+        "inference_batch_size_sum": "rows",
+        "inference_batch_wait_seconds_sum": "held_s",
+    }
+    totals = dict.fromkeys(wanted.values(), 0.0)
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
+        for sample in family.samples:
+            if sample.name in wanted:
+                totals[wanted[sample.name]] += sample.value
+    return totals
+
+
+def batching(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    batches = after["batches"] - before["batches"]
+    return {
+        "rows_per_batch": (after["rows"] - before["rows"]) / batches if batches else float("nan"),
+        "held_us_per_batch": 1e6 * (after["held_s"] - before["held_s"]) / batches
+        if batches
+        else float("nan"),
+    }
+
+
+def medians(samples: list[Run]) -> list[Run]:
+    """One run per (target, body, concurrency), each number the median over the rounds."""
+    groups: dict[tuple[str, str, int], list[Run]] = {}
+    for r in samples:
+        groups.setdefault((r["target"], r["body"], r["concurrency"]), []).append(r)
+    return [
+        {"target": t, "body": b, "concurrency": c, "rounds": len(rs)}
+        | {
+            k: float(np.median([r[k] for r in rs]))
+            for k in rs[0]
+            if k not in ("target", "body", "concurrency")
+        }
+        for (t, b, c), rs in groups.items()
+    ]
 
 
 def raw_onnxruntime(model: Path, image: np.ndarray, batch: int, seconds: float) -> float:
@@ -153,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="load duration per point")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--workers", type=int, default=1, help="service worker processes")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the sweep; report medians")
     args = parser.parse_args(argv)
     if shutil.which("hey") is None:
         print("error: hey not found (make system-deps installs it)", file=sys.stderr)
@@ -172,17 +217,26 @@ def main(argv: list[str] | None = None) -> int:
         service_target("service", args.model, args.workers, {"SERVE_BATCH_WAIT": "adaptive"}),
         service_target("service-fixed", args.model, args.workers, {"SERVE_BATCH_WAIT": "fixed"}),
     ]
-    runs: list[Run] = []
+    samples: list[Run] = []
     with ExitStack() as stack:
         for t in targets:
             stack.enter_context(process(t.cmd, t.env, t.url + t.ready_path, RESULTS / f"{t.name}.log"))
-        for c in levels:
+        for _, c in ((r, c) for r in range(args.rounds) for c in levels):
             for body in ("json", "binary"):
                 for t in (t for t in targets if body in t.bodies):
                     path, headers = bodies[body]
+                    service = t.name.startswith("service")
+                    before = batch_counters(t.url) if service else {}
                     r = hey(f"{t.url}/v2/models/{args.model}/infer", path, headers, c, args.seconds)
-                    runs.append({"target": t.name, "body": body, "concurrency": c, **r})
+                    if service:
+                        r |= batching(before, batch_counters(t.url))
+                    samples.append({"target": t.name, "body": body, "concurrency": c, **r})
                     report(f"{t.name} {body}", c, r)
+    runs = medians(samples)
+    if args.rounds > 1:
+        print(f"\nmedians of {args.rounds} rounds:")
+        for r in runs:
+            report(f"{r['target']} {r['body']}", r["concurrency"], r)
 
     max_batch = int(os.environ.get("SERVE_MAX_BATCH_SIZE", "32"))
     ceiling = {f"batch_{b}": raw_onnxruntime(model_dir / "model.onnx", image, b, 3.0) for b in (1, max_batch)}
@@ -197,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": args.seconds,
         "date": time.strftime("%Y-%m-%d"),
         "cpus": os.cpu_count(),
+        "rounds": args.rounds,
         "http": runs,
+        "samples": samples,
         "raw_onnxruntime_samples_per_s": ceiling,
         "targets": rows,
     }
