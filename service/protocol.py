@@ -43,8 +43,9 @@ _MAX_TIMEOUT_US = 2**63 - 1
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 # Python types a JSON ``data`` leaf may have, by numpy kind of the tensor's datatype.
 _LEAF_TYPES: dict[str, set[type]] = {"f": {int, float}, "i": {int}, "u": {int}, "b": {bool}}
-# array.array typecodes that accept exactly those types (and bool, an int subclass), by numpy kind.
-_ARRAY_CODES = {"f": "d", "i": "q", "u": "q"}
+# array.array typecodes that accept exactly those types (and bool, an int subclass), by numpy dtype;
+# other datatypes convert through float64 ("d") or int64 ("q").
+_ARRAY_CODES = {"float32": "f", "float64": "d", "int64": "q"}
 
 
 class RequestedOutput(NamedTuple):
@@ -318,18 +319,23 @@ def _find(specs: tuple[TensorSpec, ...], name: str) -> TensorSpec | None:
 def _numbers(leaves: list[Any], wire: np.dtype[Any]) -> np.ndarray | None:
     """``leaves`` as a flat array of ``wire``, if ``array.array`` takes every one of them (numbers of the
     kind ``wire`` allows, or bools, which the caller has ruled out); None if it refuses."""
-    code = _ARRAY_CODES.get(wire.kind)
-    if code is None:
+    if wire.kind not in "fiu":
         return None
+    code = _ARRAY_CODES.get(wire.name, "d" if wire.kind == "f" else "q")
     try:
-        values = np.frombuffer(pyarray.array(code, leaves), np.float64 if code == "d" else np.int64)
+        # "f" rounds each value to float32 as numpy does, and makes infinity of what is out of range
+        # (refused by the finiteness check), so float32 needs no conversion step.
+        values = np.frombuffer(pyarray.array(code, leaves), np.dtype(code))
     except (TypeError, OverflowError):
         return None
+    if values.dtype == wire:
+        return values
     if wire.kind in "iu":
         info = np.iinfo(wire)
         if values.size and (values.min() < info.min or values.max() > info.max):
             return None  # the checked path below names the range
-    with np.errstate(over="ignore"):  # past float32's range: infinity, refused by the finiteness check
+        return values.astype(wire)
+    with np.errstate(over="ignore"):  # past float16's range: infinity, refused by the finiteness check
         return values.astype(wire)
 
 
