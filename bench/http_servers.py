@@ -1,9 +1,11 @@
 """HTTP server and event-loop settings for the same service app, side by side in one run.
 
 ``python -m bench.http_servers`` starts each variant below as its own process (all at once, each with
-its own copy of the model), then, point by point, drives every variant in turn with ``hey`` and prints
-requests/s and p99 with the ratio to ``python -m service`` (uvicorn, uvloop, httptools, no access log:
-what the service runs today). Writes ``bench/results/http_servers.json``.
+its own copy of the model). Then, point by point, it drives each variant with ``hey`` right after
+``python -m service`` (uvicorn, uvloop, httptools, no access log: what the service runs today), so every
+ratio compares two runs seconds apart; ``--rounds N`` repeats it all, and the table shows each ratio's
+median and the spread of the reference's own throughput (how noisy the machine was). Writes
+``bench/results/http_servers.json``.
 
 The variants change one thing at a time from the uvicorn command line that matches the service
 (``uvicorn`` row): the HTTP parser (h11), the loop (asyncio), the access log, uvicorn's proxy-headers
@@ -18,6 +20,7 @@ import json
 import shutil
 import sys
 from contextlib import ExitStack
+from statistics import median
 from typing import Any
 
 from bench.harness import RESULTS, first_test_image, free_port, hey, process, write_bodies
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="mnist-cnn")
     parser.add_argument("--seconds", type=float, default=5.0, help="load duration per point")
     parser.add_argument("--only", default="", help="comma-separated variant names (default: all)")
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args(argv)
     if shutil.which("hey") is None:
         print("error: hey not found (make system-deps installs it)", file=sys.stderr)
@@ -73,23 +77,32 @@ def main(argv: list[str] | None = None) -> int:
             argv_ = [part.replace("{port}", str(ports[name])) for part in cmd]
             log = RESULTS / f"http-{name.replace(' ', '_').replace('+', '').replace('.', '')}.log"
             stack.enter_context(process(argv_, env, f"http://127.0.0.1:{ports[name]}/v2/health/ready", log))
-        for body, c in POINTS:
+        for _, (body, c) in ((r, p) for r in range(args.rounds) for p in POINTS):
             path, headers = bodies[body]
-            for name in chosen:
-                url = f"http://127.0.0.1:{ports[name]}/v2/models/{args.model}/infer"
-                r = hey(url, path, headers, c, args.seconds)
-                runs.append({"variant": name, "body": body, "concurrency": c, **r})
+            for name in (n for n in chosen if n != "service"):
+                pair = {}
+                for which in ("service", name):
+                    url = f"http://127.0.0.1:{ports[which]}/v2/models/{args.model}/infer"
+                    pair[which] = hey(url, path, headers, c, args.seconds)
+                r, ref = pair[name], pair["service"]
+                runs.append({"variant": name, "body": body, "concurrency": c, "reference": ref, **r})
                 line = f"{name:38} {body:6} c={c:2}: {r['rps']:7.0f} req/s  p99 {r['p99_ms']:6.1f} ms"
-                print(f"{line}  non-2xx {r['non_2xx']:.0f}", flush=True)
-    by = {(r["variant"], r["body"], r["concurrency"]): r for r in runs}
-    head = "".join(f" | {b} c={c} req/s (x) | p99 ms" for b, c in POINTS)
-    print(f"\n{'variant':38}{head}")
-    for name in chosen:
+                line += (
+                    f"  non-2xx {r['non_2xx']:.0f}  (service {ref['rps']:.0f} req/s, p99 {ref['p99_ms']:.1f})"
+                )
+                print(line, flush=True)
+    print(f"\n{'variant':38}" + "".join(f" | {b} c={c}: x req/s, x p99" for b, c in POINTS))
+    for name in (n for n in chosen if n != "service"):
         cells = []
         for body, c in POINTS:
-            r, ref = by[(name, body, c)], by[("service", body, c)]
-            cells.append(f" | {r['rps']:6.0f} ({r['rps'] / ref['rps']:.2f}x) | {r['p99_ms']:5.1f}")
+            rows = [r for r in runs if (r["variant"], r["body"], r["concurrency"]) == (name, body, c)]
+            rps = median([r["rps"] / r["reference"]["rps"] for r in rows])
+            p99 = median([r["p99_ms"] / r["reference"]["p99_ms"] for r in rows])
+            cells.append(f" | {rps:5.2f}x, {p99:5.2f}x")
         print(f"{name:38}{''.join(cells)}")
+    for body, c in POINTS:
+        refs = [r["reference"]["rps"] for r in runs if (r["body"], r["concurrency"]) == (body, c)]
+        print(f"service itself, {body} c={c}: {min(refs):.0f} to {max(refs):.0f} req/s over the run")
     (RESULTS / "http_servers.json").write_text(json.dumps(runs, indent=2))
     return 0
 
