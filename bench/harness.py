@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -114,15 +115,55 @@ def write_bodies(image: np.ndarray, workdir: Path) -> Bodies:
     }
 
 
-def hey(url: str, body: Path, headers: dict[str, str], concurrency: int, seconds: float) -> dict[str, float]:
-    """POST ``body`` for ``seconds`` from ``concurrency`` connections; req/s, p50, p99 and failures."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid`` and its live descendants (Linux ``/proc``)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    family, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, pp in parents.items() if pp == parent and p not in family]
+        family.update(children)
+        frontier.extend(children)
+    ticks = 0
+    for member in family:
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def hey(
+    url: str,
+    body: Path,
+    headers: dict[str, str],
+    concurrency: int,
+    seconds: float,
+    server_pid: int | None = None,
+) -> dict[str, float]:
+    """POST ``body`` for ``seconds`` from ``concurrency`` connections; req/s, p50, p99 and failures.
+
+    CPU time per answered request is measured too: ``client_cpu_us`` (hey's) and, given ``server_pid``,
+    ``server_cpu_us`` (that process and its children). Unlike throughput, it hardly moves when other
+    work competes for the cores, so it compares servers fairly on a shared machine.
+    """
     cmd = ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-D", str(body), "-t", "30"]
     for key, value in headers.items():
         if key.lower() == "content-type":
             cmd += ["-T", value]
         else:
             cmd += ["-H", f"{key}: {value}"]
+    server_before = cpu_seconds(server_pid) if server_pid is not None else 0.0
+    client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    client_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_s = cpu_seconds(server_pid) - server_before if server_pid is not None else float("nan")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     pct = {int(p): float(v) * 1000 for p, v in re.findall(r"(\d+)%+ in ([\d.]+) secs", out)}
     codes = {int(c): int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
@@ -131,8 +172,11 @@ def hey(url: str, body: Path, headers: dict[str, str], concurrency: int, seconds
         tail = out.split("Error distribution:")[1]
         errors = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s", tail, re.M))
     total = sum(codes.values())
+    client_s = sum(getattr(client_after, f) - getattr(client_before, f) for f in ("ru_utime", "ru_stime"))
     return {
         "rps": rps,
+        "server_cpu_us": 1e6 * server_s / max(total, 1),
+        "client_cpu_us": 1e6 * client_s / max(total, 1),
         "p50_ms": pct.get(50, float("nan")),
         "p99_ms": pct.get(99, float("nan")),
         "responses": total,
@@ -143,7 +187,7 @@ def hey(url: str, body: Path, headers: dict[str, str], concurrency: int, seconds
 def report(target: str, concurrency: int, r: dict[str, float]) -> None:
     line = (
         f"{target:24} c={concurrency:3}: {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.1f} ms  "
-        f"p99 {r['p99_ms']:6.1f} ms  non-2xx {r['non_2xx']:.0f}"
+        f"p99 {r['p99_ms']:6.1f} ms  non-2xx {r['non_2xx']:.0f}  cpu/req {r['server_cpu_us']:4.0f} us"
     )
     if "rows_per_batch" in r:
         line += f"  {r['rows_per_batch']:5.1f} rows/batch, held {r['held_us_per_batch']:4.0f} us/batch"

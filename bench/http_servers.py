@@ -73,32 +73,42 @@ def main(argv: list[str] | None = None) -> int:
     ports = {name: free_port() for name in chosen}
     runs: list[dict[str, Any]] = []
     with ExitStack() as stack:
+        pids = {}
         for name, (cmd, env) in chosen.items():
             argv_ = [part.replace("{port}", str(ports[name])) for part in cmd]
             log = RESULTS / f"http-{name.replace(' ', '_').replace('+', '').replace('.', '')}.log"
-            stack.enter_context(process(argv_, env, f"http://127.0.0.1:{ports[name]}/v2/health/ready", log))
+            ready = f"http://127.0.0.1:{ports[name]}/v2/health/ready"
+            pids[name] = stack.enter_context(process(argv_, env, ready, log)).pid
         for _, (body, c) in ((r, p) for r in range(args.rounds) for p in POINTS):
             path, headers = bodies[body]
             for name in (n for n in chosen if n != "service"):
                 pair = {}
                 for which in ("service", name):
                     url = f"http://127.0.0.1:{ports[which]}/v2/models/{args.model}/infer"
-                    pair[which] = hey(url, path, headers, c, args.seconds)
+                    pair[which] = hey(url, path, headers, c, args.seconds, server_pid=pids[which])
                 r, ref = pair[name], pair["service"]
                 runs.append({"variant": name, "body": body, "concurrency": c, "reference": ref, **r})
-                line = f"{name:38} {body:6} c={c:2}: {r['rps']:7.0f} req/s  p99 {r['p99_ms']:6.1f} ms"
+                line = f"{name:38} {body:6} c={c:2}: {r['rps']:6.0f} req/s, p99 {r['p99_ms']:6.1f} ms, "
+                line += f"cpu {r['server_cpu_us']:4.0f} us/req, non-2xx {r['non_2xx']:.0f} | service "
                 line += (
-                    f"  non-2xx {r['non_2xx']:.0f}  (service {ref['rps']:.0f} req/s, p99 {ref['p99_ms']:.1f})"
+                    f"{ref['rps']:6.0f} req/s, p99 {ref['p99_ms']:6.1f} ms, cpu {ref['server_cpu_us']:4.0f}"
                 )
                 print(line, flush=True)
-    print(f"\n{'variant':38}" + "".join(f" | {b} c={c}: x req/s, x p99" for b, c in POINTS))
-    for name in (n for n in chosen if n != "service"):
+    print(f"\nmedian over pairs; server CPU per request in us (lower is better)\n{'variant':38}", end="")
+    print("".join(f" | {b} c={c}: req/s x, p99 x, cpu us (x)" for b, c in POINTS))
+    for name in chosen:
         cells = []
         for body, c in POINTS:
+            if name == "service":
+                refs = [r["reference"] for r in runs if (r["body"], r["concurrency"]) == (body, c)]
+                cells.append(f" | 1.00, 1.00, {median(r['server_cpu_us'] for r in refs):4.0f} (1.00)")
+                continue
             rows = [r for r in runs if (r["variant"], r["body"], r["concurrency"]) == (name, body, c)]
-            rps = median([r["rps"] / r["reference"]["rps"] for r in rows])
-            p99 = median([r["p99_ms"] / r["reference"]["p99_ms"] for r in rows])
-            cells.append(f" | {rps:5.2f}x, {p99:5.2f}x")
+            rps = median(r["rps"] / r["reference"]["rps"] for r in rows)
+            p99 = median(r["p99_ms"] / r["reference"]["p99_ms"] for r in rows)
+            cpu = median(r["server_cpu_us"] for r in rows)
+            cpu_x = median(r["server_cpu_us"] / r["reference"]["server_cpu_us"] for r in rows)
+            cells.append(f" | {rps:4.2f}, {p99:4.2f}, {cpu:4.0f} ({cpu_x:4.2f})")
         print(f"{name:38}{''.join(cells)}")
     for body, c in POINTS:
         refs = [r["reference"]["rps"] for r in runs if (r["body"], r["concurrency"]) == (body, c)]

@@ -219,15 +219,20 @@ def main(argv: list[str] | None = None) -> int:
     ]
     samples: list[Run] = []
     with ExitStack() as stack:
-        for t in targets:
-            stack.enter_context(process(t.cmd, t.env, t.url + t.ready_path, RESULTS / f"{t.name}.log"))
+        pids = {
+            t.name: stack.enter_context(
+                process(t.cmd, t.env, t.url + t.ready_path, RESULTS / f"{t.name}.log")
+            ).pid
+            for t in targets
+        }
         for _, c in ((r, c) for r in range(args.rounds) for c in levels):
             for body in ("json", "binary"):
                 for t in (t for t in targets if body in t.bodies):
                     path, headers = bodies[body]
                     service = t.name.startswith("service")
                     before = batch_counters(t.url) if service else {}
-                    r = hey(f"{t.url}/v2/models/{args.model}/infer", path, headers, c, args.seconds)
+                    url = f"{t.url}/v2/models/{args.model}/infer"
+                    r = hey(url, path, headers, c, args.seconds, server_pid=pids[t.name])
                     if service:
                         r |= batching(before, batch_counters(t.url))
                     samples.append({"target": t.name, "body": body, "concurrency": c, **r})
