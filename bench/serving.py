@@ -170,6 +170,16 @@ def print_targets(rows: list[dict[str, Any]]) -> None:
         print(f"{row['target']:44} {measured:>9} {bar:>10}  {'met' if row['met'] else 'NOT MET'}")
 
 
+def print_cpu(runs: list[Run], levels: list[int]) -> None:
+    """Server CPU time per answered request: what throughput would follow on an idle machine."""
+    by = {(r["target"], r["body"], r["concurrency"]): r for r in runs}
+    names = sorted({(r["target"], r["body"]) for r in runs}, key=lambda tb: (tb[1], tb[0]))
+    print(f"\nserver CPU per request (us){'':18}" + "".join(f"{f'c={c}':>8}" for c in levels))
+    for target, body in names:
+        cells = "".join(f"{by[(target, body, c)]['server_cpu_us']:8.0f}" for c in levels)
+        print(f"{target + ' ' + body:45}{cells}")
+
+
 def plot(runs: list[Run], path: Path) -> None:
     import matplotlib
 
@@ -251,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows = check_targets(runs, levels)
     print_targets(rows)
+    print_cpu(runs, levels)
     results = {
         "model": args.model,
         "seconds": args.seconds,
