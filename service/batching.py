@@ -14,11 +14,18 @@ When a batch goes (:mod:`service.batchwait`): ``max_batch_size`` queued rows go 
 everything while stopping. Fewer rows go when the wait policy says so. ``"adaptive"`` (the default) holds
 them only when company is likely: the mean gap between arrivals is under ``max_queue_delay_us`` and at
 least half of the recent arrivals found another request in flight (a lone client in a closed loop never
-does, so its requests go at once however fast it is). A held batch goes at the first of: two mean gaps
-after the last arrival (the stream has paused), ``max_queue_delay_us`` after its oldest request, and one
-batch's compute time before its earliest deadline. ``"fixed"`` is Triton's rule: the oldest request waits
+does, so its requests go at once however fast it is), and not once the queue holds as many requests as
+were lately in flight at once. A held batch goes at the first of: two mean gaps after the last arrival
+(the stream has paused), ``max_queue_delay_us`` after its oldest request, and one batch's compute time
+before its earliest deadline. ``"fixed"`` is Triton's rule: the oldest request waits
 ``max_queue_delay_us`` for the batch to fill. Each batch's hold time (0: none) goes to the observer's
-``on_wait``. Timers set the same event, so nothing polls.
+``on_wait``.
+
+A hold never polls. Every arrival wakes the consumer, which asks the policy again; a timer closes the hold
+when nobody arrives, but never sooner than one tick of the event loop's timers (``TIMER_TICK``, 1 ms:
+libuv and epoll count whole milliseconds, so a shorter timer fires at once and the consumer would spin
+through the loop until the time came). A hold can therefore outlast its close time by up to one tick when
+no request arrives to end it sooner.
 
 A job leaves the queue in one of two ways: taken into a batch, or dropped (deadline passed, client went
 away, shutdown). Dropped jobs stay in the deque as tombstones (``queued`` is False) until the consumer
@@ -34,7 +41,6 @@ import asyncio
 import concurrent.futures
 import itertools
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -46,6 +52,8 @@ from service.batchwait import WaitName, make_policy
 from service.errors import DeadlineExceeded, InferenceFailed, InvalidInput, Overloaded, Unavailable
 
 logger = logging.getLogger(__name__)
+#: Shortest timer a hold arms, in seconds: the resolution of event-loop timers (see the module docstring).
+TIMER_TICK = 0.001
 _EXPIRED = "deadline exceeded before the request was computed"
 _SHUTTING_DOWN = "server is shutting down"
 
@@ -123,9 +131,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # While the consumer holds a batch open: the earliest queued deadline it allowed for (an earlier
-        # one wakes it); -inf otherwise.
-        self._held_for = -math.inf
+        self._holding = False  # the consumer holds a batch open: every arrival wakes it
         self._inflight: list[_Job] = []
         self._closing = False  # stop() was called: refuse submits, dispatch without waiting for the delay
 
@@ -187,8 +193,8 @@ class Batcher:
         self._queue.extend(jobs)
         self._queue_rows += rows
         self._notify_queue_rows()
-        if before == 0 or self._queue_rows >= size or (deadline is not None and deadline < self._held_for):
-            self._wakeup.set()  # otherwise the consumer is computing or holding a batch that can wait
+        if before == 0 or self._queue_rows >= size or self._holding:
+            self._wakeup.set()  # otherwise the consumer is computing: it looks at the queue afterwards
         self._pending += 1
         timer = None if deadline is None else loop.call_later(deadline - now, self._expire, jobs)
         try:
@@ -282,20 +288,21 @@ class Batcher:
                     self._inflight = []
 
     async def _hold(self, loop: asyncio.AbstractEventLoop, now: float) -> bool:
-        """Wait while the policy keeps the queued rows open (until an event); False if they go now."""
-        deadlines = [j.deadline for j in self._queue if j.queued and j.deadline is not None]
-        earliest = min(deadlines) if deadlines else None
-        remaining = self._policy.close_at(self._queue[0].enqueued, earliest) - now
-        if remaining <= 0:
+        """Wait while the policy keeps the queued rows open (until an arrival or the timer); False if
+        they go now."""
+        live = [j for j in self._queue if j.queued]
+        deadlines = [j.deadline for j in live if j.deadline is not None]
+        close = self._policy.close_at(live[0].enqueued, min(deadlines) if deadlines else None, len(live))
+        if close <= now:
             return False
-        self._held_for = math.inf if earliest is None else earliest
+        self._holding = True
         self._wakeup.clear()
-        timer = loop.call_later(remaining, self._wakeup.set)
+        timer = loop.call_later(max(close - now, TIMER_TICK), self._wakeup.set)
         try:
             await self._wakeup.wait()
         finally:
             timer.cancel()
-            self._held_for = -math.inf
+            self._holding = False
         return True
 
     def _take(self) -> list[_Job]:

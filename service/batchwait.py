@@ -1,8 +1,8 @@
 """When the batcher closes a batch that is not full: the wait policies.
 
 The consumer asks its policy for a close time whenever the queue holds fewer than ``max_batch_size`` rows
-and no batch is computing. Both policies are pure arithmetic on the times they are given (``time.monotonic()``
-seconds by default), so they are tested without an event loop.
+and no batch is computing, and again at every arrival while it holds. Both policies are pure arithmetic on
+the times they are given (``time.monotonic()`` seconds by default), so they are tested without an event loop.
 
 :class:`FixedWait` (``SERVE_BATCH_WAIT=fixed``) is Triton's rule: the oldest queued request waits up to
 ``max_queue_delay_us`` for the batch to fill. It taxes a lone client the whole delay on every request.
@@ -13,14 +13,16 @@ seconds by default), so they are tested without an event loop.
 - the **overlap**: the weighted share (weight 1/8) of arrivals that found another request in flight
   (queued, computing or being answered). A lone client in a closed loop never overlaps itself: its next
   request comes only after this one's answer, so waiting can never bring it company;
+- the **concurrency**: the most requests in flight at once lately (a peak that decays by 1/64 an arrival);
 - the **compute time** of a batch (weighted mean, weight 1/4).
 
-It dispatches at once when the mean gap is unknown or at least ``max_queue_delay_us``, or when fewer than
-half of the recent arrivals overlapped. Otherwise it holds the batch until the first of:
+It dispatches at once when the mean gap is unknown or at least ``max_queue_delay_us``, when fewer than
+half of the recent arrivals overlapped, or when the queue already holds as many requests as the recent
+concurrency (everyone seen lately is here: in a closed loop with fewer clients than ``max_batch_size``,
+nobody else can come). Otherwise it holds the batch until the first of:
 
 - ``max_queue_delay_us`` after the oldest queued request arrived;
-- two mean gaps after the last arrival: the stream has paused (in a closed loop with fewer clients than
-  ``max_batch_size``, once every client's request is queued nobody else can come);
+- two mean gaps after the last arrival: the stream has paused;
 - the earliest queued deadline less one batch's compute time, so that waiting never makes a request miss
   a deadline that dispatching at once would have met.
 
@@ -35,6 +37,7 @@ WaitName = Literal["adaptive", "fixed"]
 
 GAP_WEIGHT = 0.25
 OVERLAP_WEIGHT = 0.125
+PEAK_DECAY = 1 - 1 / 64
 COMPUTE_WEIGHT = 0.25
 MIN_OVERLAP = 0.5  # share of recent arrivals that found company, below which nobody waits
 QUIET_GAPS = 2.0  # mean gaps without an arrival after which the stream counts as paused
@@ -49,10 +52,10 @@ class WaitPolicy(Protocol):
     def computed(self, rows: int, seconds: float) -> None:
         """A batch of ``rows`` rows took ``seconds`` to compute."""
 
-    def close_at(self, oldest: float, earliest_deadline: float | None) -> float:
+    def close_at(self, oldest: float, earliest_deadline: float | None, queued: int) -> float:
         """When to dispatch the queued rows: ``oldest`` is the oldest queued request's arrival time,
-        ``earliest_deadline`` the earliest deadline among the queued requests (None: none has one).
-        A time not after now means at once."""
+        ``earliest_deadline`` the earliest deadline among the queued requests (None: none has one),
+        ``queued`` how many requests are queued. A time not after now means at once."""
 
 
 class FixedWait:
@@ -67,7 +70,7 @@ class FixedWait:
     def computed(self, rows: int, seconds: float) -> None:
         pass
 
-    def close_at(self, oldest: float, earliest_deadline: float | None) -> float:
+    def close_at(self, oldest: float, earliest_deadline: float | None, queued: int) -> float:
         return oldest + self._max_delay
 
 
@@ -79,6 +82,7 @@ class AdaptiveWait:
         self._last: float | None = None
         self._gap: float | None = None
         self._overlap = 0.0
+        self._peak = 0.0
         self._compute: float | None = None
 
     @property
@@ -91,7 +95,13 @@ class AdaptiveWait:
         """Weighted share of recent arrivals that found another request in flight, 0..1."""
         return self._overlap
 
+    @property
+    def concurrency(self) -> float:
+        """The most requests in flight at once lately, this one included (a decaying peak)."""
+        return self._peak
+
     def arrived(self, now: float, in_flight: int) -> None:
+        self._peak = max(in_flight + 1.0, self._peak * PEAK_DECAY)
         if self._last is not None:
             gap = max(0.0, now - self._last)
             self._gap = gap if self._gap is None else self._gap + GAP_WEIGHT * (gap - self._gap)
@@ -102,9 +112,11 @@ class AdaptiveWait:
         c = self._compute
         self._compute = seconds if c is None else c + COMPUTE_WEIGHT * (seconds - c)
 
-    def close_at(self, oldest: float, earliest_deadline: float | None) -> float:
+    def close_at(self, oldest: float, earliest_deadline: float | None, queued: int) -> float:
         gap, last = self._gap, self._last
         if gap is None or last is None or gap >= self._max_delay or self._overlap < MIN_OVERLAP:
+            return oldest
+        if queued + 0.5 >= self._peak:
             return oldest
         until = min(oldest + self._max_delay, last + QUIET_GAPS * gap)
         if earliest_deadline is not None:

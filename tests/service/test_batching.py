@@ -664,12 +664,33 @@ def test_held_batch_goes_at_once_when_it_fills() -> None:
     async def main() -> None:
         fake, clock, recorder = FakeRuntime(gated=True), FakeClock(), Recorder()
         batcher = held_batcher(fake, clock, recorder)
-        tasks, _ = await hold_batch(fake, batcher, clock, gap=1.0)
-        assert batcher.queue_rows == 7
-        last = asyncio.create_task(batcher.submit(make_inputs(np.random.default_rng(32), 1, 200)))
-        assert await fake.next_batch() == 8
-        await answer(asyncio.gather(last, *tasks))
-        assert fake.batches == [1, 8]
+        rng = np.random.default_rng(32)
+        # Eleven requests in flight at once (one computing, ten queued): more than a batch holds.
+        tasks, _ = await hold_batch(fake, batcher, clock, gap=1.0, queued=10)
+        assert fake.batches[:2] == [1, 8] and await fake.next_batch() == 8
+        assert batcher.queue_rows == 2  # held: nine more were in flight a moment ago
+        more = []
+        for i in range(6):
+            more.append(asyncio.create_task(batcher.submit(make_inputs(rng, 1, 200 + i))))
+            await settle()
+        assert await fake.next_batch() == 8  # full, though fewer than were lately in flight
+        await answer(asyncio.gather(*tasks, *more))
+        assert fake.batches == [1, 8, 8]
+        await batcher.stop()
+
+    run(main)
+
+
+def test_closed_loop_batch_goes_once_every_client_is_back() -> None:
+    async def main() -> None:
+        fake, clock, recorder = FakeRuntime(gated=True), FakeClock(), Recorder()
+        batcher = held_batcher(fake, clock, recorder, max_batch_size=16)
+        tasks, _ = await hold_batch(fake, batcher, clock, gap=1.0)  # eight clients: one answered, 7 held
+        assert batcher.queue_rows == 7 and fake.batches == [1]
+        back = asyncio.create_task(batcher.submit(make_inputs(np.random.default_rng(35), 1, 300)))
+        assert await fake.next_batch() == 8  # all eight are queued: nobody else can come
+        await answer(asyncio.gather(back, *tasks))
+        assert recorder.waits == [0.0, 0.0]  # the fake clock did not move while it was held
         await batcher.stop()
 
     run(main)
