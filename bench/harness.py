@@ -37,13 +37,11 @@ def free_port() -> int:
 
 @contextmanager
 def process(
-    cmd: list[str], env: dict[str, str], ready_url: str, log: Path
+    cmd: list[str], env: dict[str, str], ready_url: str, log: Path, cwd: Path = ROOT
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``cmd`` (output to ``log``) until the block ends; ready once ``ready_url`` answers 200 or 405."""
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
-        )
+        proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:

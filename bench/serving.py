@@ -5,7 +5,9 @@
 - ``floor``: a bare FastAPI endpoint that reads the body and answers a constant (``bench/floor_app.py``);
 - ``naive``: FastAPI + onnxruntime, one ``session.run`` per request, JSON only (``bench/naive_app.py``);
 - ``service``: ``python -m service`` with its defaults (``SERVE_BATCH_WAIT=adaptive``);
-- ``service-fixed``: the same with ``SERVE_BATCH_WAIT=fixed``, the default before the adaptive wait.
+- ``service-fixed``: the same with ``SERVE_BATCH_WAIT=fixed``, the default before the adaptive wait;
+- ``service-baseline`` (with ``--baseline REF``): ``service/`` as of git commit ``REF`` (``git archive``),
+  with its own defaults: the code before a change, to compare the change against.
 
 Then, level by level and body by body, it drives each target in turn with ``hey`` (a separate process on
 the same cores) with single-image requests, so load that drifts on a shared machine touches every target
@@ -14,16 +16,20 @@ in-process onnxruntime at batch 1 and at the max batch size (the ceiling), print
 targets below as ratios, and writes ``bench/results/serving.json`` and ``serving.png``.
 
 Targets: c=1 at least the naive baseline, JSON and binary; c=16 and c=64 throughput at least the previous
-default's; c=64 p99 at most 25 ms, JSON and binary; c=64 binary at least 0.9x the floor (same body).
+default's (``service-baseline`` when given, else ``service-fixed``); c=64 p99 at most 25 ms, JSON and
+binary; c=64 binary at least 0.9x the floor (same body).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
+import subprocess
 import sys
+import tarfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -49,6 +55,7 @@ class Target:
     ready_path: str
     bodies: tuple[str, ...] = ("json", "binary")
     port: int = field(default_factory=free_port)
+    cwd: Path = ROOT
 
     @property
     def url(self) -> str:
@@ -60,6 +67,25 @@ def service_target(name: str, model: str, workers: int, env: dict[str, str]) -> 
     cmd = [sys.executable, "-m", "service", "--port", str(port), "--workers", str(workers)]
     base = {"SERVE_MODELS": model, "SERVE_LOG_LEVEL": "warning"}
     return Target(name, cmd, base | env, "/v2/health/ready", port=port)
+
+
+def baseline_target(ref: str, model: str, workers: int) -> Target:
+    """``service/`` as of git commit ``ref``, run from its own directory so that it is what imports."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", ref], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    tree = RESULTS / f"baseline-{commit}"
+    if not (tree / "service").is_dir():
+        archive = subprocess.run(
+            ["git", "archive", commit, "service"], cwd=ROOT, capture_output=True, check=True
+        )
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(tree, filter="data")
+    target = service_target(
+        "service-baseline", model, workers, {"SERVE_MODEL_REPOSITORY": str(ROOT / "models")}
+    )
+    target.cwd = tree
+    return target
 
 
 def app_target(name: str, factory: str, env: dict[str, str], bodies: tuple[str, ...]) -> Target:
@@ -76,11 +102,13 @@ def batch_counters(url: str) -> dict[str, float]:
         "inference_batch_wait_seconds_sum": "held_s",
     }
     totals = dict.fromkeys(wanted.values(), 0.0)
+    seen = set()
     for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
         for sample in family.samples:
             if sample.name in wanted:
                 totals[wanted[sample.name]] += sample.value
-    return totals
+                seen.add(wanted[sample.name])
+    return {k: v if k in seen else float("nan") for k, v in totals.items()}  # nan: not exported
 
 
 def batching(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -134,14 +162,10 @@ def check_targets(runs: list[Run], levels: list[int]) -> list[dict[str, Any]]:
 
     for body in ("json", "binary"):
         ratio(f"c=1 {body}: service / naive JSON", ("service", body, 1), ("naive", "json", 1), 1.0)
+    before = "service-baseline" if any(r["target"] == "service-baseline" for r in runs) else "service-fixed"
     for c in (16, 64):
         for body in ("json", "binary"):
-            ratio(
-                f"c={c} {body}: service / previous default",
-                ("service", body, c),
-                ("service-fixed", body, c),
-                1.0,
-            )
+            ratio(f"c={c} {body}: service / {before}", ("service", body, c), (before, body, c), 1.0)
     top = max(levels)
     for body in ("json", "binary"):
         key = ("service", body, top)
@@ -208,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--workers", type=int, default=1, help="service worker processes")
     parser.add_argument("--rounds", type=int, default=1, help="repeat the sweep; report medians")
+    parser.add_argument("--baseline", metavar="REF", help="also run service/ as of this git commit")
     args = parser.parse_args(argv)
     if shutil.which("hey") is None:
         print("error: hey not found (make system-deps installs it)", file=sys.stderr)
@@ -227,11 +252,13 @@ def main(argv: list[str] | None = None) -> int:
         service_target("service", args.model, args.workers, {"SERVE_BATCH_WAIT": "adaptive"}),
         service_target("service-fixed", args.model, args.workers, {"SERVE_BATCH_WAIT": "fixed"}),
     ]
+    if args.baseline:
+        targets.append(baseline_target(args.baseline, args.model, args.workers))
     samples: list[Run] = []
     with ExitStack() as stack:
         pids = {
             t.name: stack.enter_context(
-                process(t.cmd, t.env, t.url + t.ready_path, RESULTS / f"{t.name}.log")
+                process(t.cmd, t.env, t.url + t.ready_path, RESULTS / f"{t.name}.log", cwd=t.cwd)
             ).pid
             for t in targets
         }
