@@ -30,9 +30,10 @@ no request arrives to end it sooner.
 A job leaves the queue in one of two ways: taken into a batch, or dropped (deadline passed, client went
 away, shutdown). Dropped jobs stay in the deque as tombstones (``queued`` is False) until the consumer
 pops them, so dropping is O(1); their rows leave ``queue_rows`` at once. Deadlines are ``time.monotonic()``
-seconds (the batcher's ``clock``), enforced by one timer per request, so an expired request is answered at
-its deadline; a job whose batch has started is always computed and answered. A batcher belongs to the event
-loop that started it.
+seconds (the batcher's ``clock``), enforced by one timer for the earliest queued deadline (re-armed for
+the next when it fires), so an expired request is answered at its deadline (to the timer tick) without a
+timer per request; a job whose batch has started is always computed and answered. A batcher belongs to
+the event loop that started it.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import asyncio
 import concurrent.futures
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -132,6 +134,8 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._holding = False  # the consumer holds a batch open: every arrival wakes it
+        self._expiry: asyncio.TimerHandle | None = None  # fires at _expires_at, the earliest deadline
+        self._expires_at = math.inf
         self._inflight: list[_Job] = []
         self._closing = False  # stop() was called: refuse submits, dispatch without waiting for the delay
 
@@ -196,7 +200,8 @@ class Batcher:
         if before == 0 or self._queue_rows >= size or self._holding:
             self._wakeup.set()  # otherwise the consumer is computing: it looks at the queue afterwards
         self._pending += 1
-        timer = None if deadline is None else loop.call_later(deadline - now, self._expire, jobs)
+        if deadline is not None and deadline < self._expires_at:
+            self._arm_expiry(loop, deadline)
         try:
             if len(jobs) == 1:
                 return await jobs[0].future
@@ -208,8 +213,6 @@ class Batcher:
             raise
         finally:
             self._pending -= 1
-            if timer is not None:
-                timer.cancel()
 
     async def stop(self, *, drain: bool = True, timeout: float | None = None) -> None:
         """Stop admitting now; compute what is queued (``drain``) or fail it with :class:`Unavailable`.
@@ -232,6 +235,8 @@ class Batcher:
                 task.cancel()
                 await asyncio.wait({task})
         self._fail_queued()  # never started, or the consumer ended early
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self._owns_executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -247,10 +252,24 @@ class Batcher:
             else:
                 job.future.set_exception(error)
 
-    def _expire(self, jobs: list[_Job]) -> None:
-        for job in jobs:
-            if job.queued:
-                self._drop(job, DeadlineExceeded(_EXPIRED))
+    def _arm_expiry(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expires_at = when
+        self._expiry = loop.call_later(max(when - self._clock(), TIMER_TICK), self._expire)
+
+    def _expire(self) -> None:
+        """The expiry timer: answer every queued job past its deadline, then re-arm for the next one."""
+        self._expiry, self._expires_at = None, math.inf
+        now, upcoming = self._clock(), math.inf
+        for job in self._queue:
+            if job.queued and job.deadline is not None:
+                if job.deadline <= now:
+                    self._drop(job, DeadlineExceeded(_EXPIRED))
+                else:
+                    upcoming = min(upcoming, job.deadline)
+        if upcoming < math.inf:
+            self._arm_expiry(asyncio.get_running_loop(), upcoming)
 
     def _fail_queued(self) -> None:
         while self._queue:

@@ -324,6 +324,30 @@ def test_deadline_passing_while_queued_answers_at_the_deadline() -> None:
     run(main)
 
 
+def test_an_earlier_deadline_rearms_the_one_expiry_timer() -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        batcher = make_batcher(fake)
+        rng = np.random.default_rng(24)
+        computing = asyncio.create_task(batcher.submit(make_inputs(rng, 2, 0)))
+        assert await fake.next_batch() == 2
+        late, soon, never = (make_inputs(rng, 1, first) for first in (10, 20, 30))
+        late_task = asyncio.create_task(batcher.submit(late, deadline=time.monotonic() + 60))
+        soon_task = asyncio.create_task(batcher.submit(soon, deadline=time.monotonic() + 0.05))
+        never_task = asyncio.create_task(batcher.submit(never))
+        with pytest.raises(DeadlineExceeded):  # at its own deadline, not the first one armed (60 s)
+            await answer(soon_task)
+        assert not late_task.done() and batcher.queue_rows == 2
+        fake.gate.set()
+        await answer(computing)
+        assert_matches_model(late, await answer(late_task))
+        assert_matches_model(never, await answer(never_task))
+        assert fake.seen_ids().isdisjoint(soon["k"].tolist())
+        await batcher.stop()
+
+    run(main)
+
+
 def test_expired_job_is_skipped_at_batch_start_even_before_its_timer(monkeypatch: pytest.MonkeyPatch) -> None:
     """The batcher's clock jumps past the deadline while the loop's timer is still far off."""
 
