@@ -15,7 +15,7 @@ everything while stopping. Fewer rows go when the wait policy says so. ``"adapti
 them only when company is likely: the mean gap between arrivals is under ``max_queue_delay_us`` and at
 least half of the recent arrivals found another request in flight (a lone client in a closed loop never
 does, so its requests go at once however fast it is), and not once the queue holds as many requests as
-were lately in flight at once. A held batch goes at the first of: two mean gaps after the last arrival
+were lately in flight at once. A held batch goes at the first of: four mean gaps after the last arrival
 (the stream has paused), ``max_queue_delay_us`` after its oldest request, and one batch's compute time
 before its earliest deadline. ``"fixed"`` is Triton's rule: the oldest request waits
 ``max_queue_delay_us`` for the batch to fill. Each batch's hold time (0: none) goes to the observer's

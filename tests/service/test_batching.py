@@ -17,6 +17,7 @@ import pytest
 
 from service import batching
 from service.batching import Batcher
+from service.batchwait import QUIET_GAPS
 from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, Unavailable
 
 Arrays = dict[str, np.ndarray]
@@ -674,11 +675,11 @@ def test_concurrent_arrivals_are_held_until_the_stream_pauses() -> None:
         tasks, requests = await hold_batch(fake, batcher, clock, gap=0.01)
         assert batcher.queue_rows == 7 and fake.batches == [1]  # held for company
         assert not any(t.done() for t in tasks)
-        clock.now += 0.02  # two mean gaps without an arrival: the stream has paused
+        clock.now += QUIET_GAPS * 0.01  # no arrival for that many mean gaps: the stream has paused
         assert await fake.next_batch() == 7
         for inputs, outputs in zip(requests, await answer(asyncio.gather(*tasks)), strict=True):
             assert_matches_model(inputs, outputs)
-        assert recorder.waits == [0.0, pytest.approx(0.02)]
+        assert recorder.waits == [0.0, pytest.approx(QUIET_GAPS * 0.01)]
         await batcher.stop()
 
     run(main)

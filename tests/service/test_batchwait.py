@@ -53,13 +53,14 @@ def test_lone_closed_loop_client_never_waits_however_fast_it_is() -> None:
 
 def test_busy_stream_holds_until_it_pauses() -> None:
     policy = AdaptiveWait(DELAY)
-    last = busy(policy, arrivals=50, gap=1e-4)
-    assert policy.close_at(last - 1e-4, None, queued=1) == pytest.approx(last + QUIET_GAPS * 1e-4)
+    last = busy(policy, arrivals=50, gap=5e-5)
+    assert last + QUIET_GAPS * 5e-5 < last - 1e-4 + DELAY  # the pause comes before the delay bound
+    assert policy.close_at(last - 1e-4, None, queued=1) == pytest.approx(last + QUIET_GAPS * 5e-5)
 
 
 def test_hold_is_bounded_by_the_delay_after_the_oldest() -> None:
     policy = AdaptiveWait(DELAY)
-    last = busy(policy, arrivals=50, gap=4e-4)  # two gaps (0.8 ms) would outlast the delay
+    last = busy(policy, arrivals=50, gap=4e-4)  # a pause of several gaps would outlast the delay
     oldest = last - 1e-4
     assert policy.close_at(oldest, None, queued=1) == pytest.approx(oldest + DELAY)
 
