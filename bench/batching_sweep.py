@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from bench.serving import RESULTS, first_test_image, free_port, hey, process, write_bodies
+from bench.harness import RESULTS, first_test_image, free_port, hey, process, write_bodies
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,155 +1,140 @@
-"""Serving benchmark: the service vs a naive FastAPI baseline vs raw onnxruntime, in one run.
+"""Serving benchmark: the service beside its floor, a naive baseline and its previous batching, in one run.
 
-``python -m bench.serving`` starts the service (``python -m service``) and the naive baseline as
-real processes on loopback, drives each with ``hey`` (a separate process) at several concurrency
-levels with single-image requests, JSON and binary bodies, and measures raw in-process onnxruntime
-throughput at batch 1 and at the service's max batch size (the ceiling). Prints a table, writes
-``bench/results/serving.json`` and a plot ``bench/results/serving.png``.
+``python -m bench.serving`` starts these as real processes on loopback, all at once:
 
-``--baseline-tree DIR`` also runs the service from another source tree (for example ``git archive`` of
-an earlier commit, unpacked) in the same run, interleaved point by point with this tree's, and prints
-each of this tree's throughputs as a ratio of the other's: how to tell what a change costs on a noisy
-machine.
+- ``floor``: a bare FastAPI endpoint that reads the body and answers a constant (``bench/floor_app.py``);
+- ``naive``: FastAPI + onnxruntime, one ``session.run`` per request, JSON only (``bench/naive_app.py``);
+- ``service``: ``python -m service`` with its defaults (``SERVE_BATCH_WAIT=adaptive``);
+- ``service-fixed``: the same with ``SERVE_BATCH_WAIT=fixed``, the default before the adaptive wait;
+- ``service-baseline`` (with ``--baseline REF``): ``service/`` as of git commit ``REF`` (``git archive``),
+  with its own defaults: the code before a change, to compare the change against.
+
+Then, level by level and body by body, it drives each target in turn with ``hey`` (a separate process on
+the same cores) with single-image requests, so load that drifts on a shared machine touches every target
+alike; ``--rounds N`` repeats the whole sweep and reports each point's median. It measures raw
+in-process onnxruntime at batch 1 and at the max batch size (the ceiling), prints the table and the
+targets below as ratios, and writes ``bench/results/serving.json`` and ``serving.png``.
+
+Targets: c=1 at least the naive baseline, JSON and binary; c=16 and c=64 throughput at least the previous
+default's (``service-baseline`` when given, else ``service-fixed``); c=64 p99 at most 25 ms, JSON and
+binary; c=64 binary at least 0.9x the floor (same body).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import io
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
+import tarfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import onnxruntime as ort
-import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
-DATA_DIR = Path(os.environ.get("DATA_DIR", ROOT.parent / "shared" / "data"))
+from bench.harness import RESULTS, ROOT, first_test_image, free_port, hey, process, report, write_bodies
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+UVICORN = ["-m", "uvicorn", "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+Run = dict[str, Any]
 
 
-@contextmanager
-def process(
-    cmd: list[str], env: dict[str, str], ready_url: str, log: Path, cwd: Path = ROOT
-) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{cmd[:4]} exited with {proc.returncode}; see {log}")
-            try:
-                if httpx.get(ready_url, timeout=2).status_code in (200, 405):
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{cmd[:4]} not ready")
-            time.sleep(0.2)
-        yield proc
-    finally:
-        stop(proc)
+@dataclass
+class Target:
+    name: str
+    cmd: list[str]
+    env: dict[str, str]
+    ready_path: str
+    bodies: tuple[str, ...] = ("json", "binary")
+    port: int = field(default_factory=free_port)
+    cwd: Path = ROOT
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
 
-def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    """SIGTERM a process this benchmark started; SIGKILL it if it outlives ``timeout``."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def service_target(name: str, model: str, workers: int, env: dict[str, str]) -> Target:
+    port = free_port()
+    cmd = [sys.executable, "-m", "service", "--port", str(port), "--workers", str(workers)]
+    base = {"SERVE_MODELS": model, "SERVE_LOG_LEVEL": "warning"}
+    return Target(name, cmd, base | env, "/v2/health/ready", port=port)
 
 
-def first_test_image() -> np.ndarray:
-    import gzip
-
-    raw = gzip.decompress((DATA_DIR / "mnist" / "t10k-images-idx3-ubyte.gz").read_bytes())
-    return np.frombuffer(raw, np.uint8, count=784, offset=16).reshape(1, 28, 28, 1).astype(np.float32)
-
-
-def write_bodies(image: np.ndarray, workdir: Path) -> dict[str, tuple[Path, dict[str, str]]]:
-    json_body = orjson.dumps(
-        {
-            "inputs": [
-                {"name": "image", "datatype": "FP32", "shape": [1, 28, 28, 1], "data": image.ravel().tolist()}
-            ]
-        }
+def baseline_target(ref: str, model: str, workers: int) -> Target:
+    """``service/`` as of git commit ``ref``, run from its own directory so that it is what imports."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", ref], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    tree = RESULTS / f"baseline-{commit}"
+    if not (tree / "service").is_dir():
+        archive = subprocess.run(
+            ["git", "archive", commit, "service"], cwd=ROOT, capture_output=True, check=True
+        )
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(tree, filter="data")
+    target = service_target(
+        "service-baseline", model, workers, {"SERVE_MODEL_REPOSITORY": str(ROOT / "models")}
     )
-    header = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "image",
-                    "datatype": "FP32",
-                    "shape": [1, 28, 28, 1],
-                    "parameters": {"binary_data_size": image.nbytes},
-                }
-            ],
-            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
-        }
-    )
-    (workdir / "body.json").write_bytes(json_body)
-    (workdir / "body.bin").write_bytes(header + image.tobytes())
+    target.cwd = tree
+    return target
+
+
+def app_target(name: str, factory: str, env: dict[str, str], bodies: tuple[str, ...]) -> Target:
+    port = free_port()
+    cmd = [sys.executable, *UVICORN, "--log-level", "warning", "--port", str(port), "--factory", factory]
+    return Target(name, cmd, env, "/docs", bodies, port)
+
+
+def batch_counters(url: str) -> dict[str, float]:
+    """The service's batch counters (summed over versions): batches, rows, seconds held open."""
+    wanted = {
+        "inference_batch_size_count": "batches",
+        "inference_batch_size_sum": "rows",
+        "inference_batch_wait_seconds_sum": "held_s",
+    }
+    totals = dict.fromkeys(wanted.values(), 0.0)
+    seen = set()
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
+        for sample in family.samples:
+            if sample.name in wanted:
+                totals[wanted[sample.name]] += sample.value
+                seen.add(wanted[sample.name])
+    return {k: v if k in seen else float("nan") for k, v in totals.items()}  # nan: not exported
+
+
+def batching(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    batches = after["batches"] - before["batches"]
     return {
-        "json": (workdir / "body.json", {"Content-Type": "application/json"}),
-        "binary": (
-            workdir / "body.bin",
-            {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))},
-        ),
+        "rows_per_batch": (after["rows"] - before["rows"]) / batches if batches else float("nan"),
+        "held_us_per_batch": 1e6 * (after["held_s"] - before["held_s"]) / batches
+        if batches
+        else float("nan"),
     }
 
 
-def hey(url: str, body: Path, headers: dict[str, str], concurrency: int, seconds: float) -> dict[str, float]:
-    cmd = ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-D", str(body), "-t", "30"]
-    for key, value in headers.items():
-        if key.lower() == "content-type":
-            cmd += ["-T", value]
-        else:
-            cmd += ["-H", f"{key}: {value}"]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    pct = {int(p): float(v) * 1000 for p, v in re.findall(r"(\d+)%+ in ([\d.]+) secs", out)}
-    codes = {int(c): int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
-    errors = 0
-    if "Error distribution:" in out:
-        tail = out.split("Error distribution:")[1]
-        errors = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s", tail, re.M))
-    total = sum(codes.values())
-    return {
-        "rps": rps,
-        "p50_ms": pct.get(50, float("nan")),
-        "p99_ms": pct.get(99, float("nan")),
-        "responses": total,
-        "non_2xx": total - sum(n for c, n in codes.items() if 200 <= c < 300) + errors,
-    }
-
-
-def report(target: str, concurrency: int, r: dict[str, float]) -> None:
-    print(
-        f"{target:15} c={concurrency:3}: {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.1f} ms  "
-        f"p99 {r['p99_ms']:6.1f} ms  non-2xx {r['non_2xx']:.0f}",
-        flush=True,
-    )
+def medians(samples: list[Run]) -> list[Run]:
+    """One run per (target, body, concurrency), each number the median over the rounds."""
+    groups: dict[tuple[str, str, int], list[Run]] = {}
+    for r in samples:
+        groups.setdefault((r["target"], r["body"], r["concurrency"]), []).append(r)
+    return [
+        {"target": t, "body": b, "concurrency": c, "rounds": len(rs)}
+        | {
+            k: float(np.median([r[k] for r in rs]))
+            for k in rs[0]
+            if k not in ("target", "body", "concurrency")
+        }
+        for (t, b, c), rs in groups.items()
+    ]
 
 
 def raw_onnxruntime(model: Path, image: np.ndarray, batch: int, seconds: float) -> float:
@@ -165,26 +150,77 @@ def raw_onnxruntime(model: Path, image: np.ndarray, batch: int, seconds: float) 
     return runs * batch / (time.perf_counter() - start)
 
 
-def plot(results: dict[str, object], path: Path) -> None:
+def check_targets(runs: list[Run], levels: list[int]) -> list[dict[str, Any]]:
+    """The issue's targets, each as ``measured`` against ``bar`` (a ratio, or p99 milliseconds)."""
+    by = {(r["target"], r["body"], r["concurrency"]): r for r in runs}
+    rows: list[dict[str, Any]] = []
+
+    def ratio(label: str, a: tuple[str, str, int], b: tuple[str, str, int], bar: float) -> None:
+        if a in by and b in by:
+            value = by[a]["rps"] / by[b]["rps"]
+            rows.append({"target": label, "measured": value, "bar": bar, "unit": "x", "met": value >= bar})
+
+    for body in ("json", "binary"):
+        ratio(f"c=1 {body}: service / naive JSON", ("service", body, 1), ("naive", "json", 1), 1.0)
+    before = "service-baseline" if any(r["target"] == "service-baseline" for r in runs) else "service-fixed"
+    for c in (16, 64):
+        for body in ("json", "binary"):
+            ratio(f"c={c} {body}: service / {before}", ("service", body, c), (before, body, c), 1.0)
+    top = max(levels)
+    for body in ("json", "binary"):
+        key = ("service", body, top)
+        if key in by:
+            p99 = by[key]["p99_ms"]
+            rows.append(
+                {
+                    "target": f"c={top} {body}: p99",
+                    "measured": p99,
+                    "bar": 25.0,
+                    "unit": "ms",
+                    "met": p99 <= 25.0,
+                }
+            )
+    ratio(f"c={top} binary: service / floor", ("service", "binary", top), ("floor", "binary", top), 0.9)
+    return rows
+
+
+def print_targets(rows: list[dict[str, Any]]) -> None:
+    print(f"\n{'target':44} {'measured':>9} {'bar':>10}")
+    for row in rows:
+        if row["unit"] == "x":
+            measured, bar = f"{row['measured']:.2f}x", f">= {row['bar']:.1f}x"
+        else:
+            measured, bar = f"{row['measured']:.1f} ms", f"<= {row['bar']:.0f} ms"
+        print(f"{row['target']:44} {measured:>9} {bar:>10}  {'met' if row['met'] else 'NOT MET'}")
+
+
+def print_cpu(runs: list[Run], levels: list[int]) -> None:
+    """Server CPU time per answered request: what throughput would follow on an idle machine."""
+    by = {(r["target"], r["body"], r["concurrency"]): r for r in runs}
+    names = sorted({(r["target"], r["body"]) for r in runs}, key=lambda tb: (tb[1], tb[0]))
+    print(f"\nserver CPU per request (us){'':18}" + "".join(f"{f'c={c}':>8}" for c in levels))
+    for target, body in names:
+        cells = "".join(f"{by[(target, body, c)]['server_cpu_us']:8.0f}" for c in levels)
+        print(f"{target + ' ' + body:45}{cells}")
+
+
+def plot(runs: list[Run], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = results["http"]  # type: ignore[index]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for target in sorted({r["target"] for r in runs}):  # type: ignore[attr-defined]
-        rows = [r for r in runs if r["target"] == target]  # type: ignore[attr-defined]
+    for label in sorted({f"{r['target']} {r['body']}" for r in runs}):
+        rows = [r for r in runs if f"{r['target']} {r['body']}" == label]
         cs = [r["concurrency"] for r in rows]
-        ax1.plot(cs, [r["rps"] for r in rows], marker="o", label=target)
-        ax2.plot(cs, [r["p99_ms"] for r in rows], marker="o", label=target)
-    ax1.set(
-        xlabel="concurrency", ylabel="requests/s", title="Throughput (single-image requests)", xscale="log"
-    )
+        ax1.plot(cs, [r["rps"] for r in rows], marker="o", label=label)
+        ax2.plot(cs, [r["p99_ms"] for r in rows], marker="o", label=label)
+    ax1.set(xlabel="concurrency", ylabel="requests/s", title="Throughput (one image a request)", xscale="log")
     ax2.set(xlabel="concurrency", ylabel="p99 latency (ms)", title="p99 latency", xscale="log", yscale="log")
     for ax in (ax1, ax2):
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -192,11 +228,11 @@ def plot(results: dict[str, object], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mnist-cnn")
-    parser.add_argument("--seconds", type=float, default=10.0, help="load duration per point")
+    parser.add_argument("--seconds", type=float, default=5.0, help="load duration per point")
     parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--baseline-tree", type=Path, help="also run the service from this source tree")
-    parser.add_argument("--rounds", type=int, default=1, help="repeat the service points (with a baseline)")
+    parser.add_argument("--workers", type=int, default=1, help="service worker processes")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the sweep; report medians")
+    parser.add_argument("--baseline", metavar="REF", help="also run service/ as of this git commit")
     args = parser.parse_args(argv)
     if shutil.which("hey") is None:
         print("error: hey not found (make system-deps installs it)", file=sys.stderr)
@@ -208,115 +244,66 @@ def main(argv: list[str] | None = None) -> int:
     image = first_test_image()
     bodies = write_bodies(image, RESULTS)
     levels = [int(c) for c in args.concurrency.split(",")]
-    serve_env = {"SERVE_MODELS": args.model, "SERVE_LOG_LEVEL": "warning", "SERVE_GRPC_PORT": "0"}
-    max_batch = int(os.environ.get("SERVE_MAX_BATCH_SIZE", "32"))
-    results: dict[str, object] = {"model": args.model, "seconds": args.seconds, "http": []}
-    runs: list[dict[str, object]] = results["http"]  # type: ignore[assignment]
-
-    if args.baseline_tree is not None:
-        return compare(args, bodies, levels, serve_env)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "service", "--port", str(port), "--workers", str(args.workers)]
-    with process(cmd, serve_env, f"{url}/v2/health/ready", RESULTS / "service.log"):
-        for kind, (body, headers) in bodies.items():
-            for c in levels:
-                r = hey(f"{url}/v2/models/{args.model}/infer", body, headers, c, args.seconds)
-                runs.append({"target": f"service-{kind}", "concurrency": c, **r})
-                report(f"service {kind}", c, r)
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "bench.naive_app:create_app",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
+    targets = [
+        app_target("floor", "bench.floor_app:create_app", {}, ("json", "binary")),
+        app_target(
+            "naive", "bench.naive_app:create_app", {"NAIVE_MODEL": str(model_dir / "model.onnx")}, ("json",)
+        ),
+        service_target("service", args.model, args.workers, {"SERVE_BATCH_WAIT": "adaptive"}),
+        service_target("service-fixed", args.model, args.workers, {"SERVE_BATCH_WAIT": "fixed"}),
     ]
-    with process(cmd, {"NAIVE_MODEL": str(model_dir / "model.onnx")}, f"{url}/docs", RESULTS / "naive.log"):
-        body, headers = bodies["json"]
-        for c in levels:
-            r = hey(f"{url}/v2/models/{args.model}/infer", body, headers, c, args.seconds)
-            runs.append({"target": "naive-json", "concurrency": c, **r})
-            report("naive json", c, r)
+    if args.baseline:
+        targets.append(baseline_target(args.baseline, args.model, args.workers))
+    samples: list[Run] = []
+    with ExitStack() as stack:
+        pids = {
+            t.name: stack.enter_context(
+                process(t.cmd, t.env, t.url + t.ready_path, RESULTS / f"{t.name}.log", cwd=t.cwd)
+            ).pid
+            for t in targets
+        }
+        for _, c in ((r, c) for r in range(args.rounds) for c in levels):
+            for body in ("json", "binary"):
+                for t in (t for t in targets if body in t.bodies):
+                    path, headers = bodies[body]
+                    service = t.name.startswith("service")
+                    before = batch_counters(t.url) if service else {}
+                    url = f"{t.url}/v2/models/{args.model}/infer"
+                    r = hey(url, path, headers, c, args.seconds, server_pid=pids[t.name])
+                    if service:
+                        r |= batching(before, batch_counters(t.url))
+                    samples.append({"target": t.name, "body": body, "concurrency": c, **r})
+                    report(f"{t.name} {body}", c, r)
+    runs = medians(samples)
+    if args.rounds > 1:
+        print(f"\nmedians of {args.rounds} rounds:")
+        for r in runs:
+            report(f"{r['target']} {r['body']}", r["concurrency"], r)
 
+    max_batch = int(os.environ.get("SERVE_MAX_BATCH_SIZE", "32"))
     ceiling = {f"batch_{b}": raw_onnxruntime(model_dir / "model.onnx", image, b, 3.0) for b in (1, max_batch)}
-    results["raw_onnxruntime_samples_per_s"] = ceiling
     print(
         f"raw onnxruntime: batch 1 {ceiling['batch_1']:.0f} samples/s, "
         f"batch {max_batch} {ceiling[f'batch_{max_batch}']:.0f} samples/s"
     )
-
-    top = max(levels)
-    by = {(r["target"], r["concurrency"]): r for r in runs}
-    naive = by[("naive-json", top)]["rps"]
-    summary = {
-        f"json_vs_naive_at_c{top}": by[("service-json", top)]["rps"] / naive,  # type: ignore[operator]
-        f"binary_vs_naive_at_c{top}": by[("service-binary", top)]["rps"] / naive,  # type: ignore[operator]
+    rows = check_targets(runs, levels)
+    print_targets(rows)
+    print_cpu(runs, levels)
+    results = {
+        "model": args.model,
+        "seconds": args.seconds,
+        "date": time.strftime("%Y-%m-%d"),
+        "cpus": os.cpu_count(),
+        "rounds": args.rounds,
+        "http": runs,
+        "samples": samples,
+        "raw_onnxruntime_samples_per_s": ceiling,
+        "targets": rows,
     }
-    results["summary"] = summary
-    print(
-        f"\nat concurrency {top}: JSON {summary[f'json_vs_naive_at_c{top}']:.2f}x naive (bar 3x), "
-        f"binary {summary[f'binary_vs_naive_at_c{top}']:.2f}x naive (bar 4x)"
-    )
     (RESULTS / "serving.json").write_text(json.dumps(results, indent=2))
-    plot(results, RESULTS / "serving.png")
+    plot(runs, RESULTS / "serving.png")
     print(f"wrote {RESULTS / 'serving.json'} and {RESULTS / 'serving.png'}")
     return 0
-
-
-def compare(
-    args: argparse.Namespace,
-    bodies: dict[str, tuple[Path, dict[str, str]]],
-    levels: list[int],
-    env: dict[str, str],
-) -> int:
-    """This tree's service against ``args.baseline_tree``'s, both running, loaded point by point in turn."""
-    trees = {"this": ROOT, "baseline": args.baseline_tree.resolve()}
-    ports = {name: free_port() for name in trees}
-    pids: dict[str, int] = {}
-    rps: dict[tuple[str, str, int], list[float]] = {}
-    cpu: dict[tuple[str, str, int], list[float]] = {}
-    with contextlib.ExitStack() as stack:
-        for name, tree in trees.items():
-            cmd = [sys.executable, "-m", "service", "--port", str(ports[name])]
-            tree_env = {**env, "PYTHONPATH": str(tree), "SERVE_MODEL_REPOSITORY": str(tree / "models")}
-            url = f"http://127.0.0.1:{ports[name]}/v2/health/ready"
-            log = RESULTS / f"service-{name}.log"
-            pids[name] = stack.enter_context(process(cmd, tree_env, url, log, cwd=tree)).pid
-        for _ in range(args.rounds):
-            for kind, (body, headers) in bodies.items():
-                for c in levels:
-                    for name in trees:
-                        url = f"http://127.0.0.1:{ports[name]}/v2/models/{args.model}/infer"
-                        before = cpu_seconds(pids[name])
-                        r = hey(url, body, headers, c, args.seconds)
-                        used = (cpu_seconds(pids[name]) - before) / max(1.0, r["responses"]) * 1e6
-                        rps.setdefault((name, kind, c), []).append(r["rps"])
-                        cpu.setdefault((name, kind, c), []).append(used)
-                        report(f"{name} {kind}", c, r)
-    print("\nthis tree vs baseline, mean over rounds: requests/s, and server CPU µs per request:")
-    for kind in bodies:
-        for c in levels:
-            key_this, key_base = ("this", kind, c), ("baseline", kind, c)
-            mine, base = sum(rps[key_this]) / args.rounds, sum(rps[key_base]) / args.rounds
-            cpu_mine, cpu_base = sum(cpu[key_this]) / args.rounds, sum(cpu[key_base]) / args.rounds
-            print(
-                f"  {kind:6} c={c:3}: {mine:7.0f} vs {base:7.0f} req/s = {mine / base:.3f}x;  "
-                f"{cpu_mine:6.1f} vs {cpu_base:6.1f} µs/request = {cpu_mine / cpu_base:.3f}x"
-            )
-    return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process (Linux) has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -4,19 +4,36 @@
 :class:`Unavailable` when stopping), splits it into jobs of at most ``max_batch_size`` rows, appends the
 jobs to a deque and awaits their futures. Each job carries its own future, created before it is queued.
 
-The consumer task sleeps on an :class:`asyncio.Event` until there is work, then until the queue holds
-``max_batch_size`` rows or the oldest job has waited ``max_queue_delay_us`` (a ``call_later`` timer sets
-the same event, so there is no polling). It takes whole jobs in FIFO order, never more than
-``max_batch_size`` rows, and computes them in the executor: concatenate, ``run``, check every output's
-row count, slice each job's rows back out. One batch computes at a time; submissions queue meanwhile,
-so batches grow under load. A failed batch fails all of its jobs with a generic :class:`InferenceFailed`
-and is logged once; later batches are unaffected.
+The consumer task sleeps on an :class:`asyncio.Event` until there is work, takes whole jobs in FIFO order,
+never more than ``max_batch_size`` rows, and computes them in the executor: concatenate, ``run``, check
+every output's row count, slice each job's rows back out. One batch computes at a time; submissions queue
+meanwhile, so batches grow under load. A failed batch fails all of its jobs with a generic
+:class:`InferenceFailed` and is logged once; later batches are unaffected.
+
+When a batch goes (:mod:`service.batchwait`): ``max_batch_size`` queued rows go at once, and so does
+everything while stopping. Fewer rows go when the wait policy says so. ``"adaptive"`` (the default) holds
+them only when company is likely: the mean gap between arrivals is under ``max_queue_delay_us`` and at
+least half of the recent arrivals found another request in flight (a lone client in a closed loop never
+does, so its requests go at once however fast it is), and not once the queue holds as many requests as
+were lately in flight at once. A held batch goes at the first of: four mean gaps after the last arrival
+(the stream has paused), ``max_queue_delay_us`` after its oldest request, and one batch's compute time
+before its earliest deadline. ``"fixed"`` is Triton's rule: the oldest request waits
+``max_queue_delay_us`` for the batch to fill. Each batch's hold time (0: none) goes to the observer's
+``on_wait``.
+
+A hold never polls. Every arrival wakes the consumer, which asks the policy again; a timer closes the hold
+when nobody arrives, but never sooner than one tick of the event loop's timers (``TIMER_TICK``, 1 ms:
+libuv and epoll count whole milliseconds, so a shorter timer fires at once and the consumer would spin
+through the loop until the time came). A hold can therefore outlast its close time by up to one tick when
+no request arrives to end it sooner.
 
 A job leaves the queue in one of two ways: taken into a batch, or dropped (deadline passed, client went
 away, shutdown). Dropped jobs stay in the deque as tombstones (``queued`` is False) until the consumer
 pops them, so dropping is O(1); their rows leave ``queue_rows`` at once. Deadlines are ``time.monotonic()``
-seconds, enforced by one timer per request, so an expired request is answered at its deadline; a job whose
-batch has started is always computed and answered.
+seconds (the batcher's ``clock``), enforced by one timer for the earliest queued deadline (re-armed for
+the next when it fires), so an expired request is answered at its deadline (to the timer tick) without a
+timer per request; a job whose batch has started is always computed and answered. A batcher belongs to
+the event loop that started it.
 """
 
 from __future__ import annotations
@@ -25,6 +42,7 @@ import asyncio
 import concurrent.futures
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,9 +50,12 @@ from typing import Protocol
 
 import numpy as np
 
+from service.batchwait import WaitName, make_policy
 from service.errors import DeadlineExceeded, InferenceFailed, InvalidInput, Overloaded, Unavailable
 
 logger = logging.getLogger(__name__)
+#: Shortest timer a hold arms, in seconds: the resolution of event-loop timers (see the module docstring).
+TIMER_TICK = 0.001
 _EXPIRED = "deadline exceeded before the request was computed"
 _SHUTTING_DOWN = "server is shutting down"
 
@@ -54,6 +75,9 @@ class BatchObserver(Protocol):
 
     def on_queue_rows(self, rows: int) -> None:
         """Whenever the number of queued rows changes."""
+
+    def on_wait(self, seconds: float) -> None:
+        """Once per batch, before it computes: how long it was held open for more rows (0: not at all)."""
 
 
 class _Job:
@@ -83,12 +107,19 @@ class Batcher:
         executor: concurrent.futures.Executor | None = None,
         observer: BatchObserver | None = None,
         name: str = "",
+        wait: WaitName = "adaptive",
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """``wait`` names the policy for batches that are not full (see the module docstring). ``clock``
+        gives the seconds that deadlines, waits and compute times are measured in (default:
+        ``time.monotonic``, and ``time.perf_counter`` for compute)."""
         if max_batch_size < 1 or max_queue_delay_us < 0 or max_queue_rows < 1:
             raise ValueError("need max_batch_size >= 1, max_queue_delay_us >= 0, max_queue_rows >= 1")
         self._run = run
         self._max_batch_size = max_batch_size
-        self._delay = max_queue_delay_us / 1e6
+        self._policy = make_policy(wait, max_queue_delay_us / 1e6)
+        self._clock = clock or time.monotonic
+        self._stopwatch = clock or time.perf_counter
         self._max_queue_rows = max_queue_rows
         self._owns_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
@@ -101,6 +132,10 @@ class Batcher:
         self._pending = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._holding = False  # the consumer holds a batch open: every arrival wakes it
+        self._expiry: asyncio.TimerHandle | None = None  # fires at _expires_at, the earliest deadline
+        self._expires_at = math.inf
         self._inflight: list[_Job] = []
         self._closing = False  # stop() was called: refuse submits, dispatch without waiting for the delay
 
@@ -122,7 +157,8 @@ class Batcher:
     def start(self) -> None:
         """Start the consumer task; call from inside the running event loop."""
         if self._task is None and not self._closing:
-            self._task = asyncio.get_running_loop().create_task(self._consume(), name=f"batcher-{self._name}")
+            self._loop = asyncio.get_running_loop()
+            self._task = self._loop.create_task(self._consume(), name=f"batcher-{self._name}")
 
     async def submit(self, inputs: Arrays, *, deadline: float | None = None) -> Arrays:
         """Compute ``inputs`` (all arrays sharing the leading row dimension) in some batch.
@@ -131,13 +167,14 @@ class Batcher:
         :class:`DeadlineExceeded` when ``deadline`` (``time.monotonic()`` seconds) passes before the
         request's compute starts, :class:`InferenceFailed` when its batch fails.
         """
-        if not self.accepting:
+        loop = self._loop
+        if loop is None or not self.accepting:
             message = _SHUTTING_DOWN if self._closing else f"model '{self._name}' is not ready"
             raise Unavailable(message)
         rows = len(next(iter(inputs.values())))
         if rows < 1:
             raise InvalidInput("a request needs at least one row")
-        now = time.monotonic()
+        now = self._clock()
         if deadline is not None and deadline <= now:
             raise DeadlineExceeded(_EXPIRED)
         if self._queue_rows + rows > self._max_queue_rows:
@@ -146,7 +183,7 @@ class Batcher:
                 f"limit {self._max_queue_rows})",
                 retry_after_s=1,
             )
-        loop = asyncio.get_running_loop()
+        self._policy.arrived(now, self._pending)
         size = self._max_batch_size
         if rows <= size:
             jobs = [_Job(inputs, rows, loop.create_future(), deadline, now)]
@@ -160,10 +197,11 @@ class Batcher:
         self._queue.extend(jobs)
         self._queue_rows += rows
         self._notify_queue_rows()
-        if before == 0 or self._queue_rows >= size:
-            self._wakeup.set()  # otherwise the consumer is computing or already waiting on the head's delay
+        if before == 0 or self._queue_rows >= size or self._holding:
+            self._wakeup.set()  # otherwise the consumer is computing: it looks at the queue afterwards
         self._pending += 1
-        timer = None if deadline is None else loop.call_later(deadline - now, self._expire, jobs)
+        if deadline is not None and deadline < self._expires_at:
+            self._arm_expiry(loop, deadline)
         try:
             if len(jobs) == 1:
                 return await jobs[0].future
@@ -175,8 +213,6 @@ class Batcher:
             raise
         finally:
             self._pending -= 1
-            if timer is not None:
-                timer.cancel()
 
     async def stop(self, *, drain: bool = True, timeout: float | None = None) -> None:
         """Stop admitting now; compute what is queued (``drain``) or fail it with :class:`Unavailable`.
@@ -199,6 +235,8 @@ class Batcher:
                 task.cancel()
                 await asyncio.wait({task})
         self._fail_queued()  # never started, or the consumer ended early
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self._owns_executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -214,10 +252,24 @@ class Batcher:
             else:
                 job.future.set_exception(error)
 
-    def _expire(self, jobs: list[_Job]) -> None:
-        for job in jobs:
-            if job.queued:
-                self._drop(job, DeadlineExceeded(_EXPIRED))
+    def _arm_expiry(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expires_at = when
+        self._expiry = loop.call_later(max(when - self._clock(), TIMER_TICK), self._expire)
+
+    def _expire(self) -> None:
+        """The expiry timer: answer every queued job past its deadline, then re-arm for the next one."""
+        self._expiry, self._expires_at = None, math.inf
+        now, upcoming = self._clock(), math.inf
+        for job in self._queue:
+            if job.queued and job.deadline is not None:
+                if job.deadline <= now:
+                    self._drop(job, DeadlineExceeded(_EXPIRED))
+                else:
+                    upcoming = min(upcoming, job.deadline)
+        if upcoming < math.inf:
+            self._arm_expiry(asyncio.get_running_loop(), upcoming)
 
     def _fail_queued(self) -> None:
         while self._queue:
@@ -226,36 +278,55 @@ class Batcher:
     async def _consume(self) -> None:
         loop = asyncio.get_running_loop()
         queue, wakeup = self._queue, self._wakeup
+        held_since: float | None = None  # when the consumer began holding the next batch open
         while True:
             while queue and not queue[0].queued:
                 queue.popleft()  # tombstones of dropped jobs
             if not queue:
                 if self._closing:
                     return
+                held_since = None
                 wakeup.clear()
                 await wakeup.wait()
                 continue
             if not self._closing and self._queue_rows < self._max_batch_size:
-                remaining = queue[0].enqueued + self._delay - time.monotonic()
-                if remaining > 0:
-                    wakeup.clear()
-                    timer = loop.call_later(remaining, wakeup.set)
-                    try:
-                        await wakeup.wait()
-                    finally:
-                        timer.cancel()
+                now = self._clock()
+                if await self._hold(loop, now):
+                    held_since = now if held_since is None else held_since
                     continue
             batch = self._take()
             if batch:
+                if self._observer is not None:
+                    held = 0.0 if held_since is None else max(0.0, self._clock() - held_since)
+                    self._observe(self._observer.on_wait, held)
+                held_since = None
                 self._inflight = batch
                 try:
                     await self._compute(loop, batch)
                 finally:
                     self._inflight = []
 
+    async def _hold(self, loop: asyncio.AbstractEventLoop, now: float) -> bool:
+        """Wait while the policy keeps the queued rows open (until an arrival or the timer); False if
+        they go now."""
+        live = [j for j in self._queue if j.queued]
+        deadlines = [j.deadline for j in live if j.deadline is not None]
+        close = self._policy.close_at(live[0].enqueued, min(deadlines) if deadlines else None, len(live))
+        if close <= now:
+            return False
+        self._holding = True
+        self._wakeup.clear()
+        timer = loop.call_later(max(close - now, TIMER_TICK), self._wakeup.set)
+        try:
+            await self._wakeup.wait()
+        finally:
+            timer.cancel()
+            self._holding = False
+        return True
+
     def _take(self) -> list[_Job]:
         """Pop whole jobs, FIFO, up to ``max_batch_size`` rows; drop the expired and abandoned."""
-        queue, batch, rows, now = self._queue, list[_Job](), 0, time.monotonic()
+        queue, batch, rows, now = self._queue, list[_Job](), 0, self._clock()
         while queue:
             job = queue[0]
             if job.queued and not job.future.done() and (job.deadline is None or job.deadline > now):
@@ -285,6 +356,7 @@ class Batcher:
         except RuntimeError:  # executor shut down under us; keep the consumer alive
             logger.exception("model '%s': cannot schedule a batch", self._name)
             results, seconds = None, 0.0
+        self._policy.computed(sum(sizes), seconds)
         if self._observer is not None:
             self._observe(self._observer.on_batch, sum(sizes), seconds)
         for i, job in enumerate(batch):
@@ -296,7 +368,7 @@ class Batcher:
 
     def _run_batch(self, parts: list[Arrays], sizes: list[int]) -> tuple[list[Arrays] | None, float]:
         """Worker thread: concatenate, run, check row counts, split. Never raises."""
-        start = time.perf_counter()
+        start = self._stopwatch()
         rows = sum(sizes)
         try:
             if len(parts) == 1:
@@ -314,8 +386,8 @@ class Batcher:
                 results = [{k: v[a:b] for k, v in outputs.items()} for a, b in bounds]
         except Exception:
             logger.exception("model '%s': batch of %d rows failed", self._name, rows)
-            return None, time.perf_counter() - start
-        return results, time.perf_counter() - start
+            return None, self._stopwatch() - start
+        return results, self._stopwatch() - start
 
     def _notify_queue_rows(self) -> None:
         if self._observer is not None:

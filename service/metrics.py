@@ -1,7 +1,8 @@
 """Prometheus metrics, all in one place, registered on an injected registry.
 
 Names are fixed by the design contract (section 6). Requests, rows and batches are counted
-separately; time in the queue and time computing are separate histograms.
+separately; time in the queue, time a batch was held open for more rows, and time computing are separate
+histograms. Nothing here is computed per request that can be read when Prometheus scrapes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from prometheus_client.metrics import MetricWrapperBase
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# From "not held at all" through the default max_queue_delay_us (500 us) to far beyond it.
+WAIT_BUCKETS = (0.0, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
 STATUSES = ("ok", "bad_request", "rejected", "timeout", "error")
 #: Why a feedback item for a served model was refused (the ``result`` of ``feedback_items_total``).
 FEEDBACK_REASONS = (
@@ -66,6 +69,13 @@ class Metrics:
             "Time onnxruntime spent on one batch.",
             mv,
             buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_wait = Histogram(
+            "inference_batch_wait_seconds",
+            "Time a batch was held open for more rows before computing (0: it went at once).",
+            mv,
+            buckets=WAIT_BUCKETS,
             registry=registry,
         )
         self.batch_size = Histogram(
@@ -119,7 +129,8 @@ class Metrics:
 class ModelMetrics:
     """The children of every per-version metric, bound once at load (no label lookups per request).
 
-    Also the batcher's observer (``on_batch``, ``on_dequeue``, ``on_queue_rows``).
+    Also the batcher's observer (``on_batch``, ``on_dequeue``, ``on_queue_rows``, ``on_wait``). The queued
+    rows are remembered and read by the gauge at scrape time, not written into it on every change.
     """
 
     def __init__(self, metrics: Metrics, model: str, version: str) -> None:
@@ -133,8 +144,10 @@ class ModelMetrics:
         self._request_duration = {"http": metrics.request_duration.labels(*labels, "http")}
         self._queue_duration = metrics.queue_duration.labels(*labels)
         self._compute_duration = metrics.compute_duration.labels(*labels)
+        self._batch_wait = metrics.batch_wait.labels(*labels)
         self._batch_size = metrics.batch_size.labels(*labels)
-        self._queue_rows = metrics.queue_rows.labels(*labels)
+        self._queued_rows = 0
+        metrics.queue_rows.labels(*labels).set_function(lambda: self._queued_rows)
         self._provider: str | None = None
         self.stats = VersionStats()
 
@@ -150,7 +163,10 @@ class ModelMetrics:
         self._queue_duration.observe(queued_seconds)
 
     def on_queue_rows(self, rows: int) -> None:
-        self._queue_rows.set(rows)
+        self._queued_rows = rows
+
+    def on_wait(self, seconds: float) -> None:
+        self._batch_wait.observe(seconds)
 
     def observe_request(self, status: str, seconds: float, protocol: str = "http") -> None:
         """One answered inference request: ``status`` in STATUSES, ``protocol`` in PROTOCOLS."""

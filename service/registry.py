@@ -218,6 +218,7 @@ class ModelRegistry:
             max_queue_rows=self.settings.max_queue_rows,
             executor=self._executor,
             observer=model_metrics,
+            wait=self.settings.batch_wait,
             name=f"{name}/{version}",
         )
         batcher.start()

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.batchwait import WaitName
 from service.repository import VersionPolicy
 
 
@@ -54,6 +55,12 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, le=4096, description="Most rows (samples) in one batch.")
     max_queue_delay_us: int = Field(
         500, ge=0, le=10_000_000, description="Longest a queued request waits for its batch to fill, in us."
+    )
+    batch_wait: WaitName = Field(
+        "adaptive",
+        description="When a batch that is not full goes: 'adaptive' waits (up to max_queue_delay_us) only "
+        "while other requests are likely to join, never for a lone client; 'fixed' always lets the oldest "
+        "request wait max_queue_delay_us (Triton's rule).",
     )
     max_queue_rows: int = Field(
         2048,

@@ -61,8 +61,9 @@ def trainer_args() -> list[str]:
     args = [str(a) for a in shipped]
     assert args[0] == "retrain" and args[args.index("--name") + 1] == MODEL and "--force" not in args
     return [
-        "train", "--data-dir", "/data", "--dataset", "mnist", "--preset", "mlp", "--epochs", "1", "--name", MODEL,
-        "--publish", args[args.index("--repository") + 1], "--limit-train", "3000", "--max-regression", "100",
+        "train", "--data-dir", "/data", "--dataset", "mnist", "--preset", "mlp", "--epochs", "1",
+        "--name", MODEL, "--publish", args[args.index("--repository") + 1],
+        "--limit-train", "3000", "--max-regression", "100",
     ]  # fmt: skip
 
 

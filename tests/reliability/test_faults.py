@@ -104,10 +104,11 @@ def test_sigterm_under_load_answers_every_request(tmp_path: Path) -> None:
     held = write_model_version(repo, "held", 1, seed=2)
     env = {
         "SERVE_MODEL_REPOSITORY": str(repo),
-        # A batch leaves when it holds 64 rows or after 10 s: the 64-row stream requests go at once,
-        # the 1-row requests to "held" stay queued until the drain flushes them.
+        # With the fixed wait a batch leaves when it holds 64 rows or after 10 s: the 64-row stream
+        # requests go at once, the 1-row requests to "held" stay queued until the drain flushes them.
         "SERVE_MAX_BATCH_SIZE": "64",
         "SERVE_MAX_QUEUE_DELAY_US": "10000000",
+        "SERVE_BATCH_WAIT": "fixed",
         "SERVE_DRAIN_SECONDS": str(DRAIN_SECONDS),
         "SERVE_INTRA_OP_THREADS": "1",
     }
@@ -291,7 +292,9 @@ def test_failing_model_fails_its_batches_only(tmp_path: Path, caplog: pytest.Log
     bright = [images(1, seed=200 + i) for i in range(4)]  # make the model raise inside onnxruntime
     plain = [images(2, seed=300 + i) for i in range(6)]
     # Requests wait up to 50 ms for company, so concurrent ones share batches.
-    settings = Settings(model_repository=tmp_path, max_batch_size=32, max_queue_delay_us=50_000)
+    settings = Settings(
+        model_repository=tmp_path, max_batch_size=32, max_queue_delay_us=50_000, batch_wait="fixed"
+    )
     with TestClient(create_app(settings)) as client, ThreadPoolExecutor(26) as pool:
 
         def post(model: str, batch: np.ndarray) -> Any:

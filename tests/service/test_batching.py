@@ -17,6 +17,7 @@ import pytest
 
 from service import batching
 from service.batching import Batcher
+from service.batchwait import QUIET_GAPS
 from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, Unavailable
 
 Arrays = dict[str, np.ndarray]
@@ -48,6 +49,7 @@ class FakeRuntime:
         self.received: list[Arrays] = []
         self.fail_batches: set[int] = set()
         self.transform: Callable[[Arrays], Arrays] = model
+        self.on_run: Callable[[], None] = lambda: None  # runs in the worker once the gate is open
 
     def __call__(self, inputs: Arrays) -> Arrays:
         index = len(self.batches)
@@ -56,6 +58,7 @@ class FakeRuntime:
         self.loop.call_soon_threadsafe(self.started.put_nowait, len(inputs["k"]))
         if not self.gate.wait(GUARD_S):
             raise TimeoutError("the test never opened the gate")
+        self.on_run()
         if index in self.fail_batches:
             raise RuntimeError("secret internal detail")
         return self.transform(inputs)
@@ -74,6 +77,7 @@ class Recorder:
         self.compute_seconds: list[float] = []
         self.queued_seconds: list[float] = []
         self.queue_rows: list[int] = []
+        self.waits: list[float] = []
 
     def on_batch(self, rows: int, compute_seconds: float) -> None:
         self.batches.append(rows)
@@ -85,6 +89,19 @@ class Recorder:
     def on_queue_rows(self, rows: int) -> None:
         self.queue_rows.append(rows)
 
+    def on_wait(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+class FakeClock:
+    """Seconds that pass only when the test moves them."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
 
 class BrokenObserver:
     def on_batch(self, rows: int, compute_seconds: float) -> None:
@@ -94,6 +111,9 @@ class BrokenObserver:
         raise RuntimeError("observer bug")
 
     def on_queue_rows(self, rows: int) -> None:
+        raise RuntimeError("observer bug")
+
+    def on_wait(self, seconds: float) -> None:
         raise RuntimeError("observer bug")
 
 
@@ -188,7 +208,7 @@ def test_partial_batch_goes_without_reaching_max_batch_size(delay_us: int) -> No
 def test_huge_delay_dispatches_only_full_batches_or_on_drain() -> None:
     async def main() -> None:
         fake = FakeRuntime()
-        batcher = make_batcher(fake, max_batch_size=8, max_queue_delay_us=1000 * 10**6)
+        batcher = make_batcher(fake, max_batch_size=8, max_queue_delay_us=1000 * 10**6, wait="fixed")
         rng = np.random.default_rng(4)
         a, b, c, d = (make_inputs(rng, n, 100 * i) for i, n in enumerate((3, 4, 1, 2)))
         waiting = [asyncio.create_task(batcher.submit(x)) for x in (a, b)]
@@ -300,6 +320,30 @@ def test_deadline_passing_while_queued_answers_at_the_deadline() -> None:
         assert fake.batches == [2, 1]
         assert fake.seen_ids().isdisjoint(late["k"].tolist())
         assert len(recorder.queued_seconds) == 2  # the expired job was never dequeued into a batch
+        await batcher.stop()
+
+    run(main)
+
+
+def test_an_earlier_deadline_rearms_the_one_expiry_timer() -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        batcher = make_batcher(fake)
+        rng = np.random.default_rng(24)
+        computing = asyncio.create_task(batcher.submit(make_inputs(rng, 2, 0)))
+        assert await fake.next_batch() == 2
+        late, soon, never = (make_inputs(rng, 1, first) for first in (10, 20, 30))
+        late_task = asyncio.create_task(batcher.submit(late, deadline=time.monotonic() + 60))
+        soon_task = asyncio.create_task(batcher.submit(soon, deadline=time.monotonic() + 0.05))
+        never_task = asyncio.create_task(batcher.submit(never))
+        with pytest.raises(DeadlineExceeded):  # at its own deadline, not the first one armed (60 s)
+            await answer(soon_task)
+        assert not late_task.done() and batcher.queue_rows == 2
+        fake.gate.set()
+        await answer(computing)
+        assert_matches_model(late, await answer(late_task))
+        assert_matches_model(never, await answer(never_task))
+        assert fake.seen_ids().isdisjoint(soon["k"].tolist())
         await batcher.stop()
 
     run(main)
@@ -489,7 +533,7 @@ def test_broken_observer_does_not_break_batching(caplog: pytest.LogCaptureFixtur
 def test_stop_drains_queued_jobs_then_refuses_new_ones() -> None:
     async def main() -> None:
         fake = FakeRuntime(gated=True)
-        batcher = make_batcher(fake, max_queue_delay_us=1000 * 10**6)
+        batcher = make_batcher(fake, max_queue_delay_us=1000 * 10**6, wait="fixed")
         rng = np.random.default_rng(18)
         requests = [make_inputs(rng, n, 10 * n) for n in (3, 2)]
         queued = [asyncio.create_task(batcher.submit(r)) for r in requests]
@@ -575,6 +619,154 @@ def test_submit_before_start_is_unavailable() -> None:
         batcher = Batcher(model, max_batch_size=4, max_queue_delay_us=0, max_queue_rows=10, name="digits")
         with pytest.raises(Unavailable, match="not ready"):
             await batcher.submit(make_inputs(np.random.default_rng(22), 1, 0))
+        await batcher.stop()
+
+    run(main)
+
+
+# ---- the adaptive wait ------------------------------------------------------------------------------------
+
+
+def test_lone_client_goes_at_once_even_with_a_huge_delay() -> None:
+    async def main() -> None:
+        fake = FakeRuntime()
+        recorder = Recorder()
+        batcher = make_batcher(fake, max_batch_size=8, max_queue_delay_us=1000 * 10**6, observer=recorder)
+        rng = np.random.default_rng(30)
+        for i in range(12):  # one request at a time: each arrives with nothing else in flight
+            inputs = make_inputs(rng, 1 + i % 3, 10 * i)
+            assert_matches_model(inputs, await answer(batcher.submit(inputs)))
+        assert fake.batches == [1 + i % 3 for i in range(12)]
+        assert recorder.waits == [0.0] * 12
+        await batcher.stop()
+
+    run(main)
+
+
+async def hold_batch(
+    fake: FakeRuntime, batcher: Batcher, clock: FakeClock, *, gap: float, queued: int = 7
+) -> tuple[list[asyncio.Task[Arrays]], list[Arrays]]:
+    """One request computes behind the closed gate while ``queued`` one-row requests arrive ``gap`` seconds
+    apart, each finding it in flight; then the gate opens. Returns the queued tasks and their inputs."""
+    rng = np.random.default_rng(31)
+    first = asyncio.create_task(batcher.submit(make_inputs(rng, 1, 0)))
+    assert await fake.next_batch() == 1  # nothing measured yet: it went at once
+    requests = [make_inputs(rng, 1, 100 + i) for i in range(queued)]
+    tasks = []
+    for inputs in requests:
+        clock.now += gap
+        tasks.append(asyncio.create_task(batcher.submit(inputs)))
+        await settle()
+    fake.gate.set()
+    await answer(first)
+    await settle()
+    return tasks, requests
+
+
+def held_batcher(fake: FakeRuntime, clock: FakeClock, recorder: Recorder, **kwargs: Any) -> Batcher:
+    options = {"max_batch_size": 8, "max_queue_delay_us": 1000 * 10**6, "observer": recorder, "clock": clock}
+    return make_batcher(fake, **(options | kwargs))
+
+
+def test_concurrent_arrivals_are_held_until_the_stream_pauses() -> None:
+    async def main() -> None:
+        fake, clock, recorder = FakeRuntime(gated=True), FakeClock(), Recorder()
+        batcher = held_batcher(fake, clock, recorder)
+        tasks, requests = await hold_batch(fake, batcher, clock, gap=0.01)
+        assert batcher.queue_rows == 7 and fake.batches == [1]  # held for company
+        assert not any(t.done() for t in tasks)
+        clock.now += QUIET_GAPS * 0.01  # no arrival for that many mean gaps: the stream has paused
+        assert await fake.next_batch() == 7
+        for inputs, outputs in zip(requests, await answer(asyncio.gather(*tasks)), strict=True):
+            assert_matches_model(inputs, outputs)
+        assert recorder.waits == [0.0, pytest.approx(QUIET_GAPS * 0.01)]
+        await batcher.stop()
+
+    run(main)
+
+
+def test_held_batch_goes_at_once_when_it_fills() -> None:
+    async def main() -> None:
+        fake, clock, recorder = FakeRuntime(gated=True), FakeClock(), Recorder()
+        batcher = held_batcher(fake, clock, recorder)
+        rng = np.random.default_rng(32)
+        # Eleven requests in flight at once (one computing, ten queued): more than a batch holds.
+        tasks, _ = await hold_batch(fake, batcher, clock, gap=1.0, queued=10)
+        assert await fake.next_batch() == 8 and fake.batches[:2] == [1, 8]
+        assert batcher.queue_rows == 2  # held: nine more were in flight a moment ago
+        more = []
+        for i in range(6):
+            more.append(asyncio.create_task(batcher.submit(make_inputs(rng, 1, 200 + i))))
+            await settle()
+        assert await fake.next_batch() == 8  # full, though fewer than were lately in flight
+        await answer(asyncio.gather(*tasks, *more))
+        assert fake.batches == [1, 8, 8]
+        await batcher.stop()
+
+    run(main)
+
+
+def test_closed_loop_batch_goes_once_every_client_is_back() -> None:
+    async def main() -> None:
+        fake, clock, recorder = FakeRuntime(gated=True), FakeClock(), Recorder()
+        batcher = held_batcher(fake, clock, recorder, max_batch_size=16)
+        tasks, _ = await hold_batch(fake, batcher, clock, gap=1.0)  # eight clients: one answered, 7 held
+        assert batcher.queue_rows == 7 and fake.batches == [1]
+        back = asyncio.create_task(batcher.submit(make_inputs(np.random.default_rng(35), 1, 300)))
+        assert await fake.next_batch() == 8  # all eight are queued: nobody else can come
+        await answer(asyncio.gather(back, *tasks))
+        assert recorder.waits == [0.0, 0.0]  # the fake clock did not move while it was held
+        await batcher.stop()
+
+    run(main)
+
+
+def test_hold_ends_one_compute_time_before_a_queued_deadline() -> None:
+    async def main() -> None:
+        fake, clock, recorder = FakeRuntime(gated=True), FakeClock(), Recorder()
+
+        def compute() -> None:
+            clock.now += 0.5  # every batch takes half a second
+
+        fake.on_run = compute
+        batcher = held_batcher(fake, clock, recorder)
+        tasks, _ = await hold_batch(fake, batcher, clock, gap=1.0, queued=6)
+        assert batcher.queue_rows == 6  # the stream pauses only two seconds after the last arrival
+        inputs = make_inputs(np.random.default_rng(33), 1, 300)
+        urgent = asyncio.create_task(batcher.submit(inputs, deadline=clock.now + 0.25))
+        assert await fake.next_batch() == 7  # not full, but waiting longer would miss the deadline
+        assert_matches_model(inputs, await answer(urgent))
+        await answer(asyncio.gather(*tasks))
+        await batcher.stop()
+
+    run(main)
+
+
+def test_stop_releases_a_held_batch() -> None:
+    async def main() -> None:
+        fake, clock, recorder = FakeRuntime(gated=True), FakeClock(), Recorder()
+        batcher = held_batcher(fake, clock, recorder)
+        tasks, requests = await hold_batch(fake, batcher, clock, gap=1.0)
+        assert batcher.queue_rows == 7
+        await answer(batcher.stop(drain=True))
+        for inputs, task in zip(requests, tasks, strict=True):
+            assert_matches_model(inputs, task.result())
+        assert fake.batches == [1, 7]
+
+    run(main)
+
+
+def test_fixed_wait_holds_a_lone_request_for_the_whole_delay() -> None:
+    async def main() -> None:
+        fake, clock, recorder = FakeRuntime(), FakeClock(), Recorder()
+        batcher = held_batcher(fake, clock, recorder, max_queue_delay_us=20_000, wait="fixed")
+        rng = np.random.default_rng(34)
+        lone = asyncio.create_task(batcher.submit(make_inputs(rng, 1, 0)))
+        await settle()
+        assert batcher.queue_rows == 1  # the old rule: wait for company that never comes
+        clock.now += 0.02
+        await answer(lone)
+        assert recorder.waits == [pytest.approx(0.02)]
         await batcher.stop()
 
     run(main)

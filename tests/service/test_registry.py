@@ -157,9 +157,11 @@ def test_half_written_version_is_refused_reported_once_then_loaded(
 
 def test_queued_requests_finish_on_the_old_version(tmp_path: Path) -> None:
     v1 = write_model_version(tmp_path, "tiny", 1, seed=1)
-    # Batches wait for 16 rows (or 10 s): requests stay queued on version 1 until it is retired,
-    # and the retirement drains them through version 1's own session.
-    settings = Settings(model_repository=tmp_path, max_batch_size=16, max_queue_delay_us=10_000_000)
+    # With the fixed wait, batches wait for 16 rows (or 10 s): requests stay queued on version 1 until it
+    # is retired, and the retirement drains them through version 1's own session.
+    settings = Settings(
+        model_repository=tmp_path, max_batch_size=16, max_queue_delay_us=10_000_000, batch_wait="fixed"
+    )
     with TestClient(create_app(settings)) as c:
         registry = c.app.state.registry  # type: ignore[attr-defined]
         old = registry.get("tiny")

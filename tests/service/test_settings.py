@@ -160,3 +160,17 @@ def test_the_feedback_token_is_masked_in_the_start_up_echo(tmp_path: Path) -> No
     assert described["feedback_token"] == described["admin_token"] == "***"
     assert TOKEN not in repr(described)
     assert described["feedback_dir"] == str(tmp_path)
+
+
+def test_batch_wait_defaults_to_adaptive() -> None:
+    assert Settings().batch_wait == "adaptive"
+
+
+def test_batch_wait_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVE_BATCH_WAIT", "fixed")
+    assert Settings().batch_wait == "fixed"
+
+
+def test_unknown_batch_wait_is_refused() -> None:
+    with pytest.raises(ValidationError, match="batch_wait"):
+        Settings(batch_wait="eager")  # type: ignore[arg-type]

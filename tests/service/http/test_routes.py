@@ -348,13 +348,14 @@ def test_classify_decompression_bomb() -> None:
 
 
 def test_queue_full_is_503_and_deadline_is_504() -> None:
-    # Batches go only when full (8 rows) or after 10 s, so requests stay queued.
+    # With the fixed wait, batches go only when full (8 rows) or after 10 s, so requests stay queued.
     s = settings(
         models=["mnist-mlp"],
         max_batch_size=8,
         max_queue_rows=8,
         max_request_rows=8,
         max_queue_delay_us=10_000_000,
+        batch_wait="fixed",
     )
     images, _ = load_digits("mnist")
     with TestClient(create_app(s)) as c:

@@ -1,0 +1,192 @@
+"""What every HTTP benchmark shares: free ports, server processes, request bodies, and ``hey``.
+
+Servers run as real processes on loopback; ``hey`` is a separate process on the same cores, so numbers
+from one run compare with each other, not with another machine's.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+DATA_DIR = Path(os.environ.get("DATA_DIR", ROOT.parent / "shared" / "data"))
+READY_TIMEOUT_S = 120
+
+Bodies = dict[str, tuple[Path, dict[str, str]]]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def process(
+    cmd: list[str], env: dict[str, str], ready_url: str, log: Path, cwd: Path = ROOT
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``cmd`` (output to ``log``) until the block ends; ready once ``ready_url`` answers 200 or 405."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{cmd[:4]} exited with {proc.returncode}; see {log}")
+            try:
+                if httpx.get(ready_url, timeout=2).status_code in (200, 405):
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{cmd[:4]} not ready")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGTERM a process this benchmark started; SIGKILL it if it outlives ``timeout``."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def first_test_image() -> np.ndarray:
+    import gzip
+
+    raw = gzip.decompress((DATA_DIR / "mnist" / "t10k-images-idx3-ubyte.gz").read_bytes())
+    return np.frombuffer(raw, np.uint8, count=784, offset=16).reshape(1, 28, 28, 1).astype(np.float32)
+
+
+def write_bodies(image: np.ndarray, workdir: Path) -> Bodies:
+    """One-image infer bodies: ``json`` (FP32 values, about 16 KB) and ``binary`` (binary tensors)."""
+    json_body = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "image", "datatype": "FP32", "shape": [1, 28, 28, 1], "data": image.ravel().tolist()}
+            ]
+        }
+    )
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "FP32",
+                    "shape": [1, 28, 28, 1],
+                    "parameters": {"binary_data_size": image.nbytes},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+        }
+    )
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "body.json").write_bytes(json_body)
+    (workdir / "body.bin").write_bytes(header + image.tobytes())
+    return {
+        "json": (workdir / "body.json", {"Content-Type": "application/json"}),
+        "binary": (
+            workdir / "body.bin",
+            {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))},
+        ),
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid`` and its live descendants (Linux ``/proc``)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    family, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, pp in parents.items() if pp == parent and p not in family]
+        family.update(children)
+        frontier.extend(children)
+    ticks = 0
+    for member in family:
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def hey(
+    url: str,
+    body: Path,
+    headers: dict[str, str],
+    concurrency: int,
+    seconds: float,
+    server_pid: int | None = None,
+) -> dict[str, float]:
+    """POST ``body`` for ``seconds`` from ``concurrency`` connections; req/s, p50, p99 and failures.
+
+    CPU time per answered request is measured too: ``client_cpu_us`` (hey's) and, given ``server_pid``,
+    ``server_cpu_us`` (that process and its children). Unlike throughput, it hardly moves when other
+    work competes for the cores, so it compares servers fairly on a shared machine.
+    """
+    cmd = ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST", "-D", str(body), "-t", "30"]
+    for key, value in headers.items():
+        if key.lower() == "content-type":
+            cmd += ["-T", value]
+        else:
+            cmd += ["-H", f"{key}: {value}"]
+    server_before = cpu_seconds(server_pid) if server_pid is not None else 0.0
+    client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    client_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_s = cpu_seconds(server_pid) - server_before if server_pid is not None else float("nan")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    pct = {int(p): float(v) * 1000 for p, v in re.findall(r"(\d+)%+ in ([\d.]+) secs", out)}
+    codes = {int(c): int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
+    errors = 0
+    if "Error distribution:" in out:
+        tail = out.split("Error distribution:")[1]
+        errors = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s", tail, re.M))
+    total = sum(codes.values())
+    client_s = sum(getattr(client_after, f) - getattr(client_before, f) for f in ("ru_utime", "ru_stime"))
+    return {
+        "rps": rps,
+        "server_cpu_us": 1e6 * server_s / max(total, 1),
+        "client_cpu_us": 1e6 * client_s / max(total, 1),
+        "p50_ms": pct.get(50, float("nan")),
+        "p99_ms": pct.get(99, float("nan")),
+        "responses": total,
+        "non_2xx": total - sum(n for c, n in codes.items() if 200 <= c < 300) + errors,
+    }
+
+
+def report(target: str, concurrency: int, r: dict[str, float]) -> None:
+    line = (
+        f"{target:24} c={concurrency:3}: {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.1f} ms  "
+        f"p99 {r['p99_ms']:6.1f} ms  non-2xx {r['non_2xx']:.0f}  cpu/req {r['server_cpu_us']:4.0f} us"
+    )
+    if "rows_per_batch" in r:
+        line += f"  {r['rows_per_batch']:5.1f} rows/batch, held {r['held_us_per_batch']:4.0f} us/batch"
+    print(line, flush=True)
