@@ -34,7 +34,7 @@ def variants(model: str) -> dict[str, tuple[list[str], dict[str, str]]]:
     py = sys.executable
     uvicorn = [py, "-m", "uvicorn", "--factory", "--port", "{port}", "--log-level", "warning"]
     fast = ["--loop", "uvloop", "--http", "httptools", "--no-access-log"]
-    app = "service.__main__:app_from_env"
+    app = "service.server:app_from_env"
     granian = "--interface asgi --factory --workers 1 --loop uvloop --runtime-mode st --http 1 --no-ws"
     granian += " --log-level warning --no-access-log"
     return {

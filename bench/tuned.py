@@ -11,7 +11,7 @@ import gc
 
 from fastapi import FastAPI
 
-from service.__main__ import app_from_env
+from service.server import app_from_env
 
 
 def app_gc_frozen() -> FastAPI:
