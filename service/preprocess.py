@@ -38,12 +38,15 @@ limit, EXIF orientation) and returns ``(H, W, C)`` float32 in the model's ``inpu
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
+from pydantic import ValidationError
 
 from service.contract import Preprocessing
-from service.errors import InvalidInput
+from service.errors import InvalidInput, ServiceError
 from service.images import convert, open_image
 
 #: Longest side the digit algorithm works at; larger images are block-averaged down to it first.
@@ -59,6 +62,36 @@ _PIECE = 0.05
 _REACH = 0.25
 _STROKE = 0.16  # MNIST's median stroke width / digit height, measured the same way, is 0.17
 _MAD = 1.4826  # median absolute deviation to standard deviation, for Gaussian noise
+
+
+def model_preprocessing(name: str, metadata: Mapping[str, Any], shape: Sequence[int]) -> Preprocessing:
+    """The ``preprocessing`` entry of a model's metadata, checked against its input ``[-1, H, W, C]``.
+
+    A missing or invalid entry, or one that disagrees with the input, is a :class:`ServiceError` (500):
+    the repository is wrong, not the request.
+    """
+    entry = metadata.get("preprocessing")
+    if entry is None:
+        entry = _derived_preprocessing(name, shape)
+    try:
+        preprocessing = Preprocessing.model_validate(entry)
+    except ValidationError as exc:
+        raise ServiceError(f"model '{name}' has an invalid preprocessing entry in its metadata") from exc
+    if (preprocessing.height, preprocessing.width, preprocessing.channels) != tuple(shape[1:]):
+        raise ServiceError(f"model '{name}': its preprocessing entry disagrees with its input shape")
+    return preprocessing
+
+
+def _derived_preprocessing(name: str, shape: Sequence[int]) -> dict[str, Any]:
+    """TRANSITIONAL, until every shipped metadata.json carries ``preprocessing``: delete then.
+    ``mnist-*`` models are digit models, every other model stretches."""
+    _, height, width, channels = shape
+    return {
+        "height": height,
+        "width": width,
+        "color": "grayscale" if channels == 1 else "rgb",
+        "resize": "digit" if name.startswith("mnist-") else "stretch",
+    }
 
 
 def prepare(
@@ -87,6 +120,24 @@ def prepare(
         pixels = np.asarray(picture, np.float64).reshape(p.height, p.width, p.channels)
     black, white = p.input_range
     return (black + pixels / 255.0 * (white - black)).astype(np.float32)
+
+
+def prepare_all(
+    images: Sequence[tuple[str | None, bytes]], preprocessing: Preprocessing, *, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """:func:`prepare` for each (file name, bytes), stacked ``[N, H, W, C]``; with several images an
+    error's message says which one (number and file name) it is about."""
+    rows = []
+    for n, (filename, data) in enumerate(images, 1):
+        try:
+            rows.append(prepare(data, preprocessing, max_pixels=max_pixels))
+        except ServiceError as exc:
+            if len(images) > 1:
+                exc.message = (
+                    f"image {n} of {len(images)}{f' ({filename!r})' if filename else ''}: {exc.message}"
+                )
+            raise
+    return np.stack(rows)
 
 
 def digit(rgba: np.ndarray, height: int = 28, width: int = 28) -> np.ndarray:
@@ -125,13 +176,15 @@ def digit(rgba: np.ndarray, height: int = 28, width: int = 28) -> np.ndarray:
 
 
 def _reduce(rgba: np.ndarray) -> np.ndarray:
-    """float64 RGBA, the mean of k x k blocks (k = ceil(longer side / WORK_SIDE)); the remainder is cut."""
+    """float64 RGBA, the mean of k x k blocks (k = ceil(longer side / WORK_SIDE), at most the side);
+    the remainder is cut."""
     h, w = rgba.shape[:2]
     k = -(-max(h, w) // WORK_SIDE)
-    if k == 1:
+    kh, kw = min(k, h), min(k, w)
+    if kh == kw == 1:
         return rgba.astype(np.float64)
-    blocks = rgba[: h // k * k, : w // k * k].reshape(h // k, k, w // k, k, 4)
-    return blocks.sum(axis=(1, 3), dtype=np.int64) / float(k * k)
+    rows = rgba[: h // kh * kh, : w // kw * kw].reshape(h // kh, kh, -1).sum(axis=1, dtype=np.uint32)
+    return rows.reshape(h // kh, w // kw, kw, 4).sum(axis=2) / float(kh * kw)
 
 
 def _box3(a: np.ndarray) -> np.ndarray:

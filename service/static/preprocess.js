@@ -95,21 +95,24 @@ export function preprocessDigit(rgba, width, height, { outHeight = SIZE, outWidt
   return Float32Array.from(fit(crop, cw, ch, outHeight, outWidth));
 }
 
-/** Step 1: float RGBA, the mean of k x k blocks (k = ceil(longer side / WORK_SIDE)). */
+/** Step 1: float RGBA, the mean of k x k blocks (k = ceil(longer side / WORK_SIDE), at most the
+ * side); the remainder is cut. */
 function reduce(rgba, width, height) {
   const k = Math.ceil(Math.max(width, height) / WORK_SIDE);
-  const w = Math.floor(width / k);
-  const h = Math.floor(height / k);
+  const kh = Math.min(k, height);
+  const kw = Math.min(k, width);
+  const w = Math.floor(width / kw);
+  const h = Math.floor(height / kh);
   const pixels = new Float64Array(w * h * 4);
   for (let y = 0; y < h; y++) {
     for (let x = 0; x < w; x++) {
       for (let c = 0; c < 4; c++) {
         let sum = 0;
-        for (let dy = 0; dy < k; dy++) {
-          const row = (y * k + dy) * width;
-          for (let dx = 0; dx < k; dx++) sum += rgba[4 * (row + x * k + dx) + c];
+        for (let dy = 0; dy < kh; dy++) {
+          const row = (y * kh + dy) * width;
+          for (let dx = 0; dx < kw; dx++) sum += rgba[4 * (row + x * kw + dx) + c];
         }
-        pixels[4 * (y * w + x) + c] = sum / (k * k);
+        pixels[4 * (y * w + x) + c] = sum / (kh * kw);
       }
     }
   }
