@@ -9,25 +9,29 @@ limit, EXIF orientation) and returns ``(H, W, C)`` float32 in the model's ``inpu
   algorithm, step for step, is ``service/static/preprocess.js``; ``tests/web/vectors/`` holds inputs and
   outputs both must reproduce within one grey level, so change both or neither:
 
-  1. *Pixels*: RGBA, averaged in k x k blocks (k = ceil(longer side / 512)) so a phone photo costs what
-     a 512-pixel one does. Grey is the luma ``0.299 R + 0.587 G + 0.114 B``; over a transparent border
+  1. *Pixels*: RGBA, averaged in k x k blocks (k = ceil(sqrt(pixels) / 512)) so a phone photo costs
+     what a 512x512 one does. Grey is the luma ``0.299 R + 0.587 G + 0.114 B``; over a transparent border
      (mean border alpha < 128) it is the alpha channel, i.e. the strokes of a canvas drawing.
-  2. *Polarity*, from the border: the ink is dark when the border's median grey is above the middle of
-     the 3x3-smoothed image's range, light otherwise; light ink is inverted so the ink is dark.
-  3. *Background*: a quadratic surface ``1, u, v, u², uv, v²`` fitted to a grid of about 4096 pixels by
+  2. *Background*: a quadratic surface ``1, u, v, u², uv, v²`` fitted to a grid of about 4096 pixels by
      least squares, four times, each time leaving out pixels more than 3 sigma (1.4826 x median absolute
      residual) from the previous fit, so the ink does not count; the first fit is the border's median.
      Lighting gradients and vignetting are what it removes. Images under 16 pixels a side use the median.
+  3. *Polarity*, against that background: the ink is dark when the 3x3-smoothed image's darkest
+     departure from it is at least as deep as its brightest, light otherwise (chalk on a blackboard, a
+     white pen on a black canvas). The raw border alone misleads under a strong lighting gradient.
   4. *Ink*: ``(background - grey) / background``, the fraction of light the ink takes away, so a digit
-     in the shadow counts as much as one in the light. Noise sigma is the median absolute deviation of
+     in the shadow counts as much as one in the light (light ink: ``(grey - background) / (255 -
+     background)``; both divisors at least 8). Noise sigma is the median absolute deviation of
      the ink on the sample grid; ink above ``max(median + 4 sigma, 10 % of the strongest)`` is ink.
   5. *Blobs*: 8-connected components of the ink. The digit is the one with the most pixels; other
-     pieces are kept when they have at least 5 % of its pixels and touch its box grown by a quarter of
-     its longer side (a broken stroke, the bar of a 5); specks and stray marks farther away are
-     dropped. No ink, ink fainter than 8 % of the background, or a digit under ``max(3, side / 50)``
-     pixels is "no digit found" (400).
+     pieces join it when they have at least 5 % of its pixels and touch the box of the pieces kept so
+     far, grown by a quarter of its longer side, until no more do (a broken stroke, the bar of a 5);
+     specks and stray marks farther away are dropped. No ink, ink fainter than 8 % of the background,
+     or a digit under ``max(3, sqrt(h w) / 50)`` pixels is "no digit found" (400).
   6. *Fit*: the kept pieces' bounding box, their ink divided by its maximum (white = 255) and everything
-     else black, scaled to fit ``round(20/28 H) x round(20/28 W)`` keeping the aspect ratio (area
+     else black. Pen strokes thinner than MNIST's grow inside the box (a square max filter) until stroke
+     width / longer side is 0.16, width being 2 x area / boundary pixels. Then it is scaled to fit
+     ``round(20/28 H) x round(20/28 W)`` keeping the aspect ratio (area
      averaging when shrinking, bilinear when enlarging), and placed in HxW with its centre of mass on
      (H/2, W/2) in pixel-index coordinates, shifted by whole pixels; ink shifted past the edge is lost.
 
@@ -49,7 +53,7 @@ from service.contract import Preprocessing
 from service.errors import InvalidInput, ServiceError
 from service.images import convert, open_image
 
-#: Longest side the digit algorithm works at; larger images are block-averaged down to it first.
+#: The digit algorithm works on at most about WORK_SIDE² pixels; larger images are block-averaged first.
 WORK_SIDE = 512
 #: Same bound as the default ``SERVE_MAX_IMAGE_PIXELS``.
 MAX_PIXELS = 4096 * 4096
@@ -136,6 +140,7 @@ def prepare_all(
                 exc.message = (
                     f"image {n} of {len(images)}{f' ({filename!r})' if filename else ''}: {exc.message}"
                 )
+                exc.args = (exc.message,)
             raise
     return np.stack(rows)
 
@@ -153,12 +158,13 @@ def digit(rgba: np.ndarray, height: int = 28, width: int = 28) -> np.ndarray:
     else:
         luma = 0.299 * pixels[..., 0] + 0.587 * pixels[..., 1] + 0.114 * pixels[..., 2]
         grey = luma * (alpha / 255) + 255 * (1 - alpha / 255)
-    smooth = _box3(grey)
-    if np.median(grey[border]) <= (smooth.min() + smooth.max()) / 2:
-        grey = 255 - grey  # light ink on a dark ground: make the ink the dark part
     rows, cols = _sample_grid(h, w)
     background = _background(grey, border, rows, cols)
-    ink = (background - grey) / np.maximum(background, 8.0)
+    deviation = _box3(grey) - background
+    if -deviation.min() >= deviation.max():
+        ink = (background - grey) / np.maximum(background, 8.0)
+    else:  # light ink on a dark ground
+        ink = (grey - background) / np.maximum(255 - background, 8.0)
     sampled = ink[np.ix_(rows, cols)]
     centre = np.median(sampled)
     sigma = _MAD * np.median(np.abs(sampled - centre))
@@ -168,7 +174,7 @@ def digit(rgba: np.ndarray, height: int = 28, width: int = 28) -> np.ndarray:
     kept, (top, left, bottom, right) = _digit_blobs(
         ink > max(centre + _NOISE_SIGMAS * sigma, _FAINT * strongest)
     )
-    if max(bottom - top, right - left) + 1 < max(3, math.ceil(max(h, w) / 50)):
+    if max(bottom - top, right - left) + 1 < max(3, math.ceil(math.sqrt(h * w) / 50)):
         raise InvalidInput("no digit found: the only ink is specks too small to be a digit")
     crop = np.where(kept, ink, 0.0)[top : bottom + 1, left : right + 1]
     crop = _thicken(crop, kept[top : bottom + 1, left : right + 1])
@@ -176,10 +182,10 @@ def digit(rgba: np.ndarray, height: int = 28, width: int = 28) -> np.ndarray:
 
 
 def _reduce(rgba: np.ndarray) -> np.ndarray:
-    """float64 RGBA, the mean of k x k blocks (k = ceil(longer side / WORK_SIDE), at most the side);
+    """float64 RGBA, the mean of k x k blocks (k = ceil(sqrt(pixels) / WORK_SIDE), at most the side);
     the remainder is cut."""
     h, w = rgba.shape[:2]
-    k = -(-max(h, w) // WORK_SIDE)
+    k = math.ceil(math.sqrt(h * w / WORK_SIDE**2))
     kh, kw = min(k, h), min(k, w)
     if kh == kw == 1:
         return rgba.astype(np.float64)
@@ -265,15 +271,16 @@ def _digit_blobs(mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int
     np.minimum.at(left, label, start)
     np.maximum.at(right, label, end - 1)
     best = int(np.argmax(count))  # ties: the first in raster order
-    reach = math.floor(_REACH * (max(bottom[best] - top[best], right[best] - left[best]) + 1) + 0.5)
-    near = (
-        (count >= _PIECE * count[best])
-        & (top <= bottom[best] + reach)
-        & (bottom >= top[best] - reach)
-        & (left <= right[best] + reach)
-        & (right >= left[best] - reach)
-    )
-    near[best] = True
+    big = count >= _PIECE * count[best]
+    near = np.arange(len(roots)) == best
+    while True:  # pieces near the kept ones join them, until no more do
+        t, lft, b, rgt = top[near].min(), left[near].min(), bottom[near].max(), right[near].max()
+        reach = math.floor(_REACH * (max(b - t, rgt - lft) + 1) + 0.5)
+        touching = (top <= b + reach) & (bottom >= t - reach) & (left <= rgt + reach) & (right >= lft - reach)
+        grown = near | (big & touching)
+        if (grown == near).all():
+            break
+        near = grown
     kept = np.zeros(mask.shape, bool)
     for r, s, e in zip(row[near[label]], start[near[label]], end[near[label]], strict=True):
         kept[r, s:e] = True

@@ -7,9 +7,9 @@
  * same 28x28 input within one grey level on the shared vectors in `tests/web/vectors/`, so change
  * both or neither. In short:
  *
- *   1. Pixels, block-averaged to at most 512 a side; grey = luma, or alpha over a transparent border.
- *   2. Polarity from the border (dark ink on light, or light on dark); light ink is inverted.
- *   3. Background: a robust quadratic surface through the paper, so lighting gradients drop out.
+ *   1. Pixels, block-averaged to about 512x512; grey = luma, or alpha over a transparent border.
+ *   2. Background: a robust quadratic surface through the paper, so lighting gradients drop out.
+ *   3. Polarity against it: dark ink on light paper, or light ink on a dark ground.
  *   4. Ink = (background - grey) / background; ink above 4 noise sigmas and 10 % of the strongest.
  *   5. Blobs: the largest 8-connected piece, and pieces of 5 % of its size near it; the rest dropped.
  *   6. Bounding box, pen strokes thickened to MNIST's width, fit into 20x20 keeping the aspect
@@ -26,7 +26,7 @@
 export const SIZE = 28;
 /** Side of the box the digit is scaled into, in pixels (for a 28x28 input). */
 export const BOX = 20;
-/** Longest side the algorithm works at; larger images are block-averaged down to it first. */
+/** The algorithm works on at most about WORK_SIDE² pixels; larger images are block-averaged first. */
 export const WORK_SIDE = 512;
 
 const SAMPLES = 4096;
@@ -58,10 +58,22 @@ export function preprocessDigit(rgba, width, height, { outHeight = SIZE, outWidt
   const { rows, cols } = sampleGrid(w, h);
   const background = fitBackground(grey, w, h, rows, cols);
   const n = w * h;
+  // Step 3: the ink is dark when the smoothed image departs from the background deepest downwards.
+  const smooth = box3(grey, w, h);
+  let darkest = Infinity;
+  let brightest = -Infinity;
+  for (let i = 0; i < n; i++) {
+    const deviation = smooth[i] - background[i];
+    if (deviation < darkest) darkest = deviation;
+    if (deviation > brightest) brightest = deviation;
+  }
+  const dark = -darkest >= brightest;
   const ink = new Float64Array(n);
   let strongest = -Infinity;
   for (let i = 0; i < n; i++) {
-    ink[i] = (background[i] - grey[i]) / Math.max(background[i], 8.0);
+    ink[i] = dark
+      ? (background[i] - grey[i]) / Math.max(background[i], 8.0)
+      : (grey[i] - background[i]) / Math.max(255 - background[i], 8.0);
     if (ink[i] > strongest) strongest = ink[i];
   }
   const sampled = [];
@@ -75,7 +87,7 @@ export function preprocessDigit(rgba, width, height, { outHeight = SIZE, outWidt
   const blobs = digitBlobs(mask, w, h);
   if (blobs === null) return null;
   const { kept, top, left, bottom, right } = blobs;
-  if (Math.max(bottom - top, right - left) + 1 < Math.max(3, Math.ceil(Math.max(w, h) / 50))) return null;
+  if (Math.max(bottom - top, right - left) + 1 < Math.max(3, Math.ceil(Math.sqrt(w * h) / 50))) return null;
   const ch = bottom - top + 1;
   const cw = right - left + 1;
   let crop = new Float64Array(ch * cw);
@@ -95,10 +107,10 @@ export function preprocessDigit(rgba, width, height, { outHeight = SIZE, outWidt
   return Float32Array.from(fit(crop, cw, ch, outHeight, outWidth));
 }
 
-/** Step 1: float RGBA, the mean of k x k blocks (k = ceil(longer side / WORK_SIDE), at most the
+/** Step 1: float RGBA, the mean of k x k blocks (k = ceil(sqrt(pixels) / WORK_SIDE), at most the
  * side); the remainder is cut. */
 function reduce(rgba, width, height) {
-  const k = Math.ceil(Math.max(width, height) / WORK_SIDE);
+  const k = Math.ceil(Math.sqrt((height * width) / WORK_SIDE ** 2));
   const kh = Math.min(k, height);
   const kw = Math.min(k, width);
   const w = Math.floor(width / kw);
@@ -121,8 +133,7 @@ function reduce(rgba, width, height) {
 
 const onBorder = (x, y, w, h) => x === 0 || y === 0 || x === w - 1 || y === h - 1;
 
-/** Steps 1-2: grey levels with the ink dark: luma (or alpha over a transparent border), inverted
- * when the border says the ink is light. */
+/** Step 1: grey levels, luma (or alpha over a transparent border). */
 function greyLevels(pixels, w, h) {
   const n = w * h;
   let alphaSum = 0;
@@ -145,16 +156,6 @@ function greyLevels(pixels, w, h) {
       const luma = 0.299 * pixels[4 * i] + 0.587 * pixels[4 * i + 1] + 0.114 * pixels[4 * i + 2];
       grey[i] = luma * (a / 255) + 255 * (1 - a / 255);
     }
-  }
-  const smooth = box3(grey, w, h);
-  let lo = Infinity;
-  let hi = -Infinity;
-  for (const value of smooth) {
-    if (value < lo) lo = value;
-    if (value > hi) hi = value;
-  }
-  if (median(borderValues(grey, w, h)) <= (lo + hi) / 2) {
-    for (let i = 0; i < n; i++) grey[i] = 255 - grey[i];
   }
   return grey;
 }
@@ -276,8 +277,9 @@ function solve(a, b) {
 /**
  * Step 5: horizontal runs of the mask in raster order, joined into 8-connected components by
  * union-find (the smaller run index is the root, so components come in raster order). The digit is
- * the component with the most pixels; others of at least PIECE of its pixels whose box touches its
- * box grown by REACH of its longer side are kept. Returns the kept pixels and their box, or null.
+ * the component with the most pixels; others of at least PIECE of its pixels join it when their box
+ * touches the kept pieces' box grown by REACH of its longer side, until no more do. Returns the kept
+ * pixels and their box, or null.
  */
 function digitBlobs(mask, w, h) {
   const runRow = [];
@@ -334,28 +336,33 @@ function digitBlobs(mask, w, h) {
   }
   let best = null;
   for (const blob of blobs.values()) if (best === null || blob.count > best.count) best = blob;
-  const reach = round(REACH * (Math.max(best.bottom - best.top, best.right - best.left) + 1));
-  const near = (b) =>
-    b === best ||
-    (b.count >= PIECE * best.count &&
-      b.top <= best.bottom + reach &&
-      b.bottom >= best.top - reach &&
-      b.left <= best.right + reach &&
-      b.right >= best.left - reach);
-  const kept = new Uint8Array(w * h);
-  const box = { top: h, left: w, bottom: 0, right: 0 };
-  for (const blob of blobs.values()) {
-    if (!near(blob)) continue;
-    box.top = Math.min(box.top, blob.top);
-    box.left = Math.min(box.left, blob.left);
-    box.bottom = Math.max(box.bottom, blob.bottom);
-    box.right = Math.max(box.right, blob.right);
+  const kept = new Set([best]);
+  const box = { top: best.top, left: best.left, bottom: best.bottom, right: best.right };
+  for (let grew = true; grew; ) {
+    // Pieces near the kept ones join them, until no more do.
+    grew = false;
+    const reach = round(REACH * (Math.max(box.bottom - box.top, box.right - box.left) + 1));
+    const joining = [];
+    for (const b of blobs.values()) {
+      if (kept.has(b) || b.count < PIECE * best.count) continue;
+      if (b.top <= box.bottom + reach && b.bottom >= box.top - reach && b.left <= box.right + reach && b.right >= box.left - reach) {
+        joining.push(b);
+      }
+    }
+    for (const b of joining) {
+      kept.add(b);
+      box.top = Math.min(box.top, b.top);
+      box.left = Math.min(box.left, b.left);
+      box.bottom = Math.max(box.bottom, b.bottom);
+      box.right = Math.max(box.right, b.right);
+      grew = true;
+    }
   }
+  const pixels = new Uint8Array(w * h);
   for (let r = 0; r < runs; r++) {
-    if (!near(blobs.get(root[r]))) continue;
-    kept.fill(1, runRow[r] * w + runStart[r], runRow[r] * w + runEnd[r]);
+    if (kept.has(blobs.get(root[r]))) pixels.fill(1, runRow[r] * w + runStart[r], runRow[r] * w + runEnd[r]);
   }
-  return { kept, ...box };
+  return { kept: pixels, ...box };
 }
 
 /**
