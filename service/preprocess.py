@@ -240,19 +240,21 @@ def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     """``a x = b`` by Gaussian elimination with partial pivoting (as the JavaScript does); None when
     ``a`` is singular to working precision."""
     n = len(b)
-    m = np.hstack([a, b[:, None]]).astype(np.float64)
-    scale = float(np.abs(a).max())
+    m = [[*map(float, row), float(rhs)] for row, rhs in zip(a, b, strict=True)]
+    scale = max(abs(v) for row in m for v in row[:n])
     for col in range(n):
-        pivot = col + int(np.argmax(np.abs(m[col:, col])))
-        if not abs(m[pivot, col]) > 1e-12 * scale:
+        pivot = max(range(col, n), key=lambda r: abs(m[r][col]))
+        if not abs(m[pivot][col]) > 1e-12 * scale:
             return None
-        m[[col, pivot]] = m[[pivot, col]]
+        m[col], m[pivot] = m[pivot], m[col]
         for r in range(col + 1, n):
-            m[r, col:] -= m[r, col] / m[col, col] * m[col, col:]
-    x = np.zeros(n)
+            f = m[r][col] / m[col][col]
+            for c in range(col, n + 1):
+                m[r][c] -= f * m[col][c]
+    x = [0.0] * n
     for r in range(n - 1, -1, -1):
-        x[r] = (m[r, n] - m[r, r + 1 : n] @ x[r + 1 :]) / m[r, r]
-    return x
+        x[r] = (m[r][n] - sum(m[r][c] * x[c] for c in range(r + 1, n))) / m[r][r]
+    return np.array(x)
 
 
 def _digit_blobs(mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
@@ -362,7 +364,7 @@ def _fit(crop: np.ndarray, height: int, width: int) -> np.ndarray:
     h, w = crop.shape
     scale = min(box_h / h, box_w / w)
     out_h, out_w = max(1, math.floor(h * scale + 0.5)), max(1, math.floor(w * scale + 0.5))
-    scaled = _taps(h, out_h) @ (crop @ _taps(w, out_w).T)
+    scaled = _resample(_resample(crop, out_w).T, out_h).T  # rows, then columns
     ys, xs = np.mgrid[0:out_h, 0:out_w]
     mass = scaled.sum()
     com_y = math.floor((ys * scaled).sum() / mass * 1e6 + 0.5) / 1e6
@@ -376,23 +378,35 @@ def _fit(crop: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.clip(field, 0, 255)
 
 
-def _taps(size: int, out: int) -> np.ndarray:
-    """``(out, size)`` resampling weights, rows summing to 1: the covered source interval when
-    shrinking (area averaging), the two nearest source pixels when enlarging (bilinear)."""
-    weights = np.zeros((out, size))
+def _resample(a: np.ndarray, out: int) -> np.ndarray:
+    """``a`` resampled along its last axis to ``out`` samples (see :func:`_taps`); sparse, since a
+    dense matrix product is slower here than the few taps each sample has."""
+    index, weight = _taps(a.shape[-1], out)
+    return (a[..., index] * weight).sum(axis=-1)
+
+
+def _taps(size: int, out: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``out`` samples, the source indices and weights (summing to 1) that make it, padded
+    with zero weights: the covered source interval when shrinking (area averaging), the two nearest
+    source pixels when enlarging (bilinear)."""
+    taps: list[list[tuple[int, float]]] = []
     step = size / out
     for o in range(out):
         if step >= 1:
             lo = o * step
             hi = lo + step
-            for s in range(math.floor(lo), min(size, math.ceil(hi))):
-                overlap = min(hi, s + 1) - max(lo, s)
-                if overlap > 0:
-                    weights[o, s] = overlap / step
+            covered = [
+                (s, min(hi, s + 1) - max(lo, s)) for s in range(math.floor(lo), min(size, math.ceil(hi)))
+            ]
+            taps.append([(s, overlap / step) for s, overlap in covered if overlap > 0])
         else:
             centre = min(max((o + 0.5) * step - 0.5, 0), size - 1)
             s = math.floor(centre)
-            weights[o, s] += 1 - (centre - s)
-            if centre > s:
-                weights[o, s + 1] += centre - s
-    return weights
+            taps.append([(s, 1 - (centre - s))] + ([(s + 1, centre - s)] if centre > s else []))
+    width = max(len(t) for t in taps)
+    index = np.zeros((out, width), np.int64)
+    weight = np.zeros((out, width))
+    for o, t in enumerate(taps):
+        index[o, : len(t)] = [s for s, _ in t]
+        weight[o, : len(t)] = [w for _, w in t]
+    return index, weight
