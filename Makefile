@@ -9,7 +9,7 @@ DATA_DIR ?= ../shared/data
 SERVE_STAMP := $(VENV)/.serve-installed
 DEV_STAMP   := $(VENV)/.dev-installed
 
-.PHONY: run test lint format train bench bench-soak bench-models system-deps clean
+.PHONY: run test lint format train bench bench-soak bench-models bench-preprocess system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ bench: $(DEV_STAMP) system-deps
 
 bench-soak: $(DEV_STAMP) system-deps
 	$(BIN)/python -m bench.soak
+
+## bench-preprocess: photo-like MNIST digits through /classify (accuracy per kind) and preprocessing cost
+bench-preprocess: $(DEV_STAMP)
+	DATA_DIR=$(DATA_DIR) $(BIN)/python -m bench.preprocess
 
 ## bench-models: retrain the shipped reference models into a scratch repository and compare accuracy
 bench-models: $(DEV_STAMP)

@@ -189,8 +189,14 @@ def _reduce(rgba: np.ndarray) -> np.ndarray:
     kh, kw = min(k, h), min(k, w)
     if kh == kw == 1:
         return rgba.astype(np.float64)
-    rows = rgba[: h // kh * kh, : w // kw * kw].reshape(h // kh, kh, -1).sum(axis=1, dtype=np.uint32)
-    return rows.reshape(h // kh, w // kw, kw, 4).sum(axis=2) / float(kh * kw)
+    cut = rgba[: h // kh * kh, : w // kw * kw]
+    rows = cut[0::kh].astype(np.uint32)
+    for dy in range(1, kh):  # strided slices add faster than a reduction over a reshaped axis
+        rows += cut[dy::kh]
+    sums = rows[:, 0::kw].copy()
+    for dx in range(1, kw):
+        sums += rows[:, dx::kw]
+    return sums / float(kh * kw)
 
 
 def _box3(a: np.ndarray) -> np.ndarray:
