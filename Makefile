@@ -9,7 +9,7 @@ DATA_DIR ?= ../shared/data
 SERVE_STAMP := $(VENV)/.serve-installed
 DEV_STAMP   := $(VENV)/.dev-installed
 
-.PHONY: run test lint format train bench bench-soak bench-models bench-preprocess system-deps clean
+.PHONY: run test lint format train bench bench-soak bench-models bench-preprocess bench-threads schema system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,14 @@ bench-soak: $(DEV_STAMP) system-deps
 ## bench-preprocess: photo-like MNIST digits through /classify (accuracy per kind) and preprocessing cost
 bench-preprocess: $(DEV_STAMP)
 	DATA_DIR=$(DATA_DIR) $(BIN)/python -m bench.preprocess
+
+## bench-threads: intra-op thread budget per process, shared or divided among two busy models
+bench-threads: $(DEV_STAMP)
+	$(BIN)/python -m bench.threads
+
+## schema: regenerate docs/metadata.schema.json from service/contract.py (a test checks it is current)
+schema: $(DEV_STAMP)
+	$(BIN)/python -m service.contract > docs/metadata.schema.json
 
 ## bench-models: retrain the shipped reference models into a scratch repository and compare accuracy
 bench-models: $(DEV_STAMP)

@@ -5,11 +5,17 @@ real processes on loopback, drives each with ``hey`` (a separate process) at sev
 levels with single-image requests, JSON and binary bodies, and measures raw in-process onnxruntime
 throughput at batch 1 and at the service's max batch size (the ceiling). Prints a table, writes
 ``bench/results/serving.json`` and a plot ``bench/results/serving.png``.
+
+``--baseline-tree DIR`` also runs the service from another source tree (for example ``git archive`` of
+an earlier commit, unpacked) in the same run, interleaved point by point with this tree's, and prints
+each of this tree's throughputs as a ratio of the other's: how to tell what a change costs on a noisy
+machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -41,11 +47,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def process(cmd: list[str], env: dict[str, str], ready_url: str, log: Path) -> Iterator[None]:
+def process(
+    cmd: list[str], env: dict[str, str], ready_url: str, log: Path, cwd: Path = ROOT
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
-        )
+        proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -59,7 +65,7 @@ def process(cmd: list[str], env: dict[str, str], ready_url: str, log: Path) -> I
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{cmd[:4]} not ready")
             time.sleep(0.2)
-        yield
+        yield proc
     finally:
         stop(proc)
 
@@ -189,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="load duration per point")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--baseline-tree", type=Path, help="also run the service from this source tree")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the service points (with a baseline)")
     args = parser.parse_args(argv)
     if shutil.which("hey") is None:
         print("error: hey not found (make system-deps installs it)", file=sys.stderr)
@@ -205,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, object] = {"model": args.model, "seconds": args.seconds, "http": []}
     runs: list[dict[str, object]] = results["http"]  # type: ignore[assignment]
 
+    if args.baseline_tree is not None:
+        return compare(args, bodies, levels, serve_env)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "service", "--port", str(port), "--workers", str(args.workers)]
@@ -258,6 +268,55 @@ def main(argv: list[str] | None = None) -> int:
     plot(results, RESULTS / "serving.png")
     print(f"wrote {RESULTS / 'serving.json'} and {RESULTS / 'serving.png'}")
     return 0
+
+
+def compare(
+    args: argparse.Namespace,
+    bodies: dict[str, tuple[Path, dict[str, str]]],
+    levels: list[int],
+    env: dict[str, str],
+) -> int:
+    """This tree's service against ``args.baseline_tree``'s, both running, loaded point by point in turn."""
+    trees = {"this": ROOT, "baseline": args.baseline_tree.resolve()}
+    ports = {name: free_port() for name in trees}
+    pids: dict[str, int] = {}
+    rps: dict[tuple[str, str, int], list[float]] = {}
+    cpu: dict[tuple[str, str, int], list[float]] = {}
+    with contextlib.ExitStack() as stack:
+        for name, tree in trees.items():
+            cmd = [sys.executable, "-m", "service", "--port", str(ports[name])]
+            tree_env = {**env, "PYTHONPATH": str(tree), "SERVE_MODEL_REPOSITORY": str(tree / "models")}
+            url = f"http://127.0.0.1:{ports[name]}/v2/health/ready"
+            log = RESULTS / f"service-{name}.log"
+            pids[name] = stack.enter_context(process(cmd, tree_env, url, log, cwd=tree)).pid
+        for _ in range(args.rounds):
+            for kind, (body, headers) in bodies.items():
+                for c in levels:
+                    for name in trees:
+                        url = f"http://127.0.0.1:{ports[name]}/v2/models/{args.model}/infer"
+                        before = cpu_seconds(pids[name])
+                        r = hey(url, body, headers, c, args.seconds)
+                        used = (cpu_seconds(pids[name]) - before) / max(1.0, r["responses"]) * 1e6
+                        rps.setdefault((name, kind, c), []).append(r["rps"])
+                        cpu.setdefault((name, kind, c), []).append(used)
+                        report(f"{name} {kind}", c, r)
+    print("\nthis tree vs baseline, mean over rounds: requests/s, and server CPU µs per request:")
+    for kind in bodies:
+        for c in levels:
+            key_this, key_base = ("this", kind, c), ("baseline", kind, c)
+            mine, base = sum(rps[key_this]) / args.rounds, sum(rps[key_base]) / args.rounds
+            cpu_mine, cpu_base = sum(cpu[key_this]) / args.rounds, sum(cpu[key_base]) / args.rounds
+            print(
+                f"  {kind:6} c={c:3}: {mine:7.0f} vs {base:7.0f} req/s = {mine / base:.3f}x;  "
+                f"{cpu_mine:6.1f} vs {cpu_base:6.1f} µs/request = {cpu_mine / cpu_base:.3f}x"
+            )
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (Linux) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -1,50 +1,77 @@
-"""The service's one error tree.
+"""The service's one error tree, shared by every transport.
 
-Every error a request can meet is a :class:`ServiceError`; one handler in
-:mod:`service.app` turns it into ``{"error": message}`` with the class's status::
+Every error a request can meet is a :class:`ServiceError`. Its ``kind`` (an :class:`ErrorKind`) says
+what went wrong without naming a transport: each transport maps kinds once, HTTP to the statuses below
+(:mod:`service.http.errors`), gRPC to its status codes. ``status`` is the HTTP status of the class, so
+the tree reads as the HTTP API documents it::
 
-    ServiceError (500, generic message to the client)
-    ├── InvalidInput        400  bad tensor, shape, datatype, JSON, parameter
-    ├── Unauthorized        401  admin route without a bearer token
-    ├── Forbidden           403  admin route with a wrong token, or admin disabled
-    ├── NotFound            404  unknown model or version
-    ├── PayloadTooLarge     413  body, decompressed body, image or row count too large
-    ├── UnsupportedMedia    415  content encoding or image type not handled
-    ├── InferenceFailed     500  the runtime raised; message stays generic
-    ├── Unavailable         503  model not ready, server draining (Retry-After)
-    │   └── Overloaded      503  queue full (Retry-After)
-    └── DeadlineExceeded    504  the request's deadline passed before compute
+    ServiceError                    internal            500  generic message to the client
+    ├── InvalidInput                invalid_argument    400  bad tensor, shape, datatype, JSON, parameter
+    ├── Unauthorized                unauthenticated     401  admin call without a bearer token
+    ├── Forbidden                   permission_denied   403  admin call with a wrong token, or admin disabled
+    ├── NotFound                    not_found           404  unknown model or version
+    ├── PayloadTooLarge             too_large           413  body, decompressed body, image or rows too large
+    ├── UnsupportedMedia            unsupported_media   415  content encoding or image type not handled
+    ├── InferenceFailed             internal            500  the runtime raised; message stays generic
+    ├── Unavailable                 unavailable         503  model not ready, server draining (retry after)
+    │   └── Overloaded              overloaded          503  queue full (retry after)
+    └── DeadlineExceeded            deadline_exceeded   504  the request's deadline passed before compute
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from http import HTTPStatus
+
+
+class ErrorKind(StrEnum):
+    """What went wrong, in transport-neutral terms (names follow gRPC's canonical codes where one fits)."""
+
+    INVALID_ARGUMENT = "invalid_argument"
+    UNAUTHENTICATED = "unauthenticated"
+    PERMISSION_DENIED = "permission_denied"
+    NOT_FOUND = "not_found"
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_MEDIA = "unsupported_media"
+    INTERNAL = "internal"
+    UNAVAILABLE = "unavailable"
+    OVERLOADED = "overloaded"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
 
 
 class ServiceError(Exception):
     """Base of every error answered to a client.
 
-    ``status`` is the HTTP status; ``headers`` are added to the response.
-    5xx messages are shown to clients as given, so never put internals in them.
+    ``kind`` is the transport-neutral class of the error, ``status`` its HTTP status, ``retry_after_s``
+    (when set) how long a client should wait before retrying. ``headers`` are the HTTP headers the answer
+    carries. 5xx messages are shown to clients as given, so never put internals in them.
     """
 
+    kind: ErrorKind = ErrorKind.INTERNAL
     status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after_s: int | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
+        self.retry_after_s = retry_after_s
         self.headers: dict[str, str] = dict(headers or {})
+        if retry_after_s is not None:
+            self.headers["Retry-After"] = str(retry_after_s)
 
 
 class InvalidInput(ServiceError):
     """The request is malformed or does not match the model's signature."""
 
+    kind = ErrorKind.INVALID_ARGUMENT
     status = HTTPStatus.BAD_REQUEST
 
 
 class Unauthorized(ServiceError):
     """An admin route was called without credentials."""
 
+    kind = ErrorKind.UNAUTHENTICATED
     status = HTTPStatus.UNAUTHORIZED
 
     def __init__(self, message: str = "missing bearer token") -> None:
@@ -54,30 +81,35 @@ class Unauthorized(ServiceError):
 class Forbidden(ServiceError):
     """An admin route was called with wrong credentials, or admin is disabled."""
 
+    kind = ErrorKind.PERMISSION_DENIED
     status = HTTPStatus.FORBIDDEN
 
 
 class NotFound(ServiceError):
     """The model or version named in the request is not served."""
 
+    kind = ErrorKind.NOT_FOUND
     status = HTTPStatus.NOT_FOUND
 
 
 class PayloadTooLarge(ServiceError):
     """Body, decompressed body, image or row count above the configured limit."""
 
+    kind = ErrorKind.TOO_LARGE
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
 class UnsupportedMedia(ServiceError):
     """Content encoding or image format the service does not handle."""
 
+    kind = ErrorKind.UNSUPPORTED_MEDIA
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
 
 
 class InferenceFailed(ServiceError):
     """The runtime failed while computing a batch (details go to the log only)."""
 
+    kind = ErrorKind.INTERNAL
     status = HTTPStatus.INTERNAL_SERVER_ERROR
 
     def __init__(self, message: str = "inference failed") -> None:
@@ -87,17 +119,21 @@ class InferenceFailed(ServiceError):
 class Unavailable(ServiceError):
     """The model is not ready or the server is draining; retry later."""
 
+    kind = ErrorKind.UNAVAILABLE
     status = HTTPStatus.SERVICE_UNAVAILABLE
 
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+        super().__init__(message, retry_after_s=retry_after_s)
 
 
 class Overloaded(Unavailable):
     """The model's queue is full; the request was not admitted."""
 
+    kind = ErrorKind.OVERLOADED
+
 
 class DeadlineExceeded(ServiceError):
     """The request's deadline passed before it could be computed."""
 
+    kind = ErrorKind.DEADLINE_EXCEEDED
     status = HTTPStatus.GATEWAY_TIMEOUT

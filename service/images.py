@@ -37,11 +37,19 @@ def decode_image(data: bytes, *, height: int, width: int, channels: int, max_pix
     Raises :class:`UnsupportedMedia` for other formats, :class:`PayloadTooLarge` when the file claims
     more than ``max_pixels`` pixels, and :class:`InvalidInput` for a corrupt file.
     """
-    image = convert(open_image(data, max_pixels=max_pixels, draft=(width, height)), channels)
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    image = stretch(
+        convert(open_image(data, max_pixels=max_pixels, draft=(width, height)), channels), height, width
+    )
     array = np.asarray(image, dtype=np.float32)
     return array.reshape(1, height, width, channels)
+
+
+def stretch(picture: Image.Image, height: int, width: int) -> Image.Image:
+    """The ``stretch`` resize of the image contract: the whole image to ``height`` x ``width``, PIL
+    ``BILINEAR``, aspect ratio not kept. Serving and training both resize with this one function."""
+    if picture.size == (width, height):
+        return picture
+    return picture.resize((width, height), Image.Resampling.BILINEAR)
 
 
 def open_image(data: bytes, *, max_pixels: int, draft: tuple[int, int] | None = None) -> Image.Image:

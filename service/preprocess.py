@@ -42,16 +42,14 @@ limit, EXIF orientation) and returns ``(H, W, C)`` float32 in the model's ``inpu
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
-from pydantic import ValidationError
 
 from service.contract import Preprocessing
 from service.errors import InvalidInput, ServiceError
-from service.images import convert, open_image
+from service.images import convert, open_image, stretch
 
 #: The digit algorithm works on at most about WORK_SIDE² pixels; larger images are block-averaged first.
 WORK_SIDE = 512
@@ -66,36 +64,6 @@ _PIECE = 0.05
 _REACH = 0.25
 _STROKE = 0.16  # MNIST's median stroke width / digit height, measured the same way, is 0.17
 _MAD = 1.4826  # median absolute deviation to standard deviation, for Gaussian noise
-
-
-def model_preprocessing(name: str, metadata: Mapping[str, Any], shape: Sequence[int]) -> Preprocessing:
-    """The ``preprocessing`` entry of a model's metadata, checked against its input ``[-1, H, W, C]``.
-
-    A missing or invalid entry, or one that disagrees with the input, is a :class:`ServiceError` (500):
-    the repository is wrong, not the request.
-    """
-    entry = metadata.get("preprocessing")
-    if entry is None:
-        entry = _derived_preprocessing(name, shape)
-    try:
-        preprocessing = Preprocessing.model_validate(entry)
-    except ValidationError as exc:
-        raise ServiceError(f"model '{name}' has an invalid preprocessing entry in its metadata") from exc
-    if (preprocessing.height, preprocessing.width, preprocessing.channels) != tuple(shape[1:]):
-        raise ServiceError(f"model '{name}': its preprocessing entry disagrees with its input shape")
-    return preprocessing
-
-
-def _derived_preprocessing(name: str, shape: Sequence[int]) -> dict[str, Any]:
-    """TRANSITIONAL, until every shipped metadata.json carries ``preprocessing``: delete then.
-    ``mnist-*`` models are digit models, every other model stretches."""
-    _, height, width, channels = shape
-    return {
-        "height": height,
-        "width": width,
-        "color": "grayscale" if channels == 1 else "rgb",
-        "resize": "digit" if name.startswith("mnist-") else "stretch",
-    }
 
 
 def prepare(
@@ -119,8 +87,8 @@ def prepare(
         picture = convert(image, p.channels)
         if p.resize == "center_crop":
             picture = ImageOps.fit(picture, size, Image.Resampling.BILINEAR)
-        elif picture.size != size:
-            picture = picture.resize(size, Image.Resampling.BILINEAR)
+        else:
+            picture = stretch(picture, p.height, p.width)
         pixels = np.asarray(picture, np.float64).reshape(p.height, p.width, p.channels)
     black, white = p.input_range
     return (black + pixels / 255.0 * (white - black)).astype(np.float32)

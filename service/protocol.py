@@ -18,16 +18,15 @@ message saying what was expected and what came. Tensors are built with ``np.from
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
 
-from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
+from service.errors import InvalidInput, PayloadTooLarge
 from service.signature import ModelSignature, TensorSpec
+from service.tensordata import fmt, from_json, show
 
 #: HTTP header carrying the JSON header's byte length when binary tensors follow it.
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -35,8 +34,6 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 _MAX_DIM = 2**31
 _MAX_TIMEOUT_US = 2**63 - 1
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
-# Python types a JSON ``data`` leaf may have, by numpy kind of the tensor's datatype.
-_LEAF_TYPES: dict[str, set[type]] = {"f": {int, float}, "i": {int}, "u": {int}, "b": {bool}}
 
 
 @dataclass(frozen=True)
@@ -65,48 +62,10 @@ class InferenceRequest:
     rows: int
 
 
-def decode_body(body: bytes, content_encoding: str | None, *, max_bytes: int) -> bytes:
-    """Undo ``Content-Encoding`` (identity, gzip, deflate), never producing more than ``max_bytes``.
-
-    Inflation is bounded by zlib's ``max_length``, so a compression bomb allocates at most
-    ``max_bytes + 1`` bytes before it is refused with 413.
-    """
-    encoding = (content_encoding or "identity").strip().lower()
-    if encoding == "identity":
-        if len(body) > max_bytes:
-            raise PayloadTooLarge(f"body exceeds {max_bytes} bytes")
-        return body
-    if encoding in ("gzip", "x-gzip"):
-        return _inflate(body, 16 + zlib.MAX_WBITS, max_bytes, "gzip")
-    if encoding == "deflate":
-        # HTTP "deflate" is meant to be zlib-wrapped, but raw deflate is common; zlib's two header
-        # bytes (CM = 8, check bits) tell them apart.
-        wrapped = len(body) >= 2 and body[0] & 0x0F == 8 and (body[0] << 8 | body[1]) % 31 == 0
-        return _inflate(body, zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS, max_bytes, "deflate")
-    raise UnsupportedMedia(
-        f"unsupported Content-Encoding {content_encoding!r}; use gzip, deflate or identity"
-    )
-
-
-def _inflate(body: bytes, wbits: int, max_bytes: int, name: str) -> bytes:
-    inflater = zlib.decompressobj(wbits)
-    try:
-        out = inflater.decompress(body, max_bytes + 1)
-    except zlib.error as exc:
-        raise InvalidInput(f"invalid {name} body: {exc}") from None
-    if len(out) > max_bytes:
-        raise PayloadTooLarge(f"decompressed body exceeds {max_bytes} bytes")
-    if not inflater.eof:
-        raise InvalidInput(f"invalid {name} body: truncated stream")
-    if inflater.unused_data:
-        raise InvalidInput(f"invalid {name} body: trailing bytes after the compressed stream")
-    return out
-
-
 def parse_infer_request(
     body: bytes, *, header_length: int | str | None, signature: ModelSignature, max_rows: int
 ) -> InferenceRequest:
-    """Parse and validate a V2 infer request body (after :func:`decode_body`).
+    """Parse and validate a V2 infer request body (after :func:`service.http.body.decode_body`).
 
     ``header_length`` is the ``Inference-Header-Content-Length`` value, as an int or the raw header
     string; ``None`` means the whole body is JSON. Raises :class:`InvalidInput` for anything that does
@@ -122,13 +81,13 @@ def parse_infer_request(
 
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise InvalidInput(f"'id' must be a string, got {_show(request_id)}")
+        raise InvalidInput(f"'id' must be a string, got {show(request_id)}")
     params = _object(header.get("parameters"), "'parameters'")
     binary_output = _flag(params, "binary_data_output", False, "parameters.binary_data_output")
     timeout = params.get("timeout")
     if timeout is not None and not (type(timeout) is int and 0 < timeout <= _MAX_TIMEOUT_US):
         raise InvalidInput(
-            f"parameters.timeout must be a positive integer (microseconds), got {_show(timeout)}"
+            f"parameters.timeout must be a positive integer (microseconds), got {show(timeout)}"
         )
 
     raw_inputs = header.get("inputs")
@@ -162,7 +121,7 @@ def parse_infer_request(
     for plan in plans:
         spec, wire = plan.spec, plan.wire
         if plan.offset < 0:
-            array = _from_json(spec.name, plan.data, wire, plan.shape)
+            array = from_json(spec.name, plan.data, wire, plan.shape)
         else:
             array = np.frombuffer(body, wire.newbyteorder("<"), plan.values, start + plan.offset)
             if not array.flags.aligned:
@@ -248,7 +207,7 @@ def _plan_input(index: int, tensor: Any, signature: ModelSignature, plans: list[
         raise InvalidInput(f"inputs[{index}] must be a JSON object")
     name = tensor.get("name")
     if not isinstance(name, str):
-        raise InvalidInput(f"inputs[{index}]: 'name' must be a string, got {_show(name)}")
+        raise InvalidInput(f"inputs[{index}]: 'name' must be a string, got {show(name)}")
     spec = signature.input(name)
     if spec is None:
         raise InvalidInput(f"unknown input {name!r}; the model's inputs are {_names(signature.inputs)}")
@@ -261,19 +220,19 @@ def _plan_input(index: int, tensor: Any, signature: ModelSignature, plans: list[
         wire = np.dtype(np.uint8)
     else:
         accepted = "FP32 (or UINT8)" if spec.datatype == "FP32" else spec.datatype
-        got = datatype if isinstance(datatype, str) else _show(datatype)
+        got = datatype if isinstance(datatype, str) else show(datatype)
         raise InvalidInput(f"input {name!r}: expected datatype {accepted}, got {got}")
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise InvalidInput(
-            f"input {name!r}: shape must be a list of non-negative integers, got {_show(shape)}"
+            f"input {name!r}: shape must be a list of non-negative integers, got {show(shape)}"
         )
     if len(shape) != len(spec.shape) or any(m not in (-1, d) for m, d in zip(spec.shape, shape, strict=True)):
-        raise InvalidInput(f"input {name!r}: expected shape {_fmt(spec.shape)}, got {_fmt(shape)}")
+        raise InvalidInput(f"input {name!r}: expected shape {fmt(spec.shape)}, got {fmt(shape)}")
     if shape and shape[0] < 1:
-        raise InvalidInput(f"input {name!r}: the batch dimension must be at least 1, got {_fmt(shape)}")
+        raise InvalidInput(f"input {name!r}: the batch dimension must be at least 1, got {fmt(shape)}")
     if any(d > _MAX_DIM for d in shape[1:]):
-        raise InvalidInput(f"input {name!r}: shape {_fmt(shape)} has a dimension above 2**31")
+        raise InvalidInput(f"input {name!r}: shape {fmt(shape)} has a dimension above 2**31")
     if plans and shape and plans[0].shape and shape[0] != plans[0].shape[0]:
         first = plans[0]
         raise InvalidInput(
@@ -291,56 +250,9 @@ def _plan_input(index: int, tensor: Any, signature: ModelSignature, plans: list[
     if type(size) is not int or size != count * wire.itemsize:
         raise InvalidInput(
             f"input {name!r}: parameters.binary_data_size must be {count * wire.itemsize} "
-            f"(shape {_fmt(shape)} of {datatype}), got {_show(size)}"
+            f"(shape {fmt(shape)} of {datatype}), got {show(size)}"
         )
     return _Plan(spec, wire, shape, count, None, offset, size)
-
-
-def _from_json(name: str, data: Any, wire: np.dtype[Any], shape: list[int]) -> np.ndarray:
-    """Turn JSON ``data`` (flat or nested lists) into an array of ``wire`` dtype and ``shape``."""
-    if not isinstance(data, list):
-        raise InvalidInput(f"input {name!r}: 'data' must be a list of numbers, got {_show(data)}")
-    leaves = data
-    # Flatten nested lists one level at a time with C-level iteration; every list on a level must have
-    # the same length, else the nesting is ragged.
-    while leaves and type(leaves[0]) is list:
-        try:
-            if len(set(map(len, leaves))) != 1:
-                raise TypeError
-            leaves = list(chain.from_iterable(leaves))
-        except TypeError:
-            raise InvalidInput(f"input {name!r}: 'data' is a ragged nested list") from None
-    kinds = set(map(type, leaves))
-    if not kinds <= _LEAF_TYPES[wire.kind]:
-        if list in kinds:
-            raise InvalidInput(f"input {name!r}: 'data' is a ragged nested list")
-        raise InvalidInput(f"input {name!r}: {_leaf_rule(wire)}")
-    if len(leaves) != math.prod(shape):
-        raise InvalidInput(
-            f"input {name!r}: shape {_fmt(shape)} needs {math.prod(shape)} values, got {len(leaves)}"
-        )
-    try:
-        if wire.kind in "iu":
-            wide = np.asarray(leaves, dtype=np.int64)
-            info = np.iinfo(wire)
-            if wide.size and (wide.min() < info.min or wide.max() > info.max):
-                raise OverflowError
-            return wide.astype(wire).reshape(shape)
-        with np.errstate(over="ignore"):
-            return np.asarray(leaves, dtype=wire).reshape(shape)
-    except OverflowError:
-        if wire.kind == "f":
-            raise InvalidInput(f"input {name!r}: data holds non-finite values (NaN or infinity)") from None
-        raise InvalidInput(f"input {name!r}: {_leaf_rule(wire)}") from None
-
-
-def _leaf_rule(wire: np.dtype[Any]) -> str:
-    if wire.kind == "f":
-        return "'data' must hold only numbers (no booleans, strings, nulls or objects)"
-    if wire.kind == "b":
-        return "'data' must hold only true or false"
-    info = np.iinfo(wire)
-    return f"{wire.name.upper()} data must be integers in {info.min}..{info.max}"
 
 
 def _requested_outputs(
@@ -349,7 +261,7 @@ def _requested_outputs(
     if raw is None:
         return None
     if not isinstance(raw, list):
-        raise InvalidInput(f"'outputs' must be a list of objects with a 'name', got {_show(raw)}")
+        raise InvalidInput(f"'outputs' must be a list of objects with a 'name', got {show(raw)}")
     requested: list[RequestedOutput] = []
     for index, item in enumerate(raw):
         name = item.get("name") if isinstance(item, dict) else None
@@ -375,29 +287,16 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise InvalidInput(f"{what} must be a JSON object, got {_show(value)}")
+        raise InvalidInput(f"{what} must be a JSON object, got {show(value)}")
     return value
 
 
 def _flag(params: dict[str, Any], key: str, default: bool, what: str) -> bool:
     value = params.get(key, default)
     if not isinstance(value, bool):
-        raise InvalidInput(f"{what} must be true or false, got {_show(value)}")
+        raise InvalidInput(f"{what} must be true or false, got {show(value)}")
     return value
-
-
-def _fmt(shape: Any) -> str:
-    return "[" + ",".join(map(str, shape)) + "]"
 
 
 def _names(specs: tuple[TensorSpec, ...]) -> str:
     return "[" + ", ".join(repr(t.name) for t in specs) + "]"
-
-
-def _show(value: Any) -> str:
-    """A client value in JSON notation, cut short: for messages only."""
-    try:
-        text = orjson.dumps(value).decode()
-    except TypeError:  # orjson writes at most 254 levels; the parser accepted up to 1024
-        return f"a {type(value).__name__} nested too deeply to show"
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,6 +1,10 @@
 """The served models: which versions are loaded, their batchers, and swapping in new versions.
 
-The registry is the only owner of runtimes and batchers. Loading (hash check, session creation,
+The registry is the only owner of runtimes and batchers, and of the process's compute threads: one
+budget of ``settings.compute_threads`` onnxruntime intra-op threads. Every batcher computes on one
+executor of that many workers, and each version's session gets ``budget // models`` intra-op threads
+(at least 1), so at most ``budget`` threads compute at once however many models are busy (measured
+with ``python -m bench.threads``; see ``docs/architecture.md``). Loading (hash check, session creation,
 signature check, warm-up) runs in a worker thread; a version is visible to requests only once it
 has passed every step. A new version is loaded beside the old one and swapped in with one dict
 assignment, so a request sees either the old or the new version, never a half-loaded one; the old
@@ -10,6 +14,7 @@ version finishes what it has queued and is stopped once idle.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from collections.abc import Iterable
@@ -17,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.batching import Batcher
+from service.contract import METADATA_FILE, MODEL_FILE, valid_model_name, version_dir
 from service.errors import NotFound, Unavailable
 from service.metrics import Metrics, ModelMetrics
-from service.repository import incomplete_versions, scan_repository, valid_model_name, version_dir
+from service.repository import incomplete_versions, scan_repository
 from service.runtime import ModelLoadError, ModelRuntime, load_model
 from service.settings import Settings
 
@@ -72,6 +78,8 @@ class ModelRegistry:
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self.loaded = False  # the initial load has finished (successfully or not)
+        self.threads = settings.compute_threads
+        self._executor = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="compute")
 
     # ---- queries (event loop, no awaits) ---------------------------------------------------------
 
@@ -193,7 +201,7 @@ class ModelRegistry:
             return None
         started = time.perf_counter()
         try:
-            runtime = await asyncio.to_thread(self._load_and_warm, path)
+            runtime = await asyncio.to_thread(self._load_and_warm, path, self.session_threads())
         except ModelLoadError as exc:
             self._failed[(name, version)] = stamp
             self.metrics.load_total.labels(name, "error").inc()
@@ -208,6 +216,7 @@ class ModelRegistry:
             max_batch_size=self.settings.max_batch_size,
             max_queue_delay_us=self.settings.max_queue_delay_us,
             max_queue_rows=self.settings.max_queue_rows,
+            executor=self._executor,
             observer=model_metrics,
             name=f"{name}/{version}",
         )
@@ -236,11 +245,15 @@ class ModelRegistry:
                 ", ".join(missing),
             )
 
-    def _load_and_warm(self, path: Path) -> ModelRuntime:
+    def session_threads(self) -> int:
+        """Intra-op threads for a session loaded now: the budget divided among the models served."""
+        return max(1, self.threads // max(1, len(self._expected | set(self._served))))
+
+    def _load_and_warm(self, path: Path, threads: int) -> ModelRuntime:
         runtime = load_model(
             path,
             providers=self.providers,
-            intra_op_threads=self.settings.compute_threads,
+            intra_op_threads=threads,
             inter_op_threads=self.settings.inter_op_threads,
         )
         try:
@@ -294,10 +307,11 @@ class ModelRegistry:
         await asyncio.gather(*(self._stop_version(v, timeout) for v in everything))
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _mtime(path: Path) -> float:
     try:
-        return max((path / "metadata.json").stat().st_mtime, (path / "model.onnx").stat().st_mtime)
+        return max((path / METADATA_FILE).stat().st_mtime, (path / MODEL_FILE).stat().st_mtime)
     except OSError:
         return -1.0

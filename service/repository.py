@@ -1,42 +1,19 @@
 """Model repository discovery: which models and versions exist under the repository root.
 
-Layout (DESIGN §2): ``<root>/<name>/<version>/model.onnx`` and ``metadata.json``. This module only looks;
-loading, serving and swapping belong to the registry. Model names are validated before they become paths,
-and nothing that resolves outside the root is ever followed.
+The layout and the name and version rules are the contract's (:mod:`service.contract`,
+``docs/repository.md``). This module only looks; loading, serving and swapping belong to the registry.
+Model names are validated before they become paths, and nothing that resolves outside the root is
+ever followed.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-#: A model name, matched with ``fullmatch``. Anything else is refused everywhere (no path traversal).
-MODEL_NAME_RE: re.Pattern[str] = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-
-#: The files a version directory needs before it counts as complete.
-VERSION_FILES = ("model.onnx", "metadata.json")
-
-# Versions are int64 in the V2 protocol; longer digit strings are not versions (and int() would be slow).
-_MAX_VERSION_DIGITS = 18
-
-
-def valid_model_name(name: str) -> bool:
-    """True when ``name`` is an acceptable model name (``[a-z0-9][a-z0-9_-]{0,63}``)."""
-    return isinstance(name, str) and MODEL_NAME_RE.fullmatch(name) is not None
-
-
-def parse_version(text: str) -> int | None:
-    """The version a directory name stands for, or None.
-
-    Only positive integers written canonically count: ``"3"``, never ``"03"``, ``"+3"``, ``"3.0"`` or
-    ``".tmp-3"`` (publishers write to a temporary name first, so those must stay invisible).
-    """
-    if not (text.isascii() and text.isdigit()) or text.startswith("0") or len(text) > _MAX_VERSION_DIGITS:
-        return None
-    return int(text)
+from service.contract import MAX_VERSION_DIGITS, VERSION_FILES, parse_version, valid_model_name, version_dir
 
 
 @dataclass(frozen=True)
@@ -104,7 +81,7 @@ class VersionPolicy:
 
 
 def _positive(text: str) -> int | None:
-    value = int(text) if text.isascii() and text.isdigit() and len(text) <= _MAX_VERSION_DIGITS else 0
+    value = int(text) if text.isascii() and text.isdigit() and len(text) <= MAX_VERSION_DIGITS else 0
     return value if value >= 1 else None
 
 
@@ -183,12 +160,3 @@ def _is_file_under(path: Path, real_root: Path) -> bool:
         return resolved.is_relative_to(real_root) and resolved.is_file()
     except (OSError, RuntimeError):
         return False
-
-
-def version_dir(root: Path, name: str, version: int) -> Path:
-    """``root/name/version``, after checking both (ValueError): never build a path from an unchecked name."""
-    if not valid_model_name(name):
-        raise ValueError(f"invalid model name {name!r}: must match {MODEL_NAME_RE.pattern}")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ValueError(f"invalid model version {version!r}: must be a positive integer")
-    return root / name / str(version)

@@ -1,9 +1,11 @@
 """The onnxruntime wrapper: choose execution providers, load and check one model version, run it.
 
 :func:`load_model` serves nothing it has not checked, in this order: both files exist, ``metadata.json``
-parses, its name and version agree with the directory, ``model.onnx`` hashes to the recorded sha256,
-onnxruntime accepts the bytes, and the session's inputs and outputs are exactly the metadata's signature.
-Each failure is a :class:`ModelLoadError` whose message names the version directory and the reason.
+keeps the repository contract (:mod:`service.contract`: types, labels, a ``preprocessing`` that agrees
+with the input's H, W and C), its name and version agree with the directory, ``model.onnx`` hashes to
+the recorded sha256, onnxruntime accepts the bytes, and the session's inputs and outputs are exactly
+the metadata's signature. Each failure is a :class:`ModelLoadError` whose message names the version
+directory and the reason.
 """
 
 from __future__ import annotations
@@ -11,9 +13,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
-import json
 import logging
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +22,17 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.repository import parse_version, valid_model_name
-from service.signature import DATATYPES, ModelSignature, TensorSpec
+from service.contract import (
+    METADATA_FILE,
+    MODEL_FILE,
+    Metadata,
+    MetadataError,
+    Preprocessing,
+    parse_version,
+    read_metadata,
+    valid_model_name,
+)
+from service.signature import DATATYPES, ModelSignature
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -121,87 +130,43 @@ def _session_starts(provider: str) -> bool:
 
 @dataclass(frozen=True)
 class ModelMetadata:
-    """What the service needs from ``metadata.json``; ``raw`` keeps the whole document.
+    """What the service reads from ``metadata.json``: the contract's :class:`~service.contract.Metadata`
+    (``document``), the signature built from it, and the raw JSON object (``raw``)."""
 
-    Required keys: ``name``, ``version``, ``platform`` (``"onnxruntime_onnx"``), ``inputs``, ``outputs``,
-    ``labels`` and ``sha256``. When labels are given and the first output is ``[-1, K]``, there must be K.
-    """
-
-    name: str
-    version: int
+    document: Metadata
     signature: ModelSignature
-    labels: tuple[str, ...]
-    sha256: str
     raw: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.document.name
+
+    @property
+    def version(self) -> int:
+        return self.document.version
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.document.labels
+
+    @property
+    def sha256(self) -> str:
+        return self.document.sha256
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.document.preprocessing
 
     @classmethod
     def from_file(cls, path: Path) -> ModelMetadata:
         """Read and check ``path``; ModelLoadError (naming the file) when missing, not JSON, or invalid."""
         try:
-            raw = json.loads(path.read_bytes())
+            document, raw = read_metadata(path)
         except OSError as exc:
             raise ModelLoadError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
-            raise ModelLoadError(f"{path}: invalid JSON ({exc})") from exc
-        try:
-            return cls._from_dict(raw)
-        except ValueError as exc:
-            raise ModelLoadError(f"{path}: {exc}") from exc
-
-    @classmethod
-    def _from_dict(cls, raw: Any) -> ModelMetadata:
-        if not isinstance(raw, dict):
-            raise ValueError("expected a JSON object")
-        name = _field(raw, "name", str)
-        if not valid_model_name(name):
-            raise ValueError(f"'name' {name!r} is not a valid model name")
-        version = _field(raw, "version", int)
-        if version < 1:
-            raise ValueError(f"'version' must be positive, got {version}")
-        if _field(raw, "platform", str) != "onnxruntime_onnx":
-            raise ValueError(f"'platform' must be 'onnxruntime_onnx', got {raw['platform']!r}")
-        signature = ModelSignature(_tensors(raw, "inputs"), _tensors(raw, "outputs"))
-        labels = tuple(_field(raw, "labels", list))
-        if not all(isinstance(label, str) for label in labels):
-            raise ValueError("'labels' must be a list of strings")
-        first = signature.outputs[0].shape
-        if labels and len(first) == 2 and first[1] > 0 and len(labels) != first[1]:
-            raise ValueError(
-                f"{len(labels)} labels for {first[1]} classes in output '{signature.outputs[0].name}'"
-            )
-        sha256 = _field(raw, "sha256", str).lower()
-        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
-            raise ValueError("'sha256' must be 64 hex digits")
-        return cls(name, version, signature, labels, sha256, raw)
-
-
-def _field(raw: dict[str, Any], key: str, kind: type[Any]) -> Any:
-    if key not in raw:
-        raise ValueError(f"missing key {key!r}")
-    value = raw[key]
-    # bool is an int subclass, and `"version": true` is not a version.
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ValueError(f"{key!r} must be of type {kind.__name__}, got {type(value).__name__}")
-    return value
-
-
-def _tensors(raw: dict[str, Any], key: str) -> tuple[TensorSpec, ...]:
-    specs = []
-    for item in _field(raw, key, list):
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
-            raise ValueError(f"each of {key!r} needs a non-empty 'name'")
-        where = f"{key} '{item['name']}'"
-        if item.get("datatype") not in DATATYPES:
-            raise ValueError(f"{where}: datatype {item.get('datatype')!r} is not one of {sorted(DATATYPES)}")
-        shape = item.get("shape")
-        if not isinstance(shape, list) or not all(type(d) is int and (d == -1 or d >= 1) for d in shape):
-            raise ValueError(f"{where}: shape must be a list of positive integers or -1, got {shape!r}")
-        specs.append(TensorSpec.from_json(item))
-    if not specs:
-        raise ValueError(f"{key!r} must not be empty")
-    if len({s.name for s in specs}) != len(specs):
-        raise ValueError(f"{key!r} has duplicate names")
-    return tuple(specs)
+        except MetadataError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        return cls(document, ModelSignature.from_metadata(document), raw)
 
 
 class ModelRuntime:
@@ -263,7 +228,7 @@ def load_model(
     version = parse_version(path.name)
     if version is None or not valid_model_name(path.parent.name):
         raise ModelLoadError(f"{path}: not a <model name>/<version> directory")
-    model_file, metadata_file = path / "model.onnx", path / "metadata.json"
+    model_file, metadata_file = path / MODEL_FILE, path / METADATA_FILE
     for file in (model_file, metadata_file):
         if not file.is_file():
             raise ModelLoadError(f"{path}: {file.name} is missing")

@@ -41,7 +41,11 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=256,
-        description="onnxruntime intra-op threads; 0 = one per CPU but one (left for the event loop).",
+        description=(
+            "Compute threads for the whole process, divided among the models served (each session gets "
+            "budget // models, at least 1; at most budget batches compute at once); 0 = one per CPU but "
+            "one (left for the event loop)."
+        ),
     )
     inter_op_threads: int = Field(
         0, ge=0, le=256, description="onnxruntime inter-op threads (0 = ORT default)."
@@ -113,7 +117,7 @@ class Settings(BaseSettings):
 
     @property
     def compute_threads(self) -> int:
-        """Intra-op threads to give onnxruntime (resolves 0 = auto against the CPUs this process may use)."""
+        """The process's budget of compute threads (0 = auto, resolved against the CPUs it may use)."""
         if self.intra_op_threads:
             return self.intra_op_threads
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,144 +1,33 @@
-"""``python -m training train ...``: train, evaluate, export and publish one model.
+"""``python -m training train ...`` and ``python -m training import ...``: train (on a bundled data set or
+an image folder), or import a model trained elsewhere; evaluate, export and publish one model.
 
-Exit codes: 0 success; 1 export or parity failure; 2 bad usage, bad model name or missing data; 3 the
-promotion guard refused to publish. Errors are one line on stderr, never a traceback.
+Exit codes: 0 success; 1 export or parity failure; 2 bad usage, bad model name, missing or unusable data, or
+a model the service cannot serve; 3 the promotion guard refused to publish. Errors are one line on stderr,
+never a traceback. The options are declared in :mod:`training.arguments`.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import contextlib
+import dataclasses
 import os
+import re
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn
+from typing import Any
 
-from training.config import ACTIVATIONS, CLASS_WEIGHTS, OPTIMIZERS, STRATEGIES
-from training.data import DATASETS, load_dataset, resolve_data_dir
+from training import folderlayout, imagefolder
+from training.arguments import PROG, build_parser
+from training.config import HyperParameters
+from training.data import load_dataset, resolve_data_dir
 from training.errors import TrainingError, UsageError
-from training.presets import PRESETS
+from training.imagefolder import FolderOptions
 from training.publish import validate_name
-
-PROG = "python -m training"
-EXAMPLE = f"{PROG} train --dataset mnist --preset cnn --epochs 3 --publish models/"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (the usage text is in ``--help``)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _bounded(
-    kind: Callable[[str], float],
-    *,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    strict: bool = False,
-) -> Callable[[str], float]:
-    """An argparse ``type`` converting with ``kind`` and checking the bounds."""
-
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {parse.__name__}") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-        low_ok = minimum is None or (value > minimum if strict else value >= minimum)
-        if not low_ok:
-            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum:g}, got {text}")
-        if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"must be <= {maximum:g}, got {text}")
-        return value
-
-    parse.__name__ = getattr(kind, "__name__", "value")
-    return parse
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line; ``--help`` lists every option."""
-    parser = _Parser(
-        prog=PROG,
-        description="Train a Keras image classifier, evaluate it on the test set, export it to ONNX, check "
-        "the export against Keras (parity gate) and publish it to a model repository.",
-        epilog=f"example: {EXAMPLE}. Hyperparameters left out take the preset's defaults. Exit codes: 0 ok, "
-        "1 export failed, 2 bad usage or missing data, 3 promotion refused.",
-    )
-    parser.add_argument("command", choices=["train"], help="what to do (train: the whole pipeline)")
-
-    what = parser.add_argument_group("what to train")
-    what.add_argument("--dataset", required=True, choices=list(DATASETS))
-    what.add_argument(
-        "--preset",
-        required=True,
-        choices=list(PRESETS),
-        help="mlp: Dense(512) -> Dense(10), the classic; tiny-mlp: 784-16-16-10 sigmoid; cnn: small convnet "
-        "for 28x28 grayscale; cifar-cnn: small convnet for 32x32 colour, trained with augmentation",
-    )
-    what.add_argument(
-        "--data-dir",
-        type=Path,
-        help="directory holding mnist/, fashion-mnist/, cifar10/ (default: $DATA_DIR, else ../shared/data); "
-        "Keras' downloaders are used only when the files are absent",
-    )
-    what.add_argument("--offline", action="store_true", help="never download; fail if the files are absent")
-    what.add_argument(
-        "--limit-train",
-        type=_bounded(int, minimum=1),
-        metavar="N",
-        help="use only N training images (a stratified sample)",
-    )
-
-    hp = parser.add_argument_group("hyperparameters (default: the preset's)")
-    hp.add_argument("--epochs", type=_bounded(int, minimum=1))
-    hp.add_argument("--batch-size", type=_bounded(int, minimum=1), help="global: split across replicas")
-    hp.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd is SGD with momentum 0.9")
-    hp.add_argument("--learning-rate", "--lr", type=_bounded(float, minimum=0, strict=True))
-    hp.add_argument("--activation", choices=ACTIVATIONS, help="hidden-layer activation")
-    hp.add_argument("--dropout", type=_bounded(float, minimum=0, maximum=0.9), help="dropout rate, 0 = off")
-    hp.add_argument("--l2", type=_bounded(float, minimum=0), help="L2 weight penalty, 0 = off")
-    hp.add_argument(
-        "--patience",
-        type=_bounded(int, minimum=0),
-        help="early stopping: stop after this many epochs without validation-loss improvement and "
-        "restore the best weights; 0 = off",
-    )
-    hp.add_argument(
-        "--augment", action=argparse.BooleanOptionalAction, help="random flips/shifts while training"
-    )
-    hp.add_argument(
-        "--validation-split",
-        type=_bounded(float, minimum=0, maximum=0.5),
-        help="fraction of training images held out (stratified) for validation; 0 = none",
-    )
-    hp.add_argument("--class-weights", choices=CLASS_WEIGHTS, help="balanced: weight classes by 1/frequency")
-    hp.add_argument("--seed", type=_bounded(int, minimum=0))
-    hp.add_argument(
-        "--strategy",
-        choices=STRATEGIES,
-        help="mirrored: tf.distribute.MirroredStrategy over all visible GPUs (the CPU when none); "
-        "default: one device",
-    )
-
-    out = parser.add_argument_group("publishing")
-    out.add_argument("--publish", type=Path, metavar="REPOSITORY", help="publish to this model repository")
-    out.add_argument("--name", help="model name in the repository (default: <dataset>-<preset>)")
-    out.add_argument(
-        "--max-regression",
-        type=_bounded(float, minimum=0),
-        default=0.5,
-        metavar="POINTS",
-        help="refuse to publish when test accuracy is more than this many percentage points below the "
-        "newest published version (default: 0.5)",
-    )
-    out.add_argument("--force", action="store_true", help="publish even if the promotion guard refuses")
-    return parser
-
 
 _HYPERPARAMETERS = (
     "epochs",
@@ -162,8 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    command = shlex.join(["python", "-m", "training", *argv])
     try:
-        return _train(args, command=shlex.join(["python", "-m", "training", *argv]))
+        if args.command == "import":
+            return _import(args, command=command)
+        return _train(args, command=command)
     except TrainingError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -172,31 +64,116 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _slug(text: str) -> str:
+    """A model name made from a file or folder name: lower case, other characters as ``-``."""
+    return re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-_")[:40] or "model"
+
+
+def _check_repository(path: Path | None) -> None:
+    if path is not None and path.exists() and not path.is_dir():
+        raise UsageError(f"--publish {path}: not a directory")
+
+
+_FOLDER_OPTIONS = ("image_size", "color", "resize", "test_split", "cache_dir")
+
+
+def _folder_options(args: argparse.Namespace, *, validation_split: float, seed: int) -> FolderOptions:
+    return FolderOptions(
+        image_size=args.image_size,
+        color=args.color,
+        resize=args.resize or "stretch",
+        test_split=args.test_split if args.test_split is not None else FolderOptions.test_split,
+        validation_split=validation_split,
+        seed=seed,
+        strict=args.strict,
+        max_pixels=args.max_image_pixels,
+    )
+
+
+def _given_or_default(args: argparse.Namespace, key: str) -> Any:
+    """The option's value, else the field default of :class:`HyperParameters` (no preset imported)."""
+    if getattr(args, key) is not None:
+        return getattr(args, key)
+    return next(f.default for f in dataclasses.fields(HyperParameters) if f.name == key)
+
+
 def _train(args: argparse.Namespace, *, command: str) -> int:
-    name = validate_name(args.name or f"{args.dataset}-{args.preset}")
-    if args.publish is not None and args.publish.exists() and not args.publish.is_dir():
-        raise UsageError(f"--publish {args.publish}: not a directory")
-    dataset = load_dataset(args.dataset, resolve_data_dir(args.data_dir), download=not args.offline)
+    source = args.dataset or _slug(args.images.resolve().name)
+    name = validate_name(args.name or f"{source}-{args.preset}")
+    _check_repository(args.publish)
+    with contextlib.ExitStack() as stack:
+        if args.images is None:
+            if misplaced := [
+                f"--{o.replace('_', '-')}" for o in _FOLDER_OPTIONS if getattr(args, o) is not None
+            ]:
+                raise UsageError(f"{', '.join(misplaced)} apply to --images only")
+            dataset = load_dataset(args.dataset, resolve_data_dir(args.data_dir), download=not args.offline)
+        else:
+            if args.data_dir is not None or args.offline:
+                raise UsageError("--data-dir and --offline apply to --dataset only")
+            # The layout and class counts are checked before TensorFlow is imported, so they answer at once.
+            layout = folderlayout.scan(args.images)
+            early = _folder_options(
+                args,
+                validation_split=_given_or_default(args, "validation_split"),
+                seed=_given_or_default(args, "seed"),
+            )
+            carve = layout.test is None
+            imagefolder.check_counts(layout.classes, layout.train.labels, carve, early, str(args.images))
 
-    # TensorFlow is imported only now, so that usage and data errors above answer at once.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from training import pipeline, report
-    from training.presets import preset_defaults
+        # TensorFlow is imported only now, so that usage and data errors above answer at once.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from training import pipeline, report
+        from training.presets import preset_defaults
 
-    given = {key: getattr(args, key) for key in _HYPERPARAMETERS if getattr(args, key) is not None}
-    hp = replace(preset_defaults(args.preset), **given)
-    config = pipeline.RunConfig(
-        dataset=args.dataset,
-        preset=args.preset,
-        hp=hp,
+        given = {key: getattr(args, key) for key in _HYPERPARAMETERS if getattr(args, key) is not None}
+        hp = replace(preset_defaults(args.preset), **given)
+        if args.images is not None:
+            cache_dir = args.cache_dir or Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="images-"))
+            )
+            options = _folder_options(args, validation_split=hp.validation_split, seed=hp.seed)
+            dataset = imagefolder.load_folder(args.images, options, cache_dir)
+        config = pipeline.RunConfig(
+            dataset=dataset.name,
+            preset=args.preset,
+            hp=hp,
+            name=name,
+            repository=args.publish,
+            max_regression=args.max_regression,
+            force=args.force,
+            command=command,
+        )
+        settings = " ".join(f"{key}={value}" for key, value in hp.as_json().items())
+        print(f"training {name} ({args.preset} on {dataset.name}): {settings}", flush=True)
+        outcome = pipeline.run(dataset, config)
+        print(report.summary_table(pipeline.summary_rows(dataset, config, outcome)))
+    return 0
+
+
+def _import(args: argparse.Namespace, *, command: str) -> int:
+    name = validate_name(args.name or _slug(args.path.stem))
+    _check_repository(args.publish)
+    from training import importer, report
+
+    config = importer.ImportConfig(
+        path=args.path,
         name=name,
+        labels=args.labels,
+        input_range=args.input_scale,
+        resize=args.resize,
+        color=args.color,
+        image_size=args.image_size,
+        softmax=args.softmax,
+        eval_images=args.eval_images,
         repository=args.publish,
         max_regression=args.max_regression,
         force=args.force,
+        strict=args.strict,
+        max_pixels=args.max_image_pixels,
+        cache_dir=args.cache_dir,
         command=command,
     )
-    settings = " ".join(f"{key}={value}" for key, value in hp.as_json().items())
-    print(f"training {name} ({args.preset} on {args.dataset}): {settings}", flush=True)
-    outcome = pipeline.run(dataset, config)
-    print(report.summary_table(pipeline.summary_rows(dataset, config, outcome)))
+    outcome = importer.import_model(config)
+    print(report.summary_table(importer.summary_rows(config, outcome)))
     return 0

@@ -12,10 +12,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from service.contract import Preprocessing
+from training.diskimages import Images
 from training.errors import DataError, IdxFormatError
 
 #: Used when neither ``--data-dir`` nor ``DATA_DIR`` is given: the shared data next to the checkout.
@@ -26,22 +28,37 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
+Resize = Literal["stretch", "center_crop", "digit"]
+
+
 @dataclass(frozen=True)
 class Dataset:
-    """A loaded data set: train and test images ``(N, H, W, C)`` uint8, labels int64, class names."""
+    """A loaded data set: train and test images ``(N, H, W, C)`` uint8 (in memory, or rows of a cache on
+    disk), labels int64, class names, and how an uploaded image becomes this data's input."""
 
     name: str
-    x_train: np.ndarray
+    x_train: Images
     y_train: np.ndarray
-    x_test: np.ndarray
+    x_test: Images
     y_test: np.ndarray
     labels: tuple[str, ...]
     mirror_invariant: bool = False
+    #: The ``resize`` of the ``preprocessing`` entry: ``digit`` for MNIST-style ink on a black field.
+    resize: Resize = "stretch"
+    #: Where the images came from, for the ``data`` entry of the metadata (image folders only).
+    source: dict[str, Any] | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         h, w, c = self.x_train.shape[1:]
         return int(h), int(w), int(c)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The ``preprocessing`` entry of a model trained on this data: raw 0..255 pixels in."""
+        height, width, channels = self.input_shape
+        color = "grayscale" if channels == 1 else "rgb"
+        return Preprocessing(height=height, width=width, color=color, resize=self.resize)
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,7 @@ class DatasetInfo:
     download: Callable[[], tuple[np.ndarray, ...]]
     #: Whether a horizontally mirrored image keeps its class (true for clothes and photos, not digits).
     mirror_invariant: bool
+    resize: Resize = "stretch"
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -157,6 +175,7 @@ DATASETS: dict[str, DatasetInfo] = {
         read=_read_idx_set,
         download=_keras_download("mnist"),
         mirror_invariant=False,
+        resize="digit",
     ),
     "fashion-mnist": DatasetInfo(
         name="fashion-mnist",
@@ -226,6 +245,7 @@ def _as_dataset(info: DatasetInfo, *arrays: Any) -> Dataset:
         y_test=y_test.reshape(-1).astype(np.int64),
         labels=info.labels,
         mirror_invariant=info.mirror_invariant,
+        resize=info.resize,
     )
 
 

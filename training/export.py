@@ -7,6 +7,7 @@ output ``probabilities``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,8 +18,12 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
+from training.diskimages import Images, head
 from training.errors import ExportError
 from training.train import predict
+
+#: A TensorFlow computation from a float32 image batch to class probabilities.
+Forward = Callable[[tf.Tensor], tf.Tensor]
 
 #: The newest opset tf2onnx 1.17 converts to.
 OPSET = 18
@@ -51,16 +56,22 @@ class Parity:
 
 def to_onnx(model: keras.Model, input_shape: tuple[int, int, int], opset: int = OPSET) -> onnx.ModelProto:
     """Convert ``model`` to ONNX: input ``image`` ``[-1, H, W, C]`` float32, output ``probabilities``."""
+    return convert(lambda image: model(image, training=False), input_shape, opset)
+
+
+def convert(forward: Forward, input_shape: tuple[int, int, int], opset: int = OPSET) -> onnx.ModelProto:
+    """Convert ``forward`` (a Keras model's call, a SavedModel signature, ...) as :func:`to_onnx` does."""
     signature = [tf.TensorSpec((None, *input_shape), tf.float32, name="image")]
 
     @tf.function(input_signature=signature)
     def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"probabilities": model(image, training=False)}
+        return {"probabilities": forward(image)}
 
     try:
         proto, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=opset)
     except Exception as exc:  # tf2onnx raises assorted errors; the run fails either way
-        raise ExportError(f"tf2onnx could not convert the model: {exc}") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"tf2onnx could not convert the model: {reason}") from exc
     return proto
 
 
@@ -80,8 +91,11 @@ def _check_signature(session: ort.InferenceSession, input_shape: tuple[int, ...]
         raise ExportError(f"exported model has the wrong signature: {found}")
 
 
-def check_parity(onnx_bytes: bytes, model: keras.Model, images: np.ndarray) -> Parity:
-    """Run ``images`` through onnxruntime (CPU) and Keras and compare the probabilities."""
+def check_parity(
+    onnx_bytes: bytes, model: keras.Model | Callable[[np.ndarray], np.ndarray], images: np.ndarray
+) -> Parity:
+    """Run ``images`` through onnxruntime (CPU) and Keras (or any reference function from a float32
+    batch to probabilities) and compare the probabilities."""
     try:
         session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for invalid models
@@ -89,7 +103,7 @@ def check_parity(onnx_bytes: bytes, model: keras.Model, images: np.ndarray) -> P
     _check_signature(session, tuple(int(d) for d in images.shape[1:]))
     batch = images.astype(np.float32)
     onnx_probabilities = np.asarray(session.run(["probabilities"], {"image": batch})[0])
-    keras_probabilities = predict(model, batch)
+    keras_probabilities = predict(model, batch) if isinstance(model, keras.Model) else model(batch)
     if onnx_probabilities.shape != keras_probabilities.shape:
         raise ExportError(
             f"exported model returns shape {onnx_probabilities.shape}, Keras {keras_probabilities.shape}"
@@ -103,7 +117,9 @@ def check_parity(onnx_bytes: bytes, model: keras.Model, images: np.ndarray) -> P
     )
 
 
-def parity_gate(onnx_bytes: bytes, model: keras.Model, images: np.ndarray) -> Parity:
+def parity_gate(
+    onnx_bytes: bytes, model: keras.Model | Callable[[np.ndarray], np.ndarray], images: np.ndarray
+) -> Parity:
     """:func:`check_parity`, raising :class:`ExportError` unless the export passes.
 
     Passing means: at least ``PARITY_MIN_IMAGES`` images, max abs difference <= ``MAX_ABS_DIFF`` and the
@@ -120,3 +136,26 @@ def parity_gate(onnx_bytes: bytes, model: keras.Model, images: np.ndarray) -> Pa
             f"(limit {MAX_ABS_DIFF:g}), argmax agreement {parity.argmax_agreement:.2%} (need 100%)"
         )
     return parity
+
+
+def parity_images(*sources: Images, minimum: int = PARITY_MIN_IMAGES, seed: int = 0) -> np.ndarray:
+    """Up to ``PARITY_MAX_IMAGES`` real images for the gate, taken from ``sources`` in turn (test images
+    first). A small data set is topped up to ``minimum`` with mirrored, flipped and inverted copies of its
+    images, then with seeded noise: the gate checks the export, which any input exercises."""
+    taken: list[np.ndarray] = []
+    count = 0
+    for source in sources:
+        if count < PARITY_MAX_IMAGES and len(source):
+            taken.append(head(source, PARITY_MAX_IMAGES - count))
+            count += len(taken[-1])
+    if not taken:
+        raise ExportError("no images to check the export with")
+    images = np.concatenate(taken)
+    if len(images) >= minimum:
+        return images
+    variants = [images, images[:, :, ::-1], images[:, ::-1], 255 - images, 255 - images[:, ::-1, ::-1]]
+    images = np.concatenate(variants)[:minimum]
+    if len(images) < minimum:
+        noise = np.random.default_rng(seed).integers(0, 256, (minimum - len(images), *images.shape[1:]))
+        images = np.concatenate([images, noise.astype(np.uint8)])
+    return images

@@ -15,14 +15,14 @@ import onnx
 import tensorflow as tf
 import tf2onnx
 
+from service import contract
 from training import report
 from training.config import HyperParameters
 from training.data import Dataset
-from training.export import Parity, parity_gate, to_onnx
-from training.publish import Published, check_promotion, publish, sha256_hex
+from training.export import Parity, parity_gate, parity_images, to_onnx
+from training.onnxmodel import opset_of
+from training.publish import Published, check_promotion, check_signature, publish, sha256_hex
 from training.train import Evaluation, Trained, evaluate, fit
-
-PLATFORM = "onnxruntime_onnx"
 
 
 @dataclass(frozen=True)
@@ -61,20 +61,26 @@ def run(dataset: Dataset, config: RunConfig, *, verbose: int | None = None) -> O
 
 
 def finish(
-    dataset: Dataset, config: RunConfig, trained: Trained, evaluation: Evaluation, onnx_model: onnx.ModelProto
+    dataset: Dataset,
+    config: RunConfig,
+    trained: Trained,
+    evaluation: Evaluation,
+    onnx_model: onnx.ModelProto,
 ) -> Outcome:
     """Gate ``onnx_model`` on parity with ``trained.model``, check the promotion guard, then publish."""
     onnx_bytes = onnx_model.SerializeToString()
-    parity = parity_gate(onnx_bytes, trained.model, dataset.x_test)
+    parity = parity_gate(onnx_bytes, trained.model, parity_images(dataset.x_test, dataset.x_train))
     published = None
     if config.repository is not None:
+        inputs, outputs = signature_entries(dataset)
+        check_signature(config.repository, config.name, inputs, outputs, force=config.force)
         check_promotion(
             config.repository, config.name, evaluation.accuracy, config.max_regression, force=config.force
         )
         sha256 = sha256_hex(onnx_bytes)
         opset = opset_of(onnx_model)
 
-        def metadata(version: int) -> dict[str, Any]:
+        def metadata(version: int) -> contract.Metadata:
             return build_metadata(config, dataset, trained, evaluation, parity, version, sha256, opset)
 
         def write_report(directory: Path) -> None:
@@ -89,9 +95,12 @@ def finish(
     return Outcome(trained, evaluation, parity, len(onnx_bytes), published)
 
 
-def opset_of(onnx_model: onnx.ModelProto) -> int:
-    """The default-domain opset the model was exported with."""
-    return next(int(o.version) for o in onnx_model.opset_import if o.domain in ("", "ai.onnx"))
+def signature_entries(dataset: Dataset) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``inputs`` and ``outputs`` of the metadata of a model trained on ``dataset``."""
+    height, width, channels = dataset.input_shape
+    inputs = [{"name": "image", "datatype": "FP32", "shape": [-1, height, width, channels]}]
+    outputs = [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(dataset.labels)]}]
+    return inputs, outputs
 
 
 def build_metadata(
@@ -103,26 +112,28 @@ def build_metadata(
     version: int,
     sha256: str,
     opset: int,
-) -> dict[str, Any]:
-    """The ``metadata.json`` contract of ``DESIGN.md`` section 2 for one version."""
-    height, width, channels = dataset.input_shape
-    return {
-        "name": config.name,
-        "version": version,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "platform": PLATFORM,
-        "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, height, width, channels]}],
-        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(dataset.labels)]}],
-        "labels": list(dataset.labels),
-        "sha256": sha256,
-        "opset": opset,
-        "dataset": dataset.name,
-        "metrics": {
-            "accuracy": evaluation.accuracy,
-            "loss": evaluation.loss,
-            "per_class_accuracy": dict(zip(dataset.labels, evaluation.per_class_accuracy, strict=True)),
-        },
-        "training": {
+) -> contract.Metadata:
+    """The ``metadata.json`` of one version, as the repository contract (``docs/repository.md``) has it."""
+    inputs, outputs = signature_entries(dataset)
+    extra: dict[str, Any] = {} if dataset.source is None else {"data": dataset.source}
+    return contract.Metadata(
+        name=config.name,
+        version=version,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        platform=contract.PLATFORM,
+        inputs=tuple(contract.TensorMetadata.model_validate(entry) for entry in inputs),
+        outputs=tuple(contract.TensorMetadata.model_validate(entry) for entry in outputs),
+        labels=tuple(dataset.labels),
+        preprocessing=dataset.preprocessing,
+        sha256=sha256,
+        opset=opset,
+        dataset=dataset.name,
+        metrics=contract.Evaluation(
+            accuracy=evaluation.accuracy,
+            loss=evaluation.loss,
+            per_class_accuracy=dict(zip(dataset.labels, evaluation.per_class_accuracy, strict=True)),
+        ),
+        training={
             "preset": config.preset,
             **config.hp.as_json(),
             "epochs_run": trained.epochs_run,
@@ -134,14 +145,15 @@ def build_metadata(
             "history": trained.history,
             "command": config.command,
         },
-        "parity": parity.as_json(),
-        "versions": {
+        parity=contract.Parity(**parity.as_json()),
+        versions={
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
             "tf2onnx": tf2onnx.__version__,
             "onnx": onnx.__version__,
         },
-    }
+        **extra,
+    )
 
 
 def summary_rows(dataset: Dataset, config: RunConfig, outcome: Outcome) -> list[tuple[str, object]]:

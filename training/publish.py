@@ -1,6 +1,7 @@
-"""The model repository, writer's side: names, versions, the promotion guard and atomic publishing.
+"""The model repository, writer's side: the promotion guard and atomic publishing.
 
-Layout (``DESIGN.md`` section 2)::
+Names, versions and the layout are the repository contract (:mod:`service.contract`,
+``docs/repository.md``)::
 
     <repository>/<name>/<version>/model.onnx
     <repository>/<name>/<version>/metadata.json
@@ -19,20 +20,26 @@ import errno
 import hashlib
 import json
 import os
-import re
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service.contract import (
+    METADATA_FILE,
+    MODEL_FILE,
+    Metadata,
+    metadata_json,
+    parse_version,
+    valid_model_name,
+)
 from training.errors import PromotionRefused, PublishError, UsageError
 
-NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-VERSION_PATTERN = re.compile(r"[1-9][0-9]*")
-MODEL_FILE = "model.onnx"
-METADATA_FILE = "metadata.json"
+#: What ``metadata.json`` is written from: a :class:`Metadata` (validated, what the pipeline writes) or a
+#: plain mapping, written as given (for tools and tests that write partial records).
+MetadataSource = Metadata | Mapping[str, Any]
 #: Give up after this many versions were taken by concurrent publishers in a row.
 MAX_ATTEMPTS = 1000
 
@@ -48,7 +55,7 @@ class Published:
 
 def validate_name(name: str) -> str:
     """``name`` if it matches ``[a-z0-9][a-z0-9_-]{0,63}``, else :class:`UsageError`."""
-    if not NAME_PATTERN.fullmatch(name):
+    if not valid_model_name(name):
         raise UsageError(
             f"invalid model name {name!r}: use 1-64 of a-z 0-9 _ -, starting with a letter or digit"
         )
@@ -61,9 +68,8 @@ def versions(repository: Path, name: str) -> list[int]:
     directory = repository / validate_name(name)
     if not directory.is_dir():
         return []
-    return sorted(
-        int(p.name) for p in directory.iterdir() if p.is_dir() and VERSION_PATTERN.fullmatch(p.name)
-    )
+    found = (parse_version(p.name) for p in directory.iterdir() if p.is_dir())
+    return sorted(v for v in found if v is not None)
 
 
 def newest_metadata(repository: Path, name: str) -> dict[str, Any] | None:
@@ -99,6 +105,35 @@ def check_promotion(
         )
 
 
+def check_signature(
+    repository: Path,
+    name: str,
+    inputs: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+    *,
+    force: bool = False,
+) -> None:
+    """Refuse (:class:`PromotionRefused`) a version whose inputs or outputs differ from the newest
+    version's, unless ``force``: the service keeps serving that one and refuses the new one, so that no
+    client sees a model change its signature under the same name."""
+    previous = newest_metadata(repository, name)
+    if previous is None or force or "inputs" not in previous or "outputs" not in previous:
+        return  # a version without a recorded signature is not served, so it sets no bar
+    if previous["inputs"] == inputs and previous["outputs"] == outputs:
+        return
+
+    def show(tensors: Any) -> str:
+        if not isinstance(tensors, list):
+            return "?"
+        return ", ".join(f"{t.get('name')} {t.get('shape')}" for t in tensors if isinstance(t, dict))
+
+    raise PromotionRefused(
+        f"not publishing {name}: its signature ({show(inputs)} -> {show(outputs)}) differs from version "
+        f"{previous.get('version')}'s ({show(previous.get('inputs'))} -> {show(previous.get('outputs'))}), "
+        "and the service would keep serving that one; publish under another --name, or --force"
+    )
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -110,8 +145,11 @@ def _write(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _write_metadata(directory: Path, metadata: dict[str, Any]) -> None:
-    data = (json.dumps(metadata, indent=2) + "\n").encode()
+def _write_metadata(directory: Path, metadata: MetadataSource) -> None:
+    if isinstance(metadata, Metadata):
+        data = metadata_json(metadata)
+    else:
+        data = (json.dumps(dict(metadata), indent=2) + "\n").encode()
     path = directory / METADATA_FILE
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -130,7 +168,7 @@ def publish(
     repository: Path,
     name: str,
     model_bytes: bytes,
-    metadata: Callable[[int], dict[str, Any]],
+    metadata: Callable[[int], MetadataSource],
     write_extra: Callable[[Path], None] | None = None,
 ) -> Published:
     """Publish ``model_bytes`` as the next version of ``name`` in ``repository``, atomically.
@@ -160,14 +198,19 @@ def publish(
 
 
 def _claim_version(
-    repository: Path, name: str, staging: Path, digest: str, metadata: Callable[[int], dict[str, Any]]
+    repository: Path, name: str, staging: Path, digest: str, metadata: Callable[[int], MetadataSource]
 ) -> Published:
     """Rename ``staging`` onto the next free version number, rewriting its metadata for each try."""
     parent = staging.parent
     version = max(versions(repository, name), default=0) + 1
     for _ in range(MAX_ATTEMPTS):
         content = metadata(version)
-        if content.get("version") != version or content.get("sha256") != digest:
+        recorded: tuple[Any, Any]
+        if isinstance(content, Metadata):
+            recorded = (content.version, content.sha256)
+        else:
+            recorded = (content.get("version"), content.get("sha256"))
+        if recorded != (version, digest):
             raise PublishError("metadata must carry the version number and the model's sha256")
         _write_metadata(staging, content)
         target = parent / str(version)

@@ -17,7 +17,9 @@ import tensorflow as tf
 
 from training.config import SGD_MOMENTUM, HyperParameters
 from training.data import Dataset, stratified_sample, train_validation_split
+from training.diskimages import DiskImages, Images, select
 from training.errors import UsageError
+from training.evaluation import Evaluation, score
 from training.presets import build_model
 
 
@@ -25,9 +27,9 @@ from training.presets import build_model
 class Splits:
     """The images a run fits on and validates on (uint8 ``(N, H, W, C)``, int64 labels)."""
 
-    x_train: np.ndarray
+    x_train: Images
     y_train: np.ndarray
-    x_val: np.ndarray
+    x_val: Images
     y_val: np.ndarray
 
 
@@ -45,29 +47,18 @@ class Trained:
     n_validation: int
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """Test-set metrics: accuracy, mean cross-entropy, per-class accuracy and the confusion matrix."""
-
-    accuracy: float
-    loss: float
-    per_class_accuracy: list[float]
-    confusion: np.ndarray  # confusion[true, predicted]
-    n_images: int
-
-
 def split(dataset: Dataset, hp: HyperParameters) -> Splits:
     """Seeded, stratified: optionally keep ``limit_train`` images, then hold out ``validation_split``."""
     x, y = dataset.x_train, dataset.y_train
     if hp.limit_train is not None and hp.limit_train < len(y):
         keep = stratified_sample(y, hp.limit_train, np.random.default_rng(hp.seed))
-        x, y = x[keep], y[keep]
+        x, y = select(x, keep), y[keep]
     train_idx, val_idx = train_validation_split(y, hp.validation_split, hp.seed)
     if len(train_idx) == 0 or (hp.validation_split > 0 and len(val_idx) == 0):
         raise UsageError(
             f"{len(y)} training images cannot be split {1 - hp.validation_split:g}/{hp.validation_split:g}"
         )
-    return Splits(x[train_idx], y[train_idx], x[val_idx], y[val_idx])
+    return Splits(select(x, train_idx), y[train_idx], select(x, val_idx), y[val_idx])
 
 
 def make_optimizer(hp: HyperParameters) -> keras.optimizers.Optimizer:
@@ -103,8 +94,25 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+def _disk_batches(
+    x: DiskImages, y: np.ndarray, num_classes: int, batch_size: int, shuffle_seed: int | None
+) -> tf.data.Dataset:
+    """Batches read from the cache on disk: only row numbers are shuffled, pixels are read per batch."""
+    ds = tf.data.Dataset.range(len(x))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+    labels = tf.constant(y)
+
+    def load(rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        images = tf.numpy_function(x.take, [rows], tf.uint8, stateful=False)
+        images.set_shape((None, *x.shape[1:]))
+        return tf.cast(images, tf.float32), tf.one_hot(tf.gather(labels, rows), num_classes)
+
+    return ds.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def _batches(
-    x: np.ndarray,
+    x: Images,
     y: np.ndarray,
     num_classes: int,
     batch_size: int,
@@ -112,13 +120,16 @@ def _batches(
     shuffle_seed: int | None = None,
     augmenter: keras.Sequential | None = None,
 ) -> tf.data.Dataset:
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle_seed is not None:
-        ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(
-        lambda image, label: (tf.cast(image, tf.float32), tf.one_hot(label, num_classes)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+    if isinstance(x, DiskImages):
+        ds = _disk_batches(x, y, num_classes, batch_size, shuffle_seed)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        if shuffle_seed is not None:
+            ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size).map(
+            lambda image, label: (tf.cast(image, tf.float32), tf.one_hot(label, num_classes)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     if augmenter is not None:
         ds = ds.map(lambda image, label: (augmenter(image, training=True), label))
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -188,26 +199,22 @@ def fit(dataset: Dataset, preset: str, hp: HyperParameters, *, verbose: int | No
     )
 
 
-def predict(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+#: Rows read from a cache on disk at a time when predicting (a multiple of the predict batch size).
+PREDICT_CHUNK = 1024
+
+
+def predict(model: keras.Model, images: Images, batch_size: int = 256) -> np.ndarray:
     """Class probabilities for uint8 or float ``images`` (raw 0..255 intensities)."""
+    if isinstance(images, DiskImages):
+        chunks = [
+            predict(model, images.take(np.arange(start, min(start + PREDICT_CHUNK, len(images)))), batch_size)
+            for start in range(0, len(images), PREDICT_CHUNK)
+        ]
+        return np.concatenate(chunks) if chunks else np.zeros((0, model.outputs[0].shape[-1]), np.float32)
     probabilities: Any = model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
     return np.asarray(probabilities, dtype=np.float32)
 
 
-def evaluate(model: keras.Model, x_test: np.ndarray, y_test: np.ndarray, num_classes: int) -> Evaluation:
+def evaluate(model: keras.Model, x_test: Images, y_test: np.ndarray, num_classes: int) -> Evaluation:
     """Accuracy, cross-entropy and the confusion matrix of ``model`` on the test set."""
-    probabilities = predict(model, x_test)
-    predicted = probabilities.argmax(axis=1)
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (y_test, predicted), 1)
-    support = confusion.sum(axis=1)
-    per_class = np.divide(np.diag(confusion), support, out=np.zeros(num_classes), where=support > 0)
-    # Keras' cross-entropy clips probabilities to [1e-7, 1 - 1e-7]; do the same so the numbers compare.
-    true_class = np.clip(probabilities[np.arange(len(y_test)), y_test], 1e-7, 1 - 1e-7)
-    return Evaluation(
-        accuracy=float((predicted == y_test).mean()),
-        loss=float(-np.log(true_class).mean()),
-        per_class_accuracy=[float(a) for a in per_class],
-        confusion=confusion,
-        n_images=len(y_test),
-    )
+    return score(predict(model, x_test), y_test, num_classes)

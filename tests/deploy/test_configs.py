@@ -26,7 +26,7 @@ VENV_BIN = Path(sys.executable).parent
 # 1.31: the oldest release where everything used here (CronJob podFailurePolicy, timeZone) is GA.
 K8S_VERSIONS = ("1.31.0", "1.34.0")
 
-# DESIGN.md section 6.
+# The metrics of docs/api.md#metrics.
 HISTOGRAMS = {
     "inference_request_duration_seconds",
     "inference_queue_duration_seconds",
@@ -42,7 +42,7 @@ METRICS = HISTOGRAMS | {
     "model_info",
     "model_load_total",
 }
-# DESIGN.md section 7.
+# The settings of service/settings.py.
 SETTINGS = {
     "SERVE_MODEL_REPOSITORY",
     "SERVE_MODELS",

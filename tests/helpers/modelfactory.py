@@ -38,6 +38,18 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from service.contract import (
+    METADATA_FILE,
+    MODEL_FILE,
+    PLATFORM,
+    Evaluation,
+    Metadata,
+    Parity,
+    Preprocessing,
+    TensorMetadata,
+    metadata_json,
+)
+
 Variant = Literal[
     "ok",
     "output_name",
@@ -169,33 +181,42 @@ def write_model_version(
     opset: int = 17,
     seed: int = 0,
     variant: Variant = "ok",
+    resize: Literal["stretch", "center_crop", "digit"] = "stretch",
     metadata_overrides: Mapping[str, Any] | None = None,
 ) -> WrittenModel:
     """Publish ``root/name/version`` atomically (temporary sibling, then rename), like the trainer does.
 
-    ``labels`` default to ``class_0 .. class_{K-1}``. ``metadata_overrides`` replace (or, with
-    :data:`DROP`, remove) top-level metadata keys after the sha256 is computed, to write inconsistent
-    metadata on purpose. The version directory must not exist yet.
+    The metadata is built and validated through the repository contract (:class:`service.contract.Metadata`,
+    ``preprocessing`` derived from ``input_shape`` with ``resize``). ``labels`` default to
+    ``class_0 .. class_{K-1}``. ``metadata_overrides`` replace (or, with :data:`DROP`, remove) top-level
+    metadata keys after validation, to write inconsistent metadata on purpose. The version directory must
+    not exist yet.
     """
     data, weight, bias = build_model(
         input_shape=input_shape, classes=classes, opset=opset, seed=seed, variant=variant
     )
-    metadata: dict[str, Any] = {
-        "name": name,
-        "version": version,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "platform": "onnxruntime_onnx",
-        "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, *input_shape]}],
-        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]}],
-        "labels": list(labels) if labels is not None else [f"class_{i}" for i in range(classes)],
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "opset": opset,
-        "dataset": "synthetic",
-        "metrics": {"accuracy": 0.1, "loss": 2.3, "per_class_accuracy": [0.1] * classes},
-        "training": {"preset": "tiny", "seed": seed, "epochs": 0, "wall_time_s": 0.0},
-        "parity": {"max_abs_diff": 0.0, "argmax_agreement": 1.0},
-        "versions": {"onnx": onnx.__version__},
-    }
+    height, width, channels = input_shape  # an image model: [-1, H, W, C]
+    names = list(labels) if labels is not None else [f"class_{i}" for i in range(classes)]
+    document = Metadata(
+        name=name,
+        version=version,
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        platform=PLATFORM,
+        inputs=(TensorMetadata(name="image", datatype="FP32", shape=(-1, *input_shape)),),
+        outputs=(TensorMetadata(name="probabilities", datatype="FP32", shape=(-1, classes)),),
+        labels=tuple(names),
+        preprocessing=Preprocessing(
+            height=height, width=width, color="rgb" if channels == 3 else "grayscale", resize=resize
+        ),
+        sha256=hashlib.sha256(data).hexdigest(),
+        opset=opset,
+        dataset="synthetic",
+        metrics=Evaluation(accuracy=0.1, loss=2.3, per_class_accuracy=dict.fromkeys(names, 0.1)),
+        training={"preset": "tiny", "seed": seed, "epochs": 0, "wall_time_s": 0.0},
+        parity=Parity(max_abs_diff=0.0, argmax_agreement=1.0),
+        versions={"onnx": onnx.__version__},
+    )
+    metadata: dict[str, Any] = json.loads(metadata_json(document))
     for key, value in (metadata_overrides or {}).items():
         if value is DROP:
             metadata.pop(key, None)
@@ -204,7 +225,7 @@ def write_model_version(
     final = root / name / str(version)
     staging = root / name / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
-    (staging / "model.onnx").write_bytes(data)
-    (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    (staging / MODEL_FILE).write_bytes(data)
+    (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     os.rename(staging, final)
     return WrittenModel(final, weight, bias, metadata)

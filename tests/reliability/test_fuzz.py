@@ -21,12 +21,10 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
-from starlette.types import Receive, Scope, Send
 
 from service.app import create_app
 from service.settings import Settings
@@ -40,16 +38,6 @@ FUZZ = settings(
 )
 INFER = "/v2/models/tiny/infer"
 GOOD_IMAGES = images(3, seed=42)
-
-
-class FrameworkOnly:
-    """The app without its fast path: every request goes through FastAPI's routing and handlers."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await FastAPI.__call__(self.app, scope, receive, send)
 
 
 class Target:
@@ -97,9 +85,10 @@ class Target:
 def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     repo = tmp_path_factory.mktemp("fuzz-models")
     model = write_model_version(repo, "tiny", 1)
-    app = create_app(Settings(model_repository=repo, max_queue_delay_us=0, max_body_bytes=1 << 20))
-    asgi = app if request.param == "fastpath" else FrameworkOnly(app)
-    with TestClient(asgi, raise_server_exceptions=False) as client:
+    settings = Settings(model_repository=repo, max_queue_delay_us=0, max_body_bytes=1 << 20)
+    # Without its fast path, every request goes through FastAPI's routing and handlers.
+    app = create_app(settings, fast_path=request.param == "fastpath")
+    with TestClient(app, raise_server_exceptions=False) as client:
         yield Target(client, model)
 
 

@@ -17,8 +17,8 @@ from PIL import Image, ImageFilter
 
 from service import preprocess
 from service.contract import Preprocessing
-from service.errors import InvalidInput, PayloadTooLarge, ServiceError, UnsupportedMedia
-from service.preprocess import _max_filter, digit, model_preprocessing, prepare, prepare_all
+from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
+from service.preprocess import _max_filter, digit, prepare, prepare_all
 from tests.helpers.data import load_digits
 from tests.helpers.photos import KINDS, render
 
@@ -286,35 +286,6 @@ def test_photo_kinds_render_and_read() -> None:
         data, content_type = render(mnist(0), style, rng)
         assert content_type == ("image/png" if style.jpeg is None else "image/jpeg"), kind
         assert prepare(data, DIGIT).max() > 0, kind
-
-
-# ---- model_preprocessing: metadata first --------------------------------------------------------------
-
-
-def test_model_preprocessing_reads_metadata_and_checks_it() -> None:
-    declared = {
-        "height": 28,
-        "width": 28,
-        "color": "grayscale",
-        "input_range": [0, 1],
-        "resize": "center_crop",
-    }
-    p = model_preprocessing("mnist-cnn", {"preprocessing": declared}, (-1, 28, 28, 1))
-    assert p.resize == "center_crop" and p.input_range == (0.0, 1.0)
-    # Without an entry: mnist-* models are digit models, others stretch (until metadata carries it).
-    assert model_preprocessing("mnist-mlp", {}, (-1, 28, 28, 1)).resize == "digit"
-    assert model_preprocessing("cifar10-cnn", {}, (-1, 32, 32, 3)) == Preprocessing(
-        height=32, width=32, color="rgb", resize="stretch"
-    )
-    for bad, message in (
-        ({**declared, "resize": "zoom"}, "invalid preprocessing entry"),
-        ({**declared, "input_range": [1, 1]}, "invalid preprocessing entry"),
-        ({**declared, "height": 32}, "disagrees with its input shape"),
-        ({**declared, "color": "rgb"}, "disagrees with its input shape"),
-    ):
-        with pytest.raises(ServiceError, match=message) as caught:
-            model_preprocessing("m", {"preprocessing": bad}, (-1, 28, 28, 1))
-        assert caught.value.status == 500
 
 
 def test_shared_vectors_reproduce_exactly() -> None:

@@ -243,3 +243,25 @@ def test_corrupt_version_at_start_is_reported(tmp_path: Path) -> None:
         assert load_results(c, "tiny") == {"ok": 0.0, "error": 1.0}
         assert infer(c, "/v2/models/other/infer")["model_version"] == "1"
         assert c.get("/v2/health/ready").status_code == 503
+
+
+@pytest.mark.parametrize(("budget", "models", "per_session"), [(4, 2, 2), (4, 3, 1), (2, 4, 1), (1, 1, 1)])
+def test_one_thread_budget_divided_among_the_models(
+    tmp_path: Path, budget: int, models: int, per_session: int
+) -> None:
+    for i in range(models):
+        write_model_version(tmp_path, f"m{i}", 1, seed=i)
+    with TestClient(create_app(Settings(model_repository=tmp_path, intra_op_threads=budget))) as c:
+        registry = c.app.state.registry  # type: ignore[attr-defined]
+        assert registry.threads == budget
+        served = [registry.get(f"m{i}") for i in range(models)]
+        for version in served:
+            session = version.runtime._session
+            assert session is not None
+            assert session.get_session_options().intra_op_num_threads == per_session
+        # Every batcher computes on the one executor of `budget` workers.
+        executors = {id(version.batcher._executor) for version in served}
+        assert len(executors) == 1
+        assert served[0].batcher._executor._max_workers == budget  # type: ignore[attr-defined]
+        for i in range(models):
+            assert infer(c, f"/v2/models/m{i}/infer")["model_version"] == "1"

@@ -1,4 +1,4 @@
-"""service.repository: names, version policies, discovery on real directory trees."""
+"""service.repository: version policies and discovery on real directory trees."""
 
 from __future__ import annotations
 
@@ -6,44 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from service.repository import (
-    MODEL_NAME_RE,
-    VersionPolicy,
-    parse_version,
-    scan_repository,
-    valid_model_name,
-    version_dir,
-)
+from service.repository import VersionPolicy, scan_repository
 from tests.helpers.modelfactory import write_model_version
-
-
-@pytest.mark.parametrize("name", ["a", "0", "mnist-cnn", "cifar10_cnn", "a" * 64, "9-_"])
-def test_valid_model_names(name: str) -> None:
-    assert valid_model_name(name)
-    assert MODEL_NAME_RE.fullmatch(name)
-
-
-@pytest.mark.parametrize(
-    "name",
-    ["", "A", "Mnist", "-a", "_a", ".a", ".tmp-1", "a" * 65, "a/b", "..", "a.b", "a b", "é", "a\n", "a\x00"],
-)
-def test_invalid_model_names(name: str) -> None:
-    assert not valid_model_name(name)
-
-
-@pytest.mark.parametrize(
-    ("text", "version"), [("1", 1), ("10", 10), ("123456789012345678", 123456789012345678)]
-)
-def test_parse_version(text: str, version: int) -> None:
-    assert parse_version(text) == version
-
-
-@pytest.mark.parametrize(
-    "text", ["", "0", "01", "-1", "+1", "1.0", " 1", "1 ", "1_0", "x", ".tmp-1", "\u0663", "\u00b2", "1" * 19]
-)
-def test_parse_version_refuses_non_canonical(text: str) -> None:
-    assert parse_version(text) is None
-
 
 # ---- version policies ---------------------------------------------------------------------------------
 
@@ -207,22 +171,3 @@ def test_scan_missing_or_non_directory_root(tmp_path: Path) -> None:
     assert scan_repository(tmp_path / "nope") == {}
     (tmp_path / "file").write_text("x")
     assert scan_repository(tmp_path / "file") == {}
-
-
-# ---- paths ----------------------------------------------------------------------------------------------
-
-
-def test_version_dir(tmp_path: Path) -> None:
-    assert version_dir(tmp_path, "mnist-cnn", 3) == tmp_path / "mnist-cnn" / "3"
-
-
-@pytest.mark.parametrize("name", ["../x", "..", "A", "", "a/b", "/etc"])
-def test_version_dir_refuses_bad_names(tmp_path: Path, name: str) -> None:
-    with pytest.raises(ValueError, match="invalid model name"):
-        version_dir(tmp_path, name, 1)
-
-
-@pytest.mark.parametrize("version", [0, -1, True, "3", 1.0])
-def test_version_dir_refuses_bad_versions(tmp_path: Path, version: object) -> None:
-    with pytest.raises(ValueError, match="invalid model version"):
-        version_dir(tmp_path, "m", version)  # type: ignore[arg-type]

@@ -342,3 +342,13 @@ def test_not_a_version_directory(tmp_path: Path, bad: str) -> None:
 def test_providers_must_be_given(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="providers"):
         load_model(write_model_version(tmp_path).path, providers=[])
+
+
+def test_preprocessing_that_disagrees_with_the_input_is_refused(tmp_path: Path) -> None:
+    wrong = {"height": 32, "width": 32, "color": "rgb", "input_range": [0.0, 255.0], "resize": "stretch"}
+    message = _refusal(write_model_version(tmp_path, metadata_overrides={"preprocessing": wrong}).path)
+    assert "preprocessing (height 32, width 32, rgb) disagrees with input 'image' [-1,28,28,1]" in message
+    missing = _refusal(
+        write_model_version(tmp_path, "other", metadata_overrides={"preprocessing": DROP}).path
+    )
+    assert "missing key 'preprocessing'" in missing

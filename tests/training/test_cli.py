@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from tests.helpers.imagefiles import classes
 from training.cli import main
 from training.data import Dataset
 
@@ -61,11 +62,12 @@ BASE = ["train", "--dataset", "mnist", "--preset", "cnn"]
         ([*BASE, "--validation-split", "0.9"], "must be <= 0.5"),
         ([*BASE, "--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
         ([*BASE, "--limit-train", "0"], "--limit-train: must be >= 1, got 0"),
-        (["train", "--preset", "cnn"], "the following arguments are required: --dataset"),
+        (["train", "--preset", "cnn"], "one of the arguments --dataset --images is required"),
         (["fit", "--dataset", "mnist", "--preset", "cnn"], "invalid choice: 'fit'"),
         ([*BASE, "--name", "../evil"], "invalid model name '../evil'"),
         ([*BASE, "--name", "Big"], "invalid model name 'Big'"),
-        ([], "the following arguments are required: command, --dataset, --preset"),
+        ([], "the following arguments are required: command"),
+        (["train", "--dataset", "mnist"], "the following arguments are required: --preset"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args: list[str], message: str, data_dir: Path) -> None:
@@ -147,3 +149,155 @@ def test_train_publish_then_guard_then_force(
     assert sorted(p.name for p in (repository / "e2e").iterdir()) == ["1", "2"]
     forced = json.loads((repository / "e2e" / "2" / "metadata.json").read_text())
     assert forced["training"]["command"].endswith("--force")
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda r: None, "images: no such directory"),
+        (lambda r: r.mkdir(), "images: empty; expected one folder of images per class"),
+        (lambda r: classes(r, {"cat": 5}), "only one class (cat)"),
+        (lambda r: classes(r, {"cat": 5, "dog": 2}), "too few images in class(es) dog (2)"),
+        (
+            lambda r: (classes(r / "train", {"a": 3, "b": 3}), classes(r / "test", {"a": 1})),
+            "train/ and test/ have different classes",
+        ),
+        (
+            lambda r: (
+                (r / "a").mkdir(parents=True),
+                (r / "b").mkdir(),
+                (r / "a" / "notes.txt").write_text(""),
+            ),
+            "no image files (.png, .jpg, .jpeg) in any class folder",
+        ),
+    ],
+)
+def test_unusable_image_folder_exits_2_and_publishes_nothing(
+    build, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images, repository = tmp_path / "images", tmp_path / "models"
+    build(images)
+    code = main(["train", "--images", str(images), "--preset", "cnn", "--publish", str(repository)])
+    assert code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("python -m training: error: ")
+    assert message in line
+    assert not repository.exists()
+
+
+def test_unreadable_images_are_fatal_with_strict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = classes(tmp_path / "images", {"a": 4, "b": 4})
+    (images / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(30))
+    args = [
+        "train",
+        "--images",
+        str(images),
+        "--preset",
+        "tiny-mlp",
+        "--strict",
+        "--publish",
+        str(tmp_path / "m"),
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("python -m training: error: ")
+    assert "broken.png: corrupt image header" in err[-1] and err[-1].endswith("(--strict)")
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([*BASE, "--image-size", "32x32"], "--image-size apply to --images only"),
+        (
+            [*BASE, "--resize", "digit", "--test-split", "0.3"],
+            "--resize, --test-split apply to --images only",
+        ),
+        (
+            ["train", "--images", "x", "--preset", "cnn", "--offline"],
+            "--data-dir and --offline apply to --dataset",
+        ),
+    ],
+)
+def test_folder_options_belong_to_folders(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["import", "m.onnx", "--labels", "a,b", "--resize", "stretch"], "required: --input-scale"),
+        (["import", "m.onnx", "--input-scale", "0..1", "--resize", "stretch"], "required: --labels"),
+        (["import", "m.onnx", "--labels", "a,b", "--input-scale", "0..1"], "required: --resize"),
+        (
+            ["import", "m.onnx", "--labels", "a", "--input-scale", "0..1", "--resize", "stretch"],
+            "at least two",
+        ),
+        (
+            ["import", "m.onnx", "--labels", "a,b", "--input-scale", "1..1", "--resize", "stretch"],
+            "must differ",
+        ),
+        (
+            [
+                "import",
+                "m.onnx",
+                "--labels",
+                "a,b",
+                "--input-scale",
+                "0..1",
+                "--resize",
+                "stretch",
+                "--image-size",
+                "0x5",
+            ],
+            "height and width must be 1..4096",
+        ),
+    ],
+)
+def test_import_statements_are_required(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("python -m training: error: ")
+    assert message in line
+
+
+def test_import_of_a_missing_file_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "import",
+        str(tmp_path / "m.onnx"),
+        "--labels",
+        "a,b",
+        "--input-scale",
+        "0..1",
+        "--resize",
+        "stretch",
+    ]
+    assert main(args) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == f"python -m training: error: {tmp_path / 'm.onnx'}: no such file or directory"
+
+
+def test_help_lists_the_import_options() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for option in (
+        "--images",
+        "--image-size",
+        "--color",
+        "--resize",
+        "--test-split",
+        "--strict",
+        "--cache-dir",
+    ):
+        assert option in result.stdout
+    for option in ("--labels", "--input-scale", "--softmax", "--eval-images", "center_crop"):
+        assert option in result.stdout

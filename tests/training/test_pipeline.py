@@ -27,6 +27,7 @@ METADATA_KEYS = {
     "inputs",
     "outputs",
     "labels",
+    "preprocessing",
     "sha256",
     "opset",
     "dataset",
@@ -74,6 +75,15 @@ def test_tiny_run_publishes_a_loadable_version(
     assert metadata["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, *shape]}]
     assert metadata["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
     assert metadata["labels"] == list(dataset.labels)
+    resize = "digit" if dataset_name == "mnist" else "stretch"
+    color = "rgb" if shape[2] == 3 else "grayscale"
+    assert metadata["preprocessing"] == {
+        "height": shape[0],
+        "width": shape[1],
+        "color": color,
+        "input_range": [0.0, 255.0],
+        "resize": resize,
+    }
     assert metadata["sha256"] == sha256_hex(model_bytes)
     assert metadata["opset"] == OPSET
     assert metadata["dataset"] == dataset_name

@@ -97,3 +97,24 @@ def test_hyperparameters_record_every_field() -> None:
     record = hp.as_json()
     assert {f.name for f in fields(HyperParameters)} <= set(record)
     assert record["momentum"] == 0.9
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize(("shape", "classes"), [((64, 64, 3), 5), ((20, 36, 1), 2), ((10, 10, 3), 37)])
+def test_presets_build_for_any_shape_and_class_count(
+    preset: str, shape: tuple[int, int, int], classes: int
+) -> None:
+    model = build_model(preset, shape, classes, preset_defaults(preset))
+    assert tuple(model.inputs[0].shape) == (None, *shape)
+    images = np.random.default_rng(1).integers(0, 256, size=(3, *shape)).astype(np.float32)
+    probabilities = np.asarray(model(images, training=False))
+    assert probabilities.shape == (3, classes)
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("preset", "size"), [("cnn", 9), ("cifar-cnn", 7)])
+def test_images_too_small_for_a_convnet_are_a_usage_error(preset: str, size: int) -> None:
+    with pytest.raises(UsageError, match=f"preset {preset} needs images of at least"):
+        build_model(preset, (size, size, 3), 5, preset_defaults(preset))
+    with pytest.raises(UsageError, match="at least two classes"):
+        build_model(preset, (32, 32, 3), 1, preset_defaults(preset))

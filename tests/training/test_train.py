@@ -121,3 +121,26 @@ def test_augmenter_keeps_shape_and_changes_pixels(mnist: Dataset) -> None:
     assert augmented.shape == images.shape
     assert not np.allclose(augmented, images)
     assert augmented.min() >= 0 and augmented.max() <= 255.001
+
+
+@pytest.mark.slow
+def test_training_from_the_disk_cache_equals_training_in_memory(mnist: Dataset, tmp_path) -> None:
+    from training.diskimages import DiskImages
+
+    # The same 500 images, once as arrays and once as rows of a cache file: the same batches in the same
+    # (seeded) order reach the model, so the weights and the test predictions come out the same.
+    x, y = mnist.x_train[:500], mnist.y_train[:500]
+    np.save(tmp_path / "train.npy", x)
+    images = DiskImages(tmp_path / "train.npy")
+    x_test = mnist.x_test[:100]
+    np.save(tmp_path / "test.npy", x_test)
+    in_memory = replace(mnist, x_train=x, y_train=y, x_test=x_test, y_test=mnist.y_test[:100])
+    on_disk = replace(in_memory, x_train=images, x_test=DiskImages(tmp_path / "test.npy"))
+    hp = replace(preset_defaults("tiny-mlp"), epochs=2, batch_size=32, augment=True)
+    memory_run, disk_run = fit(in_memory, "tiny-mlp", hp, verbose=0), fit(on_disk, "tiny-mlp", hp, verbose=0)
+    assert disk_run.n_train == memory_run.n_train == 450
+    assert disk_run.history["loss"] == pytest.approx(memory_run.history["loss"], rel=1e-5)
+    memory_eval = evaluate(memory_run.model, in_memory.x_test, in_memory.y_test, 10)
+    disk_eval = evaluate(disk_run.model, on_disk.x_test, on_disk.y_test, 10)
+    assert disk_eval.accuracy == memory_eval.accuracy
+    assert disk_eval.loss == pytest.approx(memory_eval.loss, rel=1e-5)

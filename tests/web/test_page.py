@@ -206,8 +206,8 @@ def test_bad_uploads_show_the_service_error(visit: Visit, artifacts: Path, tmp_p
 
 
 def test_an_unavailable_model_is_explained(visit: Visit) -> None:
-    # A real overload cannot be produced on demand, so the service's documented 503 answer (DESIGN.md,
-    # section 4) is played back to the page for its inference requests.
+    # A real overload cannot be produced on demand, so the service's documented 503 answer (docs/api.md,
+    # Errors) is played back to the page for its inference requests.
     visit.open()
     page = visit.page
     page.route(

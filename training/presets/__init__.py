@@ -2,6 +2,7 @@
 
 Every model takes one input ``image`` shaped ``(H, W, C)``, float32 pixel intensities in 0..255 (a
 ``Rescaling`` layer inside the model maps them to 0..1), and returns ``probabilities`` shaped ``(K,)``.
+Any size from the preset's ``MIN_SIZE`` up, any channel count and any number of classes (two or more).
 The registry names modules rather than importing them, so the command line can list and check preset
 names without paying for importing TensorFlow.
 """
@@ -43,8 +44,21 @@ def preset_defaults(name: str) -> HyperParameters:
 def build_model(
     preset: str, input_shape: tuple[int, int, int], num_classes: int, hp: HyperParameters
 ) -> keras.Model:
-    """Build preset ``preset`` for images ``input_shape`` and ``num_classes`` classes with ``hp``'s knobs."""
-    model: keras.Model = get_preset(preset).build_model(
+    """Build preset ``preset`` for images ``input_shape`` and ``num_classes`` classes with ``hp``'s knobs.
+
+    :class:`UsageError` for images smaller than the preset's ``MIN_SIZE`` (its convolutions and pooling
+    would shrink them to nothing) or fewer than two classes.
+    """
+    module = get_preset(preset)
+    minimum = getattr(module, "MIN_SIZE", 1)
+    if min(input_shape[:2]) < minimum:
+        raise UsageError(
+            f"preset {preset} needs images of at least {minimum}x{minimum}, got "
+            f"{input_shape[0]}x{input_shape[1]} (--image-size HxW)"
+        )
+    if num_classes < 2:
+        raise UsageError(f"a classifier needs at least two classes, got {num_classes}")
+    model: keras.Model = module.build_model(
         input_shape, num_classes, activation=hp.activation, dropout=hp.dropout, l2=hp.l2
     )
     return model

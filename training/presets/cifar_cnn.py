@@ -11,6 +11,9 @@ from keras import layers
 
 from training.config import HyperParameters
 
+#: Smallest input height and width: three 2x2 poolings leave at least 1x1.
+MIN_SIZE = 8
+
 DEFAULTS = HyperParameters(
     optimizer="adam",
     learning_rate=1e-3,

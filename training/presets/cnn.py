@@ -10,6 +10,9 @@ from keras import layers
 
 from training.config import HyperParameters
 
+#: Smallest input height and width: two valid 3x3 convolutions and two 2x2 poolings leave at least 2x2.
+MIN_SIZE = 10
+
 DEFAULTS = HyperParameters(
     optimizer="adam",
     learning_rate=1e-3,

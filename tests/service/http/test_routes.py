@@ -1,4 +1,4 @@
-"""HTTP tests through the real app (lifespan included) on the shipped models."""
+"""service.http.routes: HTTP tests through the real app (lifespan included) on the shipped models."""
 
 from __future__ import annotations
 
@@ -92,6 +92,7 @@ def test_model_metadata_matches_repository(client: TestClient, name: str) -> Non
         assert meta["outputs"] == on_disk["outputs"]
         assert meta["parameters"]["provider"] == "CPUExecutionProvider"
         assert meta["parameters"]["labels"] == on_disk["labels"]
+        assert meta["parameters"]["preprocessing"] == on_disk["preprocessing"]
     assert client.get(f"/v2/models/{name}/ready").json() == {"name": name, "version": "1", "ready": True}
     assert client.get(f"/v2/models/{name}/versions/1/ready").status_code == 200
 
@@ -642,15 +643,16 @@ def test_classify_follows_the_preprocessing_the_metadata_declares(tmp_path: Path
         assert c.get("/v2/models/mnist-cnn").json()["parameters"]["preprocessing"]["resize"] == "stretch"
 
 
-def test_an_invalid_preprocessing_entry_is_a_server_error(tmp_path: Path) -> None:
+def test_a_preprocessing_entry_that_disagrees_with_the_input_is_never_served(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The loader refuses the version (the repository is wrong, not the request): /classify never guesses.
     wrong = {"height": 32, "width": 32, "color": "grayscale", "resize": "digit"}
     [(data, _, _)] = photos("clean", 1, seed=9)
     with TestClient(
         create_app(settings(model_repository=repository_with(tmp_path, wrong), models=None))
     ) as c:
-        assert_error(
-            c.post("/v2/models/mnist-cnn/classify", content=data),
-            500,
-            "preprocessing entry disagrees with its input",
-        )
-        assert "preprocessing" not in c.get("/v2/models/mnist-cnn").json()["parameters"]
+        assert_error(c.post("/v2/models/mnist-cnn/classify", content=data), 503, "is not ready")
+        [entry] = c.post("/v2/repository/index").json()
+        assert (entry["state"], entry["reason"]) == ("UNAVAILABLE", "failed to load (see server log)")
+    assert "preprocessing (height 32, width 32, grayscale) disagrees with input 'image'" in caplog.text

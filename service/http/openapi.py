@@ -1,8 +1,11 @@
-"""What the OpenAPI document says beyond the routes' signatures: error answers and request bodies.
+"""The API document: what OpenAPI says beyond the routes' signatures, and the /docs page that shows it.
 
 The infer and classify routes read their bodies themselves (JSON or binary tensors, raw or multipart
 images), so their request bodies are described here by hand, loosely but truthfully: whatever breaks
 these schemas is refused with a 4xx. Every non-2xx answer is documented with :class:`ErrorBody`.
+
+``/docs`` is Swagger UI served from the ``swagger-ui-bundle-v2`` package under ``/docs/assets``, so it
+works in a cluster without internet access; ReDoc, which only comes from a CDN, is not served.
 """
 
 from __future__ import annotations
@@ -10,8 +13,14 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import FastAPI
+import swagger_ui_bundle
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
+
+DOCS_ASSETS = "/docs/assets"
 
 
 class ErrorBody(BaseModel):
@@ -134,3 +143,20 @@ def refine(app: FastAPI) -> None:
         return app.openapi_schema or {}
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def install_docs(app: FastAPI) -> None:
+    """Serve Swagger UI at ``/docs`` from local assets (build the app with ``docs_url=None``)."""
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - API",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon-32x32.png",
+        )
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)), name="docs-assets")

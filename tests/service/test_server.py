@@ -1,22 +1,113 @@
-"""The service as a real process, driven by real clients (tritonclient, httpx) over loopback."""
+"""service.server: the drain on the installed uvicorn, and the service as a real process driven by real
+clients (tritonclient, httpx) over loopback."""
 
 from __future__ import annotations
 
+import inspect
 import signal
+import socket
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 import tritonclient.http as triton
+import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.app import create_app
+from service.server import DrainingServer
+from service.settings import Settings
 from tests.helpers.data import load_digits
-from tests.helpers.server import RunningService, running_service
+from tests.helpers.modelfactory import write_model_version
+from tests.helpers.server import RunningService, free_port, running_service
 
-pytestmark = pytest.mark.slow
+# ---- what the drain relies on in uvicorn -------------------------------------------------------------
+
+
+def test_the_uvicorn_hooks_the_drain_overrides_are_there() -> None:
+    # DrainingServer overrides these and calls them through super(); a rename or a new signature in a
+    # uvicorn release must fail here (see the upper bound of the uvicorn pin in pyproject.toml).
+    hooks = {
+        "handle_exit": (["self", "sig", "frame"], False),
+        "on_tick": (["self", "counter"], True),
+        "shutdown": (["self", "sockets"], True),
+    }
+    for name, (parameters, coroutine) in hooks.items():
+        method = getattr(uvicorn.Server, name)
+        assert list(inspect.signature(method).parameters) == parameters, name
+        assert inspect.iscoroutinefunction(method) is coroutine, name
+    assert "on_tick" in inspect.getsource(uvicorn.Server.main_loop)
+    assert "timeout_graceful_shutdown" in inspect.getsource(uvicorn.Server.shutdown)
+
+
+def _post(url: str, images: np.ndarray, results: list[int]) -> None:
+    body = {
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "FP32",
+                "shape": list(images.shape),
+                "data": images.ravel().tolist(),
+            }
+        ]
+    }
+    results.append(httpx.post(url, content=orjson.dumps(body), timeout=30).status_code)
+
+
+def test_the_drain_on_the_installed_uvicorn(tmp_path: Path) -> None:
+    write_model_version(tmp_path, "tiny", 1)
+    # Batches wait for 8 rows or 10 s, longer than the drain: only its flush computes them in time.
+    settings = Settings(
+        model_repository=tmp_path, max_batch_size=8, max_queue_delay_us=10_000_000, drain_seconds=5
+    )
+    app = create_app(settings)
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=None
+    )
+    server = DrainingServer(config)
+    server.drain_seconds = settings.drain_seconds
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(3000):
+        if server.started:
+            break
+        threading.Event().wait(0.01)
+    assert server.started and httpx.get(f"{url}/v2/health/ready").status_code == 200
+    assert [len(s.sockets) for s in server.servers] == [1]
+    core = app.state.core
+    images = np.random.default_rng(0).uniform(0, 50, (2, 28, 28, 1)).astype(np.float32)
+    results: list[int] = []
+    clients = [
+        threading.Thread(target=_post, args=(f"{url}/v2/models/tiny/infer", images, results))
+        for _ in range(2)
+    ]
+    for client in clients:
+        client.start()
+    for _ in range(3000):
+        if core.pending() == 2:
+            break
+        threading.Event().wait(0.01)
+    assert core.pending() == 2  # both queued, neither computed
+    server.handle_exit(signal.SIGTERM, None)
+    assert core.draining
+    for client in clients:
+        client.join(timeout=30)
+    thread.join(timeout=30)
+    assert not thread.is_alive() and server.should_exit
+    assert results == [200, 200]  # flushed by on_tick, answered before the listener closed
+    assert isinstance(config.timeout_graceful_shutdown, int)  # set from the drain's time left by shutdown()
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass
+
+
+# ---- the real process ----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +117,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService
         yield running
 
 
+@pytest.mark.slow
 def test_tritonclient_readiness_and_metadata(service: RunningService) -> None:
     client = triton.InferenceServerClient(service.address)
     assert client.is_server_live()
@@ -45,6 +137,7 @@ def test_tritonclient_readiness_and_metadata(service: RunningService) -> None:
     assert {"name": "mnist-cnn", "version": "1", "state": "READY", "reason": ""} in index
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("binary", [True, False])
 def test_tritonclient_infer(service: RunningService, binary: bool) -> None:
     images, labels = load_digits("mnist")
@@ -61,6 +154,7 @@ def test_tritonclient_infer(service: RunningService, binary: bool) -> None:
     assert (probs.argmax(axis=1) == labels[:8]).mean() >= 0.85
 
 
+@pytest.mark.slow
 def test_tritonclient_reports_server_errors(service: RunningService) -> None:
     client = triton.InferenceServerClient(service.address)
     inp = triton.InferInput("image", [1, 28, 28], "FP32")
@@ -85,6 +179,7 @@ def batch_size_histogram(url: str, model: str) -> tuple[float, float]:
     return count, total
 
 
+@pytest.mark.slow
 def test_concurrent_burst_is_batched_and_answers_match(service: RunningService) -> None:
     images, _ = load_digits("mnist")
     rows = images[:96]
@@ -112,6 +207,7 @@ def test_concurrent_burst_is_batched_and_answers_match(service: RunningService) 
         np.testing.assert_allclose(batched, single, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_httpx_concurrent_json(service: RunningService) -> None:
     images, labels = load_digits("mnist")
 
@@ -135,6 +231,7 @@ def test_httpx_concurrent_json(service: RunningService) -> None:
     assert (np.array(predicted) == labels[:64]).mean() >= 0.9
 
 
+@pytest.mark.slow
 def test_process_logs_provider_and_settings(service: RunningService, tmp_path: Path) -> None:
     log = service.log()
     assert "execution providers: CPUExecutionProvider" in log
@@ -142,6 +239,7 @@ def test_process_logs_provider_and_settings(service: RunningService, tmp_path: P
     assert "CUDA" not in log.replace("CUDAExecutionProvider", "")
 
 
+@pytest.mark.slow
 def test_workers_share_the_port_and_each_drains(tmp_path: Path) -> None:
     images, labels = load_digits("mnist")
     with running_service(tmp_path, env={"SERVE_MODELS": "mnist-mlp"}, args=["--workers", "2"]) as svc:

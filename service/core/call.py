@@ -1,0 +1,160 @@
+"""One request to one served version: resolved, counted and timed, whatever the transport.
+
+:meth:`service.core.InferenceService.call` returns a :class:`ModelCall`; see :mod:`service.core`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import TracebackType
+
+import numpy as np
+
+from service.core.lifecycle import Lifecycle
+from service.core.types import (
+    ClassifyRequest,
+    ClassifyResponse,
+    ClassifyResult,
+    InferRequest,
+    InferResponse,
+    Prediction,
+)
+from service.errors import (
+    DeadlineExceeded,
+    ErrorKind,
+    InvalidInput,
+    PayloadTooLarge,
+    ServiceError,
+    Unavailable,
+)
+from service.preprocess import prepare_all
+from service.registry import ServedVersion
+from service.settings import Settings
+
+
+def status_label(exc: BaseException) -> str:
+    """The ``status`` label of ``inference_requests_total`` for a failed request."""
+    if isinstance(exc, DeadlineExceeded):
+        return "timeout"
+    if isinstance(exc, Unavailable):
+        return "rejected"
+    if isinstance(exc, ServiceError) and exc.kind in _CLIENT_ERRORS:
+        return "bad_request"
+    return "error"
+
+
+#: Kinds of error that are the request's fault.
+_CLIENT_ERRORS = frozenset(
+    {
+        ErrorKind.INVALID_ARGUMENT,
+        ErrorKind.UNAUTHENTICATED,
+        ErrorKind.PERMISSION_DENIED,
+        ErrorKind.NOT_FOUND,
+        ErrorKind.TOO_LARGE,
+        ErrorKind.UNSUPPORTED_MEDIA,
+    }
+)
+
+
+class ModelCall:
+    """One request to one served version (see :meth:`InferenceService.call`).
+
+    ``name``, ``version`` and ``signature`` say what the transport decodes against; ``limits`` are
+    the service's settings (body bytes, rows, image pixels).
+    """
+
+    __slots__ = ("_lifecycle", "_served", "_started", "limits", "name", "signature", "version")
+
+    def __init__(self, served: ServedVersion, settings: Settings, lifecycle: Lifecycle) -> None:
+        self._lifecycle = lifecycle
+        self._served = served
+        self.name = served.name
+        self.version = served.version
+        self.signature = served.runtime.signature
+        self.limits = settings
+        self._started = 0.0
+
+    async def __aenter__(self) -> ModelCall:
+        self._started = time.perf_counter()
+        if self._lifecycle.draining:
+            error = Unavailable("server is draining")
+            self._served.metrics.observe_request(status_label(error), time.perf_counter() - self._started)
+            raise error
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None or isinstance(exc, Exception):
+            status = "ok" if exc is None else status_label(exc)
+            self._served.metrics.observe_request(status, time.perf_counter() - self._started)
+
+    def _deadline(self, deadline: float | None) -> float:
+        return time.monotonic() + self.limits.default_timeout_s if deadline is None else deadline
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Check the inputs against the signature, compute them in some batch, pick the outputs asked for."""
+        signature = self.signature
+        if request.checked:
+            inputs = request.inputs if isinstance(request.inputs, dict) else dict(request.inputs)
+        else:
+            inputs = signature.check_inputs(request.inputs, max_rows=self.limits.max_request_rows)
+            for name in request.outputs or ():
+                if signature.output(name) is None:
+                    names = [t.name for t in signature.outputs]
+                    raise InvalidInput(f"unknown output {name!r}; the model's outputs are {names}")
+        specs = signature.outputs
+        if request.outputs is not None:
+            specs = tuple(t for t in specs if t.name in request.outputs)
+        outputs = await self._served.batcher.submit(inputs, deadline=self._deadline(request.deadline))
+        return InferResponse(
+            self.name, self.version, request.id, {t.name: outputs[t.name] for t in specs}, specs
+        )
+
+    async def classify(self, request: ClassifyRequest) -> ClassifyResponse:
+        """Prepare each image as the version's ``preprocessing`` entry declares, compute them as one
+        request of N rows, and rank the classes of each, in order."""
+        if not 1 <= request.top_k <= 1000:
+            raise InvalidInput(f"top_k must be from 1 to 1000, got {request.top_k}")
+        deadline = self._deadline(request.deadline)  # preprocessing counts against it too
+        files = self._files(request)
+        spec = self.signature.inputs[0]
+        # Milliseconds of decoding and numpy per image (bench/preprocess.py): kept off the event loop.
+        batch = await asyncio.to_thread(
+            prepare_all,
+            files,
+            self._served.runtime.metadata.preprocessing,
+            max_pixels=self.limits.max_image_pixels,
+        )
+        outputs = await self._served.batcher.submit(
+            {spec.name: batch.astype(spec.dtype, copy=False)}, deadline=deadline
+        )
+        probabilities = outputs[self.signature.outputs[0].name]
+        labels = self._served.runtime.labels
+        results = []
+        for (filename, _), row, inputs in zip(files, probabilities, batch, strict=True):
+            order = np.argsort(-row, kind="stable")[: request.top_k]
+            predictions = tuple(
+                Prediction(int(i), labels[i] if i < len(labels) else str(i), float(row[i])) for i in order
+            )
+            results.append(ClassifyResult(predictions, filename, inputs if request.return_input else None))
+        return ClassifyResponse(self.name, self.version, tuple(results))
+
+    def _files(self, request: ClassifyRequest) -> list[tuple[str | None, bytes]]:
+        """(file name, bytes) of each image, after checking their number and that none is empty."""
+        images, names = request.images, request.filenames
+        if not images:
+            raise InvalidInput("no image")
+        if len(images) > self.limits.max_request_rows:
+            raise PayloadTooLarge(f"more than {self.limits.max_request_rows} images in one request")
+        if names is None:
+            names = [None] * len(images)
+        elif len(names) != len(images):
+            raise InvalidInput(f"{len(names)} file names for {len(images)} images")
+        for n, data in enumerate(images, 1):
+            if not data:
+                raise InvalidInput(
+                    "empty image" if len(images) == 1 else f"image {n} of {len(images)} is empty"
+                )
+        return list(zip(names, images, strict=True))

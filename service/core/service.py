@@ -1,0 +1,209 @@
+"""The inference service: one object that owns the models and answers every request, transport aside.
+
+See :mod:`service.core` for the API and how a transport uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+
+from service import __version__
+from service.contract import PLATFORM
+from service.core.call import ModelCall
+from service.core.lifecycle import Lifecycle
+from service.core.types import (
+    ClassifyRequest,
+    ClassifyResponse,
+    InferRequest,
+    InferResponse,
+    ModelInfo,
+    RepositoryEntry,
+    ServerInfo,
+    VersionStatistics,
+)
+from service.errors import (
+    Forbidden,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+)
+from service.metrics import Metrics
+from service.registry import ModelRegistry, ServedVersion
+from service.runtime import select_providers
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+SERVER_NAME = "digits-serving"
+EXTENSIONS = ("binary_tensor_data", "statistics", "model_repository", "classification")
+
+
+class InferenceService:
+    """The models of one process and everything a client can ask of them. See :mod:`service.core`."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.lifecycle = Lifecycle(settings.poll_interval_s)
+        self._registry: ModelRegistry | None = None
+        self._loader: asyncio.Task[None] | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def registry(self) -> ModelRegistry:
+        """The model registry (for the core and for tests; transports never need it)."""
+        if self._registry is None:
+            raise RuntimeError("the inference service has not been started")
+        return self._registry
+
+    async def start(self, *, background: bool = False) -> None:
+        """Load the models (in the background: answer live, not ready, meanwhile) and watch the repository."""
+        providers = select_providers(self.settings.providers)
+        log.info("settings: %s", self.settings.describe())
+        log.info("execution providers: %s", ", ".join(providers))
+        self._registry = registry = ModelRegistry(self.settings, self.metrics, providers)
+        log.info("compute: %d threads, %d per model session", registry.threads, registry.session_threads())
+        if not background:
+            await registry.start()
+        self._loader = asyncio.create_task(self.lifecycle.load_and_watch(registry, initial=background))
+
+    async def stop(self) -> None:
+        """Refuse new work, finish what is queued within the drain's time left, release every session."""
+        self.lifecycle.draining = True
+        if self._loader is not None:
+            self._loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loader
+        if self._registry is not None:
+            await self._registry.stop(self.lifecycle.time_left(self.settings.drain_seconds))
+
+    def begin_drain(self) -> float:
+        """Start draining (readiness 503, new requests refused) for at most ``settings.drain_seconds``;
+        returns the drain's deadline (``time.monotonic()`` seconds)."""
+        return self.lifecycle.begin_drain(self.settings.drain_seconds)
+
+    @property
+    def draining(self) -> bool:
+        return self.lifecycle.draining
+
+    def pending(self) -> int:
+        """Requests queued or computing, over every served version."""
+        return 0 if self._registry is None else self._registry.pending()
+
+    async def flush(self) -> None:
+        """Compute everything queued now, without waiting for batches to fill (the drain calls this)."""
+        if self._registry is not None:
+            await self._registry.drain(self.lifecycle.time_left(self.settings.drain_seconds))
+
+    # ---- health and metadata -----------------------------------------------------------------------
+
+    def check_ready(self) -> None:
+        """Return when every configured model serves; :class:`Unavailable` saying why not otherwise."""
+        if self.lifecycle.draining:
+            raise Unavailable("server is draining")
+        registry = self._registry
+        if registry is None or not registry.loaded:
+            raise Unavailable("models are still loading")
+        if not registry.ready:
+            missing = [n for n in registry.names() if not registry.versions(n)]
+            raise Unavailable(f"models not ready: {', '.join(missing)}")
+
+    def server_info(self) -> ServerInfo:
+        return ServerInfo(SERVER_NAME, __version__, EXTENSIONS)
+
+    def model_info(self, name: str, version: int | None = None) -> ModelInfo:
+        """Metadata of a served version (newest when ``version`` is None)."""
+        served = self._get(name, version)
+        runtime = served.runtime
+        return ModelInfo(
+            name=runtime.name,
+            version=runtime.version,
+            versions=tuple(self.registry.versions(name)),
+            platform=PLATFORM,
+            signature=runtime.signature,
+            labels=runtime.labels,
+            preprocessing=runtime.metadata.preprocessing,
+            provider=runtime.provider,
+            max_batch_size=self.settings.max_batch_size,
+        )
+
+    def check_model_ready(self, name: str, version: int | None = None) -> tuple[str, int]:
+        """``(name, version)`` of a version that serves now; NotFound, or Unavailable while draining."""
+        served = self._get(name, version)
+        if self.lifecycle.draining:
+            raise Unavailable("server is draining")
+        return served.name, served.version
+
+    def statistics(self, name: str | None = None, version: int | None = None) -> list[VersionStatistics]:
+        """Statistics of every served version, of one model's, or of one version."""
+        registry = self.registry
+        if name is None:
+            pairs = [(n, v) for n in registry.names() for v in registry.versions(n)]
+        else:
+            self._get(name, version)
+            pairs = [(name, v) for v in ([version] if version is not None else registry.versions(name))]
+        return [VersionStatistics(n, v, registry.get(n, v).metrics.stats) for n, v in pairs]
+
+    # ---- inference ---------------------------------------------------------------------------------
+
+    def call(self, name: str, version: int | None = None) -> ModelCall:
+        """A request to one served version, to use as ``async with``: NotFound or Unavailable now if there
+        is none; inside the block, the transport decodes and calls :meth:`ModelCall.infer` or
+        :meth:`ModelCall.classify`, and the request is counted and timed, failures by their kind."""
+        return ModelCall(self._get(name, version), self.settings, self.lifecycle)
+
+    async def infer(self, name: str, request: InferRequest, version: int | None = None) -> InferResponse:
+        """Infer in one call, for transports that decode without the model's signature."""
+        async with self.call(name, version) as call:
+            return await call.infer(request)
+
+    async def classify(
+        self, name: str, request: ClassifyRequest, version: int | None = None
+    ) -> ClassifyResponse:
+        """Classify in one call."""
+        async with self.call(name, version) as call:
+            return await call.classify(request)
+
+    # ---- repository --------------------------------------------------------------------------------
+
+    def repository_index(self) -> list[RepositoryEntry]:
+        """Every version found in the repository, with its state."""
+        rows = self.registry.index()
+        return [RepositoryEntry(r["name"], int(r["version"]), r["state"], r["reason"]) for r in rows]
+
+    async def load(self, name: str) -> list[int]:
+        """(Re)load a model per the version policy; returns its served versions."""
+        await self.registry.load(name)
+        return self.registry.versions(name)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving every version of a model until it is loaded again."""
+        if name not in self.registry.names():
+            raise NotFound(f"unknown model '{name}'")
+        await self.registry.unload(name)
+
+    def authorize_admin(self, authorization: str | None) -> None:
+        """Check ``Authorization`` credentials (``Bearer <token>``) for the repository load/unload calls.
+
+        Forbidden when no admin token is configured or the token is wrong, Unauthorized without
+        credentials. The comparison takes constant time.
+        """
+        token = self.settings.admin_token
+        if token is None:
+            raise Forbidden("the admin API is disabled (no SERVE_ADMIN_TOKEN configured)")
+        if authorization is None:
+            raise Unauthorized()
+        scheme, _, given = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise Unauthorized("expected 'Authorization: Bearer <token>'")
+        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise Forbidden("invalid admin token")
+
+    def _get(self, name: str, version: int | None) -> ServedVersion:
+        if self._registry is None:
+            raise Unavailable("models are still loading")
+        return self._registry.get(name, version)

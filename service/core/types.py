@@ -1,0 +1,136 @@
+"""The core's request and response types: plain, typed, and independent of any transport.
+
+Tensors are numpy arrays, versions are ints, deadlines are ``time.monotonic()`` seconds. A transport
+decodes its wire format into these and encodes these back; nothing here knows HTTP or gRPC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.contract import Preprocessing
+from service.metrics import VersionStats
+from service.signature import ModelSignature, TensorSpec
+
+
+@dataclass(slots=True)  # not frozen: built on every request, and frozen costs a microsecond each
+class InferRequest:
+    """One inference request for a model version.
+
+    ``inputs`` holds one array per model input, rows first (UINT8 is accepted for FP32 inputs);
+    ``outputs`` names the outputs wanted (None: all, in signature order); ``deadline`` is when the
+    answer stops being useful (None: the configured default timeout from now); ``id`` is echoed.
+    ``checked`` says the transport has already checked ``inputs`` and ``outputs`` against
+    ``call.signature`` of the :class:`~service.core.ModelCall` it decoded for, as the HTTP parser does
+    before it touches the data: the core then skips the same checks. Leave it False otherwise.
+    """
+
+    inputs: Mapping[str, np.ndarray]
+    id: str | None = None
+    outputs: Sequence[str] | None = None
+    deadline: float | None = None
+    checked: bool = False
+
+
+@dataclass(slots=True)
+class InferResponse:
+    """The outputs of one request: ``outputs[name]`` for each spec in ``specs`` (signature order)."""
+
+    model: str
+    version: int
+    id: str | None
+    outputs: dict[str, np.ndarray]
+    specs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyRequest:
+    """Encoded images (PNG or JPEG bytes) to classify, computed as one request of ``len(images)`` rows.
+
+    Each image is prepared as the model's ``preprocessing`` entry declares; the ``top_k`` most likely
+    classes of each come back, in order, with the model's input rows when ``return_input``.
+    ``filenames`` (as many as ``images``, or None) name the images in the results and in error messages.
+    """
+
+    images: Sequence[bytes]
+    top_k: int = 3
+    return_input: bool = False
+    deadline: float | None = None
+    filenames: Sequence[str | None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One class of a classification, with its probability."""
+
+    class_id: int
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyResult:
+    """The ``top_k`` classes for one image, most likely first; ``input`` is the model's ``(H, W, C)``
+    input for it when the request asked for it (``return_input``)."""
+
+    predictions: tuple[Prediction, ...]
+    filename: str | None = None
+    input: np.ndarray | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyResponse:
+    """One :class:`ClassifyResult` per image of the request, in its order."""
+
+    model: str
+    version: int
+    results: tuple[ClassifyResult, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What a served model version is: the V2 model metadata, plus what the service adds to it.
+
+    ``versions`` are every served version of the model; ``version`` is the one described.
+    """
+
+    name: str
+    version: int
+    versions: tuple[int, ...]
+    platform: str
+    signature: ModelSignature
+    labels: tuple[str, ...]
+    preprocessing: Preprocessing
+    provider: str
+    max_batch_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """Server metadata: name, version and the protocol extensions served."""
+
+    name: str
+    version: str
+    extensions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionStatistics:
+    """Triton-style statistics of one served version (``stats`` is live; read it, never change it)."""
+
+    name: str
+    version: int
+    stats: VersionStats
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryEntry:
+    """One version found in the repository, and whether it serves (``READY``) or why not."""
+
+    name: str
+    version: int
+    state: str
+    reason: str = ""

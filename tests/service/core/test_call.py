@@ -1,0 +1,81 @@
+"""service.core.call: a request to one version is counted by outcome and timed, whatever the transport."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service import errors
+from service.core import InferenceService, InferRequest, status_label
+from service.errors import InvalidInput
+from tests.service.core.test_service import WrittenModel, images, requests, run
+
+
+@pytest.mark.parametrize(
+    ("exc", "label"),
+    [
+        (errors.InvalidInput("x"), "bad_request"),
+        (errors.PayloadTooLarge("x"), "bad_request"),
+        (errors.UnsupportedMedia("x"), "bad_request"),
+        (errors.NotFound("x"), "bad_request"),
+        (errors.Unavailable("x"), "rejected"),
+        (errors.Overloaded("x"), "rejected"),
+        (errors.DeadlineExceeded("x"), "timeout"),
+        (errors.InferenceFailed(), "error"),
+        (RuntimeError("a bug"), "error"),
+    ],
+)
+def test_status_labels(exc: BaseException, label: str) -> None:
+    assert status_label(exc) == label
+
+
+def test_decoding_inside_a_call_is_counted_and_timed(tmp_path: Path) -> None:
+    async def test(core: InferenceService, model: WrittenModel) -> None:
+        with pytest.raises(InvalidInput, match="bad wire format"):
+            async with core.call("tiny") as call:
+                assert (call.name, call.version) == ("tiny", 1)
+                assert call.signature.inputs[0].shape == (-1, 28, 28, 1)
+                assert call.limits is core.settings
+                raise InvalidInput("bad wire format")
+        with pytest.raises(RuntimeError):
+            async with core.call("tiny"):
+                raise RuntimeError("a transport bug")
+        assert (requests(core, "bad_request"), requests(core, "error")) == (1, 1)
+        count = core.metrics.registry.get_sample_value(
+            "inference_request_duration_seconds_count", {"model": "tiny", "version": "1"}
+        )
+        assert count == 2
+
+    run(test, tmp_path)
+
+
+def test_a_cancelled_request_is_not_counted(tmp_path: Path) -> None:
+    async def test(core: InferenceService, model: WrittenModel) -> None:
+        async def enter_and_wait() -> None:
+            async with core.call("tiny"):
+                await asyncio.sleep(3600)
+
+        task = asyncio.create_task(enter_and_wait())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert sum(requests(core, s) for s in ("ok", "bad_request", "rejected", "timeout", "error")) == 0
+
+    run(test, tmp_path)
+
+
+def test_checked_requests_skip_the_second_check(tmp_path: Path) -> None:
+    async def test(core: InferenceService, model: WrittenModel) -> None:
+        x = images(2)
+        async with core.call("tiny") as call:
+            # A transport that checked these already (as the HTTP parser does) vouches for them.
+            response = await call.infer(InferRequest({"image": x}, outputs=["probabilities"], checked=True))
+        np.testing.assert_allclose(response.outputs["probabilities"], model.reference(x), atol=1e-5)
+        with pytest.raises(InvalidInput, match="unknown output 'nope'"):
+            await core.infer("tiny", InferRequest({"image": x}, outputs=["nope"]))
+
+    run(test, tmp_path)

@@ -1,0 +1,134 @@
+"""service.http.fastpath: the infer route answered from ASGI, everything else passed on, on a real core."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+from starlette.types import Receive, Scope, Send
+
+from service.core import InferenceService
+from service.errors import InvalidInput
+from service.http import fastpath
+from service.http.fastpath import CloseWhileDraining, FastPath, url_version
+from service.metrics import Metrics
+from service.settings import Settings
+from tests.helpers.modelfactory import WrittenModel, write_model_version
+
+IMAGES = np.random.default_rng(5).uniform(0, 50, (3, 28, 28, 1)).astype(np.float32)
+BODY = orjson.dumps(
+    {
+        "inputs": [
+            {"name": "image", "datatype": "FP32", "shape": [3, 28, 28, 1], "data": IMAGES.ravel().tolist()}
+        ]
+    }
+)
+Client = httpx.AsyncClient
+
+
+def serve(
+    tmp_path: Path, test: Callable[[Client, list[str], InferenceService, WrittenModel], Awaitable[None]]
+) -> None:
+    """Run ``test`` against ``CloseWhileDraining(FastPath(downstream))`` over a started core."""
+    model = write_model_version(tmp_path, "tiny", 1)
+
+    async def main() -> None:
+        core = InferenceService(
+            Settings(model_repository=tmp_path, max_queue_delay_us=0), Metrics(CollectorRegistry())
+        )
+        await core.start()
+        passed_on: list[str] = []
+
+        async def downstream(scope: Scope, receive: Receive, send: Send) -> None:
+            passed_on.append(f"{scope['method']} {scope['path']}")
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+        app = CloseWhileDraining(FastPath(downstream, core), core)
+        try:
+            async with Client(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+                await test(client, passed_on, core, model)
+        finally:
+            await core.stop()
+
+    asyncio.run(main())
+
+
+def test_infer_is_answered_without_the_app_behind(tmp_path: Path) -> None:
+    async def test(client: Client, passed_on: list[str], core: InferenceService, model: WrittenModel) -> None:
+        for path in ("/v2/models/tiny/infer", "/v2/models/tiny/versions/1/infer"):
+            response = await client.post(path, content=BODY)
+            assert response.status_code == 200, response.text
+            assert response.headers["content-length"] == str(len(response.content))
+            probabilities = np.asarray(response.json()["outputs"][0]["data"]).reshape(3, 10)
+            np.testing.assert_allclose(probabilities, model.reference(IMAGES), atol=1e-5)
+        assert passed_on == []
+        for method, path in [
+            ("GET", "/v2/models/tiny/infer"),
+            ("POST", "/v2/models/tiny/ready"),
+            ("POST", "/v2/models/tiny/infer/more"),
+            ("POST", "/v1/models/tiny/infer"),
+        ]:
+            assert (await client.request(method, path)).status_code == 204
+        assert passed_on == [
+            "GET /v2/models/tiny/infer",
+            "POST /v2/models/tiny/ready",
+            "POST /v2/models/tiny/infer/more",
+            "POST /v1/models/tiny/infer",
+        ]
+
+    serve(tmp_path, test)
+
+
+def test_errors_are_answered_as_json_with_their_headers(tmp_path: Path) -> None:
+    async def test(client: Client, passed_on: list[str], core: InferenceService, model: WrittenModel) -> None:
+        bad = await client.post("/v2/models/tiny/infer", content=b"{")
+        assert bad.status_code == 400 and bad.headers["content-type"] == "application/json"
+        assert "invalid JSON" in bad.json()["error"]
+        assert (await client.post("/v2/models/tiny/versions/0/infer", content=BODY)).status_code == 400
+        assert (await client.post("/v2/models/nope/infer", content=BODY)).status_code == 404
+        core.lifecycle.draining = True
+        refused = await client.post("/v2/models/tiny/infer", content=BODY)
+        assert refused.status_code == 503 and refused.json() == {"error": "server is draining"}
+        assert refused.headers["retry-after"] == "1" and refused.headers["connection"] == "close"
+        core.lifecycle.draining = False
+        assert "connection" not in (await client.post("/v2/models/tiny/infer", content=BODY)).headers
+
+    serve(tmp_path, test)
+
+
+def test_an_unexpected_failure_is_a_generic_logged_500(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: object, **kwargs: object) -> object:
+        raise KeyError("internal detail")
+
+    monkeypatch.setattr(fastpath, "encode_infer_response", broken)
+
+    async def test(client: Client, passed_on: list[str], core: InferenceService, model: WrittenModel) -> None:
+        response = await client.post("/v2/models/tiny/infer", content=BODY)
+        assert response.status_code == 500
+        assert response.json() == {"error": "internal server error"}
+        assert "internal detail" not in response.text
+
+    with caplog.at_level(logging.ERROR, logger="service"):
+        serve(tmp_path, test)
+    assert "unhandled error on POST /v2/models/tiny/infer" in caplog.text
+
+
+@pytest.mark.parametrize(("text", "version"), [(None, None), ("1", 1), ("42", 42)])
+def test_url_versions(text: str | None, version: int | None) -> None:
+    assert url_version(text) == version
+
+
+@pytest.mark.parametrize("text", ["0", "01", "x", "-1", "1.0", "9" * 19])
+def test_url_versions_refused(text: str) -> None:
+    with pytest.raises(InvalidInput, match="model version must be a positive integer"):
+        url_version(text)
