@@ -9,7 +9,7 @@ DATA_DIR ?= ../shared/data
 SERVE_STAMP := $(VENV)/.serve-installed
 DEV_STAMP   := $(VENV)/.dev-installed
 
-.PHONY: run test test-deploy lint format protos train bench bench-grpc bench-soak bench-models bench-threads schema system-deps clean
+.PHONY: run test test-deploy lint format protos train bench bench-grpc bench-soak bench-models bench-preprocess bench-threads schema system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,10 @@ bench-grpc: $(DEV_STAMP) system-deps
 
 bench-soak: $(DEV_STAMP) system-deps
 	$(BIN)/python -m bench.soak
+
+## bench-preprocess: photo-like MNIST digits through /classify (accuracy per kind) and preprocessing cost
+bench-preprocess: $(DEV_STAMP)
+	DATA_DIR=$(DATA_DIR) $(BIN)/python -m bench.preprocess
 
 ## bench-threads: intra-op thread budget per process, shared or divided among two busy models
 bench-threads: $(DEV_STAMP)

@@ -31,13 +31,34 @@ def decode_image(data: bytes, *, height: int, width: int, channels: int, max_pix
     black for grayscale models, because MNIST-style digits are light strokes on a black (0)
     background: a drawing with a transparent background must read as black, not white. RGB models
     get the stored colours with alpha dropped. EXIF orientation is applied, then the image is resized
-    (Lanczos) to the model's size when it differs, without keeping the aspect ratio.
+    (bilinear, PIL's antialiasing ``BILINEAR``) to the model's size when it differs, without keeping the
+    aspect ratio: the ``stretch`` preprocessing of the image contract.
 
     Raises :class:`UnsupportedMedia` for other formats, :class:`PayloadTooLarge` when the file claims
     more than ``max_pixels`` pixels, and :class:`InvalidInput` for a corrupt file.
     """
-    if channels not in (1, 3):
-        raise InvalidInput(f"this model takes {channels}-channel images; image upload supports 1 or 3")
+    image = stretch(
+        convert(open_image(data, max_pixels=max_pixels, draft=(width, height)), channels), height, width
+    )
+    array = np.asarray(image, dtype=np.float32)
+    return array.reshape(1, height, width, channels)
+
+
+def stretch(picture: Image.Image, height: int, width: int) -> Image.Image:
+    """The ``stretch`` resize of the image contract: the whole image to ``height`` x ``width``, PIL
+    ``BILINEAR``, aspect ratio not kept. Serving and training both resize with this one function."""
+    if picture.size == (width, height):
+        return picture
+    return picture.resize((width, height), Image.Resampling.BILINEAR)
+
+
+def open_image(data: bytes, *, max_pixels: int, draft: tuple[int, int] | None = None) -> Image.Image:
+    """The decoded, upright image in the file ``data``, checked in the order of the module docstring.
+
+    EXIF orientation is applied and grayscale wider than 8 bits is scaled to 8 bits; the mode is
+    otherwise the file's (``1``, ``L``, ``LA``, ``P``, ``RGB``, ``RGBA``, ...). ``draft`` (width, height)
+    lets libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale, never below that size.
+    """
     source = _open(data)
     pixels = source.width * source.height
     if pixels > max_pixels:
@@ -45,21 +66,19 @@ def decode_image(data: bytes, *, height: int, width: int, channels: int, max_pix
             f"image is {source.width}x{source.height} = {pixels} pixels; the limit is {max_pixels}"
         )
     try:
-        if isinstance(source, JpegImagePlugin.JpegImageFile):
-            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the target is that much smaller.
-            source.draft("L" if channels == 1 else "RGB", (width, height))
+        if draft is not None and isinstance(source, JpegImagePlugin.JpegImageFile):
+            source.draft(None, draft)
         source.load()
         ImageOps.exif_transpose(source, in_place=True)  # phone photos: EXIF orientation
-        image = _convert(source, channels)
+        if source.mode in _WIDE_GRAY:
+            wide = np.asarray(source, dtype=np.float32)
+            return Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"image too large: {exc}") from None
     except Exception as exc:  # decoders raise many types on hostile input
         _refuse_metadata_bomb(exc)
         raise InvalidInput(f"corrupt or truncated image: {exc}") from None
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    array = np.asarray(image, dtype=np.float32)
-    return array.reshape(1, height, width, channels)
+    return source
 
 
 def _open(data: bytes) -> ImageFile.ImageFile:
@@ -88,11 +107,10 @@ def _refuse_metadata_bomb(exc: Exception) -> None:
         raise PayloadTooLarge(f"image metadata inflates too much: {exc}") from None
 
 
-def _convert(image: Image.Image, channels: int) -> Image.Image:
-    """To mode "L" (transparency composited onto black) or "RGB" (alpha dropped)."""
-    if image.mode in _WIDE_GRAY:
-        wide = np.asarray(image, dtype=np.float32)
-        image = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))
+def convert(image: Image.Image, channels: int) -> Image.Image:
+    """To mode "L" (``channels`` 1; transparency composited onto black) or "RGB" (3; alpha dropped)."""
+    if channels not in (1, 3):
+        raise InvalidInput(f"this model takes {channels}-channel images; image upload supports 1 or 3")
     transparent = image.mode in _ALPHA_MODES or "transparency" in image.info
     if channels == 3:
         # Palette images with a transparent index go through RGBA, as Pillow recommends.

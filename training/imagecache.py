@@ -34,7 +34,7 @@ from PIL import Image, JpegImagePlugin, PngImagePlugin
 
 from service.contract import Preprocessing
 from service.errors import ServiceError
-from service.images import decode_image
+from service.images import decode_image, stretch
 from training.diskimages import DiskImages, npy_header
 from training.errors import DataError, UnreadableImage
 
@@ -131,7 +131,7 @@ def fit(image: np.ndarray, pre: Preprocessing, path: Path | str = "image") -> np
         )
     source = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
     if pre.resize == "stretch":
-        resized = source.resize((target_w, target_h), Image.Resampling.BILINEAR)
+        resized = stretch(source, target_h, target_w)
     else:  # center_crop: cover HxW keeping the aspect ratio, then take the centre
         scale = max(target_w / w, target_h / h)
         cover = (max(target_w, round(w * scale)), max(target_h, round(h * scale)))

@@ -25,7 +25,8 @@ seconds)::
         response = await call.infer(request)                # InferRequest -> InferResponse
         # InferRequest(inputs={name: ndarray}, id=None, outputs=None, deadline=None, checked=False)
         # InferResponse(model, version, id, outputs={name: ndarray}, specs=(TensorSpec, ...))
-        # or: await call.classify(ClassifyRequest(image_bytes, top_k)) -> ClassifyResponse
+        # or: await call.classify(ClassifyRequest([png_or_jpeg, ...], top_k)) -> ClassifyResponse
+        # ClassifyResponse(model, version, results=(ClassifyResult(predictions, filename, input), ...))
     await core.infer(name, InferRequest(...), version)      # the same in one call
     await core.classify(name, ClassifyRequest(...), version)
 
@@ -52,6 +53,7 @@ from service.core.service import InferenceService
 from service.core.types import (
     ClassifyRequest,
     ClassifyResponse,
+    ClassifyResult,
     FeedbackReceipt,
     InferRequest,
     InferResponse,
@@ -65,6 +67,7 @@ from service.core.types import (
 __all__ = [
     "ClassifyRequest",
     "ClassifyResponse",
+    "ClassifyResult",
     "FeedbackCall",
     "FeedbackReceipt",
     "InferRequest",

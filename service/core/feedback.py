@@ -151,8 +151,8 @@ class FeedbackCall:
         if not image:
             raise InvalidInput("empty image")
         extension = image_extension(image)
-        result = await self._core.classify(self.name, ClassifyRequest(image, top_k=1), self.version)
-        predicted = result.predictions[0].label
+        result = await self._core.classify(self.name, ClassifyRequest([image], top_k=1), self.version)
+        predicted = result.results[0].predictions[0].label
         item = await asyncio.to_thread(
             self._store.store,
             self.name,

@@ -48,11 +48,18 @@ class InferResponse:
 
 @dataclass(frozen=True, slots=True)
 class ClassifyRequest:
-    """An encoded image (PNG or JPEG bytes) to classify; the ``top_k`` most likely classes come back."""
+    """Encoded images (PNG or JPEG bytes) to classify, computed as one request of ``len(images)`` rows.
 
-    image: bytes
+    Each image is prepared as the model's ``preprocessing`` entry declares; the ``top_k`` most likely
+    classes of each come back, in order, with the model's input rows when ``return_input``.
+    ``filenames`` (as many as ``images``, or None) name the images in the results and in error messages.
+    """
+
+    images: Sequence[bytes]
     top_k: int = 3
+    return_input: bool = False
     deadline: float | None = None
+    filenames: Sequence[str | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +72,22 @@ class Prediction:
 
 
 @dataclass(frozen=True, slots=True)
+class ClassifyResult:
+    """The ``top_k`` classes for one image, most likely first; ``input`` is the model's ``(H, W, C)``
+    input for it when the request asked for it (``return_input``)."""
+
+    predictions: tuple[Prediction, ...]
+    filename: str | None = None
+    input: np.ndarray | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ClassifyResponse:
-    """The ``top_k`` classes for an image, most likely first."""
+    """One :class:`ClassifyResult` per image of the request, in its order."""
 
     model: str
     version: int
-    predictions: tuple[Prediction, ...]
+    results: tuple[ClassifyResult, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,10 @@ inflated past it.
 from __future__ import annotations
 
 import zlib
+from collections.abc import AsyncGenerator
 
 from fastapi import Request
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import Message, Receive
 
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
@@ -45,26 +47,37 @@ async def read_body(request: Request, limit: int) -> bytes:
     return await read_asgi_body(request.receive, request.headers.get("content-length"), limit)
 
 
-async def read_image(request: Request, limit: int) -> bytes:
-    """The uploaded image: a raw body, or the multipart form field ``file``."""
-    content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
-        data = await read_body(request, limit)
-    else:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-        try:
-            form = await request.form(max_files=1, max_fields=8, max_part_size=limit)
-        except Exception as exc:  # python-multipart's errors carry no common base worth naming
-            raise InvalidInput(f"invalid multipart body: {exc}") from exc
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
+async def read_images(request: Request, max_bytes: int, max_files: int) -> list[tuple[str | None, bytes]]:
+    """(file name, bytes) of each uploaded image, in order: the raw body, or every multipart ``file`` part.
+
+    The whole body is bounded by ``max_bytes`` (413) before it is parsed, so the form's parts together
+    are too; more than ``max_files`` parts is 413 as soon as the parser meets one too many.
+    """
+    data = await read_body(request, max_bytes)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return [(None, data)]
+
+    async def replay() -> AsyncGenerator[bytes, None]:
+        yield data
+
+    parser = MultiPartParser(
+        request.headers, replay(), max_files=max_files, max_fields=8, max_part_size=len(data)
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):
+            raise PayloadTooLarge(f"more than {max_files} images in one request") from None
+        raise InvalidInput(f"invalid multipart body: {exc.message}") from None
+    except Exception as exc:  # python-multipart's errors carry no common base worth naming
+        raise InvalidInput(f"invalid multipart body: {exc}") from exc
+    try:
+        uploads = form.getlist("file")
+        if not uploads or any(isinstance(upload, str) for upload in uploads):
             raise InvalidInput("multipart body has no file field named 'file'")
-        data = await upload.read()
-    if not data:
-        raise InvalidInput("empty image")
-    return data
+        return [(upload.filename, await upload.read()) for upload in uploads if not isinstance(upload, str)]
+    finally:
+        await form.close()
 
 
 def decode_body(body: bytes, content_encoding: str | None, *, max_bytes: int) -> bytes:

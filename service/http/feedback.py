@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
-from service.http.body import read_image
+from service.http.body import read_images
 from service.http.fastpath import url_version
 from service.http.openapi import IMAGE_BODY, errors
 from service.http.routes import CoreDep, json_response
@@ -46,7 +46,7 @@ async def feedback(
     authorization: Annotated[str | None, Header()] = None,
 ) -> Response:
     async with core.feedback_call(model_name, url_version(version), authorization, label) as call:
-        image = await read_image(request, call.limits.max_body_bytes)
+        ((_, image),) = await read_images(request, call.limits.max_body_bytes, max_files=1)
         receipt = await call.submit(image)
     return json_response(
         {

@@ -94,7 +94,14 @@ IMAGE_BODY = {
                 "schema": {
                     "type": "object",
                     "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "properties": {
+                        "file": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "One or more images, each a part named 'file'; answered in order.",
+                        }
+                    },
                 }
             },
         },

@@ -15,7 +15,7 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.core import ClassifyRequest, InferenceService, ModelInfo
-from service.http.body import read_body, read_image
+from service.http.body import read_body, read_images
 from service.http.fastpath import answer_infer, url_version
 from service.http.openapi import CLASSIFY_RESPONSES, IMAGE_BODY, INFER_BODY, INFER_RESPONSES, errors
 
@@ -141,20 +141,36 @@ async def classify(
     model_name: str,
     version: str | None = None,
     top_k: Annotated[int, Query(ge=1, le=1000)] = 3,
+    return_input: bool = False,
 ) -> Response:
+    """Top-k labels for one image (the raw body, or one multipart ``file``) or several (repeated
+    ``file`` parts), preprocessed as the model's metadata declares and computed as one request of N rows.
+    ``results`` answers each image in order (with the model's ``input`` when ``return_input``); a single
+    image is also answered by ``predictions`` at the top level."""
     async with core.call(model_name, url_version(version)) as call:
-        image = await read_image(request, call.limits.max_body_bytes)
-        result = await call.classify(ClassifyRequest(image, top_k))
-    return json_response(
-        {
-            "model_name": result.model,
-            "model_version": str(result.version),
-            "predictions": [
-                {"class_id": p.class_id, "label": p.label, "probability": p.probability}
-                for p in result.predictions
-            ],
-        }
-    )
+        files = await read_images(request, call.limits.max_body_bytes, call.limits.max_request_rows)
+        answer = await call.classify(
+            ClassifyRequest(
+                [data for _, data in files],
+                top_k,
+                return_input=return_input,
+                filenames=[name for name, _ in files],
+            )
+        )
+    results = []
+    for result in answer.results:
+        item: dict[str, Any] = {"filename": result.filename} if result.filename else {}
+        item["predictions"] = [
+            {"class_id": p.class_id, "label": p.label, "probability": p.probability}
+            for p in result.predictions
+        ]
+        if result.input is not None:
+            item["input"] = result.input.ravel().tolist()
+        results.append(item)
+    body: dict[str, Any] = {"model_name": answer.model, "model_version": str(answer.version)}
+    if len(results) == 1:
+        body["predictions"] = results[0]["predictions"]
+    return json_response({**body, "results": results})
 
 
 # ---- repository extension (index here; load/unload are admin routes) -------------------------------

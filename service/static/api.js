@@ -37,15 +37,17 @@ export async function readyModels() {
 
 /**
  * What the page needs to know about one served model version:
- * {name, version, input, shape, classes, labels, takesDigits, feedback}, where `takesDigits` means an
- * input of shape [-1, 28, 28, 1] that the drawing canvas can feed, and `feedback` that the server takes
- * corrected labels for this model (POST .../feedback).
+ * {name, version, input, shape, classes, labels, preprocessing, takesDigits, feedback}. `preprocessing` is the
+ * model's image contract (`parameters.preprocessing`: height, width, color, input_range, resize);
+ * `takesDigits` means digit-style preprocessing, which the drawing canvas feeds; `feedback` that the
+ * server takes corrected labels for this model (POST .../feedback).
  */
 export async function describeModel(name, version) {
   const meta = await request(modelPath({ name, version }));
   const input = meta.inputs[0];
   const labels = meta.parameters?.labels ?? [];
   const classes = meta.outputs[0]?.shape?.at(-1) ?? labels.length;
+  const preprocessing = meta.parameters?.preprocessing ?? null;
   return {
     name,
     version,
@@ -53,19 +55,36 @@ export async function describeModel(name, version) {
     shape: input.shape,
     classes,
     labels: Array.from({ length: classes }, (_, i) => labels[i] ?? String(i)),
-    takesDigits: input.shape.join() === "-1,28,28,1",
+    preprocessing,
+    takesDigits: preprocessing?.resize === "digit",
     feedback: meta.parameters?.feedback === true,
   };
 }
 
+/** Grey levels 0..255 to the model's input values (its `input_range`), one channel or three. */
+function toInput(model, grey) {
+  const [black, white] = model.preprocessing.input_range;
+  const channels = model.shape[3];
+  const data = new Array(grey.length * channels);
+  grey.forEach((v, i) => data.fill(black + (v / 255) * (white - black), i * channels, (i + 1) * channels));
+  return data;
+}
+
+/** The model's input values (row-major, H*W*C) back to grey levels 0..255, from the first channel. */
+export function toGrey(model, input) {
+  const [black, white] = model.preprocessing.input_range;
+  const channels = model.shape[3];
+  return Array.from({ length: input.length / channels }, (_, i) => ((input[i * channels] - black) / (white - black)) * 255);
+}
+
 /**
- * Probabilities for one 28x28 input (Float32Array of 784 values, 0..255) through `/infer`.
- * Returns {modelName, modelVersion, probabilities}.
+ * Probabilities for one digit (grey levels 0..255, the model's height x width, from preprocess.js)
+ * through `/infer`. Returns {modelName, modelVersion, probabilities}.
  */
-export async function inferDigit(model, values) {
-  const body = {
-    inputs: [{ name: model.input, datatype: "FP32", shape: [1, 28, 28, 1], data: Array.from(values) }],
-  };
+export async function inferDigit(model, grey) {
+  const { height, width } = model.preprocessing;
+  const shape = [1, height, width, model.shape[3]];
+  const body = { inputs: [{ name: model.input, datatype: "FP32", shape, data: toInput(model, grey) }] };
   const answer = await request(`${modelPath(model)}/infer`, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
@@ -76,19 +95,27 @@ export async function inferDigit(model, values) {
 }
 
 /**
- * Probabilities for an image file (PNG or JPEG, as bytes) through `/classify`, which decodes and
- * resizes it server-side. Returns {modelName, modelVersion, probabilities}.
+ * Probabilities for an image file (PNG or JPEG, as bytes) through `/classify`, which preprocesses it
+ * server-side as the model's metadata declares. Returns {modelName, modelVersion, probabilities,
+ * input}, where `input` is what the model received (grey levels 0..255, row-major) for digit models.
  */
 export async function classifyFile(model, file) {
   const topK = Math.min(1000, Math.max(1, model.classes)); // all classes, for the chart
-  const answer = await request(`${modelPath(model)}/classify?top_k=${topK}`, {
+  const query = `top_k=${topK}${model.takesDigits ? "&return_input=true" : ""}`;
+  const answer = await request(`${modelPath(model)}/classify?${query}`, {
     method: "POST",
     headers: { "Content-Type": file.type || "application/octet-stream" },
     body: file,
   });
   const probabilities = new Array(model.classes).fill(0);
   for (const p of answer.predictions) probabilities[p.class_id] = p.probability;
-  return { modelName: answer.model_name, modelVersion: answer.model_version, probabilities };
+  const input = answer.results?.[0]?.input;
+  return {
+    modelName: answer.model_name,
+    modelVersion: answer.model_version,
+    probabilities,
+    input: input ? toGrey(model, input) : null,
+  };
 }
 
 /**

@@ -4,12 +4,11 @@
 import { classifyFile, describeModel, errorMessage, inferDigit, readyModels, ServiceError } from "./api.js";
 import { FeedbackBar } from "./feedback.js";
 import { DrawingPad } from "./pad.js";
-import { preprocessDigit, SIZE } from "./preprocess.js";
+import { preprocessDigit } from "./preprocess.js";
 import { ResultsPanel } from "./results.js";
 import { throttle } from "./throttle.js";
 
 const THROTTLE_MS = 200; // at most one prediction per this many ms while the pen moves
-const DIGITS = "0,1,2,3,4,5,6,7,8,9";
 
 const $ = (id) => document.getElementById(id);
 const picker = $("model");
@@ -38,16 +37,15 @@ async function loadModels() {
     results.showError(errorMessage(new ServiceError(503, "no model is loaded yet; reload in a moment")));
     return;
   }
+  // Described before they are listed, so the picker never shows a model it will not open on.
+  const described = (await Promise.all(ready.map(lookUp))).filter(Boolean);
   picker.replaceChildren(...ready.map((m) => new Option(`${m.name} · v${m.version}`, key(m))));
   picker.disabled = false;
-  const described = (await Promise.all(ready.map(lookUp))).filter(Boolean);
-  // ?model=NAME picks one; otherwise a digit model, since that is what the canvas is for.
+  // ?model=NAME picks one; otherwise the first digit model (its metadata declares digit
+  // preprocessing), since that is what the canvas is for, not the first name in the list.
   const wanted = new URLSearchParams(location.search).get("model");
   const first =
-    described.find((m) => m.name === wanted) ??
-    described.find((m) => m.takesDigits && m.labels.join() === DIGITS) ??
-    described.find((m) => m.takesDigits) ??
-    described[0];
+    described.find((m) => m.name === wanted) ?? described.find((m) => m.takesDigits) ?? described[0];
   if (first) {
     picker.value = key(first);
     useModel(first);
@@ -80,6 +78,11 @@ function useModel(m) {
   const [, height, width, channels] = m.shape;
   $("model-details").textContent = `Input ${height}×${width}×${channels}, ${m.classes} classes`;
   $("draw-panel").hidden = !m.takesDigits;
+  if (m.takesDigits) {
+    const { canvas } = inputView;
+    [canvas.height, canvas.width] = [m.preprocessing.height, m.preprocessing.width];
+    clearModelInput();
+  }
   results.setModel(m);
   feedback.setModel(m);
   if (m.takesDigits && pad.hasInk) predictDrawing.now();
@@ -96,7 +99,8 @@ async function sendDrawing() {
   const m = model;
   if (!m?.takesDigits || !pad.hasInk) return;
   const { data, width, height } = pad.pixels();
-  const values = preprocessDigit(data, width, height);
+  const { height: outHeight, width: outWidth } = m.preprocessing;
+  const values = preprocessDigit(data, width, height, { outHeight, outWidth });
   if (values === null) return;
   showModelInput(values);
   const started = performance.now();
@@ -113,16 +117,17 @@ async function sendDrawing() {
   }
 }
 
-/** The 28x28 image the model receives, scaled up by CSS. */
+/** The image the model receives (grey levels, 28x28 for MNIST models), scaled up by CSS. */
 function showModelInput(values) {
-  const image = inputView.createImageData(SIZE, SIZE);
+  const { canvas } = inputView;
+  const image = inputView.createImageData(canvas.width, canvas.height);
   values.forEach((v, i) => image.data.set([v, v, v, 255], 4 * i));
   inputView.putImageData(image, 0, 0);
 }
 
 function clearModelInput() {
   inputView.fillStyle = "#000";
-  inputView.fillRect(0, 0, SIZE, SIZE);
+  inputView.fillRect(0, 0, inputView.canvas.width, inputView.canvas.height);
 }
 
 $("clear").addEventListener("click", () => {
@@ -144,6 +149,7 @@ async function sendFile(file) {
     const answer = await classifyFile(m, file);
     if (m !== model) return;
     showPreview(file);
+    if (answer.input) showModelInput(answer.input); // what the service's preprocessing made of it
     results.show({ ...answer, latencyMs: performance.now() - started, source: file.name || "image" });
     feedback.offer(m, () => file);
   } catch (error) {

@@ -90,3 +90,45 @@ def test_folder_trained_and_imported_models_are_served(
             order = np.argsort(-probabilities, kind="stable")
             assert [p["label"] for p in predictions] == [CIFAR5[i] for i in order]
             assert np.allclose([p["probability"] for p in predictions], probabilities[order], atol=1e-6)
+
+
+def test_an_imported_0_to_1_model_classifies_uploads_in_its_input_range(
+    folders: Folders, foreign: Foreign, tmp_path: Path
+) -> None:
+    """/classify maps an upload's pixels to the model's declared input_range (here 0..1, input 'pixels')."""
+    repository = tmp_path / "models"
+    imported = ["import", str(foreign.onnx), "--name", "foreign", "--labels", ",".join(CIFAR5)]
+    imported += ["--input-scale", "0..1", "--resize", "stretch", "--publish", str(repository)]
+    assert main(imported) == 0
+    jpeg = sorted(folders.cifar.glob("*/*.jpg"))[5]
+    # A PNG larger than the model's input, so that the stretch resize is part of what is checked.
+    large = tmp_path / "large.png"
+    Image.open(jpeg).convert("RGB").resize((56, 48), Image.Resampling.BICUBIC).save(large)
+    pixels = np.stack(
+        [
+            np.asarray(Image.open(jpeg).convert("RGB")),
+            np.asarray(Image.open(large).convert("RGB").resize((32, 32), Image.Resampling.BILINEAR)),
+        ]
+    ).astype(np.float32)
+    expected = onnx_run(repository / "foreign" / "1" / "model.onnx", "pixels", pixels / 255.0)
+    with running_service(tmp_path, env={"SERVE_MODEL_REPOSITORY": str(repository)}) as service:
+        files = [
+            ("file", ("cifar.jpg", jpeg.read_bytes(), "image/jpeg")),
+            ("file", ("large.png", large.read_bytes(), "image/png")),
+        ]
+        response = httpx.post(
+            f"{service.url}/v2/models/foreign/classify?top_k=5&return_input=true", files=files, timeout=30
+        )
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        assert [r["filename"] for r in results] == ["cifar.jpg", "large.png"]
+        for result, image, probabilities in zip(results, pixels, expected, strict=True):
+            assert np.allclose(result["input"], (image / 255.0).ravel(), atol=1e-6)
+            order = np.argsort(-probabilities, kind="stable")
+            assert [p["label"] for p in result["predictions"]] == [CIFAR5[i] for i in order]
+            got = [p["probability"] for p in result["predictions"]]
+            assert np.allclose(got, probabilities[order], atol=1e-5)
+        # The same file, raw, answered at the top level too.
+        raw = httpx.post(f"{service.url}/v2/models/foreign/classify", content=jpeg.read_bytes(), timeout=30)
+        assert raw.status_code == 200, raw.text
+        assert raw.json()["predictions"] == results[0]["predictions"][:3]

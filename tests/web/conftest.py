@@ -40,6 +40,13 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService
 
 
 @pytest.fixture(scope="session")
+def shipped_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+    """Every shipped model, as ``make run`` serves them: cifar10-cnn comes first alphabetically."""
+    with running_service(tmp_path_factory.mktemp("web-serve-all")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     executable = shutil.which("chromium")
     assert executable is not None, "chromium is not installed (apt-get install chromium)"
@@ -81,6 +88,15 @@ class Visit:
 
 @pytest.fixture
 def visit(browser: Browser, service: RunningService) -> Iterator[Visit]:
+    yield from _visit(browser, service)
+
+
+@pytest.fixture
+def visit_shipped(browser: Browser, shipped_service: RunningService) -> Iterator[Visit]:
+    yield from _visit(browser, shipped_service)
+
+
+def _visit(browser: Browser, service: RunningService) -> Iterator[Visit]:
     context = browser.new_context(viewport={"width": 1100, "height": 860})
     page = context.new_page()
     page.set_default_timeout(15_000)

@@ -16,7 +16,10 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
 
+from service.contract import Preprocessing
+from service.preprocess import prepare
 from tests.helpers.data import MODELS, load_digits
+from tests.helpers.photos import photos
 from tests.web.conftest import MAX_IMAGE_PIXELS, Visit
 
 pytestmark = pytest.mark.slow
@@ -236,3 +239,63 @@ def test_no_feedback_is_offered_when_the_server_has_it_off(visit: Visit) -> None
     expect(page.locator("#feedback")).to_be_hidden()
     assert page.get_by_text("Wrong? It was:").count() == 1  # in the page, never shown
     assert visit.errors() == []
+
+
+def model_input(page: Page) -> np.ndarray:
+    """The "what the model sees" canvas as grey levels."""
+    values = page.evaluate(
+        """() => {
+            const c = document.getElementById("model-input");
+            const pixels = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+            return [c.height, c.width, Array.from(pixels)];
+        }"""
+    )
+    height, width, rgba = values
+    return np.asarray(rgba, np.float64).reshape(height, width, 4)[..., 0]
+
+
+def test_opens_on_a_digit_model_when_every_model_is_served(visit_shipped: Visit) -> None:
+    visit_shipped.open()
+    page = visit_shipped.page
+    options = page.locator("#model option").evaluate_all("opts => opts.map(o => o.value)")
+    assert options == ["cifar10-cnn/1", "fashion-cnn/1", "mnist-cnn/1", "mnist-mlp/1"]
+    expect(page.locator("#model")).to_have_value("mnist-cnn/1")  # not cifar10-cnn, the first name
+    expect(page.locator("#pad")).to_be_visible()
+    page.select_option("#model", "cifar10-cnn/1")
+    visit_shipped.settle()
+    expect(page.locator("#draw-panel")).to_be_hidden()  # no canvas for a model that does not read digits
+    visit_shipped.open("/?model=mnist-mlp")
+    expect(page.locator("#model")).to_have_value("mnist-mlp/1")
+    assert visit_shipped.errors() == []
+
+
+def test_a_photo_of_a_digit_is_read_and_the_model_input_shown(
+    visit: Visit, artifacts: Path, tmp_path: Path
+) -> None:
+    visit.open()
+    page = visit.page
+    digit = Preprocessing(height=28, width=28, color="grayscale", resize="digit")
+    for n, (data, content_type, label) in enumerate(photos("phone", 3, seed=21)):
+        path = tmp_path / f"photo-{n}.{content_type.split('/')[1]}"
+        path.write_bytes(data)
+        page.set_input_files("#file", path)
+        visit.settle()
+        expect(page.locator("#top-label")).to_have_text(str(label))
+        expect(page.locator("#result-source")).to_have_text(path.name)
+        # The canvas shows what the service made of the photo: its preprocessing, not the photo.
+        expected = prepare(data, digit)[..., 0]
+        assert np.abs(model_input(page) - expected).max() <= 1.0
+        assert expected.max() > 200
+    assert any("return_input=true" in url for url in visit.requests)
+    page.screenshot(path=artifacts / "uploaded-photo.png", full_page=True)
+
+    blank = tmp_path / "blank.png"
+    Image.new("L", (300, 200), 215).save(blank)
+    page.set_input_files("#file", blank)
+    visit.settle()
+    expect(page.get_by_role("alert")).to_have_text(
+        "Bad image: no digit found: the image has no ink that stands out from its background"
+    )
+    expect(page.locator("#top-label")).to_have_text(NOTHING)
+    errors = visit.errors()
+    assert len(errors) == 1 and "status of 400" in errors[0], errors

@@ -189,8 +189,10 @@ def png(array: np.ndarray) -> bytes:
 def test_classify_ranks_the_classes(tmp_path: Path) -> None:
     async def test(core: InferenceService, model: WrittenModel) -> None:
         image = images(1)[0].round()
-        result = await core.classify("tiny", ClassifyRequest(png(image), top_k=4))
-        assert (result.model, result.version, len(result.predictions)) == ("tiny", 1, 4)
+        answer = await core.classify("tiny", ClassifyRequest([png(image)], top_k=4))
+        assert (answer.model, answer.version, len(answer.results)) == ("tiny", 1, 1)
+        [result] = answer.results
+        assert (len(result.predictions), result.filename, result.input) == (4, None, None)
         expected = model.reference(image[None])[0]
         top = result.predictions[0]
         assert top.class_id == int(expected.argmax()) and top.label == f"c{top.class_id}"
@@ -198,11 +200,41 @@ def test_classify_ranks_the_classes(tmp_path: Path) -> None:
         probabilities = [p.probability for p in result.predictions]
         assert probabilities == sorted(probabilities, reverse=True)
         with pytest.raises(InvalidInput, match="top_k"):
-            await core.classify("tiny", ClassifyRequest(png(image), top_k=0))
+            await core.classify("tiny", ClassifyRequest([png(image)], top_k=0))
         with pytest.raises(InvalidInput, match="empty image"):
-            await core.classify("tiny", ClassifyRequest(b""))
+            await core.classify("tiny", ClassifyRequest([b""]))
 
     run(test, tmp_path)
+
+
+def test_classify_several_images_in_order_as_one_request(tmp_path: Path) -> None:
+    async def test(core: InferenceService, model: WrittenModel) -> None:
+        x = images(3, seed=5).round()
+        request = ClassifyRequest(
+            [png(i) for i in x], top_k=10, return_input=True, filenames=["a.png", None, "c.png"]
+        )
+        answer = await core.classify("tiny", request)
+        assert [r.filename for r in answer.results] == ["a.png", None, "c.png"]
+        expected = model.reference(x)
+        for result, image, row in zip(answer.results, x, expected, strict=True):
+            assert result.input is not None
+            np.testing.assert_array_equal(result.input, image)  # stretch at the model's size: the pixels
+            by_class = {p.class_id: p.probability for p in result.predictions}
+            np.testing.assert_allclose([by_class[i] for i in range(10)], row, atol=1e-5)
+        rows = core.metrics.registry.get_sample_value(
+            "inference_rows_total", {"model": "tiny", "version": "1"}
+        )
+        assert (requests(core, "ok"), rows) == (1, 3)
+        with pytest.raises(PayloadTooLarge, match="more than 3 images in one request"):
+            await core.classify("tiny", ClassifyRequest([png(i) for i in x] + [png(x[0])]))
+        with pytest.raises(InvalidInput, match="image 2 of 2 is empty"):
+            await core.classify("tiny", ClassifyRequest([png(x[0]), b""]))
+        with pytest.raises(InvalidInput, match="no image"):
+            await core.classify("tiny", ClassifyRequest([]))
+        with pytest.raises(InvalidInput, match="1 file names for 2 images"):
+            await core.classify("tiny", ClassifyRequest([png(x[0])] * 2, filenames=["a.png"]))
+
+    run(test, tmp_path, max_request_rows=3)
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,13 @@ from service.core import ClassifyRequest, InferRequest, Prediction, RepositoryEn
 def test_request_defaults_are_the_documented_ones() -> None:
     request = InferRequest({"image": np.zeros((1, 2))})
     assert (request.id, request.outputs, request.deadline, request.checked) == (None, None, None, False)
-    classify = ClassifyRequest(b"\x89PNG")
-    assert (classify.top_k, classify.deadline) == (3, None)
+    classify = ClassifyRequest([b"\x89PNG"])
+    assert (classify.top_k, classify.return_input, classify.deadline, classify.filenames) == (
+        3,
+        False,
+        None,
+        None,
+    )
     assert RepositoryEntry("m", 1, "READY").reason == ""
 
 

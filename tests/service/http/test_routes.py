@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import shutil
 import threading
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -17,8 +19,11 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
+from service.contract import Preprocessing
+from service.preprocess import prepare
 from service.settings import Settings
 from tests.helpers.data import MODELS, load_digits
+from tests.helpers.photos import photos
 
 SHIPPED = ["mnist-mlp", "mnist-cnn", "fashion-cnn", "cifar10-cnn"]
 
@@ -489,3 +494,168 @@ def test_admin_routes_with_token() -> None:
         loaded = c.post("/v2/repository/models/mnist-mlp/load", headers=auth)
         assert loaded.status_code == 200 and loaded.json()["versions"] == ["1"]
         assert c.post("/v2/models/mnist-mlp/infer", content=json_infer(images[:1])).status_code == 200
+
+
+# ---- classify: photos, several images, the model's preprocessing ------------------------------------------
+
+DIGIT = Preprocessing(height=28, width=28, color="grayscale", resize="digit")
+
+
+def test_classify_several_photos_in_order_as_one_request_of_n_rows() -> None:
+    shots = list(photos("phone", 5, seed=4))
+    files = [
+        ("file", (f"shot-{n}.jpg", data, content_type)) for n, (data, content_type, _) in enumerate(shots)
+    ]
+    with TestClient(create_app(settings(models=["mnist-cnn"], max_queue_delay_us=0))) as c:
+        mv = {"model": "mnist-cnn", "version": "1"}
+        response = c.post("/v2/models/mnist-cnn/classify?top_k=2&return_input=true", files=files)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert set(body) == {"model_name", "model_version", "results"}  # several images: results only
+        assert [r["filename"] for r in body["results"]] == [f"shot-{n}.jpg" for n in range(5)]
+        top = [r["predictions"][0]["class_id"] for r in body["results"]]
+        assert sum(t == label for t, (*_, label) in zip(top, shots, strict=True)) >= 4
+        for result, (data, _, _) in zip(body["results"], shots, strict=True):
+            assert len(result["predictions"]) == 2
+            np.testing.assert_allclose(result["input"], prepare(data, DIGIT).ravel(), atol=1e-4)
+        after = c.get("/metrics").text
+        # In order: each image alone gets the answer it got among the others.
+        for result, (data, _, _) in zip(body["results"], shots, strict=True):
+            alone = c.post("/v2/models/mnist-cnn/classify?top_k=2", content=data).json()["predictions"]
+            assert [p["class_id"] for p in alone] == [p["class_id"] for p in result["predictions"]]
+            np.testing.assert_allclose(
+                [p["probability"] for p in alone],
+                [p["probability"] for p in result["predictions"]],
+                rtol=1e-5,
+            )
+        assert sample(after, "inference_requests_total", status="ok", **mv) == 1
+        assert sample(after, "inference_rows_total", **mv) == 5
+        assert sample(after, "inference_batch_size_count", **mv) == 1  # the five rows in one batch
+        assert sample(after, "inference_batch_size_sum", **mv) == 5
+
+
+def test_classify_one_photo_answers_at_the_top_and_in_results(client: TestClient) -> None:
+    [(data, content_type, label)] = photos("inverted", 1, seed=5)
+    body = client.post(
+        "/v2/models/mnist-cnn/classify", content=data, headers={"Content-Type": content_type}
+    ).json()
+    assert body["predictions"][0]["class_id"] == label
+    assert body["results"] == [{"predictions": body["predictions"]}]  # no input unless asked for
+
+
+def test_classify_blank_images_and_bad_forms(client: TestClient) -> None:
+    blank = png(np.full((120, 160), 210.0))
+    assert_error(
+        client.post("/v2/models/mnist-cnn/classify", content=blank),
+        400,
+        "no digit found: the image has no ink",
+    )
+    [(good, _, _)] = photos("clean", 1, seed=6)
+    two = [("file", ("good.png", good, "image/png")), ("file", ("blank.png", blank, "image/png"))]
+    assert_error(
+        client.post("/v2/models/mnist-cnn/classify", files=two), 400, "image 2 of 2 ('blank.png'): no digit"
+    )
+    # A stretch model takes the same blank image: only digit models look for a digit.
+    assert client.post("/v2/models/fashion-cnn/classify", content=blank).status_code == 200
+    gif = [("file", ("good.png", good, "image/png")), ("file", ("x.gif", b"GIF89a", "image/gif"))]
+    assert_error(
+        client.post("/v2/models/mnist-cnn/classify", files=gif), 415, "image 2 of 2 ('x.gif'): unsupported"
+    )
+    empty = [("file", ("good.png", good, "image/png")), ("file", ("e.png", b"", "image/png"))]
+    assert_error(client.post("/v2/models/mnist-cnn/classify", files=empty), 400, "image 2 of 2 is empty")
+    other = [("picture", ("good.png", good, "image/png"))]
+    assert_error(client.post("/v2/models/mnist-cnn/classify", files=other), 400, "no file field named 'file'")
+    as_text = client.post("/v2/models/mnist-cnn/classify", data={"file": "text"}, files=other)
+    assert_error(as_text, 400, "no file field named 'file'")
+    broken = client.post(
+        "/v2/models/mnist-cnn/classify",
+        content=b"--x\r\nnot a part",
+        headers={"Content-Type": "multipart/form-data; boundary=x"},
+    )
+    assert_error(broken, 400, "")
+    assert_error(
+        client.post("/v2/models/mnist-cnn/classify?return_input=maybe", content=good), 400, "return_input"
+    )
+
+
+def test_classify_refuses_more_images_than_a_request_may_have_rows() -> None:
+    [(good, _, _)] = photos("clean", 1, seed=7)
+    with TestClient(create_app(settings(models=["mnist-cnn"], max_request_rows=3))) as c:
+        files = [("file", (f"{n}.png", good, "image/png")) for n in range(4)]
+        assert_error(
+            c.post("/v2/models/mnist-cnn/classify", files=files), 413, "more than 3 images in one request"
+        )
+        assert c.post("/v2/models/mnist-cnn/classify", files=files[:3]).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        (
+            "mnist-cnn",
+            {"height": 28, "width": 28, "color": "grayscale", "input_range": [0.0, 255.0], "resize": "digit"},
+        ),
+        (
+            "fashion-cnn",
+            {
+                "height": 28,
+                "width": 28,
+                "color": "grayscale",
+                "input_range": [0.0, 255.0],
+                "resize": "stretch",
+            },
+        ),
+        (
+            "cifar10-cnn",
+            {"height": 32, "width": 32, "color": "rgb", "input_range": [0.0, 255.0], "resize": "stretch"},
+        ),
+    ],
+)
+def test_model_metadata_says_how_images_are_prepared(
+    client: TestClient, name: str, expected: dict[str, object]
+) -> None:
+    assert client.get(f"/v2/models/{name}").json()["parameters"]["preprocessing"] == expected
+
+
+def repository_with(tmp_path: Path, preprocessing: object) -> Path:
+    """A repository holding mnist-cnn version 1 whose metadata declares ``preprocessing``."""
+    version = tmp_path / "mnist-cnn" / "1"
+    version.mkdir(parents=True)
+    shutil.copy(MODELS / "mnist-cnn" / "1" / "model.onnx", version / "model.onnx")
+    metadata = orjson.loads((MODELS / "mnist-cnn" / "1" / "metadata.json").read_bytes())
+    (version / "metadata.json").write_bytes(orjson.dumps({**metadata, "preprocessing": preprocessing}))
+    return tmp_path
+
+
+def test_classify_follows_the_preprocessing_the_metadata_declares(tmp_path: Path) -> None:
+    declared = {
+        "height": 28,
+        "width": 28,
+        "color": "grayscale",
+        "input_range": [0.0, 1.0],
+        "resize": "stretch",
+    }
+    [(data, _, _)] = photos("clean", 1, seed=8)
+    with TestClient(
+        create_app(settings(model_repository=repository_with(tmp_path, declared), models=None))
+    ) as c:
+        body = c.post("/v2/models/mnist-cnn/classify?return_input=true", content=data).json()
+        stretched = prepare(data, Preprocessing.model_validate(declared))
+        np.testing.assert_allclose(body["results"][0]["input"], stretched.ravel(), atol=1e-6)
+        assert max(body["results"][0]["input"]) <= 1.0
+        assert c.get("/v2/models/mnist-cnn").json()["parameters"]["preprocessing"]["resize"] == "stretch"
+
+
+def test_a_preprocessing_entry_that_disagrees_with_the_input_is_never_served(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The loader refuses the version (the repository is wrong, not the request): /classify never guesses.
+    wrong = {"height": 32, "width": 32, "color": "grayscale", "resize": "digit"}
+    [(data, _, _)] = photos("clean", 1, seed=9)
+    with TestClient(
+        create_app(settings(model_repository=repository_with(tmp_path, wrong), models=None))
+    ) as c:
+        assert_error(c.post("/v2/models/mnist-cnn/classify", content=data), 503, "is not ready")
+        [entry] = c.post("/v2/repository/index").json()
+        assert (entry["state"], entry["reason"]) == ("UNAVAILABLE", "failed to load (see server log)")
+    assert "preprocessing (height 32, width 32, grayscale) disagrees with input 'image'" in caplog.text
