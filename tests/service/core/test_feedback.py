@@ -75,11 +75,11 @@ def counted(core: InferenceService, label: str, result: str) -> float:
 
 def test_a_submitted_image_is_classified_then_stored(tmp_path: Path) -> None:
     async def test(core: InferenceService) -> None:
-        classified = await core.classify("tiny", ClassifyRequest(png(), 1))
+        classified = await core.classify("tiny", ClassifyRequest([png()], 1))
         async with core.feedback_call("tiny", None, BEARER, "c3") as call:
             receipt = await call.submit(png())
         assert (receipt.model, receipt.version, receipt.label) == ("tiny", 1, "c3")
-        assert receipt.predicted == classified.predictions[0].label
+        assert receipt.predicted == classified.results[0].predictions[0].label
         assert counted(core, "c3", "accepted") == 1
         assert core.model_info("tiny").feedback is True
 

@@ -528,7 +528,7 @@ def test_classify_several_photos_in_order_as_one_request_of_n_rows() -> None:
                 [p["probability"] for p in result["predictions"]],
                 rtol=1e-5,
             )
-        assert sample(after, "inference_requests_total", status="ok", **mv) == 1
+        assert sample(after, "inference_requests_total", status="ok", protocol="http", **mv) == 1
         assert sample(after, "inference_rows_total", **mv) == 5
         assert sample(after, "inference_batch_size_count", **mv) == 1  # the five rows in one batch
         assert sample(after, "inference_batch_size_sum", **mv) == 5
