@@ -49,6 +49,10 @@ APP_UID = (10001, 10001)
 HEALTHY_WITHIN_S = 150  # the shipped healthcheck: 10 s interval, 60 s start period, 3 retries
 
 
+#: How the one request a client writes onto its kept-alive connection as the server closes it fails.
+KEEP_ALIVE_RACE = {"ConnectionResetError", "HTTPConnectionClosed"}
+
+
 def trainer_args() -> list[str]:
     """The trainer service with its command replaced by a quick from-scratch training of the shipped
     trainer's model: a small preset, one epoch, limited data.
@@ -301,7 +305,7 @@ def test_stop_drains_without_failures_and_up_keeps_every_version(
     measurements["stop_requests"] = {
         "answered_200": sum(o.ok for o in after_stop),
         "refused_503_draining": sum(o.status == 503 for o in after_stop),
-        "reset_at_close": sum(o.version == "ConnectionResetError" for o in after_stop),
+        "reset_at_close": sum(o.version in KEEP_ALIVE_RACE for o in after_stop),
         "refused_connections_after_close": sum(o.version == "ConnectionRefusedError" for o in after_stop),
     }
     api = stack.api
@@ -316,14 +320,15 @@ def test_stop_drains_without_failures_and_up_keeps_every_version(
         # Every answer was 200, or 503 + "draining" for requests that came once the drain began. Then the
         # server closed: refused connections only, but for at most one reset first, the request a stream
         # had just written onto its kept-alive connection as uvicorn closed it unread (the HTTP/1.1
-        # keep-alive race: it was never processed). Nothing answered after that.
+        # keep-alive race: it was never processed; the client sees a reset or a close, depending on whether
+        # the request reached the socket before or after the close). Nothing answered after that.
         refused = [o for o in after if not o.ok and o.status == 503]
         assert all("draining" in o.version or "shutting down" in o.version for o in refused), refused[:3]
         unconnected = [i for i, o in enumerate(after) if not o.ok and o.status is None]
         assert unconnected, "the api still answered after `docker compose stop`"
         answered, closed = after[: unconnected[0]], after[unconnected[0] :]
         assert all(o.ok or o.status == 503 for o in answered), [o for o in answered if not o.ok][:5]
-        if closed[0].version == "ConnectionResetError":
+        if closed[0].version in KEEP_ALIVE_RACE:
             closed = closed[1:]
         assert closed and {o.version for o in closed} == {"ConnectionRefusedError"}, closed[:5]
 
