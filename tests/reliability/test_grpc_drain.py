@@ -87,6 +87,7 @@ def test_sigterm_under_grpc_load_answers_every_call(tmp_path: Path) -> None:
         # 1-row calls to "held" stay queued until the drain flushes them.
         "SERVE_MAX_BATCH_SIZE": "64",
         "SERVE_MAX_QUEUE_DELAY_US": "10000000",
+        "SERVE_BATCH_WAIT": "fixed",
         "SERVE_DRAIN_SECONDS": str(DRAIN_SECONDS),
         "SERVE_INTRA_OP_THREADS": "1",
     }

@@ -64,7 +64,11 @@ def test_the_drain_on_the_installed_uvicorn(tmp_path: Path) -> None:
     write_model_version(tmp_path, "tiny", 1)
     # Batches wait for 8 rows or 10 s, longer than the drain: only its flush computes them in time.
     settings = Settings(
-        model_repository=tmp_path, max_batch_size=8, max_queue_delay_us=10_000_000, drain_seconds=5
+        model_repository=tmp_path,
+        max_batch_size=8,
+        max_queue_delay_us=10_000_000,
+        drain_seconds=5,
+        batch_wait="fixed",
     )
     app = create_app(settings)
     port = free_port()
@@ -113,7 +117,11 @@ def test_the_drain_on_the_installed_uvicorn(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    env = {"SERVE_MODELS": "mnist-cnn,mnist-mlp", "SERVE_MAX_QUEUE_DELAY_US": "20000"}
+    env = {
+        "SERVE_MODELS": "mnist-cnn,mnist-mlp",
+        "SERVE_MAX_QUEUE_DELAY_US": "20000",
+        "SERVE_BATCH_WAIT": "fixed",
+    }
     with running_service(tmp_path_factory.mktemp("serve"), env=env) as running:
         yield running
 

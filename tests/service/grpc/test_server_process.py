@@ -131,6 +131,7 @@ def test_deadlines_and_overload_over_grpc(tmp_path_factory: pytest.TempPathFacto
         "SERVE_MAX_QUEUE_ROWS": "8",
         "SERVE_MAX_REQUEST_ROWS": "8",
         "SERVE_MAX_QUEUE_DELAY_US": "10000000",
+        "SERVE_BATCH_WAIT": "fixed",
     }
     images = load_digits("mnist")[0]
 

@@ -299,7 +299,9 @@ def test_grpc_metrics_carry_their_protocol(served: tuple[TestClient, Any, FastAP
 
 def test_a_grpc_and_an_http_request_share_one_batch() -> None:
     # The batch only starts when it holds max_batch_size (2) rows or after 10 s: one row from each protocol.
-    with serving(models=["mnist-mlp"], max_batch_size=2, max_queue_delay_us=10_000_000) as (http, stub, app):
+    with serving(
+        models=["mnist-mlp"], max_batch_size=2, max_queue_delay_us=10_000_000, batch_wait="fixed"
+    ) as (http, stub, app):
         batcher = app.state.registry.get("mnist-mlp").batcher
         before = http.get("/metrics").text
         pending = stub.ModelInfer.future(request(rows=1))
@@ -328,6 +330,7 @@ def test_overload_is_unavailable_and_the_timeout_parameter_a_deadline() -> None:
         "max_queue_rows": 8,
         "max_request_rows": 8,
         "max_queue_delay_us": 10_000_000,
+        "batch_wait": "fixed",
     }
     with serving(**settings) as (http, stub, app):
         batcher = app.state.registry.get("mnist-mlp").batcher
@@ -352,7 +355,11 @@ def test_overload_is_unavailable_and_the_timeout_parameter_a_deadline() -> None:
 
 
 def test_the_grpc_deadline_drops_the_queued_request() -> None:
-    with serving(models=["mnist-mlp"], max_queue_delay_us=10_000_000) as (http, stub, app):
+    with serving(models=["mnist-mlp"], max_queue_delay_us=10_000_000, batch_wait="fixed") as (
+        http,
+        stub,
+        app,
+    ):
         batcher = app.state.registry.get("mnist-mlp").batcher
         error = rpc_error(stub.ModelInfer, request(rows=2), timeout=0.3)
         assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
