@@ -6,7 +6,8 @@ A ``cnn`` champion is trained on ``--limit-train`` MNIST images and published in
 Clients then send ``--feedback`` MNIST test digits rotated by 90 degrees (which the champion misreads) with
 their true labels, through the service's own feedback store. For each share, ``retrain`` runs on a fresh
 copy of the repository (same seed, same epochs), and both versions are measured on the MNIST test set and
-on 2,000 other rotated test digits that no run ever sees. Results go to ``bench/results/feedback_share.json``
+on 2,000 other rotated test digits that no run ever sees (as PNGs through the model's preprocessing, as
+``/classify`` reads them). Results go to ``bench/results/feedback_share.json``
 and a Markdown table on stdout. Not a test: it takes minutes.
 """
 
@@ -29,9 +30,11 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from service.contract import Preprocessing
 from service.feedback import FeedbackStore
 from training import pipeline, retrain
 from training.data import Dataset, load_dataset, resolve_data_dir
+from training.feedback import model_input
 from training.presets import preset_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +83,12 @@ def main() -> None:
     for image, label in zip(*rotated(dataset, slice(0, args.feedback)), strict=True):
         store.store(NAME, str(label), png(image), "png", served_version=1, predicted="?")
 
-    x_unseen, y_unseen = rotated(dataset, UNSEEN)
+    # The unseen digits as the service reads them: each PNG through the version's preprocessing.
+    pre = Preprocessing.model_validate(
+        json.loads((champion_repo / NAME / "1" / "metadata.json").read_text())["preprocessing"]
+    )
+    x_raw, y_unseen = rotated(dataset, UNSEEN)
+    x_unseen = np.stack([model_input(png(image), pre) for image in x_raw])
     v1 = champion_repo / NAME / "1"
     rows: list[dict[str, Any]] = []
     for share in [float(s) for s in args.shares.split(",")]:

@@ -17,10 +17,10 @@ from typing import Literal
 
 import numpy as np
 
-from service.contract import METADATA_FILE
+from service.contract import METADATA_FILE, Preprocessing
 from service.errors import ServiceError
 from service.feedback import FeedbackItem, log_path, read_log
-from service.images import decode_image
+from service.preprocess import prepare
 from training.errors import DataError
 from training.publish import versions
 
@@ -89,18 +89,17 @@ def assign_part(item_id: str, seed: int, holdout: float, validation: float) -> P
     return "train"
 
 
-def model_input(data: bytes, input_shape: tuple[int, int, int]) -> np.ndarray:
-    """One stored file as the model's input ``(H, W, C)`` float32: exactly what ``/classify`` computes."""
-    height, width, channels = input_shape
-    image = decode_image(data, height=height, width=width, channels=channels, max_pixels=MAX_PIXELS)
-    return image[0]
+def model_input(data: bytes, preprocessing: Preprocessing) -> np.ndarray:
+    """One stored file as the model's input ``(H, W, C)`` float32: exactly what ``/classify`` computes
+    (the version's ``preprocessing`` entry, through :func:`service.preprocess.prepare`)."""
+    return prepare(data, preprocessing, max_pixels=MAX_PIXELS)
 
 
 def load_feedback(
     root: Path,
     model: str,
     labels: tuple[str, ...],
-    input_shape: tuple[int, int, int],
+    preprocessing: Preprocessing,
     *,
     since_id: str | None,
     seed: int,
@@ -130,15 +129,16 @@ def load_feedback(
         reason, data = _read_checked(root, item, index)
         if data is not None:
             try:
-                images.append(model_input(data, input_shape))
+                images.append(model_input(data, preprocessing))
             except ServiceError:
-                reason = "undecodable image"
+                reason = "image the model cannot read"
         if reason is not None:
             skipped[reason] += 1
             continue
         kept.append(item)
         new += n >= first_new
-    x = np.stack(images) if images else np.zeros((0, *input_shape), np.float32)
+    shape = (preprocessing.height, preprocessing.width, preprocessing.channels)
+    x = np.stack(images) if images else np.zeros((0, *shape), np.float32)
     y = np.array([index[item.label] for item in kept], dtype=np.int64)
     return FeedbackSet(
         items=kept,

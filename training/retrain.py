@@ -131,7 +131,7 @@ def retrain(config: RetrainConfig, *, verbose: int | None = None) -> Result:
         config.feedback,
         config.name,
         labels,
-        (int(input_shape[0]), int(input_shape[1]), int(input_shape[2])),
+        Preprocessing.model_validate(champion.metadata["preprocessing"]),
         since_id=seen.get("last_id"),
         seed=hp.seed,
         holdout=config.holdout,

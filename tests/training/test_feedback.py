@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.contract import Preprocessing
 from service.feedback import FeedbackStore, log_path, new_id
-from service.images import decode_image
+from service.preprocess import prepare_all
 from tests.helpers.modelfactory import write_model_version
 from training.errors import DataError
 from training.feedback import FeedbackSet, assign_part, load_feedback, new_since_newest, oversample
@@ -38,10 +39,11 @@ def fill(root: Path, labels: list[str], model: str = "m") -> list[str]:
     ]
 
 
-def load(root: Path, since_id: str | None = None) -> FeedbackSet:
-    return load_feedback(
-        root, "m", LABELS, (28, 28, 1), since_id=since_id, seed=1, holdout=0.3, validation=0.1
-    )
+DIGIT = Preprocessing(height=28, width=28, color="grayscale", resize="digit")
+
+
+def load(root: Path, since_id: str | None = None, pre: Preprocessing = DIGIT) -> FeedbackSet:
+    return load_feedback(root, "m", LABELS, pre, since_id=since_id, seed=1, holdout=0.3, validation=0.1)
 
 
 def test_parts_depend_on_the_id_and_seed_only_and_have_the_asked_for_sizes() -> None:
@@ -55,15 +57,26 @@ def test_parts_depend_on_the_id_and_seed_only_and_have_the_asked_for_sizes() -> 
     assert share["train"] == pytest.approx(0.63, abs=0.03)
 
 
-def test_items_become_exactly_what_classify_computes(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "pre",
+    [DIGIT, Preprocessing(height=14, width=14, color="rgb", input_range=(0.0, 1.0), resize="stretch")],
+    ids=["digit", "stretch-rgb-0..1"],
+)
+def test_items_become_exactly_what_classify_computes(tmp_path: Path, pre: Preprocessing) -> None:
     store = FeedbackStore(tmp_path, max_items=10, max_bytes=1 << 20)
-    data = png(digit(3), size=84)  # not the model's size: resized the way /classify resizes
+    data = png(255 - digit(3), size=84)  # dark ink on light paper, not the model's size
     store.store("m", "4", data, "png", served_version=1, predicted="1")
-    feedback = load(tmp_path)
-    expected = decode_image(data, height=28, width=28, channels=1, max_pixels=1 << 24)[0]
-    assert feedback.x.shape == (1, 28, 28, 1) and feedback.x.dtype == np.float32
-    np.testing.assert_array_equal(feedback.x[0], expected)
+    feedback = load(tmp_path, pre=pre)
+    expected = prepare_all([(None, data)], pre)  # what the core's classify computes for this file
+    assert feedback.x.shape == (1, pre.height, pre.width, pre.channels) and feedback.x.dtype == np.float32
+    np.testing.assert_array_equal(feedback.x, expected)
     assert feedback.y.tolist() == [4]
+
+
+def test_a_blank_image_is_skipped_for_a_digit_model(tmp_path: Path) -> None:
+    store = FeedbackStore(tmp_path, max_items=10, max_bytes=1 << 20)
+    store.store("m", "1", png(np.zeros((28, 28), np.uint8)), "png", served_version=1, predicted="1")
+    assert load(tmp_path).skipped == {"image the model cannot read": 1}  # "no digit found" for /classify
 
 
 def test_new_counts_items_after_the_last_one_seen(tmp_path: Path) -> None:
@@ -82,7 +95,7 @@ def test_unusable_items_are_skipped_and_counted(tmp_path: Path) -> None:
     (tmp_path / "m" / "1" / f"{ids[0]}.png").unlink()
     (tmp_path / "m" / "3" / f"{ids[2]}.png").write_bytes(png(digit(9)))
     feedback = load_feedback(
-        tmp_path, "m", ("1", "3", "4", "5"), (28, 28, 1), since_id=None, seed=1, holdout=0.3, validation=0.1
+        tmp_path, "m", ("1", "3", "4", "5"), DIGIT, since_id=None, seed=1, holdout=0.3, validation=0.1
     )
     assert [i.id for i in feedback.items] == [ids[3], ids[4]]
     assert feedback.y.tolist() == [2, 3]
@@ -98,7 +111,7 @@ def test_a_file_that_no_longer_decodes_is_skipped(tmp_path: Path) -> None:
     store = FeedbackStore(tmp_path, max_items=10, max_bytes=1 << 20)
     store.store("m", "1", b"\x89PNG\r\n\x1a\n truncated", "png", served_version=1, predicted="1")
     feedback = load(tmp_path)
-    assert feedback.skipped == {"undecodable image": 1} and feedback.x.shape == (0, 28, 28, 1)
+    assert feedback.skipped == {"image the model cannot read": 1} and feedback.x.shape == (0, 28, 28, 1)
 
 
 def test_a_damaged_log_is_a_data_error(tmp_path: Path) -> None:

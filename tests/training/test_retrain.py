@@ -18,13 +18,14 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from service.contract import KERAS_FILE
+from service.contract import KERAS_FILE, Preprocessing
 from service.feedback import FeedbackStore
 from tests.helpers.modelfactory import DROP, write_model_version
 from training import pipeline
 from training import retrain as retrain_module
 from training.cli import main
 from training.data import Dataset
+from training.feedback import model_input
 from training.presets import preset_defaults
 from training.publish import sha256_hex, versions
 
@@ -148,7 +149,12 @@ def test_feedback_the_champion_already_gets_right_is_refused(
     repository: Path, feedback: Path, data_dir: Path, mnist: Dataset, capsys
 ) -> None:
     images, labels = mnist.x_test[:400], mnist.y_test[:400]
-    right = predict(repository / NAME / "1", images) == labels
+    # Right as the service reads them: each PNG through the version's preprocessing, as /classify does.
+    pre = Preprocessing.model_validate(
+        json.loads((repository / NAME / "1" / "metadata.json").read_text())["preprocessing"]
+    )
+    served = np.stack([model_input(png(image), pre) for image in images])
+    right = predict(repository / NAME / "1", served) == labels
     send(feedback, images[right][:200], labels[right][:200])
     report = repository.parent / "report.json"
     assert retrain(repository, feedback, data_dir, "--report", str(report)) == 3
