@@ -162,7 +162,10 @@ def test_feedback_retrain_guard_publish_reload(tmp_path: Path) -> None:
                 sent += 1
         assert sent >= 250, f"the champion read {400 - sent} of 400 rotated digits: not the intended setup"
 
-        published = training(*retrain, "--epochs", "2")
+        # This champion (3 epochs on 6,000 images) moves by up to about 0.7 points on the test set in a
+        # two-epoch fine-tune from run to run on CPU, so this run's guard is 1.5 points; the refusal below
+        # runs with the default 0.5.
+        published = training(*retrain, "--epochs", "2", "--max-regression", "1.5")
         assert published.returncode == 0, published.stdout[-3000:] + published.stderr[-3000:]
         assert f"decision: published {MODEL} version 2" in published.stdout
         wait_for_version(service, "2")
@@ -182,7 +185,7 @@ def test_feedback_retrain_guard_publish_reload(tmp_path: Path) -> None:
         }
         print("loop figures:", json.dumps(figures))
         assert after_unseen > before_unseen + 0.35, figures  # measured: about 0.14 -> 0.8
-        assert after_test >= before_test - 0.005, figures  # the guard's 0.5 points
+        assert after_test >= before_test - 0.015, figures  # this run's guard: 1.5 points
         assert record["feedback"]["items"] == sent and record["decision"]["publish"] is True
 
         # Nothing arrived since version 2 was trained: nothing to do, nothing published.
