@@ -27,6 +27,7 @@ from service.errors import (
     PayloadTooLarge,
     ServiceError,
     Unavailable,
+    echo,
 )
 from service.preprocess import prepare_all
 from service.registry import ServedVersion
@@ -127,7 +128,7 @@ class ModelCall:
             for name in request.outputs or ():
                 if signature.output(name) is None:
                     names = [t.name for t in signature.outputs]
-                    raise InvalidInput(f"unknown output {name!r}; the model's outputs are {names}")
+                    raise InvalidInput(f"unknown output {echo(name)}; the model's outputs are {names}")
         specs = signature.outputs
         if request.outputs is not None:
             specs = tuple(t for t in specs if t.name in request.outputs)

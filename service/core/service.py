@@ -30,6 +30,7 @@ from service.errors import (
     NotFound,
     Unauthorized,
     Unavailable,
+    echo,
 )
 from service.metrics import Metrics
 from service.registry import ModelRegistry, ServedVersion
@@ -113,8 +114,7 @@ class InferenceService:
         if registry is None or not registry.loaded:
             raise Unavailable("models are still loading")
         if not registry.ready:
-            missing = [n for n in registry.names() if not registry.versions(n)]
-            raise Unavailable(f"models not ready: {', '.join(missing)}")
+            raise Unavailable(f"models not ready: {registry.missing()}")
 
     def server_info(self) -> ServerInfo:
         return ServerInfo(SERVER_NAME, __version__, EXTENSIONS)
@@ -196,7 +196,7 @@ class InferenceService:
     async def unload(self, name: str) -> None:
         """Stop serving every version of a model until it is loaded again."""
         if name not in self.registry.names():
-            raise NotFound(f"unknown model '{name}'")
+            raise NotFound(f"unknown model {echo(name)}")
         await self.registry.unload(name)
 
     def authorize_admin(self, authorization: str | None) -> None:

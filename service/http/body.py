@@ -47,6 +47,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     return await read_asgi_body(request.receive, request.headers.get("content-length"), limit)
 
 
+def media_type(content_type: str | None) -> str:
+    """The media type of a ``Content-Type`` value without its parameters, lower-cased: media types are
+    case-insensitive (RFC 9110 section 8.3.1), so ``MULTIPART/Form-Data; boundary=x`` is a form."""
+    return (content_type or "").partition(";")[0].strip().lower()
+
+
 async def read_images(request: Request, max_bytes: int, max_files: int) -> list[tuple[str | None, bytes]]:
     """(file name, bytes) of each uploaded image, in order: the raw body, or every multipart ``file`` part.
 
@@ -54,7 +60,7 @@ async def read_images(request: Request, max_bytes: int, max_files: int) -> list[
     are too; more than ``max_files`` parts is 413 as soon as the parser meets one too many.
     """
     data = await read_body(request, max_bytes)
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+    if media_type(request.headers.get("content-type")) != "multipart/form-data":
         return [(None, data)]
 
     async def replay() -> AsyncGenerator[bytes, None]:
