@@ -84,11 +84,12 @@ class Settings(BaseSettings):
         description="Largest image (width x height) /classify decodes; else 413.",
     )
     max_request_pixels: int = Field(
-        4096 * 4096,
+        16 * 4096 * 4096,
         ge=1,
         le=1 << 31,
         description="Most pixels (width x height, read from the headers before decoding) of all the images "
-        "of one /classify or feedback request together; else 413.",
+        "of one /classify or feedback request together; else 413. The default is 16 images of the "
+        "largest size: seconds of CPU, not minutes.",
     )
     preprocess_threads: int = Field(
         0,

@@ -8,14 +8,19 @@ inflated past it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import zlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
+from typing import TypeVar
 
 from fastapi import Request
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import Message, Receive
 
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
+
+T = TypeVar("T")
 
 
 async def read_asgi_body(receive: Receive, declared: str | None, limit: int) -> bytes:
@@ -45,6 +50,25 @@ async def read_asgi_body(receive: Receive, declared: str | None, limit: int) -> 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing (413) anything over ``limit`` bytes without reading it all."""
     return await read_asgi_body(request.receive, request.headers.get("content-length"), limit)
+
+
+async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+    """``work``'s result; ``work`` is cancelled as soon as the client disconnects, so a long request
+    (``/classify`` of many images) stops instead of outliving its client. Call once the body is read:
+    the next ASGI message is then ``http.disconnect`` (when the client leaves or the answer is sent)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(receive())
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise InvalidInput("client disconnected before the answer")
+        return task.result()
+    finally:
+        watcher.cancel()
+        task.cancel()
 
 
 def media_type(content_type: str | None) -> str:
