@@ -1,0 +1,130 @@
+"""service.core.prepare: the preprocessing pool's bounds, and work given up between images, on real
+threads gated by events."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.contract import Preprocessing
+from service.core.prepare import PreparePool
+from service.errors import DeadlineExceeded, Overloaded, PayloadTooLarge
+
+GUARD_S = 10.0  # bounds every wait; never reached when the code is right
+
+
+def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), 3 * GUARD_S))
+
+
+class Images:
+    """A stand-in for prepare_all: ``count`` images, each checked first, each gated by ``gate``."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.done: list[int] = []
+        self.first = threading.Event()
+        self.gate = threading.Event()
+
+    def __call__(self, check: Callable[[], None]) -> int:
+        for n in range(self.count):
+            check()
+            self.done.append(n)
+            self.first.set()
+            assert self.gate.wait(GUARD_S)
+        return len(self.done)
+
+
+def later(seconds: float = GUARD_S) -> float:
+    return time.monotonic() + seconds
+
+
+async def settled(pool: PreparePool) -> None:
+    """Bounded polling until no request is admitted (the worker threads report back asynchronously)."""
+    deadline = later()
+    while pool.admitted and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert pool.admitted == 0
+
+
+def test_threads_plus_queue_are_admitted_and_the_next_is_refused_with_retry_after() -> None:
+    async def test() -> None:
+        pool = PreparePool(threads=1, queue=1)
+        first, second = Images(1), Images(1)
+        running = asyncio.ensure_future(pool.run(first, later()))
+        queued = asyncio.ensure_future(pool.run(second, later()))
+        await asyncio.to_thread(first.first.wait, GUARD_S)
+        with pytest.raises(Overloaded, match="busy") as refused:
+            await pool.run(Images(1), later())
+        assert refused.value.headers["Retry-After"] == "1"
+        first.gate.set()
+        second.gate.set()
+        assert await running == 1 and await queued == 1
+        await settled(pool)
+        assert await pool.run(lambda check: 7, later()) == 7  # room again
+        pool.close()
+
+    run(test)
+
+
+def test_a_cancelled_request_stops_at_the_next_image_and_holds_its_place_until_then() -> None:
+    async def test() -> None:
+        pool = PreparePool(threads=1, queue=0)
+        images = Images(100)
+        task = asyncio.ensure_future(pool.run(images, later()))
+        await asyncio.to_thread(images.first.wait, GUARD_S)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The thread is still on image 1: the pool stays full until it has stopped.
+        with pytest.raises(Overloaded):
+            await pool.run(Images(1), later())
+        images.gate.set()
+        await settled(pool)
+        assert images.done == [0]  # the 99 images after the cancel were never started
+        pool.close()
+
+    run(test)
+
+
+def test_a_passed_deadline_stops_before_the_next_image() -> None:
+    async def test() -> None:
+        pool = PreparePool(threads=1, queue=0)
+        images = Images(3)
+        images.gate.set()
+        with pytest.raises(DeadlineExceeded, match="preparing the images"):
+            await pool.run(images, time.monotonic() - 1)
+        assert images.done == []
+        pool.close()
+
+    run(test)
+
+
+DIGIT = Preprocessing(resize="digit", height=28, width=28, color="grayscale")
+
+
+def test_prepare_refuses_a_request_over_its_pixel_budget_before_decoding() -> None:
+    async def test() -> None:
+        pool = PreparePool(threads=1, queue=0)
+        buffer = io.BytesIO()
+        Image.fromarray(np.zeros((1000, 1000), np.uint8)).save(buffer, format="PNG")
+        big = buffer.getvalue()
+        with pytest.raises(PayloadTooLarge, match="2000000 pixels together; the limit is 1999999"):
+            await pool.prepare(
+                [(None, big), (None, big)],
+                DIGIT,
+                max_pixels=1 << 24,
+                max_total_pixels=1_999_999,
+                deadline=later(),
+            )
+        pool.close()
+
+    run(test)
