@@ -30,6 +30,7 @@ import logging
 import resource
 from dataclasses import dataclass
 from http import HTTPStatus
+from time import monotonic
 from typing import Any, ClassVar
 
 import httptools
@@ -100,6 +101,24 @@ def error_bytes(
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
+def framing_problem(version: str, hosts: int) -> tuple[HTTPStatus, str, str] | None:
+    """(status, message, reason) when a request with this HTTP ``version`` and number of ``Host`` headers
+    breaks RFC 9112 (sections 2.3 and 3.2), else None."""
+    if version not in ("1.1", "1.0"):
+        if version.startswith("1.") or version == "0.9":
+            return HTTPStatus.BAD_REQUEST, f"HTTP/{version} requests are not supported", "bad_request"
+        return (
+            HTTPStatus.HTTP_VERSION_NOT_SUPPORTED,
+            f"HTTP/{version} is not supported over this connection; use HTTP/1.1",
+            "version",
+        )
+    if hosts > 1:
+        return HTTPStatus.BAD_REQUEST, "more than one Host header", "bad_request"
+    if hosts == 0 and version == "1.1":
+        return HTTPStatus.BAD_REQUEST, "HTTP/1.1 request without a Host header", "bad_request"
+    return None
+
+
 class _Refused(Exception):
     """Raised from a parser callback once the connection has been answered: stops the parser."""
 
@@ -111,20 +130,22 @@ class GuardedProtocol(HttpToolsProtocol):
     _sweeper: ClassVar[asyncio.TimerHandle | None] = None
     _metrics: ClassVar[Any] = None
 
-    # Per connection (class defaults until first set; all immutable).
-    _refused = False  # answered and closing: further bytes are dropped
-    _in_headers = True  # the parser is inside a header block (or before one)
-    _header_bytes = 0  # bytes fed to the parser for the current header block
-    _header_blocks = 0  # header blocks completed on this connection
-    _headers_since: float | None = None  # the current header block's clock started then
-    _idle_since: float | None = None  # no request in progress since then (None: one is)
-    _body_since: float | None = None  # the current request's body has been awaited since then
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Per connection; all set here, in one order, so instances keep CPython's compact attribute dict.
+        self._refused = False  # answered and closing: further bytes are dropped
+        self._in_headers = True  # the parser is inside a header block (or before one)
+        self._header_bytes = 0  # bytes fed to the parser for the current header block
+        self._header_blocks = 0  # header blocks completed on this connection
+        self._headers_since: float | None = None  # the current header block's clock started then
+        self._idle_since: float | None = None  # no request in progress since then (None: one is)
+        self._body_since: float | None = None  # the current request's body has been awaited since then
 
     # ---- connection ------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._headers_since = self._idle_since = now = self.loop.time()
+        self._headers_since = self._idle_since = now = monotonic()
         cls = type(self)
         if cls._sweeper is None:
             cls._sweeper = self.loop.call_later(self._sweep_interval(), self._sweep)
@@ -163,7 +184,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def _sweep(self) -> None:
         """Every fraction of the header timeout: time out header blocks and bodies that took too long."""
         cls = type(self)
-        now = self.loop.time()
+        now = monotonic()
         limits = self.limits
         for other in list(self.connections):
             if not isinstance(other, GuardedProtocol) or other._refused:
@@ -211,6 +232,8 @@ class GuardedProtocol(HttpToolsProtocol):
         if not self._in_headers:
             self._feed(data)
             return
+        if self._headers_since is None:  # the first bytes of the next request on this connection
+            self._headers_since = monotonic()
         allowance = self.limits.max_header_bytes - self._header_bytes
         if len(data) <= allowance:
             self._header_bytes += len(data)
@@ -249,21 +272,22 @@ class GuardedProtocol(HttpToolsProtocol):
 
     # ---- parser callbacks ----------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self._headers_since is None:
-            self._headers_since = self.loop.time()
-
     def on_headers_complete(self) -> None:
         self._in_headers = False
         self._header_blocks += 1
         self._headers_since = self._idle_since = None
-        problem = self._framing_problem()
-        if problem is not None:
-            self._refuse(*problem)
-            raise _Refused
+        version = self.parser.get_http_version()
+        hosts = 0
+        for name, _ in self.headers:
+            if name == b"host":
+                hosts += 1
+        if version != "1.1" or hosts != 1:  # the common case costs these two comparisons only
+            problem = framing_problem(version, hosts)
+            if problem is not None:
+                self._refuse(*problem)
+                raise _Refused
         super().on_headers_complete()
-        self._body_since = self.loop.time()
+        self._body_since = monotonic()
         if self.parser.should_upgrade() and not self._should_upgrade():
             # The parser stops at an upgrade request: answer it as plain HTTP, then close.
             self.cycle.keep_alive = False
@@ -277,25 +301,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing() and not self.pipeline:
-            self._idle_since = self.loop.time()
-
-    def _framing_problem(self) -> tuple[HTTPStatus, str, str] | None:
-        """RFC 9112's rules on the version (section 2.3) and ``Host`` (section 3.2)."""
-        version = self.parser.get_http_version()
-        if version not in ("1.1", "1.0"):
-            if version.startswith("1.") or version == "0.9":
-                return HTTPStatus.BAD_REQUEST, f"HTTP/{version} requests are not supported", "bad_request"
-            return (
-                HTTPStatus.HTTP_VERSION_NOT_SUPPORTED,
-                f"HTTP/{version} is not supported over this connection; use HTTP/1.1",
-                "version",
-            )
-        hosts = sum(1 for name, _ in self.headers if name == b"host")
-        if hosts > 1:
-            return HTTPStatus.BAD_REQUEST, "more than one Host header", "bad_request"
-        if hosts == 0 and version == "1.1":
-            return HTTPStatus.BAD_REQUEST, "HTTP/1.1 request without a Host header", "bad_request"
-        return None
+            self._idle_since = monotonic()
 
     # ---- answers -------------------------------------------------------------------------------
 
@@ -341,5 +347,6 @@ __all__ = [
     "connection_cap",
     "core_of",
     "error_bytes",
+    "framing_problem",
     "guarded_protocol",
 ]
