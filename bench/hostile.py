@@ -1,7 +1,7 @@
 """Hostile clients replayed against ``python -m service``: what each attack gets, and what it costs others.
 
 ``python -m bench.hostile`` starts the service as its own process under a 1,024 file-descriptor limit
-(``prlimit``), with feedback on a 1 MiB tmpfs when run as root, then runs each case of docs/hostile-clients.md
+(``prlimit``), with feedback on a 256 KiB tmpfs when run as root, then runs each case of docs/hostile-clients.md
 in turn while a probe client (its own thread, one connection per request) classifies one digit and asks
 ``/v2/health/ready`` in a loop. Per case it prints the answer the attack got, the probe's median and
 worst latency and failures meanwhile, and the service's largest RSS while the case ran (sampled every
@@ -269,8 +269,11 @@ def feedback_full(service: Service, digit: bytes, mounted: bool) -> str:
         return "not run: mounting a tmpfs needs root"
     url = f"{service.url}/v2/models/mnist-cnn/feedback?label=0"
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    statuses = [httpx.post(url, content=digit, headers=auth, timeout=30).status_code for _ in range(40)]
-    return f"{statuses.count(201)} x 201 then " + ",".join(str(s) for s in statuses if s != 201)[:40]
+    statuses: list[int] = []
+    while len(statuses) < 2000 and (not statuses or statuses[-1] == 201):
+        statuses.append(httpx.post(url, content=digit, headers=auth, timeout=30).status_code)
+    answer = httpx.post(url, content=digit, headers=auth, timeout=30)
+    return f"{statuses.count(201)} x 201, then {answer.status_code} {answer.json().get('error', '')[:30]}"
 
 
 def unload_all(service: Service) -> str:
@@ -338,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     biggest = big_digit()
     rows: list[dict[str, Any]] = []
     port, grpc_port = free_port(), free_port()
-    with tmpfs(1024) as (feedback_dir, mounted):
+    with tmpfs(256) as (feedback_dir, mounted):
         cases = hostile_cases(digit, biggest, mounted)
         env = {
             "SERVE_MODELS": "mnist-cnn",

@@ -95,31 +95,31 @@ def prepare(
     return (black + pixels / 255.0 * (white - black)).astype(np.float32)
 
 
+def request_pixels(images: Sequence[tuple[str | None, bytes]], limit: int) -> int:
+    """The pixels of all the images together, from their headers (no pixel is decoded); 413 over ``limit``,
+    and the decoder's 415 or 400 for a file that is no PNG or JPEG."""
+    total = 0
+    for n, (filename, data) in enumerate(images, 1):
+        with _naming(n, len(images), filename):
+            width, height = image_size(data)
+        total += width * height
+    if total > limit:
+        raise PayloadTooLarge(
+            f"the images of this request have {total} pixels together; the limit is {limit}"
+        )
+    return total
+
+
 def prepare_all(
     images: Sequence[tuple[str | None, bytes]],
     preprocessing: Preprocessing,
     *,
     max_pixels: int = MAX_PIXELS,
-    max_total_pixels: int | None = None,
     check: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """:func:`prepare` for each (file name, bytes), stacked ``[N, H, W, C]``; with several images an
-    error's message says which one (number and file name) it is about.
-
-    With ``max_total_pixels`` every header is read first and the request refused (413) when its images
-    together have more pixels, before one is decoded. ``check`` is called before each image and stops
-    the work by raising (the caller's deadline passed, or its client went away).
-    """
-    if max_total_pixels is not None:
-        total = 0
-        for n, (filename, data) in enumerate(images, 1):
-            with _naming(n, len(images), filename):
-                width, height = image_size(data)
-            total += width * height
-        if total > max_total_pixels:
-            raise PayloadTooLarge(
-                f"the images of this request have {total} pixels together; the limit is {max_total_pixels}"
-            )
+    error's message says which one (number and file name) it is about. ``check`` is called before each
+    image and stops the work by raising (the caller's deadline passed, or its client went away)."""
     rows = []
     for n, (filename, data) in enumerate(images, 1):
         if check is not None:

@@ -95,8 +95,9 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=64,
-        description="Threads that decode and prepare /classify images (their own pool: each holds at most "
-        "one decoded image); 0 = the compute budget (compute_threads).",
+        description="Threads that decode and prepare /classify images of more than 4 Mpx in all (their "
+        "own pool; each holds one decoded image, up to about 164 MB at 4096x4096), besides one thread for "
+        "smaller requests; 0 = the compute budget, at most 2 (docs/hostile-clients.md: the memory bound).",
     )
     preprocess_queue: int = Field(
         16,

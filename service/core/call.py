@@ -30,7 +30,7 @@ from service.errors import (
     Unavailable,
     echo,
 )
-from service.preprocess import prepare_all
+from service.preprocess import prepare_all, request_pixels
 from service.registry import ServedVersion
 from service.settings import Settings
 
@@ -156,21 +156,18 @@ class ModelCall:
         # Milliseconds of decoding and numpy per image (bench/preprocess.py): kept off the event loop,
         # on the bounded preprocessing pool (service/core/prepare.py) when the core has one.
         preprocessing = self._served.runtime.metadata.preprocessing
+        pixels = request_pixels(files, self.limits.max_request_pixels)  # headers only: 413 before decoding
         if self._preparer is not None:
             batch = await self._preparer.prepare(
                 files,
                 preprocessing,
                 max_pixels=self.limits.max_image_pixels,
-                max_total_pixels=self.limits.max_request_pixels,
+                pixels=pixels,
                 deadline=deadline,
             )
         else:
             batch = await asyncio.to_thread(
-                prepare_all,
-                files,
-                preprocessing,
-                max_pixels=self.limits.max_image_pixels,
-                max_total_pixels=self.limits.max_request_pixels,
+                prepare_all, files, preprocessing, max_pixels=self.limits.max_image_pixels
             )
         outputs = await self._served.batcher.submit(
             {spec.name: batch.astype(spec.dtype, copy=False)}, deadline=deadline

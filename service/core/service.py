@@ -72,7 +72,7 @@ class InferenceService:
         self.feedback.open()
         log.info("execution providers: %s", ", ".join(providers))
         self._registry = registry = ModelRegistry(self.settings, self.metrics, providers)
-        threads = self.settings.preprocess_threads or registry.threads
+        threads = self.settings.preprocess_threads or min(2, registry.threads)
         self.preparer = PreparePool(threads, self.settings.preprocess_queue)
         log.info("compute: %d threads, %d per model session", registry.threads, registry.session_threads())
         if not background:

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.contract import Preprocessing
-from service.core.prepare import PreparePool
-from service.errors import DeadlineExceeded, Overloaded, PayloadTooLarge
+from service.core.prepare import SMALL_PIXELS, PreparePool
+from service.errors import DeadlineExceeded, Overloaded, PayloadTooLarge, UnsupportedMedia
+from service.preprocess import request_pixels
 
 GUARD_S = 10.0  # bounds every wait; never reached when the code is right
 
@@ -108,23 +108,28 @@ def test_a_passed_deadline_stops_before_the_next_image() -> None:
     run(test)
 
 
-DIGIT = Preprocessing(resize="digit", height=28, width=28, color="grayscale")
-
-
-def test_prepare_refuses_a_request_over_its_pixel_budget_before_decoding() -> None:
+def test_a_small_request_has_its_own_lane_beside_full_large_ones() -> None:
     async def test() -> None:
         pool = PreparePool(threads=1, queue=0)
-        buffer = io.BytesIO()
-        Image.fromarray(np.zeros((1000, 1000), np.uint8)).save(buffer, format="PNG")
-        big = buffer.getvalue()
-        with pytest.raises(PayloadTooLarge, match="2000000 pixels together; the limit is 1999999"):
-            await pool.prepare(
-                [(None, big), (None, big)],
-                DIGIT,
-                max_pixels=1 << 24,
-                max_total_pixels=1_999_999,
-                deadline=later(),
-            )
+        large = Images(1)
+        running = asyncio.ensure_future(pool.run(large, later(), pixels=SMALL_PIXELS + 1))
+        await asyncio.to_thread(large.first.wait, GUARD_S)
+        with pytest.raises(Overloaded):
+            await pool.run(Images(1), later(), pixels=SMALL_PIXELS + 1)
+        assert await pool.run(lambda check: "small", later(), pixels=SMALL_PIXELS) == "small"
+        large.gate.set()
+        assert await running == 1
         pool.close()
 
     run(test)
+
+
+def test_the_pixels_of_a_request_are_counted_from_headers_and_bounded() -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((1000, 1000), np.uint8)).save(buffer, format="PNG")
+    big = buffer.getvalue()
+    assert request_pixels([(None, big), (None, big)], 2_000_000) == 2_000_000
+    with pytest.raises(PayloadTooLarge, match="2000000 pixels together; the limit is 1999999"):
+        request_pixels([(None, big), (None, big)], 1_999_999)
+    with pytest.raises(UnsupportedMedia, match=r"image 2 of 2 \('x.gif'\): unsupported image type"):
+        request_pixels([(None, big), ("x.gif", b"GIF89a")], 1 << 30)
