@@ -1,11 +1,12 @@
 """Hostile clients replayed against ``python -m service``: what each attack gets, and what it costs others.
 
 ``python -m bench.hostile`` starts the service as its own process under a 1,024 file-descriptor limit
-(``prlimit``), with feedback on a 256 KiB tmpfs when run as root, then runs each case of docs/hostile-clients.md
-in turn while a probe client (its own thread, one connection per request) classifies one digit and asks
-``/v2/health/ready`` in a loop. Per case it prints the answer the attack got, the probe's median and
-worst latency and failures meanwhile, and the service's largest RSS while the case ran (sampled every
-20 ms from ``/proc``). Each case is bounded in time. Writes ``bench/results/hostile.json``.
+(``prlimit``), with feedback on a 256 KiB tmpfs when run as root, then runs each case of
+docs/hostile-clients.md in turn while a probe client (its own thread, one connection per request)
+classifies one digit and asks ``/v2/health/ready`` in a loop. Per case it prints the answer the attack
+got, the probe's median and worst latency and failures meanwhile, and the service's largest RSS while the
+case ran (sampled every 20 ms from ``/proc``). Each case is bounded in time. Writes
+``bench/results/hostile.json``.
 """
 
 from __future__ import annotations
