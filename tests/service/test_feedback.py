@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import random
@@ -11,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -27,6 +25,7 @@ from service.feedback import (
     read_log,
 )
 from tests.helpers.data import ROOT
+from tests.helpers.filesystems import tiny_filesystem
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
 
@@ -172,22 +171,6 @@ def test_a_full_disk_is_a_507_and_logs_nothing(tmp_path: Path, monkeypatch: pyte
     monkeypatch.undo()
     assert len(read_log(log_path(tmp_path, "mnist-cnn")).items) == 1
     assert len(list((tmp_path / "mnist-cnn" / "7").iterdir())) == 1  # the temporary file is gone
-
-
-@contextlib.contextmanager
-def tiny_filesystem(path: Path, size_kib: int) -> Iterator[Path]:
-    """A real tmpfs of ``size_kib`` KiB mounted at ``path``. It needs root (CI runs as root); without it
-    the test fails, saying so, rather than skipping."""
-    path.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(path)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs at {path} (run as root, as CI does): {mounted.stderr!r}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def test_a_log_append_cut_short_by_a_full_disk_is_507_and_leaves_nothing(tmp_path: Path) -> None:
