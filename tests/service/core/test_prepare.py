@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from service.core.prepare import SMALL_PIXELS, PreparePool
 from service.errors import DeadlineExceeded, Overloaded, PayloadTooLarge, UnsupportedMedia
 from service.preprocess import request_pixels
+from tests.helpers.data import load_digits
+from tests.helpers.server import running_service
 
 GUARD_S = 10.0  # bounds every wait; never reached when the code is right
 
@@ -133,3 +138,92 @@ def test_the_pixels_of_a_request_are_counted_from_headers_and_bounded() -> None:
         request_pixels([(None, big), (None, big)], 1_999_999)
     with pytest.raises(UnsupportedMedia, match=r"image 2 of 2 \('x.gif'\): unsupported image type"):
         request_pixels([(None, big), ("x.gif", b"GIF89a")], 1 << 30)
+
+
+# ---- through the real process ----------------------------------------------------------------------------
+
+
+def answered(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except BlockingIOError:
+        return False
+    finally:
+        sock.setblocking(True)
+
+
+def large_digit(side: int = 4096) -> bytes:
+    """A ``side`` x ``side`` PNG of a drawn ring (tens of KB on the wire, seconds of CPU per dozen)."""
+    picture = Image.new("L", (side, side), 0)
+    ImageDraw.Draw(picture).ellipse(
+        (side // 4, side // 6, 3 * side // 4, 5 * side // 6), outline=255, width=side // 20
+    )
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def form(images: list[bytes]) -> tuple[bytes, str]:
+    parts = [
+        b'--b0\r\nContent-Disposition: form-data; name="file"; filename="%d.png"\r\n' % n
+        + b"Content-Type: image/png\r\n\r\n"
+        + data
+        + b"\r\n"
+        for n, data in enumerate(images)
+    ]
+    return b"".join(parts) + b"--b0--\r\n", "multipart/form-data; boundary=b0"
+
+
+@pytest.mark.slow
+def test_an_abandoned_request_of_many_large_images_stops_and_small_ones_are_served_meanwhile(
+    tmp_path: Path,
+) -> None:
+    env = {
+        "SERVE_MODELS": "mnist-cnn",
+        "SERVE_GRPC_PORT": "0",
+        "SERVE_PREPROCESS_THREADS": "1",
+        "SERVE_PREPROCESS_QUEUE": "0",
+        "SERVE_MAX_REQUEST_PIXELS": str(2_000_000_000),
+    }
+    big = large_digit()
+    abusive, content_type = form([big] * 64)  # a minute or more of decoding on one thread
+    pair, _ = form([big] * 2)
+    small = io.BytesIO()
+    Image.fromarray(load_digits("mnist")[0][0, ..., 0].astype(np.uint8)).save(small, format="PNG")
+    url_path = "/v2/models/mnist-cnn/classify"
+    with running_service(tmp_path, env=env) as service, httpx.Client(timeout=60) as client:
+        url = service.url + url_path
+
+        def large_pair() -> httpx.Response:
+            return client.post(url, content=pair, headers={"Content-Type": content_type})
+
+        head = f"POST {url_path} HTTP/1.1\r\nHost: a\r\nContent-Type: {content_type}\r\n"
+        request = head.encode() + b"Content-Length: %d\r\n\r\n" % len(abusive) + abusive
+
+        def send_abusive() -> socket.socket:
+            sock = socket.create_connection(("127.0.0.1", service.port), timeout=30)
+            sock.sendall(request)
+            return sock
+
+        abuser = send_abusive()
+        try:
+            answers = []
+            deadline = time.monotonic() + 3 * GUARD_S
+            while time.monotonic() < deadline and 503 not in answers:  # until the abuser holds the lane
+                answers.append(large_pair().status_code)
+                if answered(abuser):  # a pair was admitted first and the abuser refused: send it again
+                    abuser.close()
+                    abuser = send_abusive()
+            busy = large_pair()
+            assert busy.status_code == 503, answers
+            assert busy.headers["Retry-After"] == "1" and "preprocessing is busy" in busy.json()["error"]
+            served = client.post(url, content=small.getvalue())  # its own lane
+            assert served.status_code == 200 and served.json()["predictions"][0]["label"] == "7"
+        finally:
+            abuser.close()  # the client leaves: its remaining images are never decoded
+        answers = []
+        deadline = time.monotonic() + 3 * GUARD_S
+        while time.monotonic() < deadline and (not answers or answers[-1] == 503):
+            answers.append(large_pair().status_code)
+        assert answers[-1] != 503, "the abandoned request still held the preprocessing thread"
