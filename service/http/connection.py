@@ -129,6 +129,7 @@ class GuardedProtocol(HttpToolsProtocol):
     limits: ClassVar[ConnectionLimits]
     _sweeper: ClassVar[asyncio.TimerHandle | None] = None
     _metrics: ClassVar[Any] = None
+    _warned_at: ClassVar[float] = float("-inf")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -169,7 +170,16 @@ class GuardedProtocol(HttpToolsProtocol):
             oldest._refused = True
             oldest.transport.close()
             return
-        log.warning("%d HTTP connections open, none idle: refusing a new one", len(self.connections))
+        open_now = len(self.connections)
+        if open_now > self.limits.max_connections + self.limits.max_connections // 16 + 16:
+            # Refused connections linger a second each; a flood of them must not reach the fd limit.
+            self._count("over_capacity")
+            self._refused = True
+            self.transport.abort()
+            return
+        if monotonic() - self._warned_at > 60:  # counted every time; logged at most once a minute
+            log.warning("%d HTTP connections open, none idle: refusing new ones with 503", open_now)
+            type(self)._warned_at = monotonic()
         self._refuse(
             HTTPStatus.SERVICE_UNAVAILABLE,
             f"too many connections (at most {self.limits.max_connections}); retry later",
