@@ -6,7 +6,8 @@ docs/hostile-clients.md in turn while a probe client (its own thread, one connec
 classifies one digit and asks ``/v2/health/ready`` in a loop. Per case it prints the answer the attack
 got, the probe's median and worst latency and failures meanwhile, and the service's largest RSS while the
 case ran (sampled every 20 ms from ``/proc``). Each case is bounded in time. Writes
-``bench/results/hostile.json``.
+``bench/results/hostile.json``. ``SERVE_*`` variables set for the bench reach the service (for example
+``SERVE_PREPROCESS_THREADS=2``); ``--only TEXT`` runs the cases whose name contains it.
 """
 
 from __future__ import annotations
@@ -337,13 +338,14 @@ def hostile_cases(digit: bytes, biggest: bytes, mounted: bool) -> list[tuple[str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nofile", type=int, default=1024, help="the service's file-descriptor limit")
+    parser.add_argument("--only", default="", help="run the cases whose name contains this text")
     args = parser.parse_args(argv)
     digit = png(first_test_image()[0, ..., 0].astype(np.uint8))
     biggest = big_digit()
     rows: list[dict[str, Any]] = []
     port, grpc_port = free_port(), free_port()
     with tmpfs(256) as (feedback_dir, mounted):
-        cases = hostile_cases(digit, biggest, mounted)
+        cases = [(n, c) for n, c in hostile_cases(digit, biggest, mounted) if args.only in n]
         env = {
             "SERVE_MODELS": "mnist-cnn",
             "SERVE_GRPC_PORT": str(grpc_port),
