@@ -96,7 +96,7 @@ class Settings(BaseSettings):
         ge=0,
         le=64,
         description="Threads that decode and prepare /classify images of more than 4 Mpx in all (their "
-        "own pool; each holds one decoded image, up to about 164 MB at 4096x4096), besides one thread for "
+        "own pool; each holds one decoded image, about 210 MB at 4096x4096), besides one thread for "
         "smaller requests; 0 = the compute budget, at most 2 (docs/hostile-clients.md: the memory bound).",
     )
     preprocess_queue: int = Field(
