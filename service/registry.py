@@ -23,7 +23,7 @@ from pathlib import Path
 
 from service.batching import Batcher
 from service.contract import METADATA_FILE, MODEL_FILE, valid_model_name, version_dir
-from service.errors import NotFound, Unavailable
+from service.errors import NotFound, Unavailable, echo
 from service.metrics import Metrics, ModelMetrics
 from service.repository import incomplete_versions, scan_repository
 from service.runtime import ModelLoadError, ModelRuntime, load_model
@@ -70,6 +70,7 @@ class ModelRegistry:
         self.root = Path(settings.model_repository)
         self._served: dict[str, dict[int, ServedVersion]] = {}
         self._expected: set[str] = set()
+        self._configured = 0  # models configured at start (SERVE_MODELS, or every one found)
         # (name, version) -> mtime of the failed attempt, so the watcher retries only changed versions.
         self._failed: dict[tuple[str, int], float] = {}
         # (name, version) -> missing files already reported for an incomplete version directory.
@@ -85,8 +86,28 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
-        """True when the initial load is done and every configured model has a served version."""
-        return self.loaded and all(self._served.get(name) for name in self._expected)
+        """True when the initial load is done and enough models are served: ``ready_min_models`` of them
+        when set; otherwise every model configured at start and every model loaded since, and at least
+        one, so that unloading every model (or finding none) turns readiness off."""
+        if not self.loaded:
+            return False
+        served = sum(1 for versions in self._served.values() if versions)
+        wanted = self.settings.ready_min_models
+        if wanted:
+            return served >= wanted
+        return served >= max(1, self._configured) and all(self._served.get(n) for n in self._expected)
+
+    def missing(self) -> str:
+        """Why :attr:`ready` is false, in words (for the 503 answer)."""
+        missing = [n for n in self.names() if not self.versions(n)]
+        served = len(self.names()) - len(missing)
+        wanted = self.settings.ready_min_models or max(1, self._configured)
+        unloaded = sorted(self._unloaded - set(missing))
+        return (
+            f"{served} of at least {wanted} models served"
+            + (f"; not served: {', '.join(missing)}" if missing else "")
+            + (f"; unloaded: {', '.join(unloaded)}" if unloaded else "")
+        )
 
     def names(self) -> list[str]:
         return sorted(set(self._served) | self._expected)
@@ -101,14 +122,14 @@ class ModelRegistry:
             if not self.loaded:
                 raise Unavailable("models are still loading")
             if name in self._expected:
-                raise Unavailable(f"model '{name}' is not ready")
-            raise NotFound(f"unknown model '{name}'")
+                raise Unavailable(f"model {echo(name)} is not ready")
+            raise NotFound(f"unknown model {echo(name)}")
         if version is None:
             return served[max(served)]
         try:
             return served[version]
         except KeyError:
-            raise NotFound(f"model '{name}' has no served version {version}") from None
+            raise NotFound(f"model {echo(name)} has no served version {version}") from None
 
     def index(self) -> list[dict[str, str]]:
         """Repository index rows in Triton's shape: every version found on disk, with its state."""
@@ -138,6 +159,7 @@ class ModelRegistry:
         if not self.root.is_dir():
             log.error("model repository %s does not exist", self.root)
         self._expected = set(self.settings.models or found)
+        self._configured = len(self._expected)
         for name in sorted(self._expected - set(found)):
             log.error("model '%s' configured in SERVE_MODELS but not found in %s", name, self.root)
         try:
@@ -158,9 +180,9 @@ class ModelRegistry:
     async def load(self, name: str) -> None:
         """Admin load: (re)load a model per the version policy; NotFound if it has no versions on disk."""
         if not valid_model_name(name):
-            raise NotFound(f"unknown model '{name}'")
+            raise NotFound(f"unknown model {echo(name)}")
         if not scan_repository(self.root, [name]).get(name):
-            raise NotFound(f"model '{name}' has no complete version in the repository")
+            raise NotFound(f"model {echo(name)} has no complete version in the repository")
         self._unloaded.discard(name)
         self._expected.add(name)
         await self.sync([name])
@@ -171,7 +193,7 @@ class ModelRegistry:
         """Admin unload: stop serving every version of a model until it is loaded again."""
         async with self._lock:
             if name not in self._served and name not in self._expected:
-                raise NotFound(f"unknown model '{name}'")
+                raise NotFound(f"unknown model {echo(name)}")
             self._unloaded.add(name)
             self._expected.discard(name)
             for version in list(self._served.get(name, {})):

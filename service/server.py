@@ -39,6 +39,7 @@ from pydantic import ValidationError
 
 from service.app import create_app
 from service.core import InferenceService
+from service.http.connection import ConnectionLimits, core_of, guarded_protocol
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -51,11 +52,7 @@ def app_from_env() -> FastAPI:
 
 
 def _core(app: Any) -> InferenceService | None:
-    """Unwrap uvicorn's middleware to the FastAPI app it serves, and return that app's core."""
-    while not isinstance(app, FastAPI) and hasattr(app, "app"):
-        app = app.app
-    core = getattr(app.state, "core", None) if isinstance(app, FastAPI) else None
-    return core if isinstance(core, InferenceService) else None
+    return core_of(app)
 
 
 class DrainingServer(uvicorn.Server):
@@ -225,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         log_level=settings.log_level,
         access_log=False,
         loop="uvloop",
-        http="httptools",
+        # httptools with header-block time and size limits, a connection cap, RFC 9112 framing and
+        # JSON answers to protocol errors (service/http/connection.py); no WebSocket upgrades.
+        http=guarded_protocol(ConnectionLimits.from_settings(settings)),
+        ws="none",
         timeout_graceful_shutdown=max(1, int(settings.drain_seconds)),
         timeout_keep_alive=30,
         backlog=4096,

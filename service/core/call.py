@@ -12,6 +12,7 @@ from types import TracebackType
 import numpy as np
 
 from service.core.lifecycle import Lifecycle
+from service.core.prepare import PreparePool
 from service.core.types import (
     ClassifyRequest,
     ClassifyResponse,
@@ -27,8 +28,9 @@ from service.errors import (
     PayloadTooLarge,
     ServiceError,
     Unavailable,
+    echo,
 )
-from service.preprocess import prepare_all
+from service.preprocess import prepare_all, request_pixels
 from service.registry import ServedVersion
 from service.settings import Settings
 
@@ -69,6 +71,7 @@ class ModelCall:
     __slots__ = (
         "_deadline_at",
         "_lifecycle",
+        "_preparer",
         "_served",
         "_started",
         "limits",
@@ -79,9 +82,15 @@ class ModelCall:
     )
 
     def __init__(
-        self, served: ServedVersion, settings: Settings, lifecycle: Lifecycle, protocol: str = "http"
+        self,
+        served: ServedVersion,
+        settings: Settings,
+        lifecycle: Lifecycle,
+        protocol: str = "http",
+        preparer: PreparePool | None = None,
     ) -> None:
         self._lifecycle = lifecycle
+        self._preparer = preparer
         self._served = served
         self.name = served.name
         self.version = served.version
@@ -127,7 +136,7 @@ class ModelCall:
             for name in request.outputs or ():
                 if signature.output(name) is None:
                     names = [t.name for t in signature.outputs]
-                    raise InvalidInput(f"unknown output {name!r}; the model's outputs are {names}")
+                    raise InvalidInput(f"unknown output {echo(name)}; the model's outputs are {names}")
         specs = signature.outputs
         if request.outputs is not None:
             specs = tuple(t for t in specs if t.name in request.outputs)
@@ -144,13 +153,22 @@ class ModelCall:
         deadline = self._deadline(request.deadline)  # preprocessing counts against it too
         files = self._files(request)
         spec = self.signature.inputs[0]
-        # Milliseconds of decoding and numpy per image (bench/preprocess.py): kept off the event loop.
-        batch = await asyncio.to_thread(
-            prepare_all,
-            files,
-            self._served.runtime.metadata.preprocessing,
-            max_pixels=self.limits.max_image_pixels,
-        )
+        # Milliseconds of decoding and numpy per image (bench/preprocess.py): kept off the event loop,
+        # on the bounded preprocessing pool (service/core/prepare.py) when the core has one.
+        preprocessing = self._served.runtime.metadata.preprocessing
+        pixels = request_pixels(files, self.limits.max_request_pixels)  # headers only: 413 before decoding
+        if self._preparer is not None:
+            batch = await self._preparer.prepare(
+                files,
+                preprocessing,
+                max_pixels=self.limits.max_image_pixels,
+                pixels=pixels,
+                deadline=deadline,
+            )
+        else:
+            batch = await asyncio.to_thread(
+                prepare_all, files, preprocessing, max_pixels=self.limits.max_image_pixels
+            )
         outputs = await self._served.batcher.submit(
             {spec.name: batch.astype(spec.dtype, copy=False)}, deadline=deadline
         )

@@ -15,6 +15,7 @@ from service.contract import PLATFORM
 from service.core.call import ModelCall
 from service.core.feedback import FeedbackCall, FeedbackDesk
 from service.core.lifecycle import Lifecycle
+from service.core.prepare import PreparePool
 from service.core.types import (
     ClassifyRequest,
     ClassifyResponse,
@@ -30,6 +31,7 @@ from service.errors import (
     NotFound,
     Unauthorized,
     Unavailable,
+    echo,
 )
 from service.metrics import Metrics
 from service.registry import ModelRegistry, ServedVersion
@@ -51,6 +53,7 @@ class InferenceService:
         self.lifecycle = Lifecycle(settings.poll_interval_s)
         self.feedback = FeedbackDesk(settings, metrics)
         self._registry: ModelRegistry | None = None
+        self.preparer: PreparePool | None = None  # /classify's image pool, from start() to stop()
         self._loader: asyncio.Task[None] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -69,6 +72,8 @@ class InferenceService:
         self.feedback.open()
         log.info("execution providers: %s", ", ".join(providers))
         self._registry = registry = ModelRegistry(self.settings, self.metrics, providers)
+        threads = self.settings.preprocess_threads or min(2, registry.threads)
+        self.preparer = PreparePool(threads, self.settings.preprocess_queue)
         log.info("compute: %d threads, %d per model session", registry.threads, registry.session_threads())
         if not background:
             await registry.start()
@@ -83,6 +88,8 @@ class InferenceService:
                 await self._loader
         if self._registry is not None:
             await self._registry.stop(self.lifecycle.time_left(self.settings.drain_seconds))
+        if self.preparer is not None:
+            self.preparer.close()
         self.feedback.close()
 
     def begin_drain(self) -> float:
@@ -113,8 +120,7 @@ class InferenceService:
         if registry is None or not registry.loaded:
             raise Unavailable("models are still loading")
         if not registry.ready:
-            missing = [n for n in registry.names() if not registry.versions(n)]
-            raise Unavailable(f"models not ready: {', '.join(missing)}")
+            raise Unavailable(f"models not ready: {registry.missing()}")
 
     def server_info(self) -> ServerInfo:
         return ServerInfo(SERVER_NAME, __version__, EXTENSIONS)
@@ -160,7 +166,7 @@ class InferenceService:
         is none; inside the block, the transport decodes and calls :meth:`ModelCall.infer` or
         :meth:`ModelCall.classify`, and the request is counted and timed, failures by their kind, under
         the transport's ``protocol`` label (``http`` or ``grpc``)."""
-        return ModelCall(self._get(name, version), self.settings, self.lifecycle, protocol)
+        return ModelCall(self._get(name, version), self.settings, self.lifecycle, protocol, self.preparer)
 
     async def infer(self, name: str, request: InferRequest, version: int | None = None) -> InferResponse:
         """Infer in one call, for transports that decode without the model's signature."""
@@ -196,7 +202,7 @@ class InferenceService:
     async def unload(self, name: str) -> None:
         """Stop serving every version of a model until it is loaded again."""
         if name not in self.registry.names():
-            raise NotFound(f"unknown model '{name}'")
+            raise NotFound(f"unknown model {echo(name)}")
         await self.registry.unload(name)
 
     def authorize_admin(self, authorization: str | None) -> None:
