@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from types import TracebackType
 
@@ -31,6 +32,7 @@ from service.errors import (
 from service.preprocess import prepare_all
 from service.registry import ServedVersion
 from service.settings import Settings
+from service.tracing import RequestTrace, Tracing
 
 
 def status_label(exc: BaseException) -> str:
@@ -64,6 +66,10 @@ class ModelCall:
     the service's settings (body bytes, rows, image pixels). The request is counted under the
     transport's ``protocol`` label. One cancelled after its deadline (a gRPC deadline the transport
     passed on) counts as a timeout; one cancelled before it (the client went away) is not counted.
+
+    ``trace`` is the request's span (:class:`~service.tracing.RequestTrace`) when tracing is on and the
+    request is sampled, else None; the call adds the model, version and rows to it, and the transport
+    opens its ``decode`` and ``encode`` children through it.
     """
 
     __slots__ = (
@@ -75,11 +81,18 @@ class ModelCall:
         "name",
         "protocol",
         "signature",
+        "trace",
+        "tracing",
         "version",
     )
 
     def __init__(
-        self, served: ServedVersion, settings: Settings, lifecycle: Lifecycle, protocol: str = "http"
+        self,
+        served: ServedVersion,
+        settings: Settings,
+        lifecycle: Lifecycle,
+        protocol: str = "http",
+        tracing: Tracing | None = None,
     ) -> None:
         self._lifecycle = lifecycle
         self._served = served
@@ -90,6 +103,8 @@ class ModelCall:
         self.protocol = protocol
         self._started = 0.0
         self._deadline_at: float | None = None
+        self.tracing = tracing
+        self.trace: RequestTrace | None = None
 
     async def __aenter__(self) -> ModelCall:
         self._started = time.perf_counter()
@@ -97,6 +112,14 @@ class ModelCall:
             error = Unavailable("server is draining")
             self._observe(status_label(error))
             raise error
+        if self.tracing is not None:
+            self.trace = self.tracing.request(
+                {
+                    "inference.model.name": self.name,
+                    "inference.model.version": self.version,
+                    "inference.protocol": self.protocol,
+                }
+            )
         return self
 
     async def __aexit__(
@@ -128,6 +151,8 @@ class ModelCall:
                 if signature.output(name) is None:
                     names = [t.name for t in signature.outputs]
                     raise InvalidInput(f"unknown output {name!r}; the model's outputs are {names}")
+        if self.trace is not None:
+            self.trace.span.set_attribute("inference.rows", len(next(iter(inputs.values()))))
         specs = signature.outputs
         if request.outputs is not None:
             specs = tuple(t for t in specs if t.name in request.outputs)
@@ -145,12 +170,16 @@ class ModelCall:
         files = self._files(request)
         spec = self.signature.inputs[0]
         # Milliseconds of decoding and numpy per image (bench/preprocess.py): kept off the event loop.
-        batch = await asyncio.to_thread(
-            prepare_all,
-            files,
-            self._served.runtime.metadata.preprocessing,
-            max_pixels=self.limits.max_image_pixels,
+        preprocessing = self._served.runtime.metadata.preprocessing
+        prepare = functools.partial(
+            prepare_all, files, preprocessing, max_pixels=self.limits.max_image_pixels
         )
+        if self.trace is None:
+            batch = await asyncio.to_thread(prepare)
+        else:
+            self.trace.span.set_attribute("inference.rows", len(files))
+            with self.trace.child("preprocess", {"inference.preprocess.resize": preprocessing.resize}):
+                batch = await asyncio.to_thread(prepare)
         outputs = await self._served.batcher.submit(
             {spec.name: batch.astype(spec.dtype, copy=False)}, deadline=deadline
         )
