@@ -152,21 +152,12 @@ class Tracing:
         """The caller's context from W3C ``traceparent``/``tracestate`` (``OTEL_PROPAGATORS``)."""
         return propagate.extract(carrier)
 
-    @contextmanager
-    def server_span(
-        self, name: str, carrier: Mapping[str, str], attributes: dict[str, Any]
-    ) -> Iterator[Span]:
-        """A SERVER span continuing the caller's trace, current while the block runs. Exceptions are
-        recorded; the transport sets the status it answered with (:func:`set_error`)."""
-        with self.tracer.start_as_current_span(
-            name,
-            context=self.extract(carrier),
-            kind=SpanKind.SERVER,
-            attributes=attributes,
-            record_exception=True,
-            set_status_on_exception=False,
-        ) as span:
-            yield span
+    def server_span(self, name: str, carrier: Mapping[str, str], attributes: dict[str, Any]) -> Span:
+        """A SERVER span continuing the caller's trace (not yet current). When it is not recording (not
+        sampled) the transport goes on without it, so an unsampled request costs one sampling decision;
+        otherwise the transport makes it current with :func:`current`."""
+        context = self.extract(carrier) if carrier else None
+        return self.tracer.start_span(name, context=context, kind=SpanKind.SERVER, attributes=attributes)
 
     @contextmanager
     def child(self, name: str, attributes: dict[str, Any] | None = None) -> Iterator[Span]:
@@ -318,6 +309,12 @@ class BatchTracer:
             else:
                 set_error(job.queue, error)
             job.queue.end()
+
+
+def current(span: Span) -> Any:
+    """Make ``span`` current for the block and end it after; exceptions are recorded on it (their
+    status is the transport's to set, from what it answered)."""
+    return trace.use_span(span, end_on_exit=True, record_exception=True, set_status_on_exception=False)
 
 
 def error_status(message: str) -> Status:

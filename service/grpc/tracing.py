@@ -3,7 +3,7 @@
 :func:`in_context` wraps a method of ``inference.GRPCInferenceService`` only when tracing or JSON logs
 are on (:class:`service.grpc.server.GrpcServer`); otherwise the methods are registered as they are and
 calls do no work for it. Per call it sets :data:`service.logs.request_id` from the ``x-request-id``
-metadata (or a new one, sent back as initial metadata) and, with tracing, opens a SERVER span named
+metadata (or a new one; answered back in the trailing metadata) and, with tracing, opens a SERVER span named
 ``inference.GRPCInferenceService/<Method>`` that continues the caller's ``traceparent`` metadata, with
 ``rpc.*`` attributes and the status code; a failed call's span status carries the status details the
 client received. A ``ModelStreamInfer`` stream is one span; each request in it gets a ``request``
@@ -20,7 +20,7 @@ import grpc
 from grpc.aio import ServicerContext as Context
 
 from service.logs import pick_request_id, request_id
-from service.tracing import Tracing, error_status
+from service.tracing import Tracing, current, error_status
 
 SERVICE = "inference.GRPCInferenceService"
 _CARRIED = frozenset({"traceparent", "tracestate", "x-request-id"})
@@ -32,11 +32,16 @@ def _carrier(context: Context) -> dict[str, str]:
 
 @contextmanager
 def _call_span(tracing: Tracing | None, method: str, carrier: dict[str, str], rid: str) -> Iterator[Any]:
+    """The call's server span, current in the block; None when tracing is off or the call not sampled."""
     if tracing is None:
         yield None
         return
     attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method, "request.id": rid}
-    with tracing.server_span(f"{SERVICE}/{method}", carrier, attributes) as span:
+    span = tracing.server_span(f"{SERVICE}/{method}", carrier, attributes)
+    if not span.is_recording():
+        yield None
+        return
+    with current(span):
         yield span
 
 
@@ -60,7 +65,7 @@ def in_context(
         rid = pick_request_id(carrier.pop("x-request-id", None))
         token = request_id.set(rid)
         try:
-            await context.send_initial_metadata((("x-request-id", rid),))
+            context.set_trailing_metadata((("x-request-id", rid),))
             with _call_span(tracing, method, carrier, rid) as span:
                 failed = True
                 try:
@@ -78,7 +83,7 @@ def in_context(
         rid = pick_request_id(carrier.pop("x-request-id", None))
         token = request_id.set(rid)
         try:
-            await context.send_initial_metadata((("x-request-id", rid),))
+            context.set_trailing_metadata((("x-request-id", rid),))
             with _call_span(tracing, method, carrier, rid) as span:
                 failed = True
                 try:

@@ -15,11 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from opentelemetry.trace import Span
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.http.fastpath import INFER_PATH
 from service.logs import pick_request_id, request_id
-from service.tracing import Tracing, error_status
+from service.tracing import Tracing, current, error_status
 
 _CARRIED = {b"traceparent", b"tracestate", b"x-request-id"}
 _MAX_ERROR_BODY = 16 * 1024  # error bodies are {"error": message}; never buffer a large one
@@ -53,25 +54,26 @@ class RequestContext:
         rid = pick_request_id(carrier.pop("x-request-id", None))
         token = request_id.set(rid)
         try:
-            if self.tracing is None:
+            span = None
+            if self.tracing is not None:
+                attributes: dict[str, Any] = {
+                    "http.request.method": scope["method"],
+                    "url.path": scope["path"],
+                    "url.scheme": scope.get("scheme", "http"),
+                    "request.id": rid,
+                }
+                if scope.get("client"):
+                    attributes["client.address"] = scope["client"][0]
+                span = self.tracing.server_span(scope["method"], carrier, attributes)
+            if span is None or not span.is_recording():  # tracing off, or this request not sampled
                 await self.app(scope, receive, _with_request_id(send, rid))
             else:
-                await self._traced(self.tracing, scope, receive, send, carrier, rid)
+                await self._traced(span, scope, receive, send, rid)
         finally:
             request_id.reset(token)
 
-    async def _traced(
-        self, tracing: Tracing, scope: Scope, receive: Receive, send: Send, carrier: dict[str, str], rid: str
-    ) -> None:
+    async def _traced(self, span: Span, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
         method = scope["method"]
-        attributes: dict[str, Any] = {
-            "http.request.method": method,
-            "url.path": scope["path"],
-            "url.scheme": scope.get("scheme", "http"),
-            "request.id": rid,
-        }
-        if scope.get("client"):
-            attributes["client.address"] = scope["client"][0]
         status = 500
         error_body = bytearray()
         send_with_id = _with_request_id(send, rid)
@@ -84,7 +86,7 @@ class RequestContext:
                 error_body.extend(message.get("body", b"")[:_MAX_ERROR_BODY])
             await send_with_id(message)
 
-        with tracing.server_span(method, carrier, attributes) as span:
+        with current(span):
             try:
                 await self.app(scope, receive, send_traced)
             finally:
