@@ -69,21 +69,22 @@ def enabled_in(environ: Mapping[str, str]) -> bool:
 
 def check_environment(environ: Mapping[str, str]) -> None:
     """Refuse what the SDK would silently replace by a default: an unknown sampler, a bad ratio, an
-    exporter or protocol other than OTLP over HTTP with protobuf."""
-    sampler = environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
+    exporter or protocol other than OTLP over HTTP with protobuf. Empty variables count as unset (as
+    compose passes them through)."""
+    sampler = (environ.get("OTEL_TRACES_SAMPLER") or "parentbased_always_on").strip().lower()
     if sampler not in _SAMPLERS:
         raise TracingConfigError(
             f"OTEL_TRACES_SAMPLER: unknown sampler {sampler!r}; one of {sorted(_SAMPLERS)}"
         )
     if sampler.endswith("traceidratio"):
-        arg = environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0")
+        arg = environ.get("OTEL_TRACES_SAMPLER_ARG") or "1.0"
         try:
             ratio = float(arg)
         except ValueError:
             ratio = -1.0
         if not 0.0 <= ratio <= 1.0:
             raise TracingConfigError(f"OTEL_TRACES_SAMPLER_ARG: expected a ratio from 0 to 1, got {arg!r}")
-    exporter = environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
+    exporter = (environ.get("OTEL_TRACES_EXPORTER") or "otlp").strip().lower()
     if exporter not in ("otlp", "none"):
         raise TracingConfigError(
             f"OTEL_TRACES_EXPORTER: only 'otlp' (or 'none') is supported, got {exporter!r}"
