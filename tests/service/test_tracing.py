@@ -341,3 +341,28 @@ def test_with_tracing_off_no_sdk_is_loaded_and_no_tracer_exists(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:2] == ["None None False", "[]"]
+
+
+def test_feedback_is_classified_and_stored_under_the_request(
+    model: tuple[Path, WrittenModel], tmp_path: Path
+) -> None:
+    exporter = InMemorySpanExporter()
+    settings = Settings(
+        model_repository=model[0], feedback_dir=tmp_path / "feedback", feedback_token="f" * 16
+    )
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(buffer, format="PNG")
+    with TestClient(create_app(settings, tracing=Tracing.create(exporter, batch_export=False))) as client:
+        exporter.clear()
+        response = client.post(
+            "/v2/models/tiny/feedback?label=class_1",
+            content=buffer.getvalue(),
+            headers={"content-type": "image/png", "authorization": "Bearer " + "f" * 16},
+        )
+    assert response.status_code == 201, response.text
+    spans = exporter.get_finished_spans()
+    server = one(spans, "POST /v2/models/{model_name}/feedback")
+    store = one(spans, "feedback.store")
+    assert store.parent is not None and store.parent.span_id == server.context.span_id
+    assert dict(store.attributes or {})["feedback.id"] == response.json()["id"]
+    assert one(spans, "preprocess").context.trace_id == server.context.trace_id
