@@ -7,6 +7,12 @@ OTLP/HTTP to a receiver in this process (which decodes nothing and answers 200) 
 driven by ``hey`` with single-image JSON requests at ``--concurrency`` for ``--seconds``, interleaved over
 ``--rounds``; it prints the median req/s and the minimum server CPU per request of each, and each as a
 ratio of this tree with tracing off. CPU per request moves least when other work shares the cores.
+
+``--in-process`` measures the same without HTTP servers or ``hey``: the app of this tree is driven in one
+process through ASGI (the real model, the real batcher, 64 concurrent callers), once per mode (off; JSON
+logs only; tracing on with a sampler that samples nothing; 1 %; 100 %, spans handed to an exporter that
+drops them), each in a fresh process, interleaved over ``--rounds``; it prints the minimum CPU microseconds
+per request of each mode (the process's CPU, the compute threads and the span export thread included).
 """
 
 from __future__ import annotations
@@ -24,6 +30,92 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import RESULTS, ROOT, first_test_image, free_port, hey, process, write_bodies
+
+#: In-process modes: SERVE_LOG_FORMAT, and the sampler (None: tracing off).
+MODES: dict[str, tuple[str, tuple[str, str] | None]] = {
+    "off": ("text", None),
+    "json logs": ("json", None),
+    "sampled 0 %": ("text", ("parentbased_traceidratio", "0")),
+    "sampled 1 %": ("text", ("parentbased_traceidratio", "0.01")),
+    "sampled 100 %": ("text", ("always_on", "1")),
+}
+
+
+def child(mode: str, model: str, requests: int, concurrency: int) -> float:
+    """In this process: CPU microseconds per request of the app answering ``requests`` infer requests."""
+    import asyncio
+    import os
+    import time
+
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    from service.app import create_app
+    from service.settings import Settings
+    from service.tracing import Tracing
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    log_format, sampler = MODES[mode]
+    tracing = None
+    if sampler is not None:
+        os.environ["OTEL_TRACES_SAMPLER"], os.environ["OTEL_TRACES_SAMPLER_ARG"] = sampler
+        tracing = Tracing.create(Drop())
+    settings = Settings(model_repository=ROOT / "models", models=[model], log_format=log_format)  # type: ignore[arg-type]
+    app = create_app(settings, tracing=tracing)
+    body = write_bodies(first_test_image(), Path(tempfile.mkdtemp()))["json"][0].read_bytes()
+    path = f"/v2/models/{model}/infer"
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST"}
+    scope |= {"scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": ""}
+    scope |= {"headers": [(b"content-length", str(len(body)).encode())], "client": ("127.0.0.1", 1)}
+    statuses: set[int] = set()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.add(message["status"])
+
+    async def caller(count: int) -> None:
+        for _ in range(count):
+            await app(dict(scope), receive, send)
+
+    async def run() -> float:
+        async with app.router.lifespan_context(app):
+            await asyncio.gather(*(caller(20) for _ in range(concurrency)))  # warm-up
+            started = time.process_time()
+            await asyncio.gather(*(caller(requests // concurrency) for _ in range(concurrency)))
+            return (time.process_time() - started) / (requests // concurrency * concurrency) * 1e6
+
+    used = asyncio.run(run())
+    if statuses != {200}:
+        raise RuntimeError(f"unexpected statuses {statuses}")
+    return used
+
+
+def in_process(args: argparse.Namespace) -> int:
+    import subprocess
+
+    runs: dict[str, list[float]] = {}
+    for _ in range(args.rounds):
+        for mode in MODES:
+            cmd = [sys.executable, "-m", "bench.tracing", "--child", mode, "--model", args.model]
+            cmd += ["--requests", str(args.requests), "--concurrency", str(args.concurrency)]
+            out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+            runs.setdefault(mode, []).append(float(out.strip().splitlines()[-1]))
+    base = min(runs["off"])
+    print(
+        f"CPU us per request in process, c={args.concurrency}, minimum of {args.rounds} rounds [all rounds]:"
+    )
+    for mode, values in runs.items():
+        spread = ", ".join(f"{v:.0f}" for v in values)
+        low = min(values)
+        print(f"  {mode:14} {low:6.1f}  {low - base:+6.1f}  ({low / base:.3f}x)  [{spread}]")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "tracing-in-process.json").write_text(json.dumps(runs, indent=2))
+    return 0
 
 
 @contextmanager
@@ -57,7 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--in-process", action="store_true", help="CPU per request of the app in process")
+    parser.add_argument("--requests", type=int, default=6400, help="requests per in-process run")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        print(child(args.child, args.model, args.requests, args.concurrency))
+        return 0
+    if args.in_process:
+        return in_process(args)
     work = Path(tempfile.mkdtemp(prefix="bench-tracing-"))
     body, headers = write_bodies(first_test_image(), work)["json"]
     results: dict[str, list[dict[str, float]]] = {}

@@ -282,3 +282,5 @@ def test_json_log_lines_and_traces_find_each_other(
     assert serving[1]["span_id"] == load.span_id.hex()
     retiring = next(line for line in lines if line["message"].startswith("retiring mnist-mlp version 1"))
     assert retiring["request_id"] == "unload-1" and retiring["trace_id"] == trace_id
+    # uvicorn's own lines go through the same JSON handler.
+    assert any(line["logger"] == "uvicorn.error" for line in lines)
