@@ -246,7 +246,9 @@ class ModelRegistry:
             observer=model_metrics,
             wait=self.settings.batch_wait,
             name=f"{name}/{version}",
-            tracer=None if self.tracing is None else self.tracing.batches(name, version, runtime.provider),
+            tracer=None
+            if self.tracing is None
+            else self.tracing.batches(name, version, runtime.provider, self.settings.max_batch_size),
         )
         batcher.start()
         model_metrics.set_served(runtime.provider)

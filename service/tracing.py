@@ -183,9 +183,9 @@ class Tracing:
 
     # ---- batches and lifecycle ---------------------------------------------------------------------
 
-    def batches(self, model: str, version: int, provider: str) -> BatchTracer:
+    def batches(self, model: str, version: int, provider: str, max_batch_size: int) -> BatchTracer:
         """The batch tracer of one model version's batcher (see :class:`BatchTracer`)."""
-        return BatchTracer(self, model, version, provider)
+        return BatchTracer(self, model, version, provider, max_batch_size)
 
     @contextmanager
     def lifecycle(self, name: str, attributes: dict[str, Any]) -> Iterator[Span]:
@@ -235,12 +235,15 @@ class BatchTracer:
     left the queue without being computed.
     """
 
-    def __init__(self, tracing: Tracing, model: str, version: int, provider: str) -> None:
+    def __init__(
+        self, tracing: Tracing, model: str, version: int, provider: str, max_batch_size: int
+    ) -> None:
         self._tracer = tracing.tracer
         self._always = tracing.always
         self._attributes: dict[str, str | int] = {
             "inference.model.name": model,
             "inference.model.version": version,
+            "inference.batch.max_rows": max_batch_size,
         }
         self._name = f"batch {model}/{version}"
         self._provider = provider

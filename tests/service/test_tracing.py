@@ -201,7 +201,7 @@ async def _batch_of(tracing: Tracing, traced: list[bool], deadline_passes: bool 
         max_queue_delay_us=10_000_000,
         max_queue_rows=64,
         wait="fixed",
-        tracer=tracing.batches("m", 3, "CPUExecutionProvider"),
+        tracer=tracing.batches("m", 3, "CPUExecutionProvider", 10),
     )
     batcher.start()
 
@@ -232,6 +232,7 @@ def test_one_batch_span_links_exactly_the_traced_requests_it_served() -> None:
     assert attributes["inference.batch.requests"] == 4  # the untraced one is counted, not linked
     assert attributes["inference.batch.traced_requests"] == 3
     assert attributes["inference.batch.rows"] == 1 + 2 + 3 + 4
+    assert attributes["inference.batch.max_rows"] == 10
     assert len(by_name(spans, "queue")) == 3
     for span in by_name(spans, "batch"):
         assert [link.context.span_id for link in span.links] == [batch.context.span_id]
@@ -255,7 +256,7 @@ def test_a_request_dropped_from_the_queue_ends_its_queue_span_with_the_error() -
             max_queue_delay_us=10_000_000,
             max_queue_rows=64,
             wait="fixed",
-            tracer=tracing.batches("m", 1, "CPUExecutionProvider"),
+            tracer=tracing.batches("m", 1, "CPUExecutionProvider", 4),
         )
         batcher.start()
         loop = asyncio.get_running_loop()
