@@ -111,9 +111,10 @@ def service(
         "OTEL_TRACES_SAMPLER": "always_on",
         "OTEL_BSP_SCHEDULE_DELAY": "50",
         "SERVE_MODELS": "mnist-mlp",
-        # Every request waits up to a second for company, so those sent together share a batch.
+        # Every request waits two seconds for company (9 rows never fill a batch of 32), so those sent
+        # together share a batch even on a loaded machine.
         "SERVE_BATCH_WAIT": "fixed",
-        "SERVE_MAX_QUEUE_DELAY_US": "1000000",
+        "SERVE_MAX_QUEUE_DELAY_US": "2000000",
         "SERVE_LOG_FORMAT": "json",
         "SERVE_ADMIN_TOKEN": ADMIN,
     }
