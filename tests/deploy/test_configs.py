@@ -195,7 +195,10 @@ def test_tracing_is_an_opt_in_profile_and_off_by_default(base: dict[str, Any]) -
     assert jaeger["profiles"] == ["tracing"]
     assert (4318, 4318) in ports(jaeger) and (16686, 16686) in ports(jaeger)
     env = base["services"]["api"]["environment"]
-    assert not env.get("OTEL_EXPORTER_OTLP_ENDPOINT"), "tracing must stay off unless the host sets it"
+    # Passed through from the host (null when unset there), never set in the file: off by default.
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None)
+    raw = load_yaml(ROOT / "docker-compose.yml")["services"]["api"]["environment"]
+    assert raw["OTEL_EXPORTER_OTLP_ENDPOINT"] is None
     collector = load_yaml(DEPLOY / "otel" / "collector.yaml")
     assert collector["service"]["pipelines"]["traces"]["receivers"] == ["otlp"]
     assert collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(":4318")
