@@ -97,20 +97,26 @@ def test_model_infer_continues_the_callers_trace_and_answers_the_request_id(tmp_
 def test_a_failed_call_has_the_clients_details_as_its_status(tmp_path: Path) -> None:
     tracing, exporter = traced()
     details: list[str] = []
+    trailers: list[tuple[str, str]] = []
 
     async def test(address: str) -> None:
         async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as failed:
-                await stub.ModelInfer(build_infer_request("tiny", {"image": ("FP32", images(1)[:, :27])}))
+                await stub.ModelInfer(
+                    build_infer_request("tiny", {"image": ("FP32", images(1)[:, :27])}),
+                    metadata=(("x-request-id", "bad-1"),),
+                )
             assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             details.append(failed.value.details() or "")
+            trailers.extend(failed.value.trailing_metadata() or ())
 
     serve(test, tmp_path, tracing)
     (server,) = named(exporter.get_finished_spans(), METHOD)
     assert server.status.status_code is StatusCode.ERROR
     assert server.status.description == details[0] and "shape" in details[0]
     assert dict(server.attributes or {})["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert ("x-request-id", "bad-1") in trailers  # the error's trailers keep it
 
 
 def test_each_request_of_a_stream_is_a_span_under_the_streams(tmp_path: Path) -> None:
