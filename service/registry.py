@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from opentelemetry.trace import Status, StatusCode
+
 from service.batching import Batcher
 from service.contract import METADATA_FILE, MODEL_FILE, valid_model_name, version_dir
 from service.errors import NotFound, Unavailable, echo
@@ -28,6 +30,7 @@ from service.metrics import Metrics, ModelMetrics
 from service.repository import incomplete_versions, scan_repository
 from service.runtime import ModelLoadError, ModelRuntime, load_model
 from service.settings import Settings
+from service.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +66,12 @@ def warmup_batch_sizes(max_batch_size: int) -> list[int]:
 class ModelRegistry:
     """Loads, serves and retires model versions from the repository."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, providers: list[str]) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, providers: list[str], tracing: Tracing | None = None
+    ) -> None:
+        """``tracing``: spans for loads, retirements and unloads, and each batcher's batch tracer."""
         self.settings = settings
+        self.tracing = tracing
         self.metrics = metrics
         self.providers = providers
         self.root = Path(settings.model_repository)
@@ -196,8 +203,15 @@ class ModelRegistry:
                 raise NotFound(f"unknown model {echo(name)}")
             self._unloaded.add(name)
             self._expected.discard(name)
-            for version in list(self._served.get(name, {})):
-                self._retire(name, version)
+            versions = list(self._served.get(name, {}))
+            if self.tracing is not None:
+                with self.tracing.lifecycle("model.unload", {"inference.model.name": name}) as span:
+                    span.set_attribute("inference.model.versions", versions)
+                    for version in versions:
+                        self._retire(name, version)
+            else:
+                for version in versions:
+                    self._retire(name, version)
             self._served.pop(name, None)
 
     async def _sync_model(self, name: str, available: list[int]) -> None:
@@ -221,6 +235,18 @@ class ModelRegistry:
         stamp = _mtime(path)
         if self._failed.get((name, version)) == stamp:
             return None
+        if self.tracing is None:
+            return await self._load_served(name, version, path, stamp)
+        attributes = {"inference.model.name": name, "inference.model.version": version}
+        with self.tracing.lifecycle("model.load", attributes) as span:
+            served = await self._load_served(name, version, path, stamp)
+            if served is None:
+                span.set_status(Status(StatusCode.ERROR, "refused (see the server log)"))
+            else:
+                span.set_attribute("inference.provider", served.runtime.provider)
+            return served
+
+    async def _load_served(self, name: str, version: int, path: Path, stamp: float) -> ServedVersion | None:
         started = time.perf_counter()
         try:
             runtime = await asyncio.to_thread(self._load_and_warm, path, self.session_threads())
@@ -242,6 +268,9 @@ class ModelRegistry:
             observer=model_metrics,
             wait=self.settings.batch_wait,
             name=f"{name}/{version}",
+            tracer=None
+            if self.tracing is None
+            else self.tracing.batches(name, version, runtime.provider, self.settings.max_batch_size),
         )
         batcher.start()
         model_metrics.set_served(runtime.provider)
@@ -308,6 +337,13 @@ class ModelRegistry:
         task.add_done_callback(self._retiring.discard)
 
     async def _stop_version(self, old: ServedVersion, timeout: float | None = None) -> None:
+        if self.tracing is None:
+            return await self._stop_served(old, timeout)
+        attributes = {"inference.model.name": old.name, "inference.model.version": old.version}
+        with self.tracing.lifecycle("model.retire", attributes):
+            await self._stop_served(old, timeout)
+
+    async def _stop_served(self, old: ServedVersion, timeout: float | None) -> None:
         await old.batcher.stop(
             drain=True, timeout=timeout if timeout is not None else self.settings.drain_seconds
         )

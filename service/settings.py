@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -180,6 +180,11 @@ class Settings(BaseSettings):
         description="Most bytes of feedback images stored per model; beyond it 507.",
     )
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$", description="Log level.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="'json': one JSON object per log line, with request_id and, when tracing is on, "
+        "trace_id and span_id (docs/tracing.md); 'text': plain lines.",
+    )
 
     @field_validator("models", "providers", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ from types import TracebackType
 
 import numpy as np
 
+from service.contract import Preprocessing
 from service.core.lifecycle import Lifecycle
 from service.core.prepare import PreparePool
 from service.core.types import (
@@ -33,6 +34,7 @@ from service.errors import (
 from service.preprocess import prepare_all, request_pixels
 from service.registry import ServedVersion
 from service.settings import Settings
+from service.tracing import RequestTrace, Tracing
 
 
 def status_label(exc: BaseException) -> str:
@@ -66,6 +68,10 @@ class ModelCall:
     the service's settings (body bytes, rows, image pixels). The request is counted under the
     transport's ``protocol`` label. One cancelled after its deadline (a gRPC deadline the transport
     passed on) counts as a timeout; one cancelled before it (the client went away) is not counted.
+
+    ``trace`` is the request's span (:class:`~service.tracing.RequestTrace`) when tracing is on and the
+    request is sampled, else None; the call adds the model, version and rows to it, and the transport
+    opens its ``decode`` and ``encode`` children through it.
     """
 
     __slots__ = (
@@ -78,6 +84,8 @@ class ModelCall:
         "name",
         "protocol",
         "signature",
+        "trace",
+        "tracing",
         "version",
     )
 
@@ -88,6 +96,7 @@ class ModelCall:
         lifecycle: Lifecycle,
         protocol: str = "http",
         preparer: PreparePool | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._lifecycle = lifecycle
         self._preparer = preparer
@@ -99,6 +108,8 @@ class ModelCall:
         self.protocol = protocol
         self._started = 0.0
         self._deadline_at: float | None = None
+        self.tracing = tracing
+        self.trace: RequestTrace | None = None
 
     async def __aenter__(self) -> ModelCall:
         self._started = time.perf_counter()
@@ -106,6 +117,14 @@ class ModelCall:
             error = Unavailable("server is draining")
             self._observe(status_label(error))
             raise error
+        if self.tracing is not None:
+            self.trace = self.tracing.request(
+                {
+                    "inference.model.name": self.name,
+                    "inference.model.version": self.version,
+                    "inference.protocol": self.protocol,
+                }
+            )
         return self
 
     async def __aexit__(
@@ -137,6 +156,8 @@ class ModelCall:
                 if signature.output(name) is None:
                     names = [t.name for t in signature.outputs]
                     raise InvalidInput(f"unknown output {echo(name)}; the model's outputs are {names}")
+        if self.trace is not None:
+            self.trace.span.set_attribute("inference.rows", len(next(iter(inputs.values()))))
         specs = signature.outputs
         if request.outputs is not None:
             specs = tuple(t for t in specs if t.name in request.outputs)
@@ -157,18 +178,12 @@ class ModelCall:
         # on the bounded preprocessing pool (service/core/prepare.py) when the core has one.
         preprocessing = self._served.runtime.metadata.preprocessing
         pixels = request_pixels(files, self.limits.max_request_pixels)  # headers only: 413 before decoding
-        if self._preparer is not None:
-            batch = await self._preparer.prepare(
-                files,
-                preprocessing,
-                max_pixels=self.limits.max_image_pixels,
-                pixels=pixels,
-                deadline=deadline,
-            )
+        if self.trace is None:
+            batch = await self._prepare(files, preprocessing, pixels, deadline)
         else:
-            batch = await asyncio.to_thread(
-                prepare_all, files, preprocessing, max_pixels=self.limits.max_image_pixels
-            )
+            self.trace.span.set_attribute("inference.rows", len(files))
+            with self.trace.child("preprocess", {"inference.preprocess.resize": preprocessing.resize}):
+                batch = await self._prepare(files, preprocessing, pixels, deadline)
         outputs = await self._served.batcher.submit(
             {spec.name: batch.astype(spec.dtype, copy=False)}, deadline=deadline
         )
@@ -182,6 +197,26 @@ class ModelCall:
             )
             results.append(ClassifyResult(predictions, filename, inputs if request.return_input else None))
         return ClassifyResponse(self.name, self.version, tuple(results))
+
+    async def _prepare(
+        self,
+        files: list[tuple[str | None, bytes]],
+        preprocessing: Preprocessing,
+        pixels: int,
+        deadline: float,
+    ) -> np.ndarray:
+        """The images as one batch, on the bounded preprocessing pool when the core has one."""
+        if self._preparer is not None:
+            return await self._preparer.prepare(
+                files,
+                preprocessing,
+                max_pixels=self.limits.max_image_pixels,
+                pixels=pixels,
+                deadline=deadline,
+            )
+        return await asyncio.to_thread(
+            prepare_all, files, preprocessing, max_pixels=self.limits.max_image_pixels
+        )
 
     def _files(self, request: ClassifyRequest) -> list[tuple[str | None, bytes]]:
         """(file name, bytes) of each image, after checking their number and that none is empty."""

@@ -18,6 +18,7 @@ Every outcome for a served model is counted in ``feedback_items_total`` by label
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import os
@@ -153,7 +154,7 @@ class FeedbackCall:
         extension = image_extension(image)
         result = await self._core.classify(self.name, ClassifyRequest([image], top_k=1), self.version)
         predicted = result.results[0].predictions[0].label
-        item = await asyncio.to_thread(
+        store = functools.partial(
             self._store.store,
             self.name,
             self.label,
@@ -162,6 +163,13 @@ class FeedbackCall:
             served_version=result.version,
             predicted=predicted,
         )
+        tracing = self._core.tracing
+        if tracing is None:
+            item = await asyncio.to_thread(store)
+        else:
+            with tracing.child("feedback.store", {"inference.model.name": self.name}) as span:
+                item = await asyncio.to_thread(store)
+                span.set_attribute("feedback.id", item.id)
         return FeedbackReceipt(item.id, result.model, result.version, self.label, predicted)
 
 

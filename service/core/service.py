@@ -37,6 +37,7 @@ from service.metrics import Metrics
 from service.registry import ModelRegistry, ServedVersion
 from service.runtime import select_providers
 from service.settings import Settings
+from service.tracing import Tracing
 
 log = logging.getLogger("service")
 
@@ -47,9 +48,11 @@ EXTENSIONS = ("binary_tensor_data", "statistics", "model_repository", "classific
 class InferenceService:
     """The models of one process and everything a client can ask of them. See :mod:`service.core`."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, tracing: Tracing | None = None) -> None:
+        """``tracing``: the process's tracers when tracing is on (:func:`service.tracing.from_env`)."""
         self.settings = settings
         self.metrics = metrics
+        self.tracing = tracing
         self.lifecycle = Lifecycle(settings.poll_interval_s)
         self.feedback = FeedbackDesk(settings, metrics)
         self._registry: ModelRegistry | None = None
@@ -71,7 +74,7 @@ class InferenceService:
         log.info("settings: %s", self.settings.describe())
         self.feedback.open()
         log.info("execution providers: %s", ", ".join(providers))
-        self._registry = registry = ModelRegistry(self.settings, self.metrics, providers)
+        self._registry = registry = ModelRegistry(self.settings, self.metrics, providers, self.tracing)
         threads = self.settings.preprocess_threads or min(2, registry.threads)
         self.preparer = PreparePool(threads, self.settings.preprocess_queue)
         log.info("compute: %d threads, %d per model session", registry.threads, registry.session_threads())
@@ -166,7 +169,9 @@ class InferenceService:
         is none; inside the block, the transport decodes and calls :meth:`ModelCall.infer` or
         :meth:`ModelCall.classify`, and the request is counted and timed, failures by their kind, under
         the transport's ``protocol`` label (``http`` or ``grpc``)."""
-        return ModelCall(self._get(name, version), self.settings, self.lifecycle, protocol, self.preparer)
+        return ModelCall(
+            self._get(name, version), self.settings, self.lifecycle, protocol, self.preparer, self.tracing
+        )
 
     async def infer(self, name: str, request: InferRequest, version: int | None = None) -> InferResponse:
         """Infer in one call, for transports that decode without the model's signature."""

@@ -68,6 +68,7 @@ def test_consistent_edge_values_pass_the_validator() -> None:
         {"intra_op_threads": 1000},
         {"admin_token": "short"},
         {"log_level": "verbose"},
+        {"log_format": "xml"},
         {"version_policy": "newest"},
         {"unknown_setting": 1},
     ],
