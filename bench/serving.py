@@ -11,7 +11,11 @@
 
 Then, level by level and body by body, it drives each target in turn with ``hey`` (a separate process on
 the same cores) with single-image requests, so load that drifts on a shared machine touches every target
-alike; ``--rounds N`` repeats the whole sweep and reports each point's median. It measures raw
+alike; ``--rounds N`` (3 by default) repeats the whole sweep and reports each point's median and its
+spread (lowest and highest round). Every service it starts has its own free HTTP and gRPC ports, so the
+candidate and ``service-baseline`` run side by side with gRPC on. The machine's load average and the CPU
+time stolen by the hypervisor are recorded before and after, and a run that began on a busy machine is
+marked as such in the output and in ``serving.json``. It measures raw
 in-process onnxruntime at batch 1 and at the max batch size (the ceiling), prints the table and the
 targets below as ratios, and writes ``bench/results/serving.json`` and ``serving.png``.
 
@@ -41,7 +45,18 @@ import numpy as np
 import onnxruntime as ort
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.harness import RESULTS, ROOT, first_test_image, free_port, hey, process, report, write_bodies
+from bench.harness import (
+    RESULTS,
+    ROOT,
+    first_test_image,
+    free_port,
+    hey,
+    load_report,
+    machine_load,
+    process,
+    report,
+    write_bodies,
+)
 
 UVICORN = ["-m", "uvicorn", "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
 Run = dict[str, Any]
@@ -65,7 +80,8 @@ class Target:
 def service_target(name: str, model: str, workers: int, env: dict[str, str]) -> Target:
     port = free_port()
     cmd = [sys.executable, "-m", "service", "--port", str(port), "--workers", str(workers)]
-    base = {"SERVE_MODELS": model, "SERVE_LOG_LEVEL": "warning"}
+    # Each service gets its own gRPC port too: two on Triton's 8001 would fail the second one's start.
+    base = {"SERVE_MODELS": model, "SERVE_LOG_LEVEL": "warning", "SERVE_GRPC_PORT": str(free_port())}
     return Target(name, cmd, base | env, "/v2/health/ready", port=port)
 
 
@@ -121,20 +137,39 @@ def batching(before: dict[str, float], after: dict[str, float]) -> dict[str, flo
     }
 
 
+#: Figures whose spread over rounds is reported beside the median (``rps_min``, ``rps_max``, ...).
+SPREAD = ("rps", "p99_ms", "server_cpu_us")
+
+
 def medians(samples: list[Run]) -> list[Run]:
-    """One run per (target, body, concurrency), each number the median over the rounds."""
+    """One run per (target, body, concurrency): each number the median over the rounds, and for the
+    figures in :data:`SPREAD` their lowest and highest round too."""
     groups: dict[tuple[str, str, int], list[Run]] = {}
     for r in samples:
         groups.setdefault((r["target"], r["body"], r["concurrency"]), []).append(r)
-    return [
-        {"target": t, "body": b, "concurrency": c, "rounds": len(rs)}
-        | {
-            k: float(np.median([r[k] for r in rs]))
-            for k in rs[0]
-            if k not in ("target", "body", "concurrency")
-        }
-        for (t, b, c), rs in groups.items()
-    ]
+    runs = []
+    for (t, b, c), rs in groups.items():
+        run: Run = {"target": t, "body": b, "concurrency": c, "rounds": len(rs)}
+        for k in rs[0]:
+            if k not in ("target", "body", "concurrency"):
+                run[k] = float(np.median([r[k] for r in rs]))
+        for k in SPREAD:
+            run[f"{k}_min"] = float(min(r[k] for r in rs))
+            run[f"{k}_max"] = float(max(r[k] for r in rs))
+        runs.append(run)
+    return runs
+
+
+def print_spread(runs: list[Run]) -> None:
+    """Each point's lowest and highest round: a ratio inside that spread is noise, not a result."""
+    print("\nspread over rounds (min..max):")
+    for r in runs:
+        print(
+            f"{r['target'] + ' ' + r['body']:32} c={r['concurrency']:3}: "
+            f"{r['rps_min']:6.0f}..{r['rps_max']:<6.0f} req/s  "
+            f"p99 {r['p99_ms_min']:5.1f}..{r['p99_ms_max']:<5.1f} ms  "
+            f"cpu/req {r['server_cpu_us_min']:4.0f}..{r['server_cpu_us_max']:<4.0f} us"
+        )
 
 
 def raw_onnxruntime(model: Path, image: np.ndarray, batch: int, seconds: float) -> float:
@@ -231,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="load duration per point")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--workers", type=int, default=1, help="service worker processes")
-    parser.add_argument("--rounds", type=int, default=1, help="repeat the sweep; report medians")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="repeat the sweep; report medians and the spread"
+    )
     parser.add_argument("--baseline", metavar="REF", help="also run service/ as of this git commit")
     args = parser.parse_args(argv)
     if shutil.which("hey") is None:
@@ -255,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline:
         targets.append(baseline_target(args.baseline, args.model, args.workers))
     samples: list[Run] = []
+    load_before = machine_load()
     with ExitStack() as stack:
         pids = {
             t.name: stack.enter_context(
@@ -274,11 +312,13 @@ def main(argv: list[str] | None = None) -> int:
                         r |= batching(before, batch_counters(t.url))
                     samples.append({"target": t.name, "body": body, "concurrency": c, **r})
                     report(f"{t.name} {body}", c, r)
+    load = load_report(load_before, machine_load())
     runs = medians(samples)
     if args.rounds > 1:
         print(f"\nmedians of {args.rounds} rounds:")
         for r in runs:
             report(f"{r['target']} {r['body']}", r["concurrency"], r)
+        print_spread(runs)
 
     max_batch = int(os.environ.get("SERVE_MAX_BATCH_SIZE", "32"))
     ceiling = {f"batch_{b}": raw_onnxruntime(model_dir / "model.onnx", image, b, 3.0) for b in (1, max_batch)}
@@ -289,12 +329,18 @@ def main(argv: list[str] | None = None) -> int:
     rows = check_targets(runs, levels)
     print_targets(rows)
     print_cpu(runs, levels)
+    print(
+        f"\nmachine: load {load['load1_before']:.2f} before, {load['load1_after']:.2f} after, "
+        f"steal {100 * load['steal']:.1f} %"
+        + ("  BUSY MACHINE: ratios only, not absolute figures" if load["busy"] else "")
+    )
     results = {
         "model": args.model,
         "seconds": args.seconds,
         "date": time.strftime("%Y-%m-%d"),
         "cpus": os.cpu_count(),
         "rounds": args.rounds,
+        "load": load,
         "http": runs,
         "samples": samples,
         "raw_onnxruntime_samples_per_s": ceiling,
