@@ -18,6 +18,7 @@ message saying what was expected and what came. Tensors are built with ``np.from
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -33,6 +34,8 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 
 _MAX_TIMEOUT_US = 2**63 - 1
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+#: The wire is little-endian; on such a host the model's own dtypes read and write it as they are.
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 def parse_infer_request(
@@ -94,7 +97,8 @@ def parse_infer_request(
         if plan.offset < 0:
             array = from_json(spec.name, plan.data, wire, plan.shape)
         else:
-            array = np.frombuffer(body, wire.newbyteorder("<"), plan.values, start + plan.offset)
+            little = wire if _LITTLE_ENDIAN else wire.newbyteorder("<")
+            array = np.frombuffer(body, little, plan.values, start + plan.offset)
             if not array.flags.aligned:
                 array = array.copy()
             array = array.reshape(plan.shape)
@@ -121,7 +125,8 @@ def encode_infer_response(response: InferResponse) -> tuple[bytes, dict[str, str
     blocks: list[memoryview] = []
     binary = response.binary
     for spec in response.specs:
-        array = np.ascontiguousarray(response.outputs[spec.name], dtype=spec.dtype.newbyteorder("<"))
+        dtype = spec.dtype if _LITTLE_ENDIAN else spec.dtype.newbyteorder("<")
+        array = np.ascontiguousarray(response.outputs[spec.name], dtype=dtype)
         entry: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": array.shape}
         if spec.name in binary:
             entry["parameters"] = {"binary_data_size": array.nbytes}
@@ -171,7 +176,8 @@ def _plan_input(index: int, tensor: Any, check: RequestCheck, offset: int) -> _P
     if not isinstance(name, str):
         raise InvalidInput(f"inputs[{index}]: 'name' must be a string, got {show(name)}")
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+    # JSON numbers only as ints (not 28.0, not true), none negative: C-level, no per-dim Python loop.
+    if not isinstance(shape, list) or not set(map(type, shape)) <= {int} or (shape and min(shape) < 0):
         if check.signature.input(name) is not None:
             raise InvalidInput(
                 f"input {name!r}: shape must be a list of non-negative integers, got {show(shape)}"

@@ -5,7 +5,7 @@ decodes, and by :meth:`ModelSignature.check_inputs` for arrays that come without
 from __future__ import annotations
 
 from collections.abc import Container, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,14 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
+    #: The dims after a variable batch one when all of them are fixed (the common case), else None: a
+    #: shape whose tail equals it passes every shape check at once (:meth:`RequestCheck.input`).
+    fixed_tail: list[int] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        shape = self.shape
+        fixed = bool(shape) and shape[0] == -1 and all(d >= 0 for d in shape[1:])
+        object.__setattr__(self, "fixed_tail", list(shape[1:]) if fixed else None)
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -71,6 +79,13 @@ class ModelSignature:
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    _inputs: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
+    _outputs: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Looked up on every request: a dict, not a scan (frozen, hence object.__setattr__).
+        object.__setattr__(self, "_inputs", {t.name: t for t in self.inputs})
+        object.__setattr__(self, "_outputs", {t.name: t for t in self.outputs})
 
     @classmethod
     def from_metadata(cls, metadata: Metadata) -> ModelSignature:
@@ -80,10 +95,10 @@ class ModelSignature:
         )
 
     def input(self, name: str) -> TensorSpec | None:
-        return next((t for t in self.inputs if t.name == name), None)
+        return self._inputs.get(name)
 
     def output(self, name: str) -> TensorSpec | None:
-        return next((t for t in self.outputs if t.name == name), None)
+        return self._outputs.get(name)
 
     def check_inputs(self, inputs: Mapping[str, np.ndarray], *, max_rows: int) -> dict[str, np.ndarray]:
         """``inputs`` as the model takes them: every input once, its dtype, a shape that fits, finite floats.
@@ -141,15 +156,18 @@ class RequestCheck:
             accepted = "FP32 (or UINT8)" if spec.datatype == "FP32" else spec.datatype
             got = (datatype[:32] or "none") if isinstance(datatype, str) else _show(datatype)
             raise InvalidInput(f"input {name!r}: expected datatype {accepted}, got {got}")
-        if any(d < 0 for d in shape):
+        tail = spec.fixed_tail
+        if tail is not None and len(shape) == len(spec.shape) and shape[0] >= 1 and list(shape[1:]) == tail:
+            pass  # the shape fits: the checks below would all pass
+        elif any(d < 0 for d in shape):
             raise InvalidInput(f"input {name!r}: shape must hold non-negative integers, got {_fmt(shape)}")
-        if len(shape) != len(spec.shape) or any(
+        elif len(shape) != len(spec.shape) or any(
             m not in (-1, d) for m, d in zip(spec.shape, shape, strict=True)
         ):
             raise InvalidInput(f"input {name!r}: expected shape {_fmt(spec.shape)}, got {_fmt(shape)}")
-        if shape and shape[0] < 1:
+        elif shape and shape[0] < 1:
             raise InvalidInput(f"input {name!r}: the batch dimension must be at least 1, got {_fmt(shape)}")
-        if any(d > MAX_DIM for d in shape[1:]):
+        elif any(d > MAX_DIM for d in shape[1:]):
             raise InvalidInput(f"input {name!r}: shape {_fmt(shape)} has a dimension above 2**31")
         first = self.shapes[0] if self.shapes else None
         if first and shape and shape[0] != first[0]:
