@@ -85,7 +85,7 @@ def service_target(name: str, model: str, workers: int, env: dict[str, str]) -> 
     return Target(name, cmd, base | env, "/v2/health/ready", port=port)
 
 
-def baseline_target(ref: str, model: str, workers: int) -> Target:
+def baseline_target(ref: str, model: str, workers: int, name: str = "service-baseline") -> Target:
     """``service/`` as of git commit ``ref``, run from its own directory so that it is what imports."""
     commit = subprocess.run(
         ["git", "rev-parse", "--short", ref], cwd=ROOT, capture_output=True, text=True, check=True
@@ -97,9 +97,7 @@ def baseline_target(ref: str, model: str, workers: int) -> Target:
         )
         with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
             tar.extractall(tree, filter="data")
-    target = service_target(
-        "service-baseline", model, workers, {"SERVE_MODEL_REPOSITORY": str(ROOT / "models")}
-    )
+    target = service_target(name, model, workers, {"SERVE_MODEL_REPOSITORY": str(ROOT / "models")})
     target.cwd = tree
     return target
 
@@ -269,7 +267,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds", type=int, default=3, help="repeat the sweep; report medians and the spread"
     )
-    parser.add_argument("--baseline", metavar="REF", help="also run service/ as of this git commit")
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        action="append",
+        default=[],
+        help="also run service/ as of this git commit (the targets compare with the first; repeatable)",
+    )
     args = parser.parse_args(argv)
     if shutil.which("hey") is None:
         print("error: hey not found (make system-deps installs it)", file=sys.stderr)
@@ -289,8 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         service_target("service", args.model, args.workers, {"SERVE_BATCH_WAIT": "adaptive"}),
         service_target("service-fixed", args.model, args.workers, {"SERVE_BATCH_WAIT": "fixed"}),
     ]
-    if args.baseline:
-        targets.append(baseline_target(args.baseline, args.model, args.workers))
+    for i, ref in enumerate(args.baseline):
+        name = "service-baseline" if i == 0 else f"service-at-{ref}"
+        targets.append(baseline_target(ref, args.model, args.workers, name))
     samples: list[Run] = []
     load_before = machine_load()
     with ExitStack() as stack:
