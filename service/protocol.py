@@ -33,6 +33,7 @@ from service.tensordata import fmt, from_json, show
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 _MAX_TIMEOUT_US = 2**63 - 1
+_NONE: frozenset[str] = frozenset()
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 #: The wire is little-endian; on such a host the model's own dtypes read and write it as they are.
 _LITTLE_ENDIAN = sys.byteorder == "little"
@@ -206,27 +207,32 @@ def _requested_outputs(
     raw: Any, check: RequestCheck, binary_default: bool
 ) -> tuple[list[str] | None, frozenset[str]]:
     """The outputs asked for (None: all) and those of the answer to send as raw bytes."""
+    every = check.signature.output_names if binary_default else _NONE
     if raw is None:
-        every = frozenset(t.name for t in check.signature.outputs) if binary_default else frozenset()
         return None, every
     if not isinstance(raw, list):
         raise InvalidInput(f"'outputs' must be a list of objects with a 'name', got {show(raw)}")
     names: list[str] = []
-    binary: set[str] = set()
     for index, item in enumerate(raw):
         name = item.get("name") if isinstance(item, dict) else None
         if not isinstance(name, str):
             raise InvalidInput(f"outputs[{index}] must be an object with a string 'name'")
         names.append(name)
     wanted = check.outputs(names)
+    if wanted is None:  # an empty list: every output
+        return None, every
+    binary: set[str] = set()
     for name, item in zip(names, raw, strict=True):
-        params = _object(item.get("parameters"), f"output {name!r}: 'parameters'")
-        keys = [k for k in params if k != "classification" or params[k]]
-        reject_extensions(f"output {name!r}", keys, output=True)
+        params = item.get("parameters")
+        if params is None:  # the common case of a bare name
+            if binary_default:
+                binary.add(name)
+            continue
+        params = _object(params, f"output {name!r}: 'parameters'")
+        if "shared_memory_region" in params or params.get("classification"):
+            reject_extensions(f"output {name!r}", ("shared_memory_region", "classification"), output=True)
         if _flag(params, "binary_data", binary_default, f"output {name!r}: parameters.binary_data"):
             binary.add(name)
-    if wanted is None:  # an empty list: every output
-        return None, frozenset(t.name for t in check.signature.outputs) if binary_default else frozenset()
     return wanted, frozenset(binary)
 
 

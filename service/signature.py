@@ -81,11 +81,14 @@ class ModelSignature:
     outputs: tuple[TensorSpec, ...]
     _inputs: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
     _outputs: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
+    #: The names of all outputs.
+    output_names: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Looked up on every request: a dict, not a scan (frozen, hence object.__setattr__).
         object.__setattr__(self, "_inputs", {t.name: t for t in self.inputs})
         object.__setattr__(self, "_outputs", {t.name: t for t in self.outputs})
+        object.__setattr__(self, "output_names", frozenset(self._outputs))
 
     @classmethod
     def from_metadata(cls, metadata: Metadata) -> ModelSignature:
