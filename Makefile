@@ -9,7 +9,7 @@ DATA_DIR ?= ../shared/data
 SERVE_STAMP := $(VENV)/.serve-installed
 DEV_STAMP   := $(VENV)/.dev-installed
 
-.PHONY: run test test-deploy lint format protos train bench bench-grpc bench-tracing bench-soak bench-models bench-preprocess bench-threads schema system-deps clean
+.PHONY: run test test-deploy lint format protos train bench bench-gpu bench-grpc bench-tracing bench-soak bench-models bench-preprocess bench-threads schema system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ train: $(DEV_STAMP)
 ## bench: serving throughput and latency vs a naive baseline and raw onnxruntime
 bench: $(DEV_STAMP) system-deps
 	$(BIN)/python -m bench.serving
+
+## bench-gpu: on a machine with an NVIDIA GPU: prove CUDA is used, then the service vs raw onnxruntime CUDA
+bench-gpu:
+	bash bench/gpu.sh
 
 ## bench-grpc: gRPC beside HTTP JSON and binary, one service process, c = 1, 16, 64
 bench-grpc: $(DEV_STAMP) system-deps
