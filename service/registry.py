@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.batching import Batcher
-from service.contract import METADATA_FILE, MODEL_FILE, valid_model_name, version_dir
+from service.contract import valid_model_name
 from service.errors import NotFound, Unavailable
 from service.metrics import Metrics, ModelMetrics
-from service.repository import incomplete_versions, scan_repository
 from service.runtime import ModelLoadError, ModelRuntime, load_model
 from service.settings import Settings
+from service.store import ModelStore, StoreError, StoreUnavailable, open_store
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,18 @@ class ModelRegistry:
         self.settings = settings
         self.metrics = metrics
         self.providers = providers
-        self.root = Path(settings.model_repository)
+        self.store: ModelStore = open_store(
+            settings.model_repository,
+            cache_dir=settings.model_cache_dir,
+            cache_bytes=settings.model_cache_bytes,
+        )
+        self.root = self.store.url
+        # The message of the store's last failure; None while it answers (reported once per outage).
+        self._store_problem: str | None = None
         self._served: dict[str, dict[int, ServedVersion]] = {}
         self._expected: set[str] = set()
-        # (name, version) -> mtime of the failed attempt, so the watcher retries only changed versions.
-        self._failed: dict[tuple[str, int], float] = {}
+        # (name, version) -> stamp of the failed attempt, so the watcher retries only changed versions.
+        self._failed: dict[tuple[str, int], str] = {}
         # (name, version) -> missing files already reported for an incomplete version directory.
         self._incomplete: dict[tuple[str, int], tuple[str, ...]] = {}
         self._unloaded: set[str] = set()
@@ -112,7 +119,7 @@ class ModelRegistry:
 
     def index(self) -> list[dict[str, str]]:
         """Repository index rows in Triton's shape: every version found on disk, with its state."""
-        found = scan_repository(self.root, self.settings.models)
+        found = self.store.known(self.settings.models)
         rows = []
         for name in sorted(set(found) | set(self._served)):
             served = self._served.get(name, {})
@@ -134,9 +141,12 @@ class ModelRegistry:
 
     async def start(self) -> None:
         """Initial load: every selected version of every configured model."""
-        found = scan_repository(self.root, self.settings.models)
-        if not self.root.is_dir():
-            log.error("model repository %s does not exist", self.root)
+        try:
+            await asyncio.to_thread(self.store.check)
+            found = await self._scan(self.settings.models)
+        except StoreError as exc:
+            log.error("model repository %s cannot be used: %s", self.root, exc)
+            found = {}
         self._expected = set(self.settings.models or found)
         for name in sorted(self._expected - set(found)):
             log.error("model '%s' configured in SERVE_MODELS but not found in %s", name, self.root)
@@ -148,7 +158,10 @@ class ModelRegistry:
     async def sync(self, names: Iterable[str] | None = None) -> None:
         """Bring the served versions in line with the repository and the version policy."""
         async with self._lock:
-            found = scan_repository(self.root, self.settings.models)
+            try:
+                found = await self._scan(self.settings.models)
+            except StoreError:
+                return  # reported by _scan; what serves keeps serving
             targets = sorted(set(names) if names is not None else set(found) | set(self._served))
             for name in targets:
                 if name in self._unloaded and names is None:
@@ -159,7 +172,11 @@ class ModelRegistry:
         """Admin load: (re)load a model per the version policy; NotFound if it has no versions on disk."""
         if not valid_model_name(name):
             raise NotFound(f"unknown model '{name}'")
-        if not scan_repository(self.root, [name]).get(name):
+        try:
+            found = await self._scan([name])
+        except StoreError as exc:
+            raise Unavailable(f"cannot load '{name}': the model repository is unavailable ({exc})") from None
+        if not found.get(name):
             raise NotFound(f"model '{name}' has no complete version in the repository")
         self._unloaded.discard(name)
         self._expected.add(name)
@@ -178,6 +195,23 @@ class ModelRegistry:
                 self._retire(name, version)
             self._served.pop(name, None)
 
+    async def _scan(self, names: Iterable[str] | None) -> dict[str, list[int]]:
+        """The store's committed versions; a failure is logged once per outage and counted."""
+        try:
+            found = await asyncio.to_thread(self.store.scan, None if names is None else sorted(names))
+        except StoreError as exc:
+            self.metrics.repository_up.set(0)
+            self.metrics.repository_errors.inc()
+            if str(exc) != self._store_problem:
+                log.error("model repository %s: %s; serving what is loaded", self.root, exc)
+            self._store_problem = str(exc)
+            raise
+        self.metrics.repository_up.set(1)
+        if self._store_problem is not None:
+            log.info("model repository %s answers again", self.root)
+            self._store_problem = None
+        return found
+
     async def _sync_model(self, name: str, available: list[int]) -> None:
         wanted = set(self.settings.policy.select(available))
         served = self._served.setdefault(name, {})
@@ -195,17 +229,21 @@ class ModelRegistry:
             del self._served[name]
 
     async def _load_version(self, name: str, version: int) -> ServedVersion | None:
-        path = version_dir(self.root, name, version)
-        stamp = _mtime(path)
+        stamp = self.store.stamp(name, version)
         if self._failed.get((name, version)) == stamp:
             return None
         started = time.perf_counter()
         try:
+            path = await asyncio.to_thread(self.store.local_version, name, version)
             runtime = await asyncio.to_thread(self._load_and_warm, path, self.session_threads())
-        except ModelLoadError as exc:
+        except StoreUnavailable as exc:
+            self.metrics.repository_errors.inc()
+            log.error("cannot fetch %s/%s/%d now: %s", self.root, name, version, exc)
+            return None  # not a verdict on the version: tried again at the next scan
+        except (ModelLoadError, StoreError) as exc:
             self._failed[(name, version)] = stamp
             self.metrics.load_total.labels(name, "error").inc()
-            log.error("refused model version %s: %s", path, exc)
+            log.error("refused model version %s/%s/%d: %s", self.root, name, version, exc)
             return None
         self._failed.pop((name, version), None)
         self.metrics.load_total.labels(name, "ok").inc()
@@ -234,15 +272,17 @@ class ModelRegistry:
 
     def _report_incomplete(self, name: str, newest_served: int) -> None:
         """Log and count (once per state) version directories newer than what serves that lack a file."""
-        for version, missing in sorted(incomplete_versions(self.root, name).items()):
+        for version, missing in sorted(self.store.incomplete(name).items()):
             key = (name, version)
             if version <= newest_served or self._incomplete.get(key) == tuple(missing):
                 continue
             self._incomplete[key] = tuple(missing)
             self.metrics.load_total.labels(name, "error").inc()
             log.error(
-                "refused model version %s: incomplete (missing %s)",
-                version_dir(self.root, name, version),
+                "refused model version %s/%s/%d: incomplete (missing %s)",
+                self.root,
+                name,
+                version,
                 ", ".join(missing),
             )
 
@@ -309,10 +349,3 @@ class ModelRegistry:
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return max((path / METADATA_FILE).stat().st_mtime, (path / MODEL_FILE).stat().st_mtime)
-    except OSError:
-        return -1.0

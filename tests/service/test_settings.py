@@ -15,7 +15,7 @@ from service.settings import Settings
 
 def test_defaults() -> None:
     s = Settings()
-    assert (s.model_repository, s.models, s.version_policy) == (Path("models"), None, "latest:1")
+    assert (s.model_repository, s.models, s.version_policy) == ("models", None, "latest:1")
     assert (s.max_batch_size, s.max_queue_delay_us, s.max_queue_rows, s.max_request_rows) == (
         32,
         500,
