@@ -40,6 +40,7 @@ from pydantic import ValidationError
 from service.app import create_app
 from service.core import InferenceService
 from service.settings import Settings
+from service.store import StoreError, is_remote, open_store
 
 log = logging.getLogger("service")
 
@@ -211,6 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if is_remote(settings.model_repository):
+        # A bucket that is missing, refused or empty is a configuration error: say so and exit, rather
+        # than run unready (docs/cluster.md). Unreachable is the same here: nothing is cached to serve.
+        try:
+            open_store(settings.model_repository, cache_dir=settings.model_cache_dir).check()
+        except StoreError as exc:
+            print(f"error: SERVE_MODEL_REPOSITORY: {exc}", file=sys.stderr)
+            return 2
     if args.workers > 1:
         return supervise(args)
     # gRPC listens on the HTTP host, in the same event loop, started and stopped by the app's lifespan.
