@@ -76,7 +76,8 @@ def test_publish_then_serve_from_the_cache(bucket: str, s3: S3Server, tmp_path: 
     assert (publish_shipped(url, extra=True), publish_shipped(url)) == (1, 2)
     keys = sorted(o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket)["Contents"])
     assert f"repo/mnist-cnn/1/{CLAIM_FILE}" in keys and "repo/mnist-cnn/1/train/model.keras" in keys
-    document = json.loads(s3.client().get_object(Bucket=bucket, Key="repo/mnist-cnn/1/metadata.json")["Body"].read())
+    stored = s3.client().get_object(Bucket=bucket, Key="repo/mnist-cnn/1/metadata.json")
+    document = json.loads(stored["Body"].read())
     assert document["version"] == 1
     assert document["files"]["train/model.keras"] == hashlib.sha256(b"keras bytes").hexdigest()
     assert document["files"][MODEL_FILE] == document["sha256"]
@@ -208,15 +209,13 @@ def test_an_unreachable_store_is_unavailable_not_broken(bucket: str, s3: S3Serve
     assert store.scan() == {"mnist-cnn": [1]}
 
 
-def test_wrong_credentials_are_a_clear_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_wrong_credentials_are_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # moto checks signatures only when told to: a second server that does, with no known keys.
     with moto_server(tmp_path, env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as strict:
         for key, value in strict.env().items():
             monkeypatch.setenv(key, value)
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG0")
-        with pytest.raises(StoreError, match="access denied .*check the credentials"):
+        with pytest.raises(StoreError, match=r"access denied .*check the credentials"):
             store_for("s3://models/repo", tmp_path).check()
 
 

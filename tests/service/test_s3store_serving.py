@@ -67,11 +67,9 @@ class Stream:
 
     def __init__(self, url: str, limit: float = 120.0) -> None:
         images, _ = load_digits()
-        self.body = {
-            "inputs": [
-                {"name": "image", "shape": [1, 28, 28, 1], "datatype": "FP32", "data": images[0].ravel().tolist()}
-            ]
-        }
+        data = images[0].ravel().tolist()
+        image = {"name": "image", "shape": [1, 28, 28, 1], "datatype": "FP32", "data": data}
+        self.body = {"inputs": [image]}
         self.url, self.limit = url, limit
         self.statuses: Counter[int] = Counter()
         self.versions: Counter[str] = Counter()
