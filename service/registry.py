@@ -145,7 +145,7 @@ class ModelRegistry:
             await asyncio.to_thread(self.store.check)
             found = await self._scan(self.settings.models)
         except StoreError as exc:
-            log.error("model repository %s cannot be used: %s", self.root, exc)
+            log.error("model repository cannot be used: %s", exc)
             found = {}
         self._expected = set(self.settings.models or found)
         for name in sorted(self._expected - set(found)):
@@ -203,7 +203,7 @@ class ModelRegistry:
             self.metrics.repository_up.set(0)
             self.metrics.repository_errors.inc()
             if str(exc) != self._store_problem:
-                log.error("model repository %s: %s; serving what is loaded", self.root, exc)
+                log.error("model repository failed: %s; serving what is loaded", exc)
             self._store_problem = str(exc)
             raise
         self.metrics.repository_up.set(1)
@@ -238,7 +238,7 @@ class ModelRegistry:
             runtime = await asyncio.to_thread(self._load_and_warm, path, self.session_threads())
         except StoreUnavailable as exc:
             self.metrics.repository_errors.inc()
-            log.error("cannot fetch %s/%s/%d now: %s", self.root, name, version, exc)
+            log.error("cannot fetch %s version %d now: %s", name, version, exc)
             return None  # not a verdict on the version: tried again at the next scan
         except (ModelLoadError, StoreError) as exc:
             self._failed[(name, version)] = stamp

@@ -150,7 +150,7 @@ def test_serving_from_s3_through_updates_corruption_and_an_outage(
     assert set(stream.statuses) == {200}, stream.statuses
     assert set(stream.versions) == {"1", "2", "4"}
     log = service.log()
-    assert "model repository" in log and "answers again" in log
+    assert "model repository failed: " in log and "answers again" in log
     # Each version downloaded once; the refused one is not tried again while its objects are unchanged.
     for version in (1, 2, 3, 4):
         assert log.count(f"downloading {url}/mnist-cnn/{version} ") == 1, version
@@ -186,3 +186,41 @@ def test_an_unusable_bucket_stops_the_service_at_start_up(
     assert result.returncode == 2
     assert "error: SERVE_MODEL_REPOSITORY: " in result.stderr
     assert message.format(absent=absent) in result.stderr
+
+
+def test_the_load_api_over_a_bucket(bucket: str, s3: S3Server, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    url = f"s3://{bucket}/models"
+    publish_shipped(url)
+    client = s3.client()
+    model, metadata = shipped()
+    document = metadata_json(metadata.model_copy(update={"name": "broken", "version": 1}))
+    client.put_object(Bucket=bucket, Key="models/broken/1/model.onnx", Body=model[:-1] + b"\0")
+    client.put_object(Bucket=bucket, Key="models/broken/1/metadata.json", Body=document)
+    token = "s3cret-token-for-tests"
+    settings = Settings(
+        model_repository=url, models=["mnist-cnn"], admin_token=token, model_cache_dir=tmp_path / "cache"
+    )
+    auth = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/v2/health/ready").status_code == 200
+        absent = c.post("/v2/repository/models/absent/load", headers=auth)
+        assert absent.status_code == 404 and "no complete version" in absent.json()["error"]
+        s3.proxy.stop()
+        try:
+            away = c.post("/v2/repository/models/mnist-cnn/load", headers=auth)
+            assert away.status_code == 503
+            assert "model repository is unavailable" in away.json()["error"]
+            assert c.get("/v2/health/ready").status_code == 200
+            assert c.get("/v2/models/mnist-cnn").json()["versions"] == ["1"]
+        finally:
+            s3.proxy.start()
+        again = c.post("/v2/repository/models/mnist-cnn/load", headers=auth)
+        assert again.status_code == 200 and again.json()["versions"] == ["1"]
+        # Last: a model that failed its load counts against readiness, as with a directory.
+        broken = c.post("/v2/repository/models/broken/load", headers=auth)
+        assert broken.status_code == 503 and "failed to load" in broken.json()["error"]
