@@ -23,6 +23,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
@@ -59,6 +60,9 @@ log = logging.getLogger(__name__)
 
 #: The object a publisher creates first, conditionally, to own a version number.
 CLAIM_FILE = ".claim"
+#: A version without ``metadata.json`` whose newest object is younger than this is an upload in progress,
+#: not worth reporting; older, its publisher is presumed gone and the version is reported as incomplete.
+STALE_UPLOAD_S = 600.0
 #: Default bound of the local cache when none is given.
 DEFAULT_CACHE_BYTES = 4 * 1024**3
 _CREDENTIAL_CODES = {
@@ -96,8 +100,11 @@ class S3Store(ModelStore):
         self.prefix = prefix
         self.cache = cache
         self.url = f"{S3_SCHEME}{bucket}/{prefix}".rstrip("/")
+        self.stale_upload_s = STALE_UPLOAD_S
         # name -> version -> file -> ETag, as the last listing saw it.
         self._listing: dict[str, dict[int, dict[str, str]]] = {}
+        # (name, version) -> newest LastModified (epoch seconds) among the version's objects.
+        self._modified: dict[tuple[str, int], float] = {}
 
     @classmethod
     def from_url(cls, url: str, *, cache_dir: Path | None = None, cache_bytes: int | None = None) -> S3Store:
@@ -156,19 +163,22 @@ class S3Store(ModelStore):
                 )
                 for page in pages:
                     for item in page.get("Contents", ()):
-                        self._add(listing, item["Key"], item.get("ETag", ""))
+                        self._add(listing, item["Key"], item.get("ETag", ""), item.get("LastModified"))
         if names is None:
             self._listing = listing
         else:
             self._listing.update({n: listing.get(n, {}) for n in names})
         return self._complete(listing, names)
 
-    def _add(self, listing: dict[str, dict[int, dict[str, str]]], key: str, etag: str) -> None:
+    def _add(self, listing: dict[str, dict[int, dict[str, str]]], key: str, etag: str, modified: Any) -> None:
         name, _, rest = key[len(self.prefix) :].partition("/")
         number, _, file = rest.partition("/")
         version = parse_version(number)
         if valid_model_name(name) and version is not None and file:
             listing.setdefault(name, {}).setdefault(version, {})[file] = etag
+            if modified is not None:
+                stamp = modified.timestamp()
+                self._modified[(name, version)] = max(stamp, self._modified.get((name, version), stamp))
         elif valid_model_name(name):
             listing.setdefault(name, {})
 
@@ -186,11 +196,14 @@ class S3Store(ModelStore):
         return self._complete(self._listing, names)
 
     def incomplete(self, name: str) -> dict[int, list[str]]:
-        # Without metadata.json a version is being uploaded or was abandoned: not a version yet.
+        # Without metadata.json a version is being uploaded or was abandoned: reported only once nothing
+        # has been written to it for stale_upload_s, so that publishing is not an error every time.
+        now = time.time()
         return {
             version: [f for f in VERSION_FILES if f not in files]
             for version, files in self._listing.get(name, {}).items()
             if METADATA_FILE not in files
+            and now - self._modified.get((name, version), now) >= self.stale_upload_s
         }
 
     def stamp(self, name: str, version: int) -> str:

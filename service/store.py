@@ -157,10 +157,11 @@ class ModelStore(ABC):
         """Publish ``staging`` (plus ``metadata``) as ``name/version``; its location, or None when the
         number was taken by another publisher (choose the next and try again)."""
 
+    @abstractmethod
     def fetch_version(self, name: str, version: int, destination: Path) -> Path:
-        """Every file of a version under ``destination/<name>/<version>``, checked against the sha256
-        its metadata records; returns that directory (retraining reads ``train/model.keras`` there)."""
-        return version_dir(Path(self.url), name, version)
+        """A local directory with every file of a version (retraining reads ``train/model.keras``
+        there): downloaded under ``destination/<name>/<version>`` and checked against the sha256 its
+        metadata records, or the version's own directory when the store is local."""
 
 
 def _record_name(name: str, record: str) -> str:
@@ -246,6 +247,9 @@ class LocalStore(ModelStore):
 
     def read_file(self, name: str, version: int, file: str) -> bytes:
         return (version_dir(self.root, name, version) / file).read_bytes()
+
+    def fetch_version(self, name: str, version: int, destination: Path) -> Path:
+        return version_dir(self.root, name, version)
 
     @contextlib.contextmanager
     def staging(self, name: str) -> Iterator[Path]:
