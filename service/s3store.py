@@ -117,8 +117,9 @@ class S3Store(ModelStore):
     # ---- errors ----------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _calls(self, what: str) -> Iterator[None]:
-        """Translate boto3's exceptions into the store's, with a message that says what to fix."""
+    def _calls(self, what: str, *, bucket_check: bool = False) -> Iterator[None]:
+        """Translate boto3's exceptions into the store's, with a message that says what to fix.
+        ``bucket_check``: a bare 404 (HEAD has no body to name the error) means the bucket is missing."""
         try:
             yield
         except NoCredentialsError as exc:
@@ -128,9 +129,7 @@ class S3Store(ModelStore):
             ) from None
         except ClientError as exc:
             code, status = _code(exc)
-            if code in _MISSING_BUCKET and what == "bucket":
-                raise StoreError(f"{self.url}: bucket {self.bucket!r} does not exist") from None
-            if code == "NoSuchBucket":
+            if code == "NoSuchBucket" or (bucket_check and code in _MISSING_BUCKET):
                 raise StoreError(f"{self.url}: bucket {self.bucket!r} does not exist") from None
             if code in _CREDENTIAL_CODES or status == 403:
                 raise StoreError(
@@ -146,7 +145,7 @@ class S3Store(ModelStore):
     # ---- the service's side ----------------------------------------------------------------------
 
     def check(self) -> None:
-        with self._calls("bucket"):
+        with self._calls("checking the bucket", bucket_check=True):
             self.client.head_bucket(Bucket=self.bucket)
         if not any(self.scan().values()):
             raise StoreError(
