@@ -6,15 +6,18 @@ executor of that many workers, and each version's session gets ``budget // model
 (at least 1), so at most ``budget`` threads compute at once however many models are busy (measured
 with ``python -m bench.threads``; see ``docs/architecture.md``). Loading (hash check, session creation,
 signature check, warm-up) runs in a worker thread; a version is visible to requests only once it
-has passed every step. A new version is loaded beside the old one and swapped in with one dict
-assignment, so a request sees either the old or the new version, never a half-loaded one; the old
-version finishes what it has queued and is stopped once idle.
+has passed every step. The repository is a :class:`service.store.ModelStore` (a directory, or an
+``s3://`` bucket whose versions are downloaded into a local cache first; ``docs/cluster.md``); when it
+cannot be read, what is loaded keeps serving. A new version is loaded beside the old one and swapped
+in with one dict assignment, so a request sees either the old or the new version, never a half-loaded
+one; the old version finishes what it has queued and is stopped once idle.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -27,7 +30,7 @@ from service.errors import NotFound, Unavailable
 from service.metrics import Metrics, ModelMetrics
 from service.runtime import ModelLoadError, ModelRuntime, load_model
 from service.settings import Settings
-from service.store import ModelStore, StoreError, StoreUnavailable, open_store
+from service.store import ModelStore, StoreError, VersionCorrupt, open_store
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,23 @@ class ServedVersion:
     batcher: Batcher
     metrics: ModelMetrics
     loaded_at: float = field(default_factory=time.time)
+    #: Requests that resolved this version and have not submitted yet (:class:`service.core.call.ModelCall`
+    #: counts them): a retired version stops admitting only once they have, so a request that chose it
+    #: just before a swap (its body still arriving) is computed, not refused.
+    calls: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    def enter(self) -> None:
+        self.calls += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.calls -= 1
+        if self.calls == 0:
+            self.idle.set()
 
     @property
     def name(self) -> str:
@@ -236,14 +256,14 @@ class ModelRegistry:
         try:
             path = await asyncio.to_thread(self.store.local_version, name, version)
             runtime = await asyncio.to_thread(self._load_and_warm, path, self.session_threads())
-        except StoreUnavailable as exc:
-            self.metrics.repository_errors.inc()
-            log.error("cannot fetch %s version %d now: %s", name, version, exc)
-            return None  # not a verdict on the version: tried again at the next scan
-        except (ModelLoadError, StoreError) as exc:
+        except (ModelLoadError, VersionCorrupt) as exc:
             self._failed[(name, version)] = stamp
             self.metrics.load_total.labels(name, "error").inc()
             log.error("refused model version %s/%s/%d: %s", self.root, name, version, exc)
+            return None
+        except StoreError as exc:  # unreachable, or access refused: not a verdict on the version
+            self.metrics.repository_errors.inc()
+            log.error("cannot fetch %s version %d now (tried again at the next scan): %s", name, version, exc)
             return None
         self._failed.pop((name, version), None)
         self.metrics.load_total.labels(name, "ok").inc()
@@ -321,9 +341,16 @@ class ModelRegistry:
         if old is None:
             return
         log.info("retiring %s version %d once its queued requests finish", name, version)
-        task = asyncio.get_running_loop().create_task(self._stop_version(old))
+        task = asyncio.get_running_loop().create_task(self._stop_when_idle(old))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+
+    async def _stop_when_idle(self, old: ServedVersion) -> None:
+        """Stop a retired version once the requests that chose it before the swap have submitted their
+        rows (bounded by the drain time); stopping then computes what is queued."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(old.idle.wait(), timeout=self.settings.drain_seconds)
+        await self._stop_version(old)
 
     async def _stop_version(self, old: ServedVersion, timeout: float | None = None) -> None:
         await old.batcher.stop(

@@ -68,6 +68,7 @@ class ModelCall:
 
     __slots__ = (
         "_deadline_at",
+        "_holding",
         "_lifecycle",
         "_served",
         "_started",
@@ -90,6 +91,7 @@ class ModelCall:
         self.protocol = protocol
         self._started = 0.0
         self._deadline_at: float | None = None
+        self._holding = False
 
     async def __aenter__(self) -> ModelCall:
         self._started = time.perf_counter()
@@ -97,15 +99,25 @@ class ModelCall:
             error = Unavailable("server is draining")
             self._observe(status_label(error))
             raise error
+        self._served.enter()  # a retired version keeps admitting until this request has submitted
+        self._holding = True
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._release()
         if exc is None or isinstance(exc, Exception):
             self._observe("ok" if exc is None else status_label(exc))
         elif isinstance(exc, asyncio.CancelledError) and self._deadline_passed():
             self._observe("timeout")
+
+    def _release(self) -> None:
+        """Let a retired version stop admitting as far as this request goes: called just before its
+        submit, which queues the rows before anything else runs, so a stopping batcher computes them."""
+        if self._holding:
+            self._holding = False
+            self._served.leave()
 
     def _observe(self, status: str) -> None:
         self._served.metrics.observe_request(status, time.perf_counter() - self._started, self.protocol)
@@ -131,7 +143,9 @@ class ModelCall:
         specs = signature.outputs
         if request.outputs is not None:
             specs = tuple(t for t in specs if t.name in request.outputs)
-        outputs = await self._served.batcher.submit(inputs, deadline=self._deadline(request.deadline))
+        deadline = self._deadline(request.deadline)
+        self._release()
+        outputs = await self._served.batcher.submit(inputs, deadline=deadline)
         return InferResponse(
             self.name, self.version, request.id, {t.name: outputs[t.name] for t in specs}, specs
         )
@@ -151,6 +165,7 @@ class ModelCall:
             self._served.runtime.metadata.preprocessing,
             max_pixels=self.limits.max_image_pixels,
         )
+        self._release()
         outputs = await self._served.batcher.submit(
             {spec.name: batch.astype(spec.dtype, copy=False)}, deadline=deadline
         )
