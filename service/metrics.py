@@ -108,6 +108,16 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
             registry=registry,
         )
+        self.repository_up = Gauge(
+            "model_repository_up",
+            "1 while the model repository answered its last scan, 0 after a failure (docs/cluster.md).",
+            registry=registry,
+        )
+        self.repository_errors = Counter(
+            "model_repository_errors",
+            "Scans and downloads of the model repository that failed (unreachable, denied).",
+            registry=registry,
+        )
 
         self.feedback = Counter(
             "feedback_items_total",

@@ -6,15 +6,18 @@ executor of that many workers, and each version's session gets ``budget // model
 (at least 1), so at most ``budget`` threads compute at once however many models are busy (measured
 with ``python -m bench.threads``; see ``docs/architecture.md``). Loading (hash check, session creation,
 signature check, warm-up) runs in a worker thread; a version is visible to requests only once it
-has passed every step. A new version is loaded beside the old one and swapped in with one dict
-assignment, so a request sees either the old or the new version, never a half-loaded one; the old
-version finishes what it has queued and is stopped once idle.
+has passed every step. The repository is a :class:`service.store.ModelStore` (a directory, or an
+``s3://`` bucket whose versions are downloaded into a local cache first; ``docs/cluster.md``); when it
+cannot be read, what is loaded keeps serving. A new version is loaded beside the old one and swapped
+in with one dict assignment, so a request sees either the old or the new version, never a half-loaded
+one; the old version finishes what it has queued and is stopped once idle.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -24,12 +27,12 @@ from pathlib import Path
 from opentelemetry.trace import Status, StatusCode
 
 from service.batching import Batcher
-from service.contract import METADATA_FILE, MODEL_FILE, valid_model_name, version_dir
+from service.contract import valid_model_name
 from service.errors import NotFound, Unavailable, echo
 from service.metrics import Metrics, ModelMetrics
-from service.repository import incomplete_versions, scan_repository
 from service.runtime import ModelLoadError, ModelRuntime, load_model
 from service.settings import Settings
+from service.store import ModelStore, StoreError, VersionCorrupt, open_store
 from service.tracing import Tracing
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,23 @@ class ServedVersion:
     batcher: Batcher
     metrics: ModelMetrics
     loaded_at: float = field(default_factory=time.time)
+    #: Requests that resolved this version and have not submitted yet (:class:`service.core.call.ModelCall`
+    #: counts them): a retired version stops admitting only once they have, so a request that chose it
+    #: just before a swap (its body still arriving) is computed, not refused.
+    calls: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    def enter(self) -> None:
+        self.calls += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.calls -= 1
+        if self.calls == 0:
+            self.idle.set()
 
     @property
     def name(self) -> str:
@@ -74,12 +94,19 @@ class ModelRegistry:
         self.tracing = tracing
         self.metrics = metrics
         self.providers = providers
-        self.root = Path(settings.model_repository)
+        self.store: ModelStore = open_store(
+            settings.model_repository,
+            cache_dir=settings.model_cache_dir,
+            cache_bytes=settings.model_cache_bytes,
+        )
+        self.root = self.store.url
+        # The message of the store's last failure; None while it answers (reported once per outage).
+        self._store_problem: str | None = None
         self._served: dict[str, dict[int, ServedVersion]] = {}
         self._expected: set[str] = set()
         self._configured = 0  # models configured at start (SERVE_MODELS, or every one found)
-        # (name, version) -> mtime of the failed attempt, so the watcher retries only changed versions.
-        self._failed: dict[tuple[str, int], float] = {}
+        # (name, version) -> stamp of the failed attempt, so the watcher retries only changed versions.
+        self._failed: dict[tuple[str, int], str] = {}
         # (name, version) -> missing files already reported for an incomplete version directory.
         self._incomplete: dict[tuple[str, int], tuple[str, ...]] = {}
         self._unloaded: set[str] = set()
@@ -140,7 +167,7 @@ class ModelRegistry:
 
     def index(self) -> list[dict[str, str]]:
         """Repository index rows in Triton's shape: every version found on disk, with its state."""
-        found = scan_repository(self.root, self.settings.models)
+        found = self.store.known(self.settings.models)
         rows = []
         for name in sorted(set(found) | set(self._served)):
             served = self._served.get(name, {})
@@ -162,9 +189,12 @@ class ModelRegistry:
 
     async def start(self) -> None:
         """Initial load: every selected version of every configured model."""
-        found = scan_repository(self.root, self.settings.models)
-        if not self.root.is_dir():
-            log.error("model repository %s does not exist", self.root)
+        try:
+            await asyncio.to_thread(self.store.check)
+            found = await self._scan(self.settings.models)
+        except StoreError as exc:
+            log.error("model repository cannot be used: %s", exc)
+            found = {}
         self._expected = set(self.settings.models or found)
         self._configured = len(self._expected)
         for name in sorted(self._expected - set(found)):
@@ -177,7 +207,10 @@ class ModelRegistry:
     async def sync(self, names: Iterable[str] | None = None) -> None:
         """Bring the served versions in line with the repository and the version policy."""
         async with self._lock:
-            found = scan_repository(self.root, self.settings.models)
+            try:
+                found = await self._scan(self.settings.models)
+            except StoreError:
+                return  # reported by _scan; what serves keeps serving
             targets = sorted(set(names) if names is not None else set(found) | set(self._served))
             for name in targets:
                 if name in self._unloaded and names is None:
@@ -188,7 +221,13 @@ class ModelRegistry:
         """Admin load: (re)load a model per the version policy; NotFound if it has no versions on disk."""
         if not valid_model_name(name):
             raise NotFound(f"unknown model {echo(name)}")
-        if not scan_repository(self.root, [name]).get(name):
+        try:
+            found = await self._scan([name])
+        except StoreError as exc:
+            raise Unavailable(
+                f"cannot load {echo(name)}: the model repository is unavailable ({exc})"
+            ) from None
+        if not found.get(name):
             raise NotFound(f"model {echo(name)} has no complete version in the repository")
         self._unloaded.discard(name)
         self._expected.add(name)
@@ -214,6 +253,23 @@ class ModelRegistry:
                     self._retire(name, version)
             self._served.pop(name, None)
 
+    async def _scan(self, names: Iterable[str] | None) -> dict[str, list[int]]:
+        """The store's committed versions; a failure is logged once per outage and counted."""
+        try:
+            found = await asyncio.to_thread(self.store.scan, None if names is None else sorted(names))
+        except StoreError as exc:
+            self.metrics.repository_up.set(0)
+            self.metrics.repository_errors.inc()
+            if str(exc) != self._store_problem:
+                log.error("model repository failed: %s; serving what is loaded", exc)
+            self._store_problem = str(exc)
+            raise
+        self.metrics.repository_up.set(1)
+        if self._store_problem is not None:
+            log.info("model repository %s answers again", self.root)
+            self._store_problem = None
+        return found
+
     async def _sync_model(self, name: str, available: list[int]) -> None:
         wanted = set(self.settings.policy.select(available))
         served = self._served.setdefault(name, {})
@@ -231,29 +287,33 @@ class ModelRegistry:
             del self._served[name]
 
     async def _load_version(self, name: str, version: int) -> ServedVersion | None:
-        path = version_dir(self.root, name, version)
-        stamp = _mtime(path)
+        stamp = self.store.stamp(name, version)
         if self._failed.get((name, version)) == stamp:
             return None
         if self.tracing is None:
-            return await self._load_served(name, version, path, stamp)
+            return await self._load_served(name, version, stamp)
         attributes = {"inference.model.name": name, "inference.model.version": version}
         with self.tracing.lifecycle("model.load", attributes) as span:
-            served = await self._load_served(name, version, path, stamp)
+            served = await self._load_served(name, version, stamp)
             if served is None:
                 span.set_status(Status(StatusCode.ERROR, "refused (see the server log)"))
             else:
                 span.set_attribute("inference.provider", served.runtime.provider)
             return served
 
-    async def _load_served(self, name: str, version: int, path: Path, stamp: float) -> ServedVersion | None:
+    async def _load_served(self, name: str, version: int, stamp: str) -> ServedVersion | None:
         started = time.perf_counter()
         try:
+            path = await asyncio.to_thread(self.store.local_version, name, version)
             runtime = await asyncio.to_thread(self._load_and_warm, path, self.session_threads())
-        except ModelLoadError as exc:
+        except (ModelLoadError, VersionCorrupt) as exc:
             self._failed[(name, version)] = stamp
             self.metrics.load_total.labels(name, "error").inc()
-            log.error("refused model version %s: %s", path, exc)
+            log.error("refused model version %s/%s/%d: %s", self.root, name, version, exc)
+            return None
+        except StoreError as exc:  # unreachable, or access refused: not a verdict on the version
+            self.metrics.repository_errors.inc()
+            log.error("cannot fetch %s version %d now (tried again at the next scan): %s", name, version, exc)
             return None
         self._failed.pop((name, version), None)
         self.metrics.load_total.labels(name, "ok").inc()
@@ -285,15 +345,17 @@ class ModelRegistry:
 
     def _report_incomplete(self, name: str, newest_served: int) -> None:
         """Log and count (once per state) version directories newer than what serves that lack a file."""
-        for version, missing in sorted(incomplete_versions(self.root, name).items()):
+        for version, missing in sorted(self.store.incomplete(name).items()):
             key = (name, version)
             if version <= newest_served or self._incomplete.get(key) == tuple(missing):
                 continue
             self._incomplete[key] = tuple(missing)
             self.metrics.load_total.labels(name, "error").inc()
             log.error(
-                "refused model version %s: incomplete (missing %s)",
-                version_dir(self.root, name, version),
+                "refused model version %s/%s/%d: incomplete (missing %s)",
+                self.root,
+                name,
+                version,
                 ", ".join(missing),
             )
 
@@ -332,9 +394,16 @@ class ModelRegistry:
         if old is None:
             return
         log.info("retiring %s version %d once its queued requests finish", name, version)
-        task = asyncio.get_running_loop().create_task(self._stop_version(old))
+        task = asyncio.get_running_loop().create_task(self._stop_when_idle(old))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+
+    async def _stop_when_idle(self, old: ServedVersion) -> None:
+        """Stop a retired version once the requests that chose it before the swap have submitted their
+        rows (bounded by the drain time); stopping then computes what is queued."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(old.idle.wait(), timeout=self.settings.drain_seconds)
+        await self._stop_version(old)
 
     async def _stop_version(self, old: ServedVersion, timeout: float | None = None) -> None:
         if self.tracing is None:
@@ -367,10 +436,3 @@ class ModelRegistry:
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return max((path / METADATA_FILE).stat().st_mtime, (path / MODEL_FILE).stat().st_mtime)
-    except OSError:
-        return -1.0

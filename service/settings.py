@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.batchwait import WaitName
 from service.repository import VersionPolicy
+from service.store import parse_location
 
 
 def _split_list(value: Any) -> Any:
@@ -27,7 +28,23 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SERVE_", extra="forbid", frozen=True)
 
-    model_repository: Path = Field(Path("models"), description="Root of the model repository.")
+    model_repository: str = Field(
+        "models",
+        min_length=1,
+        description="The model repository: a directory, or s3://bucket/prefix (credentials from the "
+        "standard AWS chain, AWS_ENDPOINT_URL for S3-compatible stores; docs/cluster.md).",
+    )
+    model_cache_dir: Path | None = Field(
+        None,
+        description="Where versions of an s3:// repository are downloaded, keyed by sha256 and kept "
+        "across restarts; unset: <tmp>/digits-serving-models.",
+    )
+    model_cache_bytes: int = Field(
+        4 * 1024**3,
+        ge=1024**2,
+        le=1024**4,
+        description="Most bytes the model cache keeps; least recently used versions are removed beyond it.",
+    )
     models: Annotated[list[str] | None, NoDecode] = Field(
         None, description="Comma-separated model names to serve; unset serves every model found."
     )
@@ -190,6 +207,15 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("model_repository", mode="before")
+    @classmethod
+    def _repository(cls, value: Any) -> Any:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, str):
+            parse_location(value)  # ValueError names an unsupported scheme or a bad bucket
+        return value
 
     @field_validator("version_policy")
     @classmethod

@@ -35,6 +35,7 @@ from service.contract import (
     Preprocessing,
     read_metadata,
 )
+from service.store import StoreError, open_store
 from training import feedback as fb
 from training.compare import decide, probabilities, scores, session_of
 from training.config import HyperParameters
@@ -54,7 +55,7 @@ from training.train import Splits, compile_model, fit_model, make_strategy, spli
 class RetrainConfig:
     """What to retrain, on which feedback, and the bars the challenger must clear."""
 
-    repository: Path
+    repository: Path | str
     name: str
     feedback: Path
     data_dir: Path
@@ -96,12 +97,19 @@ class Champion:
     hp: HyperParameters
 
 
-def newest_champion(repository: Path, name: str) -> Champion:
-    """The newest version of ``name`` with readable metadata and a training recipe; UsageError if none."""
-    found = versions(repository, name)
+def newest_champion(repository: Path | str, name: str, download: Path) -> Champion:
+    """The newest version of ``name`` with readable metadata and a training recipe; UsageError if none.
+
+    A version in object storage is downloaded under ``download`` first, each file checked against the
+    sha256 its metadata records."""
+    store = open_store(repository)
+    found = versions(store, name)
     if not found:
         raise UsageError(f"no published version of {name} in {repository} to retrain")
-    path = repository / name / str(found[-1])
+    try:
+        path = store.fetch_version(name, found[-1], download)
+    except (StoreError, OSError) as exc:
+        raise DataError(f"cannot fetch version {found[-1]} of {name} from {store.url}: {exc}") from exc
     try:
         _, metadata = read_metadata(path / METADATA_FILE)
     except OSError as exc:
@@ -122,7 +130,12 @@ def newest_champion(repository: Path, name: str) -> Champion:
 
 def retrain(config: RetrainConfig, *, verbose: int | None = None) -> Result:
     """Run the whole retraining decision. Nothing is published unless the result is ``published``."""
-    champion = newest_champion(config.repository, config.name)
+    with tempfile.TemporaryDirectory(prefix="champion-") as download:
+        return _retrain(config, Path(download), verbose)
+
+
+def _retrain(config: RetrainConfig, download: Path, verbose: int | None) -> Result:
+    champion = newest_champion(config.repository, config.name, download)
     hp = _hyperparameters(champion.hp, config)
     seen = (champion.metadata.get("retrain") or {}).get("feedback") or {}
     labels = tuple(champion.metadata["labels"])

@@ -76,6 +76,7 @@ class ModelCall:
 
     __slots__ = (
         "_deadline_at",
+        "_holding",
         "_lifecycle",
         "_preparer",
         "_served",
@@ -110,6 +111,7 @@ class ModelCall:
         self._deadline_at: float | None = None
         self.tracing = tracing
         self.trace: RequestTrace | None = None
+        self._holding = False
 
     async def __aenter__(self) -> ModelCall:
         self._started = time.perf_counter()
@@ -125,15 +127,25 @@ class ModelCall:
                     "inference.protocol": self.protocol,
                 }
             )
+        self._served.enter()  # a retired version keeps admitting until this request has submitted
+        self._holding = True
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._release()
         if exc is None or isinstance(exc, Exception):
             self._observe("ok" if exc is None else status_label(exc))
         elif isinstance(exc, asyncio.CancelledError) and self._deadline_passed():
             self._observe("timeout")
+
+    def _release(self) -> None:
+        """Let a retired version stop admitting as far as this request goes: called just before its
+        submit, which queues the rows before anything else runs, so a stopping batcher computes them."""
+        if self._holding:
+            self._holding = False
+            self._served.leave()
 
     def _observe(self, status: str) -> None:
         self._served.metrics.observe_request(status, time.perf_counter() - self._started, self.protocol)
@@ -161,7 +173,9 @@ class ModelCall:
         specs = signature.outputs
         if request.outputs is not None:
             specs = tuple(t for t in specs if t.name in request.outputs)
-        outputs = await self._served.batcher.submit(inputs, deadline=self._deadline(request.deadline))
+        deadline = self._deadline(request.deadline)
+        self._release()
+        outputs = await self._served.batcher.submit(inputs, deadline=deadline)
         return InferResponse(
             self.name, self.version, request.id, {t.name: outputs[t.name] for t in specs}, specs
         )
@@ -184,6 +198,7 @@ class ModelCall:
             self.trace.span.set_attribute("inference.rows", len(files))
             with self.trace.child("preprocess", {"inference.preprocess.resize": preprocessing.resize}):
                 batch = await self._prepare(files, preprocessing, pixels, deadline)
+        self._release()
         outputs = await self._served.batcher.submit(
             {spec.name: batch.astype(spec.dtype, copy=False)}, deadline=deadline
         )

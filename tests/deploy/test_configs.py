@@ -41,6 +41,8 @@ METRICS = HISTOGRAMS | {
     "inference_queue_rows",
     "model_info",
     "model_load_total",
+    "model_repository_up",
+    "model_repository_errors_total",
 }
 # The settings of service/settings.py.
 SETTINGS = {
