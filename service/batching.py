@@ -34,6 +34,16 @@ seconds (the batcher's ``clock``), enforced by one timer for the earliest queued
 the next when it fires), so an expired request is answered at its deadline (to the timer tick) without a
 timer per request; a job whose batch has started is always computed and answered. A batcher belongs to
 the event loop that started it.
+
+Two lanes: ``submit(..., background=True)`` queues work that must never delay a prediction (the rows
+of an explanation, :mod:`service.explain`). Background jobs wait in a deque of their own; a batch takes
+the prediction lane first, FIFO, and background jobs only fill the rows it leaves, or the whole batch
+when no prediction waits. Background work is admitted only while the whole queue (both lanes) has room,
+and a prediction only looks at the prediction lane's rows, so queued background rows never get a
+prediction refused; ``queue_rows`` counts both. Background arrivals do not feed the wait policy and
+are never held for company. Deadlines, cancellation, draining and failures treat both lanes alike. A
+batch that is computing is never interrupted: a prediction that arrives meanwhile waits for it, which
+is why background work goes in jobs of a few rows (the caller chooses their size).
 """
 
 from __future__ import annotations
@@ -81,16 +91,23 @@ class BatchObserver(Protocol):
 
 
 class _Job:
-    __slots__ = ("deadline", "enqueued", "future", "inputs", "queued", "rows")
+    __slots__ = ("background", "deadline", "enqueued", "future", "inputs", "queued", "rows")
 
     def __init__(
-        self, inputs: Arrays, rows: int, future: asyncio.Future[Arrays], deadline: float | None, now: float
+        self,
+        inputs: Arrays,
+        rows: int,
+        future: asyncio.Future[Arrays],
+        deadline: float | None,
+        now: float,
+        background: bool = False,
     ) -> None:
         self.inputs = inputs
         self.rows = rows
         self.future = future
         self.deadline = deadline
         self.enqueued = now
+        self.background = background
         self.queued = True  # counted in queue_rows: neither taken into a batch nor dropped
 
 
@@ -128,8 +145,11 @@ class Batcher:
         self._observer = observer
         self._name = name
         self._queue: deque[_Job] = deque()
-        self._queue_rows = 0
+        self._queue_rows = 0  # prediction lane
+        self._background: deque[_Job] = deque()
+        self._background_rows = 0
         self._pending = 0
+        self._pending_background = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -141,13 +161,18 @@ class Batcher:
 
     @property
     def queue_rows(self) -> int:
-        """Rows admitted and not yet taken into a batch."""
-        return self._queue_rows
+        """Rows admitted and not yet taken into a batch, in both lanes."""
+        return self._queue_rows + self._background_rows
+
+    @property
+    def background_rows(self) -> int:
+        """Rows of background work admitted and not yet taken into a batch."""
+        return self._background_rows
 
     @property
     def pending(self) -> int:
-        """Requests submitted and not yet answered (queued or computing); 0 means idle."""
-        return self._pending
+        """Requests submitted and not yet answered (queued or computing, both lanes); 0 means idle."""
+        return self._pending + self._pending_background
 
     @property
     def accepting(self) -> bool:
@@ -160,8 +185,11 @@ class Batcher:
             self._loop = asyncio.get_running_loop()
             self._task = self._loop.create_task(self._consume(), name=f"batcher-{self._name}")
 
-    async def submit(self, inputs: Arrays, *, deadline: float | None = None) -> Arrays:
-        """Compute ``inputs`` (all arrays sharing the leading row dimension) in some batch.
+    async def submit(
+        self, inputs: Arrays, *, deadline: float | None = None, background: bool = False
+    ) -> Arrays:
+        """Compute ``inputs`` (all arrays sharing the leading row dimension) in some batch; ``background``
+        work goes in the lane that only fills what predictions leave (see the module docstring).
 
         Raises :class:`Unavailable` when not accepting, :class:`Overloaded` when the queue is full,
         :class:`DeadlineExceeded` when ``deadline`` (``time.monotonic()`` seconds) passes before the
@@ -177,29 +205,35 @@ class Batcher:
         now = self._clock()
         if deadline is not None and deadline <= now:
             raise DeadlineExceeded(_EXPIRED)
-        if self._queue_rows + rows > self._max_queue_rows:
+        queued = self._queue_rows + (self._background_rows if background else 0)
+        if queued + rows > self._max_queue_rows:
             raise Overloaded(
-                f"model '{self._name}' queue is full ({self._queue_rows} rows queued, "
-                f"limit {self._max_queue_rows})",
+                f"model '{self._name}' queue is full ({queued} rows queued, limit {self._max_queue_rows})",
                 retry_after_s=1,
             )
-        self._policy.arrived(now, self._pending)
+        if not background:
+            self._policy.arrived(now, self._pending)
         size = self._max_batch_size
         if rows <= size:
-            jobs = [_Job(inputs, rows, loop.create_future(), deadline, now)]
+            jobs = [_Job(inputs, rows, loop.create_future(), deadline, now, background)]
         else:  # each chunk is its own job; views, not copies
             chunks = [{k: v[i : i + size] for k, v in inputs.items()} for i in range(0, rows, size)]
             jobs = [
-                _Job(c, min(size, rows - i * size), loop.create_future(), deadline, now)
+                _Job(c, min(size, rows - i * size), loop.create_future(), deadline, now, background)
                 for i, c in enumerate(chunks)
             ]
-        before = self._queue_rows
-        self._queue.extend(jobs)
-        self._queue_rows += rows
+        before = self.queue_rows
+        if background:
+            self._background.extend(jobs)
+            self._background_rows += rows
+            self._pending_background += 1
+        else:
+            self._queue.extend(jobs)
+            self._queue_rows += rows
+            self._pending += 1
         self._notify_queue_rows()
-        if before == 0 or self._queue_rows >= size or self._holding:
+        if before == 0 or self._queue_rows >= size or (self._holding and not background):
             self._wakeup.set()  # otherwise the consumer is computing: it looks at the queue afterwards
-        self._pending += 1
         if deadline is not None and deadline < self._expires_at:
             self._arm_expiry(loop, deadline)
         try:
@@ -212,7 +246,10 @@ class Batcher:
                 self._drop(job, None)
             raise
         finally:
-            self._pending -= 1
+            if background:
+                self._pending_background -= 1
+            else:
+                self._pending -= 1
 
     async def stop(self, *, drain: bool = True, timeout: float | None = None) -> None:
         """Stop admitting now; compute what is queued (``drain``) or fail it with :class:`Unavailable`.
@@ -243,14 +280,20 @@ class Batcher:
     def _drop(self, job: _Job, error: Exception | None) -> None:
         """Answer ``job`` with ``error`` (cancel it when None) and release its rows if still queued."""
         if job.queued:
-            job.queued = False
-            self._queue_rows -= job.rows
+            self._unqueue(job)
             self._notify_queue_rows()
         if not job.future.done():
             if error is None:
                 job.future.cancel()
             else:
                 job.future.set_exception(error)
+
+    def _unqueue(self, job: _Job) -> None:
+        job.queued = False
+        if job.background:
+            self._background_rows -= job.rows
+        else:
+            self._queue_rows -= job.rows
 
     def _arm_expiry(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._expiry is not None:
@@ -262,7 +305,7 @@ class Batcher:
         """The expiry timer: answer every queued job past its deadline, then re-arm for the next one."""
         self._expiry, self._expires_at = None, math.inf
         now, upcoming = self._clock(), math.inf
-        for job in self._queue:
+        for job in itertools.chain(self._queue, self._background):
             if job.queued and job.deadline is not None:
                 if job.deadline <= now:
                     self._drop(job, DeadlineExceeded(_EXPIRED))
@@ -272,24 +315,27 @@ class Batcher:
             self._arm_expiry(asyncio.get_running_loop(), upcoming)
 
     def _fail_queued(self) -> None:
-        while self._queue:
-            self._drop(self._queue.popleft(), Unavailable(_SHUTTING_DOWN))
+        for queue in (self._queue, self._background):
+            while queue:
+                self._drop(queue.popleft(), Unavailable(_SHUTTING_DOWN))
 
     async def _consume(self) -> None:
         loop = asyncio.get_running_loop()
-        queue, wakeup = self._queue, self._wakeup
+        queue, background, wakeup = self._queue, self._background, self._wakeup
         held_since: float | None = None  # when the consumer began holding the next batch open
         while True:
             while queue and not queue[0].queued:
                 queue.popleft()  # tombstones of dropped jobs
-            if not queue:
+            while background and not background[0].queued:
+                background.popleft()
+            if not queue and not background:
                 if self._closing:
                     return
                 held_since = None
                 wakeup.clear()
                 await wakeup.wait()
                 continue
-            if not self._closing and self._queue_rows < self._max_batch_size:
+            if queue and not self._closing and self._queue_rows < self._max_batch_size:
                 now = self._clock()
                 if await self._hold(loop, now):
                     held_since = now if held_since is None else held_since
@@ -325,23 +371,23 @@ class Batcher:
         return True
 
     def _take(self) -> list[_Job]:
-        """Pop whole jobs, FIFO, up to ``max_batch_size`` rows; drop the expired and abandoned."""
-        queue, batch, rows, now = self._queue, list[_Job](), 0, self._clock()
-        while queue:
-            job = queue[0]
-            if job.queued and not job.future.done() and (job.deadline is None or job.deadline > now):
-                if batch and rows + job.rows > self._max_batch_size:
-                    break
-                job.queued = False
-                batch.append(job)
-                rows += job.rows
-                self._queue_rows -= job.rows
-            elif job.queued:  # timer or cancellation callback not run yet
-                job.queued = False
-                self._queue_rows -= job.rows
-                if not job.future.done():
-                    job.future.set_exception(DeadlineExceeded(_EXPIRED))
-            queue.popleft()
+        """Pop whole jobs, FIFO, up to ``max_batch_size`` rows, predictions first, then background work;
+        drop the expired and abandoned."""
+        batch, rows, now = list[_Job](), 0, self._clock()
+        for queue in (self._queue, self._background):
+            while queue:
+                job = queue[0]
+                if job.queued and not job.future.done() and (job.deadline is None or job.deadline > now):
+                    if batch and rows + job.rows > self._max_batch_size:
+                        break
+                    self._unqueue(job)
+                    batch.append(job)
+                    rows += job.rows
+                elif job.queued:  # timer or cancellation callback not run yet
+                    self._unqueue(job)
+                    if not job.future.done():
+                        job.future.set_exception(DeadlineExceeded(_EXPIRED))
+                queue.popleft()
         self._notify_queue_rows()
         if self._observer is not None:
             for job in batch:
@@ -391,7 +437,7 @@ class Batcher:
 
     def _notify_queue_rows(self) -> None:
         if self._observer is not None:
-            self._observe(self._observer.on_queue_rows, self._queue_rows)
+            self._observe(self._observer.on_queue_rows, self.queue_rows)
 
     @staticmethod
     def _observe(method: Callable[..., None], *args: float) -> None:
