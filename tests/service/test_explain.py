@@ -82,7 +82,7 @@ def test_attribution_before_every_row_is_scored_is_an_error() -> None:
 def test_parameters_and_row_limit() -> None:
     assert default_patch(28, 28) == 4 and default_patch(32, 32) == 5 and default_patch(3, 100) == 1
     occlusion = make_explainer("occlusion", image(), 0.0)
-    assert occlusion.describe() == {"patch": 2, "stride": 1, "baseline": 0.0}
+    assert occlusion.describe() == {"patch": 1, "stride": 1, "baseline": 0.0}  # a seventh of 10
     with pytest.raises(InvalidInput, match="patch must be from 1 to 10 for the 12x10 input, got 11"):
         make_explainer("occlusion", image(), 0.0, patch=11)
     with pytest.raises(InvalidInput, match="stride must be from 1 to the patch size"):
