@@ -35,15 +35,20 @@ the next when it fires), so an expired request is answered at its deadline (to t
 timer per request; a job whose batch has started is always computed and answered. A batcher belongs to
 the event loop that started it.
 
-Two lanes: ``submit(..., background=True)`` queues work that must never delay a prediction (the rows
-of an explanation, :mod:`service.explain`). Background jobs wait in a deque of their own; a batch takes
-the prediction lane first, FIFO, and background jobs only fill the rows it leaves, or the whole batch
-when no prediction waits. Background work is admitted only while the whole queue (both lanes) has room,
-and a prediction only looks at the prediction lane's rows, so queued background rows never get a
-prediction refused; ``queue_rows`` counts both. Background arrivals do not feed the wait policy and
-are never held for company. Deadlines, cancellation, draining and failures treat both lanes alike. A
-batch that is computing is never interrupted: a prediction that arrives meanwhile waits for it, which
-is why background work goes in jobs of a few rows (the caller chooses their size).
+Two lanes: ``submit(..., background=True)`` queues work that must not delay predictions (the rows of
+an explanation, :mod:`service.explain`). Background jobs wait in a deque of their own and compute only
+when the prediction lane is idle: no prediction queued, computing or being answered. A batch is then
+made of background jobs alone, FIFO, of at most ``max_background_rows`` rows; a batch with predictions
+in it is never filled with background rows, because on a CPU every row adds to the batch's compute
+time, and the predictions in it would wait for them. A batch that is computing is never interrupted, so
+a prediction that arrives meanwhile waits for at most one background batch: keep
+``max_background_rows`` small (a few hundred microseconds of compute). Under a load that never leaves
+the prediction lane idle, background work waits, and its deadline bounds how long.
+
+Background work is admitted only while the whole queue (both lanes) has room, and a prediction only
+looks at the prediction lane's rows, so queued background rows never get a prediction refused;
+``queue_rows`` counts both. Background arrivals do not feed the wait policy and are never held for
+company. Deadlines, cancellation, draining and failures treat both lanes alike.
 """
 
 from __future__ import annotations
@@ -126,14 +131,17 @@ class Batcher:
         name: str = "",
         wait: WaitName = "adaptive",
         clock: Callable[[], float] | None = None,
+        max_background_rows: int | None = None,
     ) -> None:
         """``wait`` names the policy for batches that are not full (see the module docstring). ``clock``
         gives the seconds that deadlines, waits and compute times are measured in (default:
-        ``time.monotonic``, and ``time.perf_counter`` for compute)."""
+        ``time.monotonic``, and ``time.perf_counter`` for compute). ``max_background_rows`` bounds a
+        batch of background work (default ``max_batch_size``; a larger single job still goes whole)."""
         if max_batch_size < 1 or max_queue_delay_us < 0 or max_queue_rows < 1:
             raise ValueError("need max_batch_size >= 1, max_queue_delay_us >= 0, max_queue_rows >= 1")
         self._run = run
         self._max_batch_size = max_batch_size
+        self._max_background_rows = min(max_background_rows or max_batch_size, max_batch_size)
         self._policy = make_policy(wait, max_queue_delay_us / 1e6)
         self._clock = clock or time.monotonic
         self._stopwatch = clock or time.perf_counter
@@ -222,7 +230,7 @@ class Batcher:
                 _Job(c, min(size, rows - i * size), loop.create_future(), deadline, now, background)
                 for i, c in enumerate(chunks)
             ]
-        before = self.queue_rows
+        before = self._background_rows + self._queue_rows if background else self._queue_rows
         if background:
             self._background.extend(jobs)
             self._background_rows += rows
@@ -232,8 +240,11 @@ class Batcher:
             self._queue_rows += rows
             self._pending += 1
         self._notify_queue_rows()
+        # A first prediction wakes the consumer even when background work is queued: it may be waiting
+        # for the prediction lane to go idle. Otherwise the consumer is computing, or holding a batch
+        # open, and looks at the queue afterwards.
         if before == 0 or self._queue_rows >= size or (self._holding and not background):
-            self._wakeup.set()  # otherwise the consumer is computing: it looks at the queue afterwards
+            self._wakeup.set()
         if deadline is not None and deadline < self._expires_at:
             self._arm_expiry(loop, deadline)
         try:
@@ -250,6 +261,8 @@ class Batcher:
                 self._pending_background -= 1
             else:
                 self._pending -= 1
+                if self._pending == 0 and self._background_rows:
+                    self._wakeup.set()  # the prediction lane is idle: background work may go
 
     async def stop(self, *, drain: bool = True, timeout: float | None = None) -> None:
         """Stop admitting now; compute what is queued (``drain``) or fail it with :class:`Unavailable`.
@@ -328,11 +341,11 @@ class Batcher:
                 queue.popleft()  # tombstones of dropped jobs
             while background and not background[0].queued:
                 background.popleft()
-            if not queue and not background:
+            if not queue and (not background or (self._pending and not self._closing)):
                 if self._closing:
                     return
                 held_since = None
-                wakeup.clear()
+                wakeup.clear()  # a prediction arriving, or the last one answered, sets it
                 await wakeup.wait()
                 continue
             if queue and not self._closing and self._queue_rows < self._max_batch_size:
@@ -371,14 +384,19 @@ class Batcher:
         return True
 
     def _take(self) -> list[_Job]:
-        """Pop whole jobs, FIFO, up to ``max_batch_size`` rows, predictions first, then background work;
-        drop the expired and abandoned."""
+        """Pop whole jobs, FIFO: up to ``max_batch_size`` rows of predictions, or when there are none,
+        up to ``max_background_rows`` of background work; drop the expired and abandoned."""
         batch, rows, now = list[_Job](), 0, self._clock()
-        for queue in (self._queue, self._background):
+        for queue, limit in (
+            (self._queue, self._max_batch_size),
+            (self._background, self._max_background_rows),
+        ):
+            if batch:
+                break
             while queue:
                 job = queue[0]
                 if job.queued and not job.future.done() and (job.deadline is None or job.deadline > now):
-                    if batch and rows + job.rows > self._max_batch_size:
+                    if batch and rows + job.rows > limit:
                         break
                     self._unqueue(job)
                     batch.append(job)

@@ -220,6 +220,7 @@ class ModelRegistry:
             observer=model_metrics,
             wait=self.settings.batch_wait,
             name=f"{name}/{version}",
+            max_background_rows=self.settings.explain_job_rows,
         )
         batcher.start()
         model_metrics.set_served(runtime.provider)

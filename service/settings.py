@@ -133,9 +133,9 @@ class Settings(BaseSettings):
         8,
         ge=1,
         le=4096,
-        description="Rows of an explanation queued as one job in the batcher's background lane: a prediction "
-        "arriving while such a job computes waits for it, so fewer keeps predictions faster, more explains "
-        "faster (docs/explain.md).",
+        description="Rows of an explanation per job, and most rows in one batch of explanation rows (which "
+        "compute only while no prediction waits): a prediction arriving while such a batch computes waits "
+        "for it, so fewer keeps predictions faster, more explains faster (docs/explain.md).",
     )
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$", description="Log level.")
 

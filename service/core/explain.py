@@ -11,9 +11,9 @@ the parameters must be in range (400) and the explanation within ``SERVE_EXPLAIN
 both checked before the body is decoded; the image is prepared exactly as ``/classify`` prepares it
 (415, 413, 400). Then every row, the unperturbed input's first, goes through the version's batcher as
 ordinary work in its *background* lane (:mod:`service.batching`): predictions are always taken first,
-explanation rows fill what they leave. Rows go in jobs of ``SERVE_EXPLAIN_JOB_ROWS``, with enough
-jobs queued to fill one batch and one more, so an explanation never holds more than about a batch of
-the queue. The explanation's deadline (``SERVE_DEFAULT_TIMEOUT_S`` unless the request sets one) and
+explanation rows compute only while no prediction is queued, computing or being answered, in batches
+of their own of at most ``SERVE_EXPLAIN_JOB_ROWS`` rows. An explanation keeps :data:`WINDOW` jobs in
+the batcher (one computing, the next queued), so it never holds more of the queue than that. The explanation's deadline (``SERVE_DEFAULT_TIMEOUT_S`` unless the request sets one) and
 the queue limit apply to every job; cancelling the task (the client went away) drops every job not
 yet computing.
 
@@ -25,7 +25,6 @@ inference requests: ``inference_requests_total`` and its latency histogram stay 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from types import TracebackType
 
@@ -41,6 +40,8 @@ from service.preprocess import prepare_all
 from service.registry import ServedVersion
 from service.settings import Settings
 
+#: Jobs of one explanation in the batcher at once.
+WINDOW = 2
 #: Perturbed rows are made off the event loop when one job's rows hold more values than this.
 _INLINE_VALUES = 1 << 16
 
@@ -164,8 +165,7 @@ class ExplainCall:
 
     async def _run(self, explainer: Explainer, class_id: int, deadline: float) -> None:
         """Score every row of ``explainer`` for ``class_id``, a window of jobs at a time."""
-        job = self.limits.explain_job_rows
-        window = math.ceil(self.limits.max_batch_size / job) + 1
+        job, window = self.limits.explain_job_rows, WINDOW
         inline = job * explainer.perturbed(0, 1).size <= _INLINE_VALUES
         running: dict[asyncio.Future[np.ndarray], int] = {}
         start = 0

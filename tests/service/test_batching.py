@@ -794,10 +794,11 @@ def test_predictions_go_before_background_work_queued_earlier() -> None:
         fake.gate.set()
         results = await answer(asyncio.gather(computing, predicted, *background))
         assert_matches_model(prediction, results[1])
-        # The prediction leads the next batch; background jobs fill what it leaves, whole and in order.
+        # The prediction goes alone; background jobs follow in batches of their own, whole and in order.
         assert [r["k"].tolist() for r in fake.received[1:]] == [
-            [50, 51, 100, 101, 102, 103],
-            [110, 111, 112, 113, 120, 121, 122, 123],
+            [50, 51],
+            [100, 101, 102, 103, 110, 111, 112, 113],
+            [120, 121, 122, 123],
         ]
         assert batcher.pending == 0
         await batcher.stop()
@@ -903,5 +904,76 @@ def test_stop_without_drain_fails_queued_background_work() -> None:
         fake.gate.set()
         await answer(asyncio.gather(computing, stopping))
         assert fake.seen_ids() == {0}
+
+    run(main)
+
+
+def test_background_work_waits_while_any_prediction_is_pending() -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        batcher = make_batcher(fake, max_batch_size=8, max_background_rows=3)
+        rng = np.random.default_rng(46)
+        computing = asyncio.create_task(batcher.submit(make_inputs(rng, 1, 0), background=True))
+        assert await fake.next_batch() == 1
+        background = [
+            asyncio.create_task(batcher.submit(make_inputs(rng, 2, 100 + 10 * i), background=True))
+            for i in range(3)
+        ]
+        predicted = asyncio.create_task(batcher.submit(make_inputs(rng, 1, 50)))
+        await settle()
+        fake.gate.set()
+        await answer(asyncio.gather(computing, predicted, *background))
+        # The prediction waited only for the background batch already computing; background batches
+        # hold at most max_background_rows rows unless a single job is larger.
+        assert [r["k"].tolist() for r in fake.received] == [[0], [50], [100, 101], [110, 111], [120, 121]]
+        await batcher.stop()
+
+    run(main)
+
+
+def test_background_work_goes_once_the_last_prediction_is_answered() -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        batcher = make_batcher(fake)
+        rng = np.random.default_rng(47)
+        predicted = asyncio.create_task(batcher.submit(make_inputs(rng, 1, 0)))
+        assert await fake.next_batch() == 1
+        queued = asyncio.create_task(batcher.submit(make_inputs(rng, 2, 100), background=True))
+        await settle()
+        assert fake.batches == [1]  # a prediction is computing: the background lane waits
+        fake.gate.set()
+        await answer(asyncio.gather(predicted, queued))
+        assert fake.batches == [1, 2]
+        await batcher.stop()
+
+    run(main)
+
+
+def test_a_prediction_wakes_a_consumer_waiting_for_the_prediction_lane_to_go_idle() -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        loop = asyncio.get_running_loop()
+        rng = np.random.default_rng(48)
+        second = make_inputs(rng, 1, 60)
+        later: list[asyncio.Task[Arrays]] = []
+
+        class SubmitAfterFirstBatch(Recorder):
+            def on_batch(self, rows: int, compute_seconds: float) -> None:
+                super().on_batch(rows, compute_seconds)
+                if len(self.batches) == 1:  # runs before the first prediction's answer reaches it
+                    loop.call_soon(lambda: later.append(asyncio.create_task(batcher.submit(second))))
+
+        batcher = make_batcher(fake, observer=SubmitAfterFirstBatch())
+        first = asyncio.create_task(batcher.submit(make_inputs(rng, 1, 50)))
+        assert await fake.next_batch() == 1
+        queued = asyncio.create_task(batcher.submit(make_inputs(rng, 2, 100), background=True))
+        await settle()
+        fake.gate.set()
+        await answer(first)
+        await answer(
+            asyncio.gather(queued, *later)
+        )  # the second prediction arrived while the first was pending
+        assert [r["k"].tolist() for r in fake.received] == [[50], [60], [100, 101]]
+        await batcher.stop()
 
     run(main)
