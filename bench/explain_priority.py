@@ -1,13 +1,14 @@
 """Explanations beside predictions: prediction latency with and without explanations at full tilt.
 
-``python -m bench.explain_priority`` starts the service (``mnist-cnn``, HTTP only) as a real process and
-measures V2 infer with ``hey`` at ``-c 16`` (binary bodies) three times: alone, while ``--explainers``
-clients each run RISE explanations back to back (``--masks`` masks each, so the batcher's background
-lane never empties), and alone again. It prints each phase's req/s, p50 and p99, the explanations and
-rows per second, and the ratio of p99 with explanations to the mean p99 without. Explanation rows go
-through the same batcher in its background lane (service/batching.py), so predictions never queue
-behind them; what remains is the batch computing when a prediction arrives (at most
-``SERVE_EXPLAIN_JOB_ROWS`` rows per job) and the CPU the explanations use. Run it under
+``python -m bench.explain_priority`` starts the service (``mnist-cnn``, HTTP only) as a real process,
+times one explanation of each method on the idle server, then measures V2 infer with ``hey`` at
+``-c 16`` (binary bodies) three times: alone, while ``--explainers`` clients each run RISE explanations
+back to back (``--masks`` masks each, so the batcher's background lane never empties), and alone
+again. It prints each phase's req/s, p50 and p99, the explanations and rows per second, and the ratio
+of p99 with explanations to the mean p99 without. Explanation rows go through the same batcher in its
+background lane (service/batching.py): they compute only while no prediction is pending, so what
+remains is the background batch computing when a prediction arrives (at most
+``SERVE_EXPLAIN_JOB_ROWS`` rows) and the CPU the explanations use. Run it under
 ``flock /tmp/bench.lock`` on a shared machine and compare ratios inside one run only.
 """
 
@@ -56,6 +57,26 @@ def explain_loop(url: str, masks: int, stop: threading.Event, done: list[dict[st
             )
 
 
+def idle_cost(url: str) -> None:
+    """What one explanation costs on an idle server: the median of five, per method."""
+    image = first_test_image()
+    body = {
+        "inputs": [
+            {"name": "image", "datatype": "FP32", "shape": [1, 28, 28, 1], "data": image.ravel().tolist()}
+        ]
+    }
+    with httpx.Client(timeout=120) as client:
+        for params in (
+            {"method": "occlusion"},
+            {"method": "occlusion", "patch": 2, "stride": 1},
+            {"method": "rise"},
+        ):
+            answers = [client.post(url, params=params, json=body).json() for _ in range(5)]
+            ms = sorted(a["milliseconds"] for a in answers)[2]
+            rows = answers[0]["rows"]
+            print(f"idle: {params} {rows} rows in {ms:.0f} ms ({1000 * ms / rows:.0f} us/row)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -77,6 +98,7 @@ def main() -> None:
             infer = f"{base}/v2/models/{MODEL}/infer"
             path, headers = bodies["binary"]
             hey(infer, path, headers, args.concurrency, 3, server.pid)  # warm-up, not reported
+            idle_cost(f"{base}/v2/models/{MODEL}/explain")
             results: dict[str, dict[str, float]] = {}
             for phase in ("alone", "with explanations", "alone again"):
                 stop, done = threading.Event(), list[dict[str, Any]]()
