@@ -13,9 +13,9 @@ both checked before the body is decoded; the image is prepared exactly as ``/cla
 ordinary work in its *background* lane (:mod:`service.batching`): predictions are always taken first,
 explanation rows compute only while no prediction is queued, computing or being answered, in batches
 of their own of at most ``SERVE_EXPLAIN_JOB_ROWS`` rows. An explanation keeps :data:`WINDOW` jobs in
-the batcher (one computing, the next queued), so it never holds more of the queue than that. The explanation's deadline (``SERVE_DEFAULT_TIMEOUT_S`` unless the request sets one) and
-the queue limit apply to every job; cancelling the task (the client went away) drops every job not
-yet computing.
+the batcher (one computing, the next queued), so it never holds more of the queue than that. The
+explanation's deadline (``SERVE_DEFAULT_TIMEOUT_S`` unless the request sets one) and the queue limit
+apply to every job; cancelling the task (the client went away) drops every job not yet computing.
 
 Each explanation is counted in ``explanations_total`` by model, method and result (``ok``, the request
 statuses, or ``cancelled``), and its computed rows in ``explanation_rows_total``. Explanations are not

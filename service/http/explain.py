@@ -38,7 +38,32 @@ EXPLAIN_BODY = {"requestBody": {"required": True, "content": _CONTENT}}
 EXPLAIN_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The attribution as JSON, or with format=png the heat map over the image",
-        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["model_name", "model_version", "label", "class_id", "score", "attribution"],
+                    "properties": {
+                        "model_name": {"type": "string"},
+                        "model_version": {"type": "string"},
+                        "label": {"type": "string"},
+                        "class_id": {"type": "integer"},
+                        "score": {"type": "number"},
+                        "method": {"type": "string", "enum": ["occlusion", "rise"]},
+                        "parameters": {"type": "object"},
+                        "rows": {"type": "integer"},
+                        "milliseconds": {"type": "number"},
+                        "shape": {"type": "array", "items": {"type": "integer"}},
+                        "attribution": {
+                            "type": "array",
+                            "description": "H rows of W numbers: the score drop when the pixel is hidden",
+                            "items": {"type": "array", "items": {"type": "number"}},
+                        },
+                    },
+                }
+            },
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+        },
     },
     **errors(400, 404, 413, 415, 500, 503, 504),
 }
