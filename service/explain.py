@@ -35,6 +35,9 @@ from service.errors import InvalidInput, PayloadTooLarge
 
 #: Share of a RISE mask's grid cells that are kept.
 KEEP = 0.5
+#: Finest RISE grid: cells per side (the method's published grids are 7 and 8).
+MAX_GRID = 64
+_BLOCK = 256  # RISE masks drawn together from one seeded generator
 
 
 def baseline_value(preprocessing: Preprocessing) -> float:
@@ -184,27 +187,48 @@ class Rise:
         h, w = image.shape[:2]
         if masks < 2:
             raise InvalidInput(f"masks must be at least 2, got {masks}")
-        if not 2 <= grid <= min(h, w):
-            raise InvalidInput(f"grid must be from 2 to {min(h, w)} for the {h}x{w} input, got {grid}")
+        if not 2 <= grid <= min(h, w, MAX_GRID):
+            raise InvalidInput(
+                f"grid must be from 2 to {min(h, w, MAX_GRID)} for the {h}x{w} input, got {grid}"
+            )
         self._image, self._baseline = image.astype(np.float32, copy=False), np.float32(baseline)
         self.rows, self.grid, self.seed = masks, grid, seed
-        rng = np.random.default_rng(seed)
-        self._cells = rng.random((masks, grid + 1, grid + 1)) < KEEP
-        cell_h, cell_w = math.ceil(h / grid), math.ceil(w / grid)
-        self._dy = rng.integers(0, cell_h, masks)
-        self._dx = rng.integers(0, cell_w, masks)
-        self._rows_w = _interpolation(grid, cell_h, h + cell_h)
-        self._cols_w = _interpolation(grid, cell_w, w + cell_w)
+        self._cell = (math.ceil(h / grid), math.ceil(w / grid))
+        self._rows_w = _interpolation(grid, self._cell[0], h + self._cell[0])
+        self._cols_w = _interpolation(grid, self._cell[1], w + self._cell[1])
+        self._blocks: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._sum_s, self._sum_m = 0.0, np.zeros((h, w))
         self._sum_mm, self._sum_sm = np.zeros((h, w)), np.zeros((h, w))
         self._seen = 0
 
+    def _block(self, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cells, row and column shifts of masks ``block * _BLOCK ...``: drawn from ``(seed, block)``, so
+        any slice of masks is the same whenever it is asked for, and only two blocks are kept."""
+        if block not in self._blocks:
+            if len(self._blocks) >= 2:
+                self._blocks.pop(next(iter(self._blocks)))
+            rng = np.random.default_rng((self.seed, block))
+            n, side = min(_BLOCK, self.rows - block * _BLOCK), self.grid + 1
+            cells = rng.random((n, side, side)) < KEEP
+            self._blocks[block] = (
+                cells,
+                rng.integers(0, self._cell[0], n),
+                rng.integers(0, self._cell[1], n),
+            )
+        return self._blocks[block]
+
     def masks(self, start: int, stop: int) -> np.ndarray:
         """Masks ``start:stop``, ``(n, H, W)`` float64 in 0..1 (1: the pixel is kept)."""
         h, w = self._image.shape[:2]
-        rows = self._rows_w[self._dy[start:stop, None] + np.arange(h)]  # (n, H, grid+1)
-        cols = self._cols_w[self._dx[start:stop, None] + np.arange(w)]  # (n, W, grid+1)
-        return np.einsum("nhi,nij,nwj->nhw", rows, self._cells[start:stop].astype(np.float64), cols)
+        parts = []
+        for block in range(start // _BLOCK, (stop - 1) // _BLOCK + 1):
+            first = block * _BLOCK
+            cells, dy, dx = self._block(block)
+            lo, hi = max(start - first, 0), min(stop - first, len(cells))
+            rows = self._rows_w[dy[lo:hi, None] + np.arange(h)]  # (n, H, grid+1)
+            cols = self._cols_w[dx[lo:hi, None] + np.arange(w)]  # (n, W, grid+1)
+            parts.append(np.einsum("nhi,nij,nwj->nhw", rows, cells[lo:hi].astype(np.float64), cols))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def perturbed(self, start: int, stop: int) -> np.ndarray:
         m = self.masks(start, stop)[..., None].astype(np.float32)

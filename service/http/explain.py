@@ -108,7 +108,11 @@ async def explain(
     masks: Annotated[int, Query(ge=2, le=1_000_000, description="rise: number of random masks")] = 1000,
     grid: Annotated[
         int,
-        Query(ge=2, le=4096, description="rise: cells per side of a mask, at most the input's shorter side"),
+        Query(
+            ge=2,
+            le=64,
+            description="rise: cells per side of a mask (at most 64 and the input's shorter side)",
+        ),
     ] = 7,
     seed: Annotated[int, Query(ge=0, le=2**32 - 1, description="rise: seed of the masks")] = 0,
     label: Annotated[

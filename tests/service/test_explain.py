@@ -55,6 +55,15 @@ def test_rise_masks_are_seeded_and_in_range() -> None:
     assert 0.3 < masks.mean() < 0.7
 
 
+def test_rise_slices_across_its_blocks_are_the_same_masks_in_any_order() -> None:
+    rise, again = (Rise(image(), 0.0, masks=600, grid=3, seed=9) for _ in range(2))
+    whole = rise.masks(0, 600)  # three blocks of seeded draws: 256, 256, 88
+    assert whole.shape == (600, 12, 10)
+    for start, stop in ((500, 600), (250, 262), (0, 8), (255, 513)):  # out of order, across blocks
+        np.testing.assert_array_equal(again.masks(start, stop), whole[start:stop])
+    assert not np.array_equal(whole[:256], whole[256:512])
+
+
 def test_rise_recovers_a_region_the_score_reads() -> None:
     block = np.zeros((12, 10, 2))
     block[2:8, 1:6] = 1.0  # the score sums this block (the masks' cells are 3x2 pixels here)
@@ -91,6 +100,8 @@ def test_parameters_and_row_limit() -> None:
         make_explainer("rise", image(), 0.0, masks=1)
     with pytest.raises(InvalidInput, match="grid must be from 2 to 10"):
         make_explainer("rise", image(), 0.0, grid=11)
+    with pytest.raises(InvalidInput, match="grid must be from 2 to 64 for the 100x100 input, got 65"):
+        make_explainer("rise", np.zeros((100, 100, 1), np.float32), 0.0, grid=65)
     with pytest.raises(InvalidInput, match="unknown method 'lime'"):
         make_explainer("lime", image(), 0.0)
     with pytest.raises(PayloadTooLarge, match=r"needs 101 rows .* the limit is 100 rows"):
