@@ -58,6 +58,7 @@ class ExplainCall:
         self._method = "occlusion"
         self._rows = 0
         self._deadline_at: float | None = None
+        self._input_values = 0
 
     async def __aenter__(self) -> ExplainCall:
         if self._lifecycle.draining:
@@ -92,6 +93,7 @@ class ExplainCall:
         self.check_explainable()
         pre = self._served.runtime.metadata.preprocessing
         shape = (pre.height, pre.width, pre.channels)
+        self._input_values = pre.height * pre.width * pre.channels
         baseline = baseline_value(pre)
         # Parameters and the row limit are checked on a stand-in before the body is decoded.
         _explainer(request, np.zeros(shape, np.float32), baseline, self.limits.explain_max_rows)
@@ -166,7 +168,7 @@ class ExplainCall:
     async def _run(self, explainer: Explainer, class_id: int, deadline: float) -> None:
         """Score every row of ``explainer`` for ``class_id``, a window of jobs at a time."""
         job, window = self.limits.explain_job_rows, WINDOW
-        inline = job * explainer.perturbed(0, 1).size <= _INLINE_VALUES
+        inline = job * self._input_values <= _INLINE_VALUES
         running: dict[asyncio.Future[np.ndarray], int] = {}
         start = 0
         try:
