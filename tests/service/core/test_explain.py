@@ -167,3 +167,25 @@ def test_the_input_must_have_the_models_shape(tmp_path: Path) -> None:
             await core.explain("tiny", ExplainRequest())
 
     run(test, tmp_path)
+
+
+def test_a_larger_colour_input_makes_its_rows_off_the_event_loop(tmp_path: Path) -> None:
+    model = write_model_version(tmp_path, "colour", 1, input_shape=(64, 64, 3))
+    settings = Settings(model_repository=tmp_path, explain_job_rows=8)  # 8 x 64 x 64 x 3 values a job
+
+    async def main() -> None:
+        core = InferenceService(settings, Metrics(CollectorRegistry()))
+        await core.start()
+        try:
+            image = np.random.default_rng(2).uniform(0, 255, (64, 64, 3)).astype(np.float32)
+            answer = await core.explain("colour", ExplainRequest(input=image, patch=16, stride=16))
+            assert answer.attribution.shape == (64, 64) and answer.rows == 16 + 1
+            hidden = image.copy()
+            hidden[16:32, 48:64] = 127.5  # one patch of grey
+            probabilities = model.reference(np.stack([image, hidden]))
+            drop = probabilities[0, answer.class_id] - probabilities[1, answer.class_id]
+            assert answer.attribution[20, 50] == pytest.approx(drop, abs=1e-5)
+        finally:
+            await core.stop()
+
+    asyncio.run(main())
