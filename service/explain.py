@@ -197,6 +197,7 @@ class Rise:
         self._rows_w = _interpolation(grid, self._cell[0], h + self._cell[0])
         self._cols_w = _interpolation(grid, self._cell[1], w + self._cell[1])
         self._blocks: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._made: dict[int, np.ndarray] = {}
         self._sum_s, self._sum_m = 0.0, np.zeros((h, w))
         self._sum_mm, self._sum_sm = np.zeros((h, w)), np.zeros((h, w))
         self._seen = 0
@@ -227,20 +228,24 @@ class Rise:
             lo, hi = max(start - first, 0), min(stop - first, len(cells))
             rows = self._rows_w[dy[lo:hi, None] + np.arange(h)]  # (n, H, grid+1)
             cols = self._cols_w[dx[lo:hi, None] + np.arange(w)]  # (n, W, grid+1)
-            parts.append(np.einsum("nhi,nij,nwj->nhw", rows, cells[lo:hi].astype(np.float64), cols))
+            parts.append(rows @ cells[lo:hi].astype(np.float64) @ cols.transpose(0, 2, 1))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def perturbed(self, start: int, stop: int) -> np.ndarray:
-        m = self.masks(start, stop)[..., None].astype(np.float32)
-        return self._image[None] * m + self._baseline * (1 - m)
+        m = self.masks(start, stop)
+        self._made[start] = m  # kept until its scores come back (a window of slices at a time)
+        m32 = m[..., None].astype(np.float32)
+        return self._image[None] * m32 + self._baseline * (1 - m32)
 
     def add(self, start: int, scores: np.ndarray) -> None:
-        m = self.masks(start, start + len(scores))
+        m = self._made.pop(start, None)
+        if m is None or len(m) != len(scores):
+            m = self.masks(start, start + len(scores))
         s = scores.astype(np.float64)
         self._sum_s += float(s.sum())
         self._sum_m += m.sum(axis=0)
-        self._sum_mm += np.einsum("nhw,nhw->hw", m, m)
-        self._sum_sm += np.einsum("n,nhw->hw", s, m)
+        self._sum_mm += (m * m).sum(axis=0)
+        self._sum_sm += np.tensordot(s, m, axes=1)
         self._seen += len(s)
 
     def attribution(self, score: float) -> np.ndarray:
