@@ -48,7 +48,8 @@ the prediction lane idle, background work waits, and its deadline bounds how lon
 Background work is admitted only while the whole queue (both lanes) has room, and a prediction only
 looks at the prediction lane's rows, so queued background rows never get a prediction refused;
 ``queue_rows`` counts both. Background arrivals do not feed the wait policy and are never held for
-company. Deadlines, cancellation, draining and failures treat both lanes alike.
+company, and their time in the queue is not reported (``on_dequeue``); their batches are (``on_batch``,
+``on_wait``). Deadlines, cancellation, draining and failures treat both lanes alike.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class BatchObserver(Protocol):
         """Once per computed batch, successful or failed."""
 
     def on_dequeue(self, queued_seconds: float) -> None:
-        """Once per job taken into a batch: seconds from submit to batch start."""
+        """Once per prediction job taken into a batch: seconds from submit to batch start."""
 
     def on_queue_rows(self, rows: int) -> None:
         """Whenever the number of queued rows changes."""
@@ -409,7 +410,8 @@ class Batcher:
         self._notify_queue_rows()
         if self._observer is not None:
             for job in batch:
-                self._observe(self._observer.on_dequeue, now - job.enqueued)
+                if not job.background:  # its wait for an idle lane says nothing about predictions'
+                    self._observe(self._observer.on_dequeue, now - job.enqueued)
         return batch
 
     async def _compute(self, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> None:

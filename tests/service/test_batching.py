@@ -831,6 +831,21 @@ def test_queued_background_rows_never_refuse_a_prediction() -> None:
     run(main)
 
 
+def test_background_work_is_counted_in_batches_but_not_in_queue_times() -> None:
+    async def main() -> None:
+        fake = FakeRuntime()
+        recorder = Recorder()
+        batcher = make_batcher(fake, observer=recorder)
+        rng = np.random.default_rng(49)
+        await answer(batcher.submit(make_inputs(rng, 3, 0), background=True))
+        await answer(batcher.submit(make_inputs(rng, 2, 10)))
+        assert recorder.batches == [3, 2]
+        assert len(recorder.waits) == 2 and len(recorder.queued_seconds) == 1  # the prediction's
+        await batcher.stop()
+
+    run(main)
+
+
 def test_background_work_does_not_hold_a_batch_and_is_not_held() -> None:
     async def main() -> None:
         fake = FakeRuntime()
