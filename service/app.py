@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from service.core import InferenceService
 from service.grpc.server import GrpcServer
 from service.http.errors import install_error_handlers
+from service.http.explain import router as explain_router
 from service.http.fastpath import CloseWhileDraining, FastPath
 from service.http.feedback import router as feedback_router
 from service.http.openapi import install_docs, refine
@@ -100,6 +101,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(feedback_router)
+    app.include_router(explain_router)
     refine(app)
     install_docs(app)
 

@@ -42,6 +42,8 @@ CONNECTION_REASONS = (
     "evicted",  # the longest-idle connection, closed to admit a new one at max_connections
     "over_capacity",  # a new connection at max_connections with none idle (503)
 )
+#: The ``result`` of ``explanations_total``: the request statuses, and ``cancelled`` (the client left).
+EXPLAIN_RESULTS = (*STATUSES, "cancelled")
 #: The ``protocol`` label of the request metrics: HTTP's series exist from the start, gRPC's from its
 #: first call (so an HTTP-only process exports exactly what it did before the label).
 PROTOCOLS = ("http", "grpc")
@@ -131,6 +133,18 @@ class Metrics:
         self.feedback_stored_bytes = Gauge(
             "feedback_stored_bytes", "Bytes of feedback images per model.", ["model"], registry=registry
         )
+        self.explanations = Counter(
+            "explanations_total",
+            "Explanations (POST .../explain) by model, method and result.",
+            ["model", "method", "result"],
+            registry=registry,
+        )
+        self.explanation_rows = Counter(
+            "explanation_rows_total",
+            "Perturbed rows that explanations ran through the batchers (also in inference_rows_total).",
+            ["model", "method"],
+            registry=registry,
+        )
 
         self.connections_closed = Counter(
             "http_connections_closed_total",
@@ -140,6 +154,14 @@ class Metrics:
         )
         for reason in CONNECTION_REASONS:
             self.connections_closed.labels(reason)
+
+    def observe_explanation(self, model: str, method: str, result: str, rows: int) -> None:
+        """Count one explanation: ``result`` in :data:`EXPLAIN_RESULTS`, ``rows`` perturbed rows computed."""
+        if result not in EXPLAIN_RESULTS:
+            raise ValueError(f"unknown explanation result {result!r}")
+        self.explanations.labels(model, method, result).inc()
+        if rows:
+            self.explanation_rows.labels(model, method).inc(rows)
 
     def observe_feedback(self, model: str, label: str | None, result: str) -> None:
         """Count one feedback request. ``label`` is ``None`` unless it is one of the model's labels, so

@@ -331,6 +331,7 @@ class ModelRegistry:
             tracer=None
             if self.tracing is None
             else self.tracing.batches(name, version, runtime.provider, self.settings.max_batch_size),
+            max_background_rows=self.settings.explain_job_rows,
         )
         batcher.start()
         model_metrics.set_served(runtime.provider)

@@ -196,6 +196,20 @@ class Settings(BaseSettings):
         le=1024**4,
         description="Most bytes of feedback images stored per model; beyond it 507.",
     )
+    explain_max_rows: int = Field(
+        4096,
+        ge=1,
+        le=1_000_000,
+        description="Most perturbed rows one explanation may run (POST .../explain); beyond it 413.",
+    )
+    explain_job_rows: int = Field(
+        8,
+        ge=1,
+        le=4096,
+        description="Rows of an explanation per job, and most rows in one batch of explanation rows (which "
+        "compute only while no prediction waits): a prediction arriving while such a batch computes waits "
+        "for it, so fewer keeps predictions faster, more explains faster (docs/explain.md).",
+    )
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$", description="Log level.")
     log_format: Literal["text", "json"] = Field(
         "text",

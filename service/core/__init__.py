@@ -30,6 +30,9 @@ seconds)::
     await core.infer(name, InferRequest(...), version)      # the same in one call
     await core.classify(name, ClassifyRequest(...), version)
 
+    async with core.explain_call(name, version) as call:  # which pixels made it: service.core.explain
+        explanation = await call.explain(ExplainRequest(image=png_or_jpeg, method="rise"))
+
     async with core.feedback_call(name, version, "Bearer <token>", label) as call:  # 404/401/403/400
         receipt = await call.submit(image_bytes)                                   # FeedbackReceipt
 
@@ -47,6 +50,7 @@ draining, queue full; ``retry_after_s`` set), ``DeadlineExceeded``, ``InferenceF
 """
 
 from service.core.call import ModelCall, status_label
+from service.core.explain import ExplainCall
 from service.core.feedback import FeedbackCall
 from service.core.lifecycle import Lifecycle
 from service.core.service import InferenceService
@@ -54,6 +58,8 @@ from service.core.types import (
     ClassifyRequest,
     ClassifyResponse,
     ClassifyResult,
+    ExplainRequest,
+    Explanation,
     FeedbackReceipt,
     InferRequest,
     InferResponse,
@@ -68,6 +74,9 @@ __all__ = [
     "ClassifyRequest",
     "ClassifyResponse",
     "ClassifyResult",
+    "ExplainCall",
+    "ExplainRequest",
+    "Explanation",
     "FeedbackCall",
     "FeedbackReceipt",
     "InferRequest",

@@ -13,12 +13,15 @@ import logging
 from service import __version__
 from service.contract import PLATFORM
 from service.core.call import ModelCall
+from service.core.explain import ExplainCall
 from service.core.feedback import FeedbackCall, FeedbackDesk
 from service.core.lifecycle import Lifecycle
 from service.core.prepare import PreparePool
 from service.core.types import (
     ClassifyRequest,
     ClassifyResponse,
+    ExplainRequest,
+    Explanation,
     InferRequest,
     InferResponse,
     ModelInfo,
@@ -184,6 +187,16 @@ class InferenceService:
         """Classify in one call."""
         async with self.call(name, version) as call:
             return await call.classify(request)
+
+    def explain_call(self, name: str, version: int | None = None) -> ExplainCall:
+        """An explanation of one served version, to use as ``async with`` (see :mod:`service.core.explain`):
+        NotFound or Unavailable now; inside, :meth:`ExplainCall.explain`."""
+        return ExplainCall(self._get(name, version), self.settings, self.lifecycle, self.metrics)
+
+    async def explain(self, name: str, request: ExplainRequest, version: int | None = None) -> Explanation:
+        """Explain in one call."""
+        async with self.explain_call(name, version) as call:
+            return await call.explain(request)
 
     def feedback_call(
         self, name: str, version: int | None, authorization: str | None, label: str
