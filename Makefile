@@ -9,7 +9,7 @@ DATA_DIR ?= ../shared/data
 SERVE_STAMP := $(VENV)/.serve-installed
 DEV_STAMP   := $(VENV)/.dev-installed
 
-.PHONY: run test test-deploy lint format protos train bench bench-grpc bench-tracing bench-soak bench-models bench-preprocess bench-threads schema system-deps clean
+.PHONY: models run test test-deploy lint format protos train bench bench-grpc bench-tracing bench-soak bench-models bench-preprocess bench-threads schema system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -91,6 +91,10 @@ bench-threads: $(DEV_STAMP)
 ## schema: regenerate docs/metadata.schema.json from service/contract.py (a test checks it is current)
 schema: $(DEV_STAMP)
 	$(BIN)/python -m service.contract > docs/metadata.schema.json
+
+## models: retrain the shipped reference models and ship them with their training artifact (train/model.keras)
+models: $(DEV_STAMP)
+	DATA_DIR=$(DATA_DIR) $(BIN)/python -m bench.reference_models --install
 
 ## bench-models: retrain the shipped reference models into a scratch repository and compare accuracy
 bench-models: $(DEV_STAMP)
