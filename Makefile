@@ -46,11 +46,11 @@ train-deps: $(TRAIN_STAMP)
 ## docs: build the docs site into site/ with warnings as errors (also part of make test)
 docs: $(DEV_STAMP)
 	$(BIN)/python -m tools.gen_docs --check
-	$(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 ## docs-serve: serve the docs site offline on http://127.0.0.1:8002
 docs-serve: $(DEV_STAMP)
-	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8002
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8002
 
 ## docs-gen: regenerate the settings and metrics reference pages from the code
 docs-gen: $(DEV_STAMP)
@@ -62,7 +62,7 @@ test: $(DEV_STAMP) system-deps
 	$(BIN)/ruff format --check service training tests bench tools
 	$(BIN)/mypy
 	$(BIN)/python -m tools.gen_docs --check
-	$(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	DATA_DIR=$(DATA_DIR) $(BIN)/python -m pytest
 
 ## test-deploy: build the images and run the compose stack in Docker (root; starts and stops its own dockerd)
