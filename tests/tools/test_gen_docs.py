@@ -1,4 +1,4 @@
-"""The settings and metrics reference pages are generated from the code, and the committed ones are current."""
+"""The reference pages are generated from the code, and the committed ones are current."""
 
 from __future__ import annotations
 
