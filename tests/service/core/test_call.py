@@ -69,6 +69,18 @@ def test_a_call_counts_under_its_transports_protocol(tmp_path: Path) -> None:
     run(test, tmp_path)
 
 
+def test_the_one_call_helpers_count_under_the_given_protocol(tmp_path: Path) -> None:
+    async def test(core: InferenceService, model: WrittenModel) -> None:
+        await core.infer("tiny", InferRequest({"image": images(1)}), protocol="grpc")
+        await core.infer("tiny", InferRequest({"image": images(1)}))
+        sample = core.metrics.registry.get_sample_value
+        mv = {"model": "tiny", "version": "1", "status": "ok"}
+        assert sample("inference_requests_total", {**mv, "protocol": "grpc"}) == 1
+        assert sample("inference_requests_total", {**mv, "protocol": "http"}) == 1
+
+    run(test, tmp_path)
+
+
 def test_a_request_cancelled_after_its_deadline_counts_as_a_timeout(tmp_path: Path) -> None:
     # What a gRPC deadline does: grpcio cancels the handler once the client's deadline has passed.
     async def test(core: InferenceService, model: WrittenModel) -> None:
