@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--feedback-share",
         type=bounded(float, minimum=0, maximum=0.9),
         default=0.2,
-        help="feedback's share of each epoch, by repetition (default 0.2, measured: see the README)",
+        help="feedback's share of each epoch, by repetition (default 0.2, measured: docs/benchmarks.md)",
     )
     parser.add_argument(
         "--holdout",
