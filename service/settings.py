@@ -24,7 +24,7 @@ def _split_list(value: Any) -> Any:
 
 
 class Settings(BaseSettings):
-    """Everything an operator can tune. Every field is bounded; see the README for the defaults' reasons."""
+    """Everything an operator can tune. Every field is bounded; why the defaults: docs/benchmarks.md."""
 
     model_config = SettingsConfigDict(env_prefix="SERVE_", extra="forbid", frozen=True)
 

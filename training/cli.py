@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import os
 import re
 import shlex
 import sys
@@ -22,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from training import folderlayout, imagefolder, retrain_cli
+from training import folderlayout, imagefolder, retrain_cli, tfsetup
 from training.arguments import PROG, build_parser
 from training.config import HyperParameters
 from training.data import load_dataset, resolve_data_dir
@@ -125,7 +124,7 @@ def _train(args: argparse.Namespace, *, command: str) -> int:
             imagefolder.check_counts(layout.classes, layout.train.labels, carve, early, str(args.images))
 
         # TensorFlow is imported only now, so that usage and data errors above answer at once.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        tfsetup.import_tensorflow()
         from training import pipeline, report
         from training.presets import preset_defaults
 
@@ -157,6 +156,10 @@ def _train(args: argparse.Namespace, *, command: str) -> int:
 def _import(args: argparse.Namespace, *, command: str) -> int:
     name = validate_name(args.name or _slug(args.path.stem))
     _check_repository(args.publish)
+    if args.path.suffix.lower() == ".onnx":
+        tfsetup.require_train_extra("onnx")
+    else:  # a Keras file or a SavedModel goes through TensorFlow and tf2onnx
+        tfsetup.import_tensorflow()
     from training import importer, report
 
     config = importer.ImportConfig(

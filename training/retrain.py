@@ -64,7 +64,7 @@ class RetrainConfig:
     epochs: int | None = None
     learning_rate: float | None = None
     limit_train: int | None = None
-    #: Share of each epoch's examples that are feedback (by repetition; see the README's measurement).
+    #: Share of each epoch's examples that are feedback (by repetition; measured: docs/benchmarks.md).
     feedback_share: float = 0.2
     #: Fraction of feedback items held out to compare champion and challenger.
     holdout: float = 0.3

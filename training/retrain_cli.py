@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from training import tfsetup
 from training.data import resolve_data_dir
 from training.errors import UsageError
 from training.feedback import new_since_newest
@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--feedback-share",
         type=bounded(float, minimum=0, maximum=0.9),
         default=0.2,
-        help="feedback's share of each epoch, by repetition (default 0.2, measured: see the README)",
+        help="feedback's share of each epoch, by repetition (default 0.2, measured: docs/benchmarks.md)",
     )
     parser.add_argument(
         "--holdout",
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace, *, command: str) -> int:
         # The common case for a scheduled job: answer before paying for TensorFlow.
         print(f"nothing new: no feedback for {name} since version {version} was trained")
         return 0
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    tfsetup.import_tensorflow()
     from training import retrain
 
     config = retrain.RetrainConfig(

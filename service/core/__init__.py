@@ -2,7 +2,7 @@
 
 :class:`InferenceService` owns the settings, the model registry (runtimes, batchers, the compute
 threads), the metrics and the lifecycle (loading, readiness, draining). Transports are thin adapters
-over it: :mod:`service.http` today, a gRPC servicer tomorrow. An adapter decodes its wire format into
+over it: :mod:`service.http` and :mod:`service.grpc`. An adapter decodes its wire format into
 the types of :mod:`service.core.types`, calls the core, encodes the result, and maps the core's errors
 (:mod:`service.errors`, each with a transport-neutral ``kind``) to its own status codes, in one place.
 It never touches the registry.
@@ -27,7 +27,7 @@ seconds)::
         # InferResponse(model, version, id, outputs={name: ndarray}, specs=(TensorSpec, ...))
         # or: await call.classify(ClassifyRequest([png_or_jpeg, ...], top_k)) -> ClassifyResponse
         # ClassifyResponse(model, version, results=(ClassifyResult(predictions, filename, input), ...))
-    await core.infer(name, InferRequest(...), version)      # the same in one call
+    await core.infer(name, InferRequest(...), version, protocol="grpc")  # the same in one call
     await core.classify(name, ClassifyRequest(...), version)
 
     async with core.explain_call(name, version) as call:  # which pixels made it: service.core.explain

@@ -106,9 +106,17 @@ class FeedbackCall:
     """One feedback request (see the module docstring); ``limits`` are the service's settings."""
 
     def __init__(
-        self, core: InferenceService, name: str, version: int | None, authorization: str | None, label: str
+        self,
+        core: InferenceService,
+        name: str,
+        version: int | None,
+        authorization: str | None,
+        label: str,
+        *,
+        protocol: str = "http",
     ) -> None:
         desk, settings = core.feedback, core.settings
+        self._protocol = protocol
         if desk.store is None or settings.feedback_token is None:
             raise NotFound(
                 "feedback is not enabled on this server (SERVE_FEEDBACK_DIR, SERVE_FEEDBACK_TOKEN)"
@@ -152,7 +160,8 @@ class FeedbackCall:
         if not image:
             raise InvalidInput("empty image")
         extension = image_extension(image)
-        result = await self._core.classify(self.name, ClassifyRequest([image], top_k=1), self.version)
+        request = ClassifyRequest([image], top_k=1)
+        result = await self._core.classify(self.name, request, self.version, protocol=self._protocol)
         predicted = result.results[0].predictions[0].label
         store = functools.partial(
             self._store.store,

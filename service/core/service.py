@@ -176,16 +176,19 @@ class InferenceService:
             self._get(name, version), self.settings, self.lifecycle, protocol, self.preparer, self.tracing
         )
 
-    async def infer(self, name: str, request: InferRequest, version: int | None = None) -> InferResponse:
-        """Infer in one call, for transports that decode without the model's signature."""
-        async with self.call(name, version) as call:
+    async def infer(
+        self, name: str, request: InferRequest, version: int | None = None, *, protocol: str = "http"
+    ) -> InferResponse:
+        """Infer in one call, for transports that decode without the model's signature; counted under
+        the calling transport's ``protocol``."""
+        async with self.call(name, version, protocol=protocol) as call:
             return await call.infer(request)
 
     async def classify(
-        self, name: str, request: ClassifyRequest, version: int | None = None
+        self, name: str, request: ClassifyRequest, version: int | None = None, *, protocol: str = "http"
     ) -> ClassifyResponse:
-        """Classify in one call."""
-        async with self.call(name, version) as call:
+        """Classify in one call; counted under the calling transport's ``protocol``."""
+        async with self.call(name, version, protocol=protocol) as call:
             return await call.classify(request)
 
     def explain_call(self, name: str, version: int | None = None) -> ExplainCall:
@@ -199,11 +202,18 @@ class InferenceService:
             return await call.explain(request)
 
     def feedback_call(
-        self, name: str, version: int | None, authorization: str | None, label: str
+        self,
+        name: str,
+        version: int | None,
+        authorization: str | None,
+        label: str,
+        *,
+        protocol: str = "http",
     ) -> FeedbackCall:
         """A feedback request, to use as ``async with`` (see :mod:`service.core.feedback`): NotFound,
-        Unauthorized, Forbidden or InvalidInput (the label) now; inside, :meth:`FeedbackCall.submit`."""
-        return FeedbackCall(self, name, version, authorization, label)
+        Unauthorized, Forbidden or InvalidInput (the label) now; inside, :meth:`FeedbackCall.submit`.
+        The classification it makes is counted under the calling transport's ``protocol``."""
+        return FeedbackCall(self, name, version, authorization, label, protocol=protocol)
 
     # ---- repository --------------------------------------------------------------------------------
 
