@@ -26,6 +26,7 @@ from service.http.errors import install_error_handlers
 from service.http.fastpath import CloseWhileDraining, FastPath
 from service.http.feedback import router as feedback_router
 from service.http.openapi import install_docs, refine
+from service.http.rollout import router as rollout_router
 from service.http.routes import router
 from service.metrics import Metrics
 from service.settings import Settings
@@ -92,6 +93,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(feedback_router)
+    app.include_router(rollout_router)
     refine(app)
     install_docs(app)
 

@@ -179,9 +179,18 @@ class FeedbackStore:
             return state.usage if state is not None else Usage()
 
     def store(
-        self, model: str, label: str, data: bytes, ext: str, *, served_version: int, predicted: str
+        self,
+        model: str,
+        label: str,
+        data: bytes,
+        ext: str,
+        *,
+        served_version: int,
+        predicted: str,
+        rollout: dict[str, Any] | None = None,
     ) -> FeedbackItem:
         """Keep ``data`` as an example of ``label`` for ``model``; returns the logged record once durable.
+        ``rollout`` is the lineage of an item that arrived during a rollout (stage, both predictions).
 
         Raises :class:`QuotaFull` (507) when the item would exceed a quota, :class:`InsufficientStorage`
         (507) when the disk is full, and a plain :class:`ServiceError` (500) for other storage failures;
@@ -200,7 +209,7 @@ class FeedbackStore:
                 state.remove_partials()
                 self._check_quota(model, state.usage, len(data))
                 try:
-                    item = self._write(model, label, data, ext, served_version, predicted)
+                    item = self._write(model, label, data, ext, served_version, predicted, rollout)
                     state.append(item)
                 except OSError as exc:
                     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -244,7 +253,14 @@ class FeedbackStore:
             )
 
     def _write(
-        self, model: str, label: str, data: bytes, ext: str, served_version: int, predicted: str
+        self,
+        model: str,
+        label: str,
+        data: bytes,
+        ext: str,
+        served_version: int,
+        predicted: str,
+        rollout: dict[str, Any] | None = None,
     ) -> FeedbackItem:
         item_id = new_id()
         directory = self.root / model / label_dir_name(label)
@@ -272,4 +288,5 @@ class FeedbackStore:
             file=final.relative_to(self.root).as_posix(),
             bytes=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
+            rollout=rollout,
         )

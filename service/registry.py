@@ -9,6 +9,11 @@ signature check, warm-up) runs in a worker thread; a version is visible to reque
 has passed every step. A new version is loaded beside the old one and swapped in with one dict
 assignment, so a request sees either the old or the new version, never a half-loaded one; the old
 version finishes what it has queued and is stopped once idle.
+
+Which loaded version answers unversioned requests (the *champion*) follows the model's rollout record
+(:mod:`service.rollout`, ``docs/rollout.md``): the newest version that is not rejected, not the running
+rollout's candidate, and not marked as a candidate unless promoted. Candidates, and a promoted
+champion's predecessor during its grace period, stay loaded whatever the version policy says.
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.batching import Batcher
-from service.contract import METADATA_FILE, MODEL_FILE, valid_model_name, version_dir
+from service.contract import CANDIDATE_FILE, METADATA_FILE, MODEL_FILE, valid_model_name, version_dir
 from service.errors import NotFound, Unavailable
 from service.metrics import Metrics, ModelMetrics
 from service.repository import incomplete_versions, scan_repository
+from service.rollout import RolloutRecord, eligible_champions
+from service.rolloutstore import RecordError, read_record, remove_record, write_record
 from service.runtime import ModelLoadError, ModelRuntime, load_model
 from service.settings import Settings
 
@@ -75,6 +82,10 @@ class ModelRegistry:
         # (name, version) -> missing files already reported for an incomplete version directory.
         self._incomplete: dict[tuple[str, int], tuple[str, ...]] = {}
         self._unloaded: set[str] = set()
+        # Per model: its rollout record, the champion's version, the versions on disk.
+        self._records: dict[str, RolloutRecord] = {}
+        self._champion: dict[str, int] = {}
+        self._available: dict[str, list[int]] = {}
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self.loaded = False  # the initial load has finished (successfully or not)
@@ -104,11 +115,43 @@ class ModelRegistry:
                 raise Unavailable(f"model '{name}' is not ready")
             raise NotFound(f"unknown model '{name}'")
         if version is None:
-            return served[max(served)]
+            champion = self._champion.get(name)
+            if champion is None or champion not in served:
+                raise Unavailable(f"model '{name}' has no champion version loaded (only candidates)")
+            return served[champion]
         try:
             return served[version]
         except KeyError:
             raise NotFound(f"model '{name}' has no served version {version}") from None
+
+    def served(self, name: str, version: int) -> ServedVersion | None:
+        """The loaded version, or None."""
+        return self._served.get(name, {}).get(version)
+
+    def available(self, name: str) -> list[int]:
+        """The model's complete versions on disk at the last scan."""
+        return self._available.get(name, [])
+
+    def record(self, name: str) -> RolloutRecord | None:
+        """The model's rollout record as last read or written."""
+        return self._records.get(name)
+
+    def read_record(self, name: str) -> RolloutRecord | None:
+        """The model's rollout record as stored now (None when it has none or it is damaged: logged)."""
+        try:
+            data = read_record(self.root, name)
+            return None if data is None else RolloutRecord.model_validate(data)
+        except (RecordError, ValueError) as exc:
+            log.error("rollout record of %s ignored: %s", name, exc)
+            return None
+
+    async def apply_record(self, name: str, record: RolloutRecord | None, *, remove: bool = False) -> None:
+        """Store ``record`` (or remove the model's record) and bring the served versions in line."""
+        if remove or record is None:
+            await asyncio.to_thread(remove_record, self.root, name)
+        else:
+            await asyncio.to_thread(write_record, self.root, name, record.model_dump(mode="json"))
+        await self.sync([name])
 
     def index(self) -> list[dict[str, str]]:
         """Repository index rows in Triton's shape: every version found on disk, with its state."""
@@ -119,6 +162,8 @@ class ModelRegistry:
             for version in sorted(set(found.get(name, [])) | set(served)):
                 if version in served:
                     state, reason = "READY", ""
+                elif (record := self._records.get(name)) is not None and version in record.rejected:
+                    state, reason = "UNAVAILABLE", "rolled back"
                 elif (name, version) in self._failed:
                     state, reason = "UNAVAILABLE", "failed to load (see server log)"
                 else:
@@ -179,7 +224,25 @@ class ModelRegistry:
             self._served.pop(name, None)
 
     async def _sync_model(self, name: str, available: list[int]) -> None:
-        wanted = set(self.settings.policy.select(available))
+        record = self.read_record(name)
+        if record is None:
+            self._records.pop(name, None)
+        else:
+            self._records[name] = record
+        self._available[name] = available
+        marked = {v for v in available if (version_dir(self.root, name, v) / CANDIDATE_FILE).is_file()}
+        eligible = eligible_champions(available, marked, record)
+        wanted = set(self.settings.policy.select(eligible))
+        rejected = set(record.rejected) if record is not None else set()
+        # Candidates waiting for a rollout, the rollout's candidate, a promoted champion's predecessor.
+        newest = max(eligible, default=0)
+        promoted = set(record.promoted) if record is not None else set()
+        wanted |= {v for v in marked - rejected - promoted if v > newest}
+        if record is not None and record.active and record.candidate in available:
+            wanted.add(record.candidate)
+        grace = record.grace_until if record is not None else None
+        if record is not None and record.previous in available and grace is not None and time.time() < grace:
+            wanted.add(record.previous)
         served = self._served.setdefault(name, {})
         for version in sorted(wanted - set(served)):
             loaded = await self._load_version(name, version)
@@ -189,8 +252,14 @@ class ModelRegistry:
         # Retire what the policy no longer selects, but only when something newer is serving,
         # so a broken new version never takes the model down.
         for version in sorted(set(served) - wanted):
-            if any(v > version for v in served if v in wanted) or version not in available:
+            newer = any(v > version for v in served if v in wanted)
+            if newer or version not in available or version in rejected:
                 self._retire(name, version)
+        champions = [v for v in eligible if v in served]
+        if champions:
+            self._champion[name] = max(champions)
+        else:
+            self._champion.pop(name, None)
         if not served:
             del self._served[name]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -122,6 +122,22 @@ class Settings(BaseSettings):
         ge=1024,
         le=1024**4,
         description="Most bytes of feedback images stored per model; beyond it 507.",
+    )
+    rollout_decider: Literal["local", "controller"] = Field(
+        "local",
+        description="Who decides rollouts (docs/rollout.md): 'local' folds this process's evidence into "
+        "the record and decides (one replica); 'controller' only follows the record that "
+        "'python -m service.controller' writes from every replica's metrics.",
+    )
+    rollout_interval_s: float = Field(
+        1.0, ge=0.05, le=3600, description="Seconds between rollout decisions and record re-reads."
+    )
+    rollout_shadow_max_pending: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="Most shadow computations on a candidate at once; beyond it a comparison is skipped "
+        "(counted), never an answer delayed.",
     )
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$", description="Log level.")
 

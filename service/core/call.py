@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Mapping
 from types import TracebackType
 
 import numpy as np
@@ -70,7 +71,9 @@ class ModelCall:
         "_deadline_at",
         "_lifecycle",
         "_served",
+        "_shadow",
         "_started",
+        "_tap",
         "limits",
         "name",
         "protocol",
@@ -79,7 +82,14 @@ class ModelCall:
     )
 
     def __init__(
-        self, served: ServedVersion, settings: Settings, lifecycle: Lifecycle, protocol: str = "http"
+        self,
+        served: ServedVersion,
+        settings: Settings,
+        lifecycle: Lifecycle,
+        protocol: str = "http",
+        *,
+        tap: Callable[[int, str, float], None] | None = None,
+        shadow: Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray]], None] | None = None,
     ) -> None:
         self._lifecycle = lifecycle
         self._served = served
@@ -90,6 +100,9 @@ class ModelCall:
         self.protocol = protocol
         self._started = 0.0
         self._deadline_at: float | None = None
+        # A rollout's evidence (``tap``: version, status, seconds) and shadow (after the answer).
+        self._tap = tap
+        self._shadow = shadow
 
     async def __aenter__(self) -> ModelCall:
         self._started = time.perf_counter()
@@ -108,7 +121,10 @@ class ModelCall:
             self._observe("timeout")
 
     def _observe(self, status: str) -> None:
-        self._served.metrics.observe_request(status, time.perf_counter() - self._started, self.protocol)
+        seconds = time.perf_counter() - self._started
+        self._served.metrics.observe_request(status, seconds, self.protocol)
+        if self._tap is not None:
+            self._tap(self.version, status, seconds)
 
     def _deadline_passed(self) -> bool:
         return self._deadline_at is not None and time.monotonic() >= self._deadline_at
@@ -132,6 +148,8 @@ class ModelCall:
         if request.outputs is not None:
             specs = tuple(t for t in specs if t.name in request.outputs)
         outputs = await self._served.batcher.submit(inputs, deadline=self._deadline(request.deadline))
+        if self._shadow is not None:
+            self._shadow(inputs, outputs)  # only schedules: the answer goes now
         return InferResponse(
             self.name, self.version, request.id, {t.name: outputs[t.name] for t in specs}, specs
         )
@@ -151,9 +169,10 @@ class ModelCall:
             self._served.runtime.metadata.preprocessing,
             max_pixels=self.limits.max_image_pixels,
         )
-        outputs = await self._served.batcher.submit(
-            {spec.name: batch.astype(spec.dtype, copy=False)}, deadline=deadline
-        )
+        inputs = {spec.name: batch.astype(spec.dtype, copy=False)}
+        outputs = await self._served.batcher.submit(inputs, deadline=deadline)
+        if self._shadow is not None:
+            self._shadow(inputs, outputs)
         probabilities = outputs[self.signature.outputs[0].name]
         labels = self._served.runtime.labels
         results = []

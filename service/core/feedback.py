@@ -39,6 +39,7 @@ from service.errors import (
 )
 from service.feedback import LOG_SUFFIX, FeedbackStore, QuotaFull
 from service.metrics import Metrics
+from service.rollout import RolloutRecord
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -105,7 +106,13 @@ class FeedbackCall:
     """One feedback request (see the module docstring); ``limits`` are the service's settings."""
 
     def __init__(
-        self, core: InferenceService, name: str, version: int | None, authorization: str | None, label: str
+        self,
+        core: InferenceService,
+        name: str,
+        version: int | None,
+        authorization: str | None,
+        label: str,
+        routing_key: str | None = None,
     ) -> None:
         desk, settings = core.feedback, core.settings
         if desk.store is None or settings.feedback_token is None:
@@ -122,6 +129,8 @@ class FeedbackCall:
         self._token = settings.feedback_token
         self._authorization = authorization
         self._labels = info.labels
+        self._requested = version
+        self._routing_key = routing_key
 
     async def __aenter__(self) -> FeedbackCall:
         try:
@@ -151,6 +160,10 @@ class FeedbackCall:
         if not image:
             raise InvalidInput("empty image")
         extension = image_extension(image)
+        if self._requested is None:
+            paired = self._core.rollout.paired_versions(self.name, self._routing_key)
+            if paired is not None:
+                return await self._submit_paired(image, extension, *paired)
         result = await self._core.classify(self.name, ClassifyRequest([image], top_k=1), self.version)
         predicted = result.results[0].predictions[0].label
         item = await asyncio.to_thread(
@@ -163,6 +176,44 @@ class FeedbackCall:
             predicted=predicted,
         )
         return FeedbackReceipt(item.id, result.model, result.version, self.label, predicted)
+
+    async def _submit_paired(
+        self,
+        image: bytes,
+        extension: str,
+        record: RolloutRecord,
+        answering: int,
+        champion: int,
+        candidate: int,
+    ) -> FeedbackReceipt:
+        """During a rollout: score the image on both versions, store it with its lineage, count the pair."""
+        request = ClassifyRequest([image], top_k=1)
+        results = await asyncio.gather(
+            self._core.classify(self.name, request, champion),
+            self._core.classify(self.name, request, candidate),
+        )
+        champion_label, candidate_label = (r.results[0].predictions[0].label for r in results)
+        predicted = candidate_label if answering == candidate else champion_label
+        lineage = {
+            "id": record.id,
+            "stage": record.state,
+            "champion": champion,
+            "candidate": candidate,
+            "champion_predicted": champion_label,
+            "candidate_predicted": candidate_label,
+        }
+        item = await asyncio.to_thread(
+            self._store.store,
+            self.name,
+            self.label,
+            image,
+            extension,
+            served_version=answering,
+            predicted=predicted,
+            rollout=lineage,
+        )
+        self._core.rollout.on_paired(self.name, record, self.label, champion_label, candidate_label)
+        return FeedbackReceipt(item.id, self.name, answering, self.label, predicted)
 
 
 def authorize(authorization: str | None, token: str | None) -> None:

@@ -15,6 +15,7 @@ from service.contract import PLATFORM
 from service.core.call import ModelCall
 from service.core.feedback import FeedbackCall, FeedbackDesk
 from service.core.lifecycle import Lifecycle
+from service.core.rollout import RolloutDesk
 from service.core.types import (
     ClassifyRequest,
     ClassifyResponse,
@@ -33,6 +34,7 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.registry import ModelRegistry, ServedVersion
+from service.rollout import Options
 from service.runtime import select_providers
 from service.settings import Settings
 
@@ -52,6 +54,8 @@ class InferenceService:
         self.feedback = FeedbackDesk(settings, metrics)
         self._registry: ModelRegistry | None = None
         self._loader: asyncio.Task[None] | None = None
+        self.rollout = RolloutDesk(settings, metrics)
+        self._decider: asyncio.Task[None] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -73,14 +77,18 @@ class InferenceService:
         if not background:
             await registry.start()
         self._loader = asyncio.create_task(self.lifecycle.load_and_watch(registry, initial=background))
+        self.rollout.attach(registry)
+        self._decider = asyncio.create_task(self.rollout.run())
 
     async def stop(self) -> None:
         """Refuse new work, finish what is queued within the drain's time left, release every session."""
         self.lifecycle.draining = True
-        if self._loader is not None:
-            self._loader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loader
+        for task in (self._loader, self._decider):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.rollout.drain()
         if self._registry is not None:
             await self._registry.stop(self.lifecycle.time_left(self.settings.drain_seconds))
         self.feedback.close()
@@ -155,11 +163,20 @@ class InferenceService:
 
     # ---- inference ---------------------------------------------------------------------------------
 
-    def call(self, name: str, version: int | None = None, *, protocol: str = "http") -> ModelCall:
+    def call(
+        self, name: str, version: int | None = None, *, protocol: str = "http", routing_key: str | None = None
+    ) -> ModelCall:
         """A request to one served version, to use as ``async with``: NotFound or Unavailable now if there
         is none; inside the block, the transport decodes and calls :meth:`ModelCall.infer` or
         :meth:`ModelCall.classify`, and the request is counted and timed, failures by their kind, under
-        the transport's ``protocol`` label (``http`` or ``grpc``)."""
+        the transport's ``protocol`` label (``http`` or ``grpc``). An unversioned request goes where
+        the model's rollout sends it (:mod:`service.core.rollout`; ``routing_key`` keeps a client on one
+        version)."""
+        if version is None and self._registry is not None:
+            route = self.rollout.route(name, routing_key)
+            return ModelCall(
+                route.answer, self.settings, self.lifecycle, protocol, tap=route.tap, shadow=route.shadow
+            )
         return ModelCall(self._get(name, version), self.settings, self.lifecycle, protocol)
 
     async def infer(self, name: str, request: InferRequest, version: int | None = None) -> InferResponse:
@@ -175,11 +192,16 @@ class InferenceService:
             return await call.classify(request)
 
     def feedback_call(
-        self, name: str, version: int | None, authorization: str | None, label: str
+        self,
+        name: str,
+        version: int | None,
+        authorization: str | None,
+        label: str,
+        routing_key: str | None = None,
     ) -> FeedbackCall:
         """A feedback request, to use as ``async with`` (see :mod:`service.core.feedback`): NotFound,
         Unauthorized, Forbidden or InvalidInput (the label) now; inside, :meth:`FeedbackCall.submit`."""
-        return FeedbackCall(self, name, version, authorization, label)
+        return FeedbackCall(self, name, version, authorization, label, routing_key)
 
     # ---- repository --------------------------------------------------------------------------------
 
@@ -198,6 +220,25 @@ class InferenceService:
         if name not in self.registry.names():
             raise NotFound(f"unknown model '{name}'")
         await self.registry.unload(name)
+
+    # ---- rollouts (docs/rollout.md) ---------------------------------------------------------------------
+
+    def rollout_state(self, name: str) -> dict[str, object]:
+        """The model's rollout as JSON (``idle`` and the champion when it has none); NotFound."""
+        self._get(name, None)
+        return self.rollout.state(name)
+
+    async def start_rollout(self, name: str, candidate: int, options: Options) -> dict[str, object]:
+        """Start rolling out ``candidate``: NotFound, Conflict (one runs), InvalidInput (signature)."""
+        self._get(name, None)
+        await self.rollout.start(name, candidate, options)
+        return self.rollout.state(name)
+
+    async def operate_rollout(self, name: str, decision: str) -> dict[str, object]:
+        """``promote``, ``rollback``, ``pause`` or ``resume`` the model's rollout now; Conflict."""
+        self._get(name, None)
+        await self.rollout.operate(name, decision)
+        return self.rollout.state(name)
 
     def authorize_admin(self, authorization: str | None) -> None:
         """Check ``Authorization`` credentials (``Bearer <token>``) for the repository load/unload calls.

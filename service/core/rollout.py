@@ -1,0 +1,463 @@
+"""The core's rollouts: routing unversioned requests, gathering live evidence, deciding, operating.
+
+A model's plan is its :class:`service.rollout.RolloutRecord`, held by the registry and stored by
+:mod:`service.rolloutstore`. This desk reads it on every unversioned request (:meth:`RolloutDesk.route`):
+
+* **shadow**: the champion answers; a share of requests is then computed on the candidate too, in a
+  task of its own, at most ``rollout_shadow_max_pending`` at once (beyond it the comparison is skipped,
+  never the answer delayed); the top labels are compared;
+* **canary**: the candidate answers the stage's share, chosen by a hash of the rollout id and the
+  routing key (``X-Routing-Key`` / gRPC ``routing-key``) so a key keeps its version as the share grows;
+  without a key, per request;
+* otherwise the champion answers.
+
+Labelled feedback during a rollout is scored by both versions on the same image
+(:meth:`RolloutDesk.on_paired`). With ``rollout_decider="local"`` this process folds its evidence into
+the record every ``rollout_interval_s`` and applies :func:`service.rollout.next_step`; with
+``"controller"`` it only follows the record that ``python -m service.controller`` writes from
+Prometheus (``docs/rollout.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from service.errors import Conflict, InvalidInput, NotFound
+from service.metrics import Metrics
+from service.registry import ModelRegistry, ServedVersion
+from service.rollout import Decision, Options, RolloutRecord, mcnemar, next_step
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+#: Latencies kept per version for the p99 (the newest; older ones fall out).
+LATENCY_WINDOW = 2000
+
+
+@dataclass
+class Tally:
+    """One version's live counts since the last fold into the record."""
+
+    requests: int = 0
+    errors: int = 0
+    labelled: int = 0
+    correct: int = 0
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+
+    def p99_ms(self) -> float | None:
+        if len(self.latencies) < 10:
+            return None
+        return float(np.percentile(np.fromiter(self.latencies, float), 99)) * 1000
+
+
+@dataclass
+class Live:
+    """Evidence gathered by this process for one rollout (``rollout_id``) not yet in the record."""
+
+    name: str
+    rollout_id: str
+    champion: Tally = field(default_factory=Tally)
+    candidate: Tally = field(default_factory=Tally)
+    shadow_compared: int = 0
+    shadow_agreed: int = 0
+    shadow_errors: int = 0
+    shadow_skipped: int = 0
+    champion_only: int = 0
+    candidate_only: int = 0
+    changed: bool = False
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where an unversioned request goes: the version that answers, and a shadow to compute after."""
+
+    answer: ServedVersion
+    stage: str
+    tap: Callable[[int, str, float], None] | None = None
+    shadow: Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray]], None] | None = None
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def routing_share(rollout_id: str, key: str | None) -> float:
+    """Where a request falls in [0, 1): fixed for a key within a rollout, random without one."""
+    if key is None:
+        return random.random()
+    digest = hashlib.blake2b(f"{rollout_id}\0{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+class RolloutDesk:
+    """Rollouts of one process (see the module docstring)."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._registry: ModelRegistry | None = None
+        self._live: dict[str, Live] = {}
+        self._shadows: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()
+
+    def attach(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
+    @property
+    def registry(self) -> ModelRegistry:
+        if self._registry is None:
+            raise RuntimeError("the rollout desk has no registry yet")
+        return self._registry
+
+    # ---- the request path (event loop, no awaits) ------------------------------------------------------
+
+    def route(self, name: str, key: str | None) -> Route:
+        """The version that answers an unversioned request for ``name`` (see the module docstring)."""
+        registry = self.registry
+        champion = registry.get(name)
+        record = registry.record(name)
+        if record is None or record.state not in ("shadow", "canary") or record.candidate is None:
+            return Route(champion, "stable" if record is None else record.state)
+        candidate = registry.served(name, record.candidate)
+        if candidate is None:
+            return Route(champion, record.state)
+        live = self._live_for(name, record)
+        share = routing_share(record.id, key)
+        if record.state == "canary" and share < record.weight:
+            return Route(candidate, "canary", tap=self._tapper(live, candidate.version))
+        shadow = None
+        if record.state == "shadow" and random.random() < record.shadow_share:
+            shadow = self._shadower(live, candidate)
+        return Route(champion, record.state, tap=self._tapper(live, champion.version), shadow=shadow)
+
+    def _live_for(self, name: str, record: RolloutRecord) -> Live:
+        live = self._live.get(name)
+        if live is None or live.rollout_id != record.id:
+            live = self._live[name] = Live(name, record.id)
+        return live
+
+    def _tapper(self, live: Live, version: int) -> Callable[[int, str, float], None]:
+        def tap(_: int, status: str, seconds: float) -> None:
+            record = self.registry.record(live.name)
+            if record is None or record.id != live.rollout_id:
+                return
+            tally = live.candidate if version == record.candidate else live.champion
+            if status in ("ok", "error", "timeout"):
+                tally.requests += 1
+                tally.errors += status != "ok"
+                tally.latencies.append(seconds)
+                live.changed = True
+
+        return tap
+
+    def _shadower(
+        self, live: Live, candidate: ServedVersion
+    ) -> Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray]], None]:
+        def shadow(inputs: Mapping[str, np.ndarray], answer: Mapping[str, np.ndarray]) -> None:
+            if len(self._shadows) >= self.settings.rollout_shadow_max_pending:
+                live.shadow_skipped += 1
+                self.metrics.rollout_shadow.labels(candidate.name, "skipped").inc()
+                return
+            task = asyncio.get_running_loop().create_task(
+                self._compute_shadow(live, candidate, inputs, answer)
+            )
+            self._shadows.add(task)
+            task.add_done_callback(self._shadows.discard)
+
+        return shadow
+
+    async def _compute_shadow(
+        self,
+        live: Live,
+        candidate: ServedVersion,
+        inputs: Mapping[str, np.ndarray],
+        answer: Mapping[str, np.ndarray],
+    ) -> None:
+        started = time.perf_counter()
+        output = candidate.runtime.signature.outputs[0].name
+        try:
+            computed = await candidate.batcher.submit(
+                dict(inputs), deadline=time.monotonic() + self.settings.default_timeout_s
+            )
+        except Exception as exc:  # a candidate's failure is evidence, never the client's problem
+            live.candidate.requests += 1
+            live.candidate.errors += 1
+            live.shadow_errors += 1
+            live.changed = True
+            self.metrics.rollout_shadow.labels(candidate.name, "error").inc()
+            log.warning("shadow request on %s version %d failed: %s", candidate.name, candidate.version, exc)
+            return
+        live.candidate.requests += 1
+        live.candidate.latencies.append(time.perf_counter() - started)
+        agreed = bool(
+            np.array_equal(np.argmax(computed[output], axis=-1), np.argmax(answer[output], axis=-1))
+        )
+        live.shadow_compared += 1
+        live.shadow_agreed += agreed
+        live.changed = True
+        self.metrics.rollout_shadow.labels(candidate.name, "agree" if agreed else "disagree").inc()
+
+    def paired_versions(self, name: str, key: str | None) -> tuple[RolloutRecord, int, int, int] | None:
+        """For feedback during a rollout: ``(record, answering version, champion, candidate)``; None
+        when no rollout gathers evidence or its candidate is not loaded here."""
+        registry = self.registry
+        record = registry.record(name)
+        if record is None or not record.active or record.candidate is None:
+            return None
+        if registry.served(name, record.candidate) is None:
+            return None
+        champion = registry.get(name).version
+        answering = record.candidate if routing_share(record.id, key) < record.weight else champion
+        return record, answering, champion, record.candidate
+
+    def on_paired(self, name: str, record: RolloutRecord, label: str, champion: str, candidate: str) -> None:
+        """One labelled item scored by both versions: ``champion`` and ``candidate`` are their labels."""
+        live = self._live_for(name, record)
+        for tally, predicted, version in (
+            (live.champion, champion, record.champion),
+            (live.candidate, candidate, record.candidate),
+        ):
+            tally.labelled += 1
+            tally.correct += predicted == label
+            self.metrics.rollout_paired.labels(
+                name, str(version), "correct" if predicted == label else "wrong"
+            ).inc()
+        live.champion_only += champion == label and candidate != label
+        live.candidate_only += candidate == label and champion != label
+        live.changed = True
+
+    # ---- deciding ------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Every ``rollout_interval_s``: fold evidence and decide (local), or follow the record."""
+        while True:
+            await asyncio.sleep(self.settings.rollout_interval_s)
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("rollout tick failed")
+
+    async def tick(self) -> None:
+        registry = self.registry
+        for name in registry.names():
+            fresh = registry.read_record(name)
+            cached = registry.record(name)
+            if fresh is not None and (cached is None or fresh.revision != cached.revision):
+                await registry.sync([name])  # another writer (a controller, an operator elsewhere)
+            record = registry.record(name)
+            if record is None:
+                continue
+            self._export(name, record)
+            grace = record.grace_until
+            if record.previous is not None and grace is not None and time.time() >= grace:
+                updated = record.model_copy(deep=True)
+                updated.previous, updated.grace_until = None, None
+                updated.revision += 1
+                await registry.apply_record(name, updated)
+            if self.settings.rollout_decider == "local" and record.active:
+                await self.decide(name)
+
+    async def decide(self, name: str, *, by_operator: str | None = None) -> RolloutRecord:
+        """Fold this process's evidence into the record, apply the rule (or ``by_operator``'s decision:
+        ``promote``, ``rollback``, ``pause``, ``resume``), and store the record when it changed."""
+        async with self._lock:
+            registry = self.registry
+            record = registry.record(name)
+            if record is None:
+                raise Conflict(f"model '{name}' has no rollout")
+            updated = record.model_copy(deep=True)
+            live = self._live.get(name)
+            changed = False
+            if live is not None and live.rollout_id == record.id and live.changed and record.active:
+                fold(updated, live)
+                self._live[name] = Live(name, record.id)
+                self._live[name].champion.latencies = live.champion.latencies
+                self._live[name].candidate.latencies = live.candidate.latencies
+                changed = True
+            updated.evidence = mcnemar(updated.evidence)
+            step: tuple[str, str] | None
+            if by_operator is not None:
+                step = (by_operator, f"operator: {by_operator}")
+            else:
+                step = next_step(updated) if updated.state in ("shadow", "canary") else None
+            if step is not None:
+                apply_decision(updated, step[0], step[1], by="operator" if by_operator else "rule")
+                self.metrics.rollout_decisions.labels(name, step[0]).inc()
+                log.info("rollout of %s version %s: %s (%s)", name, updated.candidate, step[0], step[1])
+                changed = True
+            if changed:
+                updated.revision += 1 if step is None else 0
+                await registry.apply_record(name, updated)
+            self._export(name, updated)
+            return updated
+
+    def _export(self, name: str, record: RolloutRecord) -> None:
+        self.metrics.set_rollout(name, record.state, record.weight)
+
+    # ---- the operator ------------------------------------------------------------------------------------
+
+    def state(self, name: str) -> dict[str, Any]:
+        """``GET /v2/models/{m}/rollout``: the record with the serving champion, or ``idle``."""
+        registry = self.registry
+        champion = registry.get(name).version
+        record = registry.record(name)
+        if record is None:
+            return {
+                "model": name,
+                "state": "idle",
+                "champion": champion,
+                "candidate": None,
+                "weight": 0.0,
+                "evidence": None,
+                "reason": "",
+                "history": [],
+            }
+        data = record.model_dump(mode="json")
+        live = self._live.get(name)
+        if live is not None and live.rollout_id == record.id and record.active:
+            shown = record.model_copy(deep=True)
+            fold(shown, live)
+            data["evidence"] = mcnemar(shown.evidence).model_dump(mode="json")
+        evidence = data["evidence"]
+        compared = evidence["shadow_compared"]
+        evidence["shadow_agreement"] = evidence["shadow_agreed"] / compared if compared else None
+        data.update(champion=champion, weight=record.weight, serving_candidate=record.active)
+        return data
+
+    async def start(self, name: str, candidate: int, options: Options) -> RolloutRecord:
+        """Start a rollout of ``candidate`` against the serving champion (404, 409, 400 as documented)."""
+        async with self._lock:
+            registry = self.registry
+            champion = registry.get(name)
+            current = registry.record(name)
+            if current is not None and current.active:
+                raise Conflict(
+                    f"model '{name}' already has a rollout of version {current.candidate} ({current.state})"
+                )
+            if candidate not in registry.available(name) and registry.served(name, candidate) is None:
+                raise NotFound(f"model '{name}' has no version {candidate}")
+            if candidate == champion.version:
+                raise InvalidInput(f"version {candidate} is the champion already")
+            record = RolloutRecord(model=name) if current is None else current.model_copy(deep=True)
+            record.id = f"{name}-{candidate}-{int(time.time() * 1000)}"
+            record.state, record.stage = options.stages[0].kind, 0
+            record.champion, record.candidate, record.options = champion.version, candidate, options
+            record.started_at = now_iso()
+            record.stage_base_requests = record.stage_base_labelled = 0
+            record.evidence = type(record.evidence)()
+            record.rejected = [v for v in record.rejected if v != candidate]
+            record.previous = record.grace_until = None
+            record.log(_decision(record, "start", "operator", f"rollout of version {candidate} started"))
+            await registry.apply_record(name, record)
+            served = registry.served(name, candidate)
+            problem = None
+            if served is None:
+                problem = f"version {candidate} could not be loaded (see the server log)"
+            elif served.runtime.signature != champion.runtime.signature:
+                problem = (
+                    f"version {candidate}'s signature differs from the champion's "
+                    f"({served.runtime.signature!r} vs {champion.runtime.signature!r})"
+                )
+            if problem is not None:
+                await registry.apply_record(name, current, remove=current is None)
+                raise InvalidInput(problem)
+            self.metrics.rollout_decisions.labels(name, "start").inc()
+            self._export(name, record)
+            return record
+
+    async def operate(self, name: str, decision: str) -> RolloutRecord:
+        """``promote``, ``rollback``, ``pause`` or ``resume`` now (409 when the state does not allow it)."""
+        record = self.registry.record(name)
+        if record is None:
+            self.registry.get(name)  # 404 for an unknown model
+            raise Conflict(f"model '{name}' has no rollout")
+        allowed = {
+            "promote": ("shadow", "canary", "paused"),
+            "rollback": ("shadow", "canary", "paused", "promoted"),
+            "pause": ("shadow", "canary"),
+            "resume": ("paused",),
+        }[decision]
+        if record.state not in allowed:
+            raise Conflict(f"cannot {decision} the rollout of model '{name}': it is {record.state}")
+        if decision == "rollback" and record.state == "promoted" and record.previous is None:
+            raise Conflict(f"the grace period of version {record.candidate} is over; start a new rollout")
+        return await self.decide(name, by_operator=decision)
+
+    async def drain(self) -> None:
+        """Let running shadow computations end (the batchers' drain answers or fails them)."""
+        if self._shadows:
+            await asyncio.gather(*self._shadows, return_exceptions=True)
+
+
+def fold(record: RolloutRecord, live: Live) -> None:
+    """Add ``live``'s counts to ``record``'s evidence; p99s from the live windows when they have one."""
+    evidence = record.evidence
+    for target, tally in ((evidence.champion, live.champion), (evidence.candidate, live.candidate)):
+        target.requests += tally.requests
+        target.errors += tally.errors
+        target.labelled += tally.labelled
+        target.correct += tally.correct
+        p99 = tally.p99_ms()
+        if p99 is not None:
+            target.p99_ms = p99
+    evidence.shadow_compared += live.shadow_compared
+    evidence.shadow_agreed += live.shadow_agreed
+    evidence.shadow_errors += live.shadow_errors
+    evidence.shadow_skipped += live.shadow_skipped
+    evidence.champion_only += live.champion_only
+    evidence.candidate_only += live.candidate_only
+
+
+def apply_decision(record: RolloutRecord, decision: str, reason: str, *, by: str) -> None:
+    """Move ``record`` on by ``decision`` and log it in its history."""
+    who = "operator" if by == "operator" else "rule"
+    if decision == "advance":
+        record.stage += 1
+        record.state = record.options.stages[record.stage].kind
+        record.stage_base_requests = record.evidence.candidate.requests
+        record.stage_base_labelled = record.evidence.candidate.labelled
+    elif decision == "promote" and record.candidate is not None:
+        record.state = "promoted"
+        record.promoted = sorted({*record.promoted, record.candidate})
+        record.previous = record.champion
+        record.grace_until = time.time() + record.options.grace_s
+    elif decision == "rollback":
+        if record.state == "promoted":
+            record.promoted = [v for v in record.promoted if v != record.candidate]
+        record.state = "rolled_back"
+        record.rejected = sorted({*record.rejected, *([record.candidate] if record.candidate else [])})
+        record.previous = record.grace_until = None
+    elif decision == "pause":
+        record.state = "paused"
+    elif decision == "resume":
+        record.state = record.options.stages[record.stage].kind
+    record.log(_decision(record, decision, who, reason))
+
+
+def _decision(record: RolloutRecord, decision: str, by: str, reason: str) -> Decision:
+    evidence = record.evidence
+    return Decision.model_validate(
+        {
+            "at": now_iso(),
+            "decision": decision,
+            "by": by,
+            "stage": record.stage,
+            "reason": reason,
+            "labelled": evidence.candidate.labelled,
+            "champion_only": evidence.champion_only,
+            "candidate_only": evidence.candidate_only,
+            "p_value_worse": evidence.p_value_worse,
+            "p_value_better": evidence.p_value_better,
+        }
+    )
