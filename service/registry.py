@@ -145,6 +145,10 @@ class ModelRegistry:
             log.error("rollout record of %s ignored: %s", name, exc)
             return None
 
+    def cache_record(self, name: str, record: RolloutRecord) -> None:
+        """Answer with ``record`` from now on (the caller stores it with :meth:`apply_record` next)."""
+        self._records[name] = record
+
     async def apply_record(self, name: str, record: RolloutRecord | None, *, remove: bool = False) -> None:
         """Store ``record`` (or remove the model's record) and bring the served versions in line."""
         if remove or record is None:

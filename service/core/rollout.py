@@ -33,11 +33,13 @@ from typing import Any
 
 import numpy as np
 
+from service.contract import METADATA_FILE, read_metadata, version_dir
 from service.errors import Conflict, InvalidInput, NotFound
 from service.metrics import Metrics
 from service.registry import ModelRegistry, ServedVersion
 from service.rollout import Decision, Options, RolloutRecord, mcnemar, next_step
 from service.settings import Settings
+from service.signature import ModelSignature
 
 log = logging.getLogger("service")
 
@@ -279,11 +281,11 @@ class RolloutDesk:
             updated = record.model_copy(deep=True)
             live = self._live.get(name)
             changed = False
+            folded: Live | None = None
             if live is not None and live.rollout_id == record.id and live.changed and record.active:
-                fold(updated, live)
-                self._live[name] = Live(name, record.id)
-                self._live[name].champion.latencies = live.champion.latencies
-                self._live[name].candidate.latencies = live.candidate.latencies
+                folded = counts_of(live)
+                fold(updated, folded)
+                live.changed = False
                 changed = True
             updated.evidence = mcnemar(updated.evidence)
             step: tuple[str, str] | None
@@ -298,6 +300,11 @@ class RolloutDesk:
                 changed = True
             if changed:
                 updated.revision += 1 if step is None else 0
+                # Swap the record and take its counts out of the live ones in one step of the event
+                # loop, so a reader never sees them twice or not at all; then store it.
+                registry.cache_record(name, updated)
+                if folded is not None and live is not None:
+                    subtract(live, folded)
                 await registry.apply_record(name, updated)
             self._export(name, updated)
             return updated
@@ -349,6 +356,7 @@ class RolloutDesk:
                 raise NotFound(f"model '{name}' has no version {candidate}")
             if candidate == champion.version:
                 raise InvalidInput(f"version {candidate} is the champion already")
+            self._check_signature(name, candidate, champion)
             record = RolloutRecord(model=name) if current is None else current.model_copy(deep=True)
             record.id = f"{name}-{candidate}-{int(time.time() * 1000)}"
             record.state, record.stage = options.stages[0].kind, 0
@@ -375,6 +383,23 @@ class RolloutDesk:
             self.metrics.rollout_decisions.labels(name, "start").inc()
             self._export(name, record)
             return record
+
+    def _check_signature(self, name: str, candidate: int, champion: ServedVersion) -> None:
+        """400 when the candidate's declared signature is not the champion's (read from its metadata)."""
+        served = self.registry.served(name, candidate)
+        if served is not None:
+            signature = served.runtime.signature
+        else:
+            try:
+                metadata, _ = read_metadata(version_dir(self.registry.root, name, candidate) / METADATA_FILE)
+            except (OSError, ValueError) as exc:
+                raise InvalidInput(f"version {candidate} has unreadable metadata: {exc}") from None
+            signature = ModelSignature.from_metadata(metadata)
+        if signature != champion.runtime.signature:
+            raise InvalidInput(
+                f"version {candidate}'s signature differs from the champion's "
+                f"({signature!r} vs {champion.runtime.signature!r})"
+            )
 
     async def operate(self, name: str, decision: str) -> RolloutRecord:
         """``promote``, ``rollback``, ``pause`` or ``resume`` now (409 when the state does not allow it)."""
@@ -417,6 +442,40 @@ def fold(record: RolloutRecord, live: Live) -> None:
     evidence.shadow_skipped += live.shadow_skipped
     evidence.champion_only += live.champion_only
     evidence.candidate_only += live.candidate_only
+
+
+def counts_of(live: Live) -> Live:
+    """A copy of ``live``'s counts (its latency windows shared: they are a window, not a count)."""
+    copy = Live(live.name, live.rollout_id)
+    for attr in _COUNTS:
+        setattr(copy, attr, getattr(live, attr))
+    for part in ("champion", "candidate"):
+        mine, theirs = getattr(copy, part), getattr(live, part)
+        for attr in ("requests", "errors", "labelled", "correct"):
+            setattr(mine, attr, getattr(theirs, attr))
+        mine.latencies = theirs.latencies
+    return copy
+
+
+def subtract(live: Live, folded: Live) -> None:
+    """Remove the counts already folded into the record from ``live``."""
+    for attr in _COUNTS:
+        setattr(live, attr, getattr(live, attr) - getattr(folded, attr))
+    for part in ("champion", "candidate"):
+        mine, theirs = getattr(live, part), getattr(folded, part)
+        for attr in ("requests", "errors", "labelled", "correct"):
+            setattr(mine, attr, getattr(mine, attr) - getattr(theirs, attr))
+    live.changed = live.changed or any(getattr(live, attr) for attr in _COUNTS)
+
+
+_COUNTS = (
+    "shadow_compared",
+    "shadow_agreed",
+    "shadow_errors",
+    "shadow_skipped",
+    "champion_only",
+    "candidate_only",
+)
 
 
 def apply_decision(record: RolloutRecord, decision: str, reason: str, *, by: str) -> None:
