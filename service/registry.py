@@ -86,6 +86,7 @@ class ModelRegistry:
         self._records: dict[str, RolloutRecord] = {}
         self._champion: dict[str, int] = {}
         self._available: dict[str, list[int]] = {}
+        self._marked: dict[str, set[int]] = {}
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self.loaded = False  # the initial load has finished (successfully or not)
@@ -148,6 +149,7 @@ class ModelRegistry:
     def cache_record(self, name: str, record: RolloutRecord) -> None:
         """Answer with ``record`` from now on (the caller stores it with :meth:`apply_record` next)."""
         self._records[name] = record
+        self._choose_champion(name)
 
     async def apply_record(self, name: str, record: RolloutRecord | None, *, remove: bool = False) -> None:
         """Store ``record`` (or remove the model's record) and bring the served versions in line."""
@@ -235,6 +237,7 @@ class ModelRegistry:
             self._records[name] = record
         self._available[name] = available
         marked = {v for v in available if (version_dir(self.root, name, v) / CANDIDATE_FILE).is_file()}
+        self._marked[name] = marked
         eligible = eligible_champions(available, marked, record)
         wanted = set(self.settings.policy.select(eligible))
         rejected = set(record.rejected) if record is not None else set()
@@ -259,11 +262,7 @@ class ModelRegistry:
             newer = any(v > version for v in served if v in wanted)
             if newer or version not in available or version in rejected:
                 self._retire(name, version)
-        champions = [v for v in eligible if v in served]
-        if champions:
-            self._champion[name] = max(champions)
-        else:
-            self._champion.pop(name, None)
+        self._choose_champion(name)
         if not served:
             del self._served[name]
 
@@ -304,6 +303,18 @@ class ModelRegistry:
             (time.perf_counter() - started) * 1000,
         )
         return ServedVersion(runtime, batcher, model_metrics)
+
+    def _choose_champion(self, name: str) -> None:
+        """The newest loaded version the record lets answer unversioned requests (none: Unavailable)."""
+        served = self._served.get(name, {})
+        eligible = eligible_champions(
+            self._available.get(name, []), self._marked.get(name, set()), self._records.get(name)
+        )
+        champions = [v for v in eligible if v in served]
+        if champions:
+            self._champion[name] = max(champions)
+        else:
+            self._champion.pop(name, None)
 
     def _report_incomplete(self, name: str, newest_served: int) -> None:
         """Log and count (once per state) version directories newer than what serves that lack a file."""

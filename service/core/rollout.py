@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from service.contract import METADATA_FILE, read_metadata, version_dir
-from service.errors import Conflict, InvalidInput, NotFound
+from service.errors import Conflict, DeadlineExceeded, InvalidInput, NotFound, Unavailable
 from service.metrics import Metrics
 from service.registry import ModelRegistry, ServedVersion
 from service.rollout import Decision, Options, RolloutRecord, mcnemar, next_step
@@ -108,6 +108,8 @@ class RolloutDesk:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
+        #: Set when the process drains: nothing is decided from then on (its failures are the drain's).
+        self.frozen = False
         self._registry: ModelRegistry | None = None
         self._live: dict[str, Live] = {}
         self._shadows: set[asyncio.Task[None]] = set()
@@ -192,6 +194,10 @@ class RolloutDesk:
             computed = await candidate.batcher.submit(
                 dict(inputs), deadline=time.monotonic() + self.settings.default_timeout_s
             )
+        except (Unavailable, DeadlineExceeded):  # shed or draining: no evidence either way
+            live.shadow_skipped += 1
+            self.metrics.rollout_shadow.labels(candidate.name, "skipped").inc()
+            return
         except Exception as exc:  # a candidate's failure is evidence, never the client's problem
             live.candidate.requests += 1
             live.candidate.errors += 1
@@ -267,7 +273,7 @@ class RolloutDesk:
                 updated.previous, updated.grace_until = None, None
                 updated.revision += 1
                 await registry.apply_record(name, updated)
-            if self.settings.rollout_decider == "local" and record.active:
+            if self.settings.rollout_decider == "local" and record.active and not self.frozen:
                 await self.decide(name)
 
     async def decide(self, name: str, *, by_operator: str | None = None) -> RolloutRecord:

@@ -83,6 +83,7 @@ class InferenceService:
     async def stop(self) -> None:
         """Refuse new work, finish what is queued within the drain's time left, release every session."""
         self.lifecycle.draining = True
+        self.rollout.frozen = True
         for task in (self._loader, self._decider):
             if task is not None:
                 task.cancel()
@@ -96,6 +97,7 @@ class InferenceService:
     def begin_drain(self) -> float:
         """Start draining (readiness 503, new requests refused) for at most ``settings.drain_seconds``;
         returns the drain's deadline (``time.monotonic()`` seconds)."""
+        self.rollout.frozen = True  # a drain's refusals are no evidence against a candidate
         return self.lifecycle.begin_drain(self.settings.drain_seconds)
 
     @property
