@@ -105,7 +105,10 @@ class Decision(BaseModel):
 
     at: str
     decision: Literal["start", "advance", "promote", "rollback", "pause", "resume", "wait"]
-    by: Literal["rule", "operator"]
+    by: Literal["rule", "operator", "retrain"]
+    #: The rollout and its candidate (a record's history spans its rollouts).
+    rollout: str = ""
+    candidate: int | None = None
     stage: int
     reason: str
     labelled: int
@@ -276,3 +279,42 @@ def next_step(record: RolloutRecord) -> tuple[str, str] | None:
 def _stage_requests(record: RolloutRecord) -> int:
     """Candidate computations so far: shadow computations and requests it answered, both counted."""
     return record.evidence.candidate.requests
+
+
+def begin(
+    current: RolloutRecord | None,
+    model: str,
+    champion: int,
+    candidate: int,
+    options: Options,
+    *,
+    at: str,
+    now_ms: int,
+    by: Literal["operator", "retrain"] = "operator",
+) -> RolloutRecord:
+    """A record starting the rollout of ``candidate`` against ``champion`` (the caller checks that none
+    is active), keeping ``current``'s history and its promoted and rejected versions."""
+    record = RolloutRecord(model=model) if current is None else current.model_copy(deep=True)
+    record.id = f"{model}-{candidate}-{now_ms}"
+    record.state, record.stage = options.stages[0].kind, 0
+    record.champion, record.candidate, record.options = champion, candidate, options
+    record.started_at = at
+    record.stage_base_requests = record.stage_base_labelled = 0
+    record.evidence = Evidence()
+    record.rejected = [v for v in record.rejected if v != candidate]
+    record.previous = record.grace_until = None
+    record.log(
+        Decision(
+            at=at,
+            decision="start",
+            by=by,
+            stage=0,
+            reason=f"rollout of version {candidate} against version {champion} started",
+            labelled=0,
+            champion_only=0,
+            candidate_only=0,
+            rollout=record.id,
+            candidate=candidate,
+        )
+    )
+    return record

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from service.contract import (
+    CANDIDATE_FILE,
     METADATA_FILE,
     MODEL_FILE,
     Metadata,
@@ -171,12 +172,16 @@ def publish(
     model_bytes: bytes,
     metadata: Callable[[int], MetadataSource],
     write_extra: Callable[[Path], None] | None = None,
+    *,
+    candidate: bool = False,
 ) -> Published:
     """Publish ``model_bytes`` as the next version of ``name`` in ``repository``, atomically.
 
     ``metadata(version)`` returns the ``metadata.json`` content for a version number (called again if a
     concurrent publisher takes the number first). ``write_extra(directory)`` may add files such as
     ``report/``. If anything fails, the temporary directory is removed and no version appears.
+    ``candidate`` publishes it marked as a candidate (``docs/rollout.md``): loaded by the service, never
+    the answer to an unversioned request until a rollout promotes it.
     """
     parent = repository / validate_name(name)
     try:
@@ -189,6 +194,8 @@ def publish(
         _write(staging / MODEL_FILE, model_bytes)
         if write_extra is not None:
             write_extra(staging)
+        if candidate:
+            _write(staging / CANDIDATE_FILE, b"")
         return _claim_version(repository, name, staging, sha256_hex(model_bytes), metadata)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)

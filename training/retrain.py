@@ -47,6 +47,7 @@ from training.imagefolder import FolderOptions, load_folder
 from training.pipeline import RunConfig, publish_version
 from training.presets import build_model, preset_defaults
 from training.publish import Published, sha256_hex, versions
+from training.rollout import serving_champion, start_rollout
 from training.train import Splits, compile_model, fit_model, make_strategy, split
 
 
@@ -72,6 +73,8 @@ class RetrainConfig:
     max_regression: float = 0.5
     min_improvement: float = 0.0
     command: str = ""
+    #: Publish the winner as a candidate and start its rollout (False: it serves at once, as before).
+    rollout: bool = True
 
 
 @dataclass(frozen=True)
@@ -97,11 +100,13 @@ class Champion:
 
 
 def newest_champion(repository: Path, name: str) -> Champion:
-    """The newest version of ``name`` with readable metadata and a training recipe; UsageError if none."""
+    """The serving champion of ``name`` (the newest version when no rollout record or candidate says
+    otherwise) with readable metadata and a training recipe; UsageError if none."""
     found = versions(repository, name)
-    if not found:
+    serving = serving_champion(repository, name)
+    if not found or serving is None:
         raise UsageError(f"no published version of {name} in {repository} to retrain")
-    path = repository / name / str(found[-1])
+    path = repository / name / str(serving)
     try:
         _, metadata = read_metadata(path / METADATA_FILE)
     except OSError as exc:
@@ -117,7 +122,7 @@ def newest_champion(repository: Path, name: str) -> Champion:
         )
     recorded = {f.name: training[f.name] for f in fields(HyperParameters) if f.name in training}
     hp = replace(preset_defaults(preset), **recorded)
-    return Champion(found[-1], path, metadata, preset, hp)
+    return Champion(serving, path, metadata, preset, hp)
 
 
 def retrain(config: RetrainConfig, *, verbose: int | None = None) -> Result:
@@ -184,7 +189,7 @@ def retrain(config: RetrainConfig, *, verbose: int | None = None) -> Result:
         return Result("refused", f"not publishing {config.name}: " + "; ".join(decision["reasons"]), record)
 
     newest = versions(config.repository, config.name)[-1]
-    if newest != champion.version:
+    if newest != champion.version and serving_champion(config.repository, config.name) != champion.version:
         message = (
             f"not publishing {config.name}: version {newest} was published while this run compared against "
             f"version {champion.version}; run again to compare with it"
@@ -199,9 +204,13 @@ def retrain(config: RetrainConfig, *, verbose: int | None = None) -> Result:
         repository=config.repository,
         max_regression=config.max_regression,
         command=config.command,
+        candidate=config.rollout,
     )
     published = publish_version(dataset, run, trained, evaluation, parity, onnx_model, retrain=record)
     message = f"published {config.name} version {published.version} at {published.path}"
+    if config.rollout:
+        started = start_rollout(config.repository, config.name, published.version, champion.version)
+        message = f"{message} as a candidate; {started}"
     return Result("published", message, record, published)
 
 

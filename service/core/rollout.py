@@ -37,7 +37,7 @@ from service.contract import METADATA_FILE, read_metadata, version_dir
 from service.errors import Conflict, DeadlineExceeded, InvalidInput, NotFound, Unavailable
 from service.metrics import Metrics
 from service.registry import ModelRegistry, ServedVersion
-from service.rollout import Decision, Options, RolloutRecord, mcnemar, next_step
+from service.rollout import Decision, Options, RolloutRecord, begin, mcnemar, next_step
 from service.settings import Settings
 from service.signature import ModelSignature
 
@@ -363,16 +363,8 @@ class RolloutDesk:
             if candidate == champion.version:
                 raise InvalidInput(f"version {candidate} is the champion already")
             self._check_signature(name, candidate, champion)
-            record = RolloutRecord(model=name) if current is None else current.model_copy(deep=True)
-            record.id = f"{name}-{candidate}-{int(time.time() * 1000)}"
-            record.state, record.stage = options.stages[0].kind, 0
-            record.champion, record.candidate, record.options = champion.version, candidate, options
-            record.started_at = now_iso()
-            record.stage_base_requests = record.stage_base_labelled = 0
-            record.evidence = type(record.evidence)()
-            record.rejected = [v for v in record.rejected if v != candidate]
-            record.previous = record.grace_until = None
-            record.log(_decision(record, "start", "operator", f"rollout of version {candidate} started"))
+            now_ms = int(time.time() * 1000)
+            record = begin(current, name, champion.version, candidate, options, at=now_iso(), now_ms=now_ms)
             await registry.apply_record(name, record)
             served = registry.served(name, candidate)
             problem = None
@@ -524,5 +516,7 @@ def _decision(record: RolloutRecord, decision: str, by: str, reason: str) -> Dec
             "candidate_only": evidence.candidate_only,
             "p_value_worse": evidence.p_value_worse,
             "p_value_better": evidence.p_value_better,
+            "rollout": record.id,
+            "candidate": record.candidate,
         }
     )

@@ -230,6 +230,26 @@ class InferenceService:
         self._get(name, None)
         return self.rollout.state(name)
 
+    def lineage(self, name: str, version: int | None = None) -> dict[str, object]:
+        """Where a served version came from: the version and feedback it was trained on (from its
+        metadata) and the rollouts that decided it (from the model's rollout record)."""
+        served = self._get(name, version)
+        retrain = served.runtime.metadata.document.retrain or {}
+        feedback = retrain.get("feedback") or {}
+        record = self.registry.record(name)
+        decisions = [] if record is None else [h for h in record.history if h.candidate == served.version]
+        role = "champion" if self.registry.get(name).version == served.version else "loaded"
+        if record is not None and record.candidate == served.version and record.active:
+            role = "candidate"
+        return {
+            "role": role,
+            "base_version": retrain.get("base_version"),
+            "feedback": {k: feedback.get(k) for k in ("log", "last_id", "log_bytes", "items")}
+            if feedback
+            else None,
+            "rollouts": [h.model_dump(mode="json") for h in decisions],
+        }
+
     async def start_rollout(self, name: str, candidate: int, options: Options) -> dict[str, object]:
         """Start rolling out ``candidate``: NotFound, Conflict (one runs), InvalidInput (signature)."""
         self._get(name, None)

@@ -97,7 +97,9 @@ async def all_stats(core: CoreDep) -> Response:
 @router.get("/v2/models/{model_name}", responses=errors(400, 404, 503))
 @router.get("/v2/models/{model_name}/versions/{version}", responses=errors(400, 404, 503))
 async def get_model(core: CoreDep, model_name: str, version: str | None = None) -> Response:
-    return json_response(model_metadata(core.model_info(model_name, url_version(version))))
+    document = model_metadata(core.model_info(model_name, url_version(version)))
+    document["parameters"]["lineage"] = core.lineage(model_name, url_version(version))  # docs/rollout.md
+    return json_response(document)
 
 
 @router.get("/v2/models/{model_name}/ready", responses=errors(400, 404, 503))

@@ -250,3 +250,19 @@ def test_shadow_never_changes_the_answer_and_compares_top_labels(worse: TestClie
     assert evidence["shadow_compared"] == 40
     assert 15 <= evidence["shadow_compared"] - evidence["shadow_agreed"] <= 20
     assert evidence["shadow_agreement"] == pytest.approx(evidence["shadow_agreed"] / 40)
+
+
+def test_a_version_shows_where_it_came_from(worse: TestClient) -> None:
+    stages = [{"kind": "canary", "weight": 0.5, "min_requests": 1_000_000}]
+    worse.post(f"/v2/repository/models/{NAME}/rollout", json={"candidate": "2", "stages": stages}, headers=ADMIN)
+    candidate = worse.get(f"/v2/models/{NAME}/versions/2").json()["parameters"]["lineage"]
+    assert candidate["role"] == "candidate"
+    assert [h["decision"] for h in candidate["rollouts"]] == ["start"]
+    worse.post(f"/v2/repository/models/{NAME}/rollout/rollback", headers=ADMIN)
+    champion = worse.get(f"/v2/models/{NAME}/versions/1").json()["parameters"]["lineage"]
+    assert (champion["role"], champion["rollouts"]) == ("champion", [])
+    wait_for(worse, "rolled_back")
+    # The rolled-back candidate is unloaded; its history stays in the record.
+    assert worse.get(f"/v2/models/{NAME}/versions/2").status_code == 404
+    state = worse.get(f"/v2/models/{NAME}/rollout").json()
+    assert [(h["decision"], h["candidate"]) for h in state["history"]] == [("start", 2), ("rollback", 2)]
