@@ -12,6 +12,7 @@ from types import TracebackType
 
 import numpy as np
 
+from service.batching import Batcher
 from service.core.lifecycle import Lifecycle
 from service.core.types import (
     ClassifyRequest,
@@ -70,6 +71,7 @@ class ModelCall:
     __slots__ = (
         "_deadline_at",
         "_lifecycle",
+        "_reroute",
         "_served",
         "_shadow",
         "_started",
@@ -90,6 +92,7 @@ class ModelCall:
         *,
         tap: Callable[[int, str, float], None] | None = None,
         shadow: Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray]], None] | None = None,
+        reroute: Callable[[], ServedVersion] | None = None,
     ) -> None:
         self._lifecycle = lifecycle
         self._served = served
@@ -103,6 +106,9 @@ class ModelCall:
         # A rollout's evidence (``tap``: version, status, seconds) and shadow (after the answer).
         self._tap = tap
         self._shadow = shadow
+        # An unversioned request whose version was retired while it was read (a rollout's decision)
+        # goes to the version serving now instead of failing; same signature, checked at the start.
+        self._reroute = reroute
 
     async def __aenter__(self) -> ModelCall:
         self._started = time.perf_counter()
@@ -147,7 +153,7 @@ class ModelCall:
         specs = signature.outputs
         if request.outputs is not None:
             specs = tuple(t for t in specs if t.name in request.outputs)
-        outputs = await self._served.batcher.submit(inputs, deadline=self._deadline(request.deadline))
+        outputs = await self._batcher().submit(inputs, deadline=self._deadline(request.deadline))
         if self._shadow is not None:
             self._shadow(inputs, outputs)  # only schedules: the answer goes now
         return InferResponse(
@@ -170,7 +176,7 @@ class ModelCall:
             max_pixels=self.limits.max_image_pixels,
         )
         inputs = {spec.name: batch.astype(spec.dtype, copy=False)}
-        outputs = await self._served.batcher.submit(inputs, deadline=deadline)
+        outputs = await self._batcher().submit(inputs, deadline=deadline)
         if self._shadow is not None:
             self._shadow(inputs, outputs)
         probabilities = outputs[self.signature.outputs[0].name]
@@ -183,6 +189,14 @@ class ModelCall:
             )
             results.append(ClassifyResult(predictions, filename, inputs if request.return_input else None))
         return ClassifyResponse(self.name, self.version, tuple(results))
+
+    def _batcher(self) -> Batcher:
+        """The batcher to submit to now (no await until the submit admits the request)."""
+        if not self._served.batcher.accepting and self._reroute is not None and not self._lifecycle.draining:
+            now = self._reroute()
+            if now.batcher.accepting and now.runtime.signature == self.signature:
+                self._served, self.version, self._tap, self._shadow = now, now.version, None, None
+        return self._served.batcher
 
     def _files(self, request: ClassifyRequest) -> list[tuple[str | None, bytes]]:
         """(file name, bytes) of each image, after checking their number and that none is empty."""

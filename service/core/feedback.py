@@ -24,7 +24,7 @@ import os
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from service.core.types import ClassifyRequest, FeedbackReceipt
+from service.core.types import ClassifyRequest, ClassifyResponse, FeedbackReceipt
 from service.errors import (
     DeadlineExceeded,
     Forbidden,
@@ -165,6 +165,11 @@ class FeedbackCall:
             if paired is not None:
                 return await self._submit_paired(image, extension, *paired)
         result = await self._core.classify(self.name, ClassifyRequest([image], top_k=1), self.version)
+        return await self._store_unpaired(image, extension, result)
+
+    async def _store_unpaired(
+        self, image: bytes, extension: str, result: ClassifyResponse
+    ) -> FeedbackReceipt:
         predicted = result.results[0].predictions[0].label
         item = await asyncio.to_thread(
             self._store.store,
@@ -188,11 +193,19 @@ class FeedbackCall:
     ) -> FeedbackReceipt:
         """During a rollout: score the image on both versions, store it with its lineage, count the pair."""
         request = ClassifyRequest([image], top_k=1)
-        results = await asyncio.gather(
+        first, second = await asyncio.gather(
             self._core.classify(self.name, request, champion),
             self._core.classify(self.name, request, candidate),
+            return_exceptions=True,
         )
-        champion_label, candidate_label = (r.results[0].predictions[0].label for r in results)
+        if isinstance(first, BaseException):
+            raise first
+        if isinstance(second, NotFound | Unavailable) and not self._core.draining:
+            # The rollout was decided meanwhile and the candidate retired: an ordinary item.
+            return await self._store_unpaired(image, extension, first)
+        if isinstance(second, BaseException):
+            raise second
+        champion_label, candidate_label = (r.results[0].predictions[0].label for r in (first, second))
         predicted = candidate_label if answering == candidate else champion_label
         lineage = {
             "id": record.id,

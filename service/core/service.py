@@ -176,8 +176,15 @@ class InferenceService:
         version)."""
         if version is None and self._registry is not None:
             route = self.rollout.route(name, routing_key)
+            registry = self._registry
             return ModelCall(
-                route.answer, self.settings, self.lifecycle, protocol, tap=route.tap, shadow=route.shadow
+                route.answer,
+                self.settings,
+                self.lifecycle,
+                protocol,
+                tap=route.tap,
+                shadow=route.shadow,
+                reroute=lambda: registry.get(name),
             )
         return ModelCall(self._get(name, version), self.settings, self.lifecycle, protocol)
 

@@ -139,7 +139,8 @@ def test_a_worse_candidate_is_rolled_back_on_paired_feedback(worse: TestClient, 
     # Lineage: items of the rollout record its stage and both versions' answers.
     items = read_log(log_path(tmp_path / "feedback", NAME)).items
     assert len(items) == sent
-    assert all(i.rollout is not None and i.rollout["candidate"] == 2 for i in items)
+    # (The last one may have met the decision: then the candidate is gone and it is an ordinary item.)
+    assert all(i.rollout is not None and i.rollout["candidate"] == 2 for i in items[:-1])
     assert {i.rollout["stage"] for i in items if i.rollout} <= {"shadow", "canary"}
     # The candidate is the champion with 3 and 5 exchanged, and the pairs show exactly that.
     swap = {"3": "5", "5": "3"}
@@ -254,7 +255,9 @@ def test_shadow_never_changes_the_answer_and_compares_top_labels(worse: TestClie
 
 def test_a_version_shows_where_it_came_from(worse: TestClient) -> None:
     stages = [{"kind": "canary", "weight": 0.5, "min_requests": 1_000_000}]
-    worse.post(f"/v2/repository/models/{NAME}/rollout", json={"candidate": "2", "stages": stages}, headers=ADMIN)
+    worse.post(
+        f"/v2/repository/models/{NAME}/rollout", json={"candidate": "2", "stages": stages}, headers=ADMIN
+    )
     candidate = worse.get(f"/v2/models/{NAME}/versions/2").json()["parameters"]["lineage"]
     assert candidate["role"] == "candidate"
     assert [h["decision"] for h in candidate["rollouts"]] == ["start"]
