@@ -100,3 +100,34 @@ def _body() -> dict[str, object]:
     from tests.helpers.rolloutdrive import infer_body
 
     return infer_body(0)
+
+
+def test_two_replicas_follow_one_record(tmp_path: Path) -> None:
+    """One replica decides (``local``), the other only follows the record (``controller``): both route
+    by the same plan and both switch when the decision is written."""
+    publish_variant(MODELS / NAME / "1", tmp_path / "models", NAME, 1)
+    publish_variant(MODELS / NAME / "1", tmp_path / "models", NAME, 2, swap=(3, 5), candidate=True)
+    follower_env = {**env(tmp_path), "SERVE_ROLLOUT_DECIDER": "controller"}
+    with (
+        running_service(tmp_path, env=env(tmp_path)) as decider,
+        running_service(tmp_path, env=follower_env) as follower,
+    ):
+        start(decider.url, 2)
+        following = wait_state(follower.url, NAME, "shadow")
+        assert (
+            following["id"] == httpx.get(f"{decider.url}/v2/models/{NAME}/rollout", timeout=10).json()["id"]
+        )
+        with Stream(follower.url, NAME) as stream:
+            feed_until(decider.url, NAME, "rolled_back", FEEDBACK_TOKEN)
+            after = wait_state(follower.url, NAME, "rolled_back")
+            answered = stream.requests
+            stream.wait_requests(answered + 30)
+        assert stream.failures == [], stream.failures[:5]
+        assert after["rejected"] == [2]
+        for replica in (decider, follower):
+            answer = httpx.post(f"{replica.url}/v2/models/{NAME}/infer", json=_body(), timeout=10).json()
+            assert answer["model_version"] == "1"
+        # The follower decided nothing itself: its decision counter holds no rollback.
+        metrics = httpx.get(f"{follower.url}/metrics", timeout=10).text
+        assert 'rollout_decisions_total{decision="rollback"' not in metrics
+        assert 'rollout_state{model="mnist-mlp"} 5.0' in metrics
