@@ -144,6 +144,22 @@ class Metrics:
             registry=registry,
         )
 
+        self.rollout_evidence = Counter(
+            "rollout_evidence",
+            "A rollout's evidence gathered by this process, by kind (docs/rollout.md): "
+            "{champion,candidate}_{requests,errors,labelled,correct}, champion_only, candidate_only, "
+            "shadow_{compared,agreed,errors,skipped}.",
+            ["model", "rollout", "kind"],
+            registry=registry,
+        )
+        self.rollout_latency = Histogram(
+            "rollout_latency_seconds",
+            "Latency of each version's requests during a rollout (role: champion, candidate).",
+            ["model", "rollout", "role"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
     def set_rollout(self, model: str, state: str, weight: float) -> None:
         self.rollout_state.labels(model).set(STATE_CODES[state])
         self.rollout_weight.labels(model).set(weight)

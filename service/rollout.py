@@ -19,6 +19,8 @@ Without labelled evidence a rollout waits in its last stage; only an operator pr
 from __future__ import annotations
 
 import math
+import time
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -318,3 +320,49 @@ def begin(
         )
     )
     return record
+
+
+def apply_decision(record: RolloutRecord, decision: str, reason: str, *, by: str) -> None:
+    """Move ``record`` on by ``decision`` and log it in its history."""
+    who = "operator" if by == "operator" else "rule"
+    if decision == "advance":
+        record.stage += 1
+        record.state = record.options.stages[record.stage].kind
+        record.stage_base_requests = record.evidence.candidate.requests
+        record.stage_base_labelled = record.evidence.candidate.labelled
+    elif decision == "promote" and record.candidate is not None:
+        record.state = "promoted"
+        record.promoted = sorted({*record.promoted, record.candidate})
+        record.previous = record.champion
+        record.grace_until = time.time() + record.options.grace_s
+    elif decision == "rollback":
+        if record.state == "promoted":
+            record.promoted = [v for v in record.promoted if v != record.candidate]
+        record.state = "rolled_back"
+        record.rejected = sorted({*record.rejected, *([record.candidate] if record.candidate else [])})
+        record.previous = record.grace_until = None
+    elif decision == "pause":
+        record.state = "paused"
+    elif decision == "resume":
+        record.state = record.options.stages[record.stage].kind
+    record.log(_decision(record, decision, who, reason))
+
+
+def _decision(record: RolloutRecord, decision: str, by: str, reason: str) -> Decision:
+    evidence = record.evidence
+    return Decision.model_validate(
+        {
+            "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "decision": decision,
+            "by": by,
+            "stage": record.stage,
+            "reason": reason,
+            "labelled": evidence.candidate.labelled,
+            "champion_only": evidence.champion_only,
+            "candidate_only": evidence.candidate_only,
+            "p_value_worse": evidence.p_value_worse,
+            "p_value_better": evidence.p_value_better,
+            "rollout": record.id,
+            "candidate": record.candidate,
+        }
+    )

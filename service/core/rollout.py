@@ -37,7 +37,7 @@ from service.contract import METADATA_FILE, read_metadata, version_dir
 from service.errors import Conflict, DeadlineExceeded, InvalidInput, NotFound, Unavailable
 from service.metrics import Metrics
 from service.registry import ModelRegistry, ServedVersion
-from service.rollout import Decision, Options, RolloutRecord, begin, mcnemar, next_step
+from service.rollout import Options, RolloutRecord, apply_decision, begin, mcnemar, next_step
 from service.settings import Settings
 from service.signature import ModelSignature
 
@@ -156,12 +156,14 @@ class RolloutDesk:
             record = self.registry.record(live.name)
             if record is None or record.id != live.rollout_id:
                 return
-            tally = live.candidate if version == record.candidate else live.champion
+            role = "candidate" if version == record.candidate else "champion"
+            tally = live.candidate if role == "candidate" else live.champion
             if status in ("ok", "error", "timeout"):
                 tally.requests += 1
                 tally.errors += status != "ok"
                 tally.latencies.append(seconds)
                 live.changed = True
+                self._count(live, role, seconds, **{f"{role}_requests": 1, f"{role}_errors": status != "ok"})
 
         return tap
 
@@ -172,6 +174,7 @@ class RolloutDesk:
             if len(self._shadows) >= self.settings.rollout_shadow_max_pending:
                 live.shadow_skipped += 1
                 self.metrics.rollout_shadow.labels(candidate.name, "skipped").inc()
+                self._count(live, shadow_skipped=1)
                 return
             task = asyncio.get_running_loop().create_task(
                 self._compute_shadow(live, candidate, inputs, answer)
@@ -197,6 +200,7 @@ class RolloutDesk:
         except (Unavailable, DeadlineExceeded):  # shed or draining: no evidence either way
             live.shadow_skipped += 1
             self.metrics.rollout_shadow.labels(candidate.name, "skipped").inc()
+            self._count(live, shadow_skipped=1)
             return
         except Exception as exc:  # a candidate's failure is evidence, never the client's problem
             live.candidate.requests += 1
@@ -204,10 +208,12 @@ class RolloutDesk:
             live.shadow_errors += 1
             live.changed = True
             self.metrics.rollout_shadow.labels(candidate.name, "error").inc()
+            self._count(live, candidate_requests=1, candidate_errors=1, shadow_errors=1)
             log.warning("shadow request on %s version %d failed: %s", candidate.name, candidate.version, exc)
             return
+        seconds = time.perf_counter() - started
         live.candidate.requests += 1
-        live.candidate.latencies.append(time.perf_counter() - started)
+        live.candidate.latencies.append(seconds)
         agreed = bool(
             np.array_equal(np.argmax(computed[output], axis=-1), np.argmax(answer[output], axis=-1))
         )
@@ -215,6 +221,7 @@ class RolloutDesk:
         live.shadow_agreed += agreed
         live.changed = True
         self.metrics.rollout_shadow.labels(candidate.name, "agree" if agreed else "disagree").inc()
+        self._count(live, "candidate", seconds, candidate_requests=1, shadow_compared=1, shadow_agreed=agreed)
 
     def paired_versions(self, name: str, key: str | None) -> tuple[RolloutRecord, int, int, int] | None:
         """For feedback during a rollout: ``(record, answering version, champion, candidate)``; None
@@ -244,6 +251,24 @@ class RolloutDesk:
         live.champion_only += champion == label and candidate != label
         live.candidate_only += candidate == label and champion != label
         live.changed = True
+        self._count(
+            live,
+            champion_labelled=1,
+            candidate_labelled=1,
+            champion_correct=champion == label,
+            candidate_correct=candidate == label,
+            champion_only=champion == label and candidate != label,
+            candidate_only=candidate == label and champion != label,
+        )
+
+    def _count(self, live: Live, role: str | None = None, seconds: float = 0.0, **counts: int) -> None:
+        """Count evidence in ``rollout_evidence_total`` (and a latency in ``rollout_latency_seconds``)
+        under the rollout's id, for ``python -m service.controller`` to add up over replicas."""
+        for kind, n in counts.items():
+            if n:
+                self.metrics.rollout_evidence.labels(live.name, live.rollout_id, kind).inc(n)
+        if role is not None:
+            self.metrics.rollout_latency.labels(live.name, live.rollout_id, role).observe(seconds)
 
     # ---- deciding ------------------------------------------------------------------------------------------
 
@@ -288,7 +313,8 @@ class RolloutDesk:
             live = self._live.get(name)
             changed = False
             folded: Live | None = None
-            if live is not None and live.rollout_id == record.id and live.changed and record.active:
+            local = self.settings.rollout_decider == "local"  # a controller owns the evidence otherwise
+            if local and live is not None and live.rollout_id == record.id and live.changed and record.active:
                 folded = counts_of(live)
                 fold(updated, folded)
                 live.changed = False
@@ -474,49 +500,3 @@ _COUNTS = (
     "champion_only",
     "candidate_only",
 )
-
-
-def apply_decision(record: RolloutRecord, decision: str, reason: str, *, by: str) -> None:
-    """Move ``record`` on by ``decision`` and log it in its history."""
-    who = "operator" if by == "operator" else "rule"
-    if decision == "advance":
-        record.stage += 1
-        record.state = record.options.stages[record.stage].kind
-        record.stage_base_requests = record.evidence.candidate.requests
-        record.stage_base_labelled = record.evidence.candidate.labelled
-    elif decision == "promote" and record.candidate is not None:
-        record.state = "promoted"
-        record.promoted = sorted({*record.promoted, record.candidate})
-        record.previous = record.champion
-        record.grace_until = time.time() + record.options.grace_s
-    elif decision == "rollback":
-        if record.state == "promoted":
-            record.promoted = [v for v in record.promoted if v != record.candidate]
-        record.state = "rolled_back"
-        record.rejected = sorted({*record.rejected, *([record.candidate] if record.candidate else [])})
-        record.previous = record.grace_until = None
-    elif decision == "pause":
-        record.state = "paused"
-    elif decision == "resume":
-        record.state = record.options.stages[record.stage].kind
-    record.log(_decision(record, decision, who, reason))
-
-
-def _decision(record: RolloutRecord, decision: str, by: str, reason: str) -> Decision:
-    evidence = record.evidence
-    return Decision.model_validate(
-        {
-            "at": now_iso(),
-            "decision": decision,
-            "by": by,
-            "stage": record.stage,
-            "reason": reason,
-            "labelled": evidence.candidate.labelled,
-            "champion_only": evidence.champion_only,
-            "candidate_only": evidence.candidate_only,
-            "p_value_worse": evidence.p_value_worse,
-            "p_value_better": evidence.p_value_better,
-            "rollout": record.id,
-            "candidate": record.candidate,
-        }
-    )
