@@ -28,7 +28,7 @@ from pathlib import Path
 
 from service.batching import Batcher
 from service.contract import CANDIDATE_FILE, METADATA_FILE, MODEL_FILE, valid_model_name, version_dir
-from service.errors import NotFound, Unavailable
+from service.errors import NotFound, ServiceError, Unavailable
 from service.metrics import Metrics, ModelMetrics
 from service.repository import incomplete_versions, scan_repository
 from service.rollout import RolloutRecord, eligible_champions
@@ -153,10 +153,19 @@ class ModelRegistry:
 
     async def apply_record(self, name: str, record: RolloutRecord | None, *, remove: bool = False) -> None:
         """Store ``record`` (or remove the model's record) and bring the served versions in line."""
-        if remove or record is None:
-            await asyncio.to_thread(remove_record, self.root, name)
-        else:
-            await asyncio.to_thread(write_record, self.root, name, record.model_dump(mode="json"))
+        try:
+            if remove or record is None:
+                await asyncio.to_thread(remove_record, self.root, name)
+            else:
+                await asyncio.to_thread(write_record, self.root, name, record.model_dump(mode="json"))
+        except OSError as exc:
+            self._records.pop(name, None)  # back to what is on disk at the sync below
+            await self.sync([name])
+            raise ServiceError(
+                f"cannot write the rollout record of '{name}' ({exc.strerror or exc}): the repository "
+                "is read-only for this process; the rollout controller or the trainer writes it "
+                "(docs/rollout.md)"
+            ) from exc
         await self.sync([name])
 
     def index(self) -> list[dict[str, str]]:

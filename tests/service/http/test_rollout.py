@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from service import registry as registry_module
 from service.app import create_app
 from service.settings import Settings
 from tests.helpers.data import MODELS
 from tests.helpers.modelfactory import write_model_version
+from tests.helpers.rolloutdrive import infer_body
 from tests.helpers.variants import publish_variant
 
 TOKEN = "admin-token-0123456789"
@@ -96,3 +100,24 @@ def test_one_rollout_at_a_time_and_the_operator_steers_it(client: TestClient) ->
     assert [h["decision"] for h in promoted["history"]] == ["start", "pause", "resume", "promote"]
     assert all(h["by"] == "operator" for h in promoted["history"])
     assert client.post(f"{START}/bogus", headers=ADMIN).status_code in (400, 404)
+
+
+def test_a_read_only_repository_answers_why_it_cannot_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "models"
+    publish_variant(MODELS / NAME / "1", root, NAME, 1)
+    publish_variant(MODELS / NAME / "1", root, NAME, 2, candidate=True)
+
+    def read_only(*_: object) -> None:  # what a read-only mount answers (tests run as root in CI)
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(registry_module, "write_record", read_only)
+    settings = Settings(model_repository=root, models=[NAME], grpc_port=0, admin_token=TOKEN)
+    with TestClient(create_app(settings)) as client:
+        answer = client.post(START, json={"candidate": "2"}, headers=ADMIN)
+        assert answer.status_code == 500, answer.text
+        assert "Read-only file system" in answer.json()["error"]
+        assert "read-only for this process" in answer.json()["error"]
+        assert client.get(f"/v2/models/{NAME}/rollout").json()["state"] == "idle"
+        assert client.post(f"/v2/models/{NAME}/infer", json=infer_body(0)).json()["model_version"] == "1"
