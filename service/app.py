@@ -101,6 +101,10 @@ def create_app(
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
+    @app.get("/rollout", include_in_schema=False)
+    async def rollout_page() -> FileResponse:  # docs/rollout.md
+        return FileResponse(STATIC / "rollout.html", media_type="text/html")
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     # add_middleware puts each one outside those added before: FastPath is the innermost layer.
     if fast_path:

@@ -16,14 +16,16 @@ Exit codes: 0 after SIGTERM/SIGINT (or one pass with ``--once``), 2 bad usage. `
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
 import threading
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from service.repository import scan_repository
 from service.rollout import Evidence, RolloutRecord, VersionEvidence, apply_decision, mcnemar, next_step
@@ -33,30 +35,41 @@ log = logging.getLogger("service.controller")
 
 
 class PrometheusError(RuntimeError):
-    """Prometheus did not answer a query with a vector."""
+    """Prometheus could not be reached or did not answer a query with a vector."""
 
 
-def query(client: httpx.Client, promql: str) -> list[dict[str, Any]]:
-    """An instant query's vector result."""
-    answer = client.get("/api/v1/query", params={"query": promql})
-    body = answer.json() if answer.headers.get("content-type", "").startswith("application/json") else {}
-    if answer.status_code != 200 or body.get("status") != "success":
-        raise PrometheusError(f"query {promql!r}: HTTP {answer.status_code} {str(body)[:200]}")
-    result: list[dict[str, Any]] = body["data"]["result"]
-    return result
+class Prometheus:
+    """Instant queries against Prometheus' HTTP API (the standard library's client: the serving image
+    needs nothing more for the controller)."""
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """An instant query's vector result."""
+        address = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+        try:
+            with urllib.request.urlopen(address, timeout=self.timeout) as answer:
+                body = json.loads(answer.read())
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise PrometheusError(f"query {promql!r}: {exc}") from exc
+        if not isinstance(body, dict) or body.get("status") != "success":
+            raise PrometheusError(f"query {promql!r}: {str(body)[:200]}")
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
 
 
-def gather(client: httpx.Client, model: str, rollout: str) -> Evidence:
+def gather(client: Prometheus, model: str, rollout: str) -> Evidence:
     """Every replica's evidence for one rollout, added up by Prometheus."""
     selector = f'model="{model}",rollout="{rollout}"'
     kinds = {
         row["metric"].get("kind", ""): int(float(row["value"][1]))
-        for row in query(client, f"sum by (kind) (rollout_evidence_total{{{selector}}})")
+        for row in client.query(f"sum by (kind) (rollout_evidence_total{{{selector}}})")
     }
     p99 = {
         row["metric"].get("role", ""): float(row["value"][1]) * 1000
-        for row in query(
-            client,
+        for row in client.query(
             f"histogram_quantile(0.99, sum by (le, role) (rollout_latency_seconds_bucket{{{selector}}}))",
         )
         if row["value"][1] not in ("NaN", "+Inf")
@@ -85,7 +98,7 @@ def gather(client: httpx.Client, model: str, rollout: str) -> Evidence:
     )
 
 
-def decide(repository: Path, model: str, client: httpx.Client) -> str | None:
+def decide(repository: Path, model: str, client: Prometheus) -> str | None:
     """One pass for one model: the decision taken (``advance``, ``promote``, ``rollback``) or None."""
     data = read_record(repository, model)
     if data is None:
@@ -112,16 +125,16 @@ def decide(repository: Path, model: str, client: httpx.Client) -> str | None:
 
 
 def run(repository: Path, prometheus: str, interval: float, stop: threading.Event, *, once: bool) -> None:
-    with httpx.Client(base_url=prometheus, timeout=10) as client:
-        while not stop.is_set():
-            for model in sorted(scan_repository(repository)):
-                try:
-                    decide(repository, model, client)
-                except (httpx.HTTPError, PrometheusError, RecordError, ValueError, OSError) as exc:
-                    log.error("rollout of %s: no decision this pass: %s", model, exc)
-            if once:
-                return
-            stop.wait(interval)
+    client = Prometheus(prometheus)
+    while not stop.is_set():
+        for model in sorted(scan_repository(repository)):
+            try:
+                decide(repository, model, client)
+            except (PrometheusError, RecordError, ValueError, OSError) as exc:
+                log.error("rollout of %s: no decision this pass: %s", model, exc)
+        if once:
+            return
+        stop.wait(interval)
 
 
 def main(argv: list[str] | None = None) -> int:

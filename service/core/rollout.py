@@ -371,7 +371,13 @@ class RolloutDesk:
         evidence = data["evidence"]
         compared = evidence["shadow_compared"]
         evidence["shadow_agreement"] = evidence["shadow_agreed"] / compared if compared else None
-        data.update(champion=champion, weight=record.weight, serving_candidate=record.active)
+        # ``champion`` serves now; ``rollout_champion`` is the one the candidate was measured against.
+        data.update(
+            champion=champion,
+            rollout_champion=record.champion,
+            weight=record.weight,
+            serving_candidate=record.active,
+        )
         return data
 
     async def start(self, name: str, candidate: int, options: Options) -> RolloutRecord:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.controller import gather, main
+from service.controller import Prometheus, PrometheusError, gather, main
 from tests.helpers.data import MODELS, ROOT, load_digits
 from tests.helpers.rolloutdrive import Stream, infer_body, wait_state
 from tests.helpers.server import free_port, running_service, stop_process
@@ -71,6 +71,11 @@ def test_bad_usage_exits_2(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--repository", str(tmp_path / "missing"), "--prometheus", "http://127.0.0.1:1"])
     assert exit_info.value.code == 2
+
+
+def test_an_unreachable_prometheus_is_an_error_not_a_decision(tmp_path: Path) -> None:
+    with pytest.raises(PrometheusError, match="rollout_evidence_total"):
+        gather(Prometheus(f"http://127.0.0.1:{free_port()}", timeout=2), NAME, "r")
 
 
 @pytest.mark.slow
@@ -133,11 +138,11 @@ def test_the_controller_rolls_back_for_two_replicas_from_prometheus(tmp_path: Pa
             assert all(c > 0 for c in counts)
             assert 0 < evidence["candidate"]["labelled"] <= sum(counts)
             # What the controller reads is the sum over the replicas (polled until Prometheus scraped both).
-            with httpx.Client(base_url=prometheus_url, timeout=10) as client:
-                deadline = time.monotonic() + 20
-                while gather(client, NAME, decided["id"]).champion.labelled != sum(counts):
-                    assert time.monotonic() < deadline, (gather(client, NAME, decided["id"]), counts)
-                    time.sleep(0.2)
+            client = Prometheus(prometheus_url)
+            deadline = time.monotonic() + 20
+            while gather(client, NAME, decided["id"]).champion.labelled != sum(counts):
+                assert time.monotonic() < deadline, (gather(client, NAME, decided["id"]), counts)
+                time.sleep(0.2)
             assert "less accurate" in decided["reason"]
             for replica in (first, second):
                 answer = httpx.post(f"{replica.url}/v2/models/{NAME}/infer", json=infer_body(0), timeout=10)
