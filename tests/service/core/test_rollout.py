@@ -18,6 +18,7 @@ from service.feedback import log_path, read_log
 from service.rolloutstore import read_record
 from service.settings import Settings
 from tests.helpers.data import MODELS, load_digits
+from tests.helpers.modelfactory import write_model_version
 from tests.helpers.variants import png, publish_variant
 
 ADMIN = {"Authorization": "Bearer admin-token-0123456789"}
@@ -64,10 +65,10 @@ def digits_of(classes: tuple[int, ...], count: int) -> list[int]:
     return [int(i) for i in np.flatnonzero(np.isin(labels, classes))[:count]]
 
 
-def wait_for(client: TestClient, state: str, timeout: float = 20.0) -> dict[str, Any]:
+def wait_for(client: TestClient, state: str, timeout: float = 20.0, model: str = NAME) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        body: dict[str, Any] = client.get(f"/v2/models/{NAME}/rollout").json()
+        body: dict[str, Any] = client.get(f"/v2/models/{model}/rollout").json()
         if body["state"] == state:
             return body
         time.sleep(0.05)
@@ -134,8 +135,11 @@ def test_a_worse_candidate_is_rolled_back_on_paired_feedback(worse: TestClient, 
     assert answers == {"1"}
     stored = read_record(tmp_path / "models", NAME)
     assert stored is not None and stored["rejected"] == [2] and stored["state"] == "rolled_back"
-    index = worse.post("/v2/repository/index").json()
-    assert {"name": NAME, "version": "2", "state": "UNAVAILABLE", "reason": "rolled back"} in index
+    rejected = {"name": NAME, "version": "2", "state": "UNAVAILABLE", "reason": "rolled back"}
+    deadline = time.monotonic() + 10  # retired once the decision's record is applied
+    while rejected not in worse.post("/v2/repository/index").json():
+        assert time.monotonic() < deadline, worse.post("/v2/repository/index").json()
+        time.sleep(0.05)
     # Lineage: items of the rollout record its stage and both versions' answers.
     items = read_log(log_path(tmp_path / "feedback", NAME)).items
     assert len(items) == sent
@@ -269,3 +273,37 @@ def test_a_version_shows_where_it_came_from(worse: TestClient) -> None:
     assert worse.get(f"/v2/models/{NAME}/versions/2").status_code == 404
     state = worse.get(f"/v2/models/{NAME}/rollout").json()
     assert [(h["decision"], h["candidate"]) for h in state["history"]] == [("start", 2), ("rollback", 2)]
+
+
+def test_a_candidate_failing_in_shadow_never_fails_an_answer_and_is_rolled_back(tmp_path: Path) -> None:
+    """The candidate fails inside onnxruntime on bright images: in shadow every client still gets the
+    champion's answer, and the error guardrail rolls the candidate back."""
+    root = tmp_path / "models"
+    write_model_version(root, "tiny", 1)
+    write_model_version(root, "tiny", 2, variant="value_trap")
+    (root / "tiny" / "2" / "candidate").write_text("")
+    with TestClient(create_app(settings(tmp_path, models=["tiny"]))) as client:
+        stages = [{"kind": "shadow", "weight": 1.0, "min_requests": 1_000_000}]
+        started = client.post(
+            "/v2/repository/models/tiny/rollout",
+            json={"candidate": "2", "stages": stages, "guard_min_requests": 20},
+            headers=ADMIN,
+        )
+        assert started.status_code == 200, started.text
+        bright = {
+            "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 28, 28, 1], "data": [255.0] * 784}]
+        }
+        sent = 0
+        while sent < 200 and client.get("/v2/models/tiny/rollout").json()["state"] != "rolled_back":
+            answer = client.post("/v2/models/tiny/infer", json=bright)
+            assert answer.status_code == 200 and answer.json()["model_version"] == "1", answer.text
+            sent += 1
+        state = wait_for(client, "rolled_back", model="tiny")
+        assert "error rate" in state["reason"] and state["evidence"]["shadow_errors"] >= 20
+        assert state["evidence"]["champion"]["errors"] == 0
+        assert sent < 200  # decided while the requests went on
+        # Unloaded once the decision's record is applied (explicit versions reach it until then).
+        deadline = time.monotonic() + 10
+        while client.post("/v2/models/tiny/versions/2/infer", json=bright).status_code != 404:
+            assert time.monotonic() < deadline, "the rolled-back candidate is still loaded"
+            time.sleep(0.05)
