@@ -28,18 +28,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 
-from service.contract import METADATA_FILE, read_metadata, version_dir
 from service.core.evidence import Live, counts_of, fold, subtract
-from service.errors import Conflict, DeadlineExceeded, InvalidInput, NotFound, Unavailable
+from service.errors import Conflict, DeadlineExceeded, Unavailable
 from service.metrics import Metrics
 from service.registry import ModelRegistry, ServedVersion
-from service.rollout import Options, RolloutRecord, apply_decision, begin, mcnemar, next_step
+from service.rollout import RolloutRecord, apply_decision, mcnemar, next_step
 from service.settings import Settings
-from service.signature import ModelSignature
 
 log = logging.getLogger("service")
 
@@ -75,9 +72,11 @@ class RolloutDesk:
         #: Set when the process drains: nothing is decided from then on (its failures are the drain's).
         self.frozen = False
         self._registry: ModelRegistry | None = None
-        self._live: dict[str, Live] = {}
+        #: Per model, the evidence of its current rollout not yet folded into the record.
+        self.live: dict[str, Live] = {}
         self._shadows: set[asyncio.Task[None]] = set()
-        self._lock = asyncio.Lock()
+        #: Held while the record is changed (a decision, a start), so changes never interleave.
+        self.lock = asyncio.Lock()
 
     def attach(self, registry: ModelRegistry) -> None:
         self._registry = registry
@@ -110,9 +109,9 @@ class RolloutDesk:
         return Route(champion, record.state, tap=self._tapper(live, champion.version), shadow=shadow)
 
     def _live_for(self, name: str, record: RolloutRecord) -> Live:
-        live = self._live.get(name)
+        live = self.live.get(name)
         if live is None or live.rollout_id != record.id:
-            live = self._live[name] = Live(name, record.id)
+            live = self.live[name] = Live(name, record.id)
         return live
 
     def _tapper(self, live: Live, version: int) -> Callable[[int, str, float], None]:
@@ -255,7 +254,7 @@ class RolloutDesk:
             record = registry.record(name)
             if record is None:
                 continue
-            self._export(name, record)
+            self.export(name, record)
             grace = record.grace_until
             if record.previous is not None and grace is not None and time.time() >= grace:
                 updated = record.model_copy(deep=True)
@@ -268,13 +267,13 @@ class RolloutDesk:
     async def decide(self, name: str, *, by_operator: str | None = None) -> RolloutRecord:
         """Fold this process's evidence into the record, apply the rule (or ``by_operator``'s decision:
         ``promote``, ``rollback``, ``pause``, ``resume``), and store the record when it changed."""
-        async with self._lock:
+        async with self.lock:
             registry = self.registry
             record = registry.record(name)
             if record is None:
                 raise Conflict(f"model '{name}' has no rollout")
             updated = record.model_copy(deep=True)
-            live = self._live.get(name)
+            live = self.live.get(name)
             changed = False
             folded: Live | None = None
             local = self.settings.rollout_decider == "local"  # a controller owns the evidence otherwise
@@ -302,116 +301,11 @@ class RolloutDesk:
                 if folded is not None and live is not None:
                     subtract(live, folded)
                 await registry.apply_record(name, updated)
-            self._export(name, updated)
+            self.export(name, updated)
             return updated
 
-    def _export(self, name: str, record: RolloutRecord) -> None:
+    def export(self, name: str, record: RolloutRecord) -> None:
         self.metrics.set_rollout(name, record.state, record.weight)
-
-    # ---- the operator ------------------------------------------------------------------------------------
-
-    def state(self, name: str) -> dict[str, Any]:
-        """``GET /v2/models/{m}/rollout``: the record with the serving champion, or ``idle``."""
-        registry = self.registry
-        champion = registry.get(name).version
-        record = registry.record(name)
-        if record is None:
-            return {
-                "model": name,
-                "state": "idle",
-                "champion": champion,
-                "candidate": None,
-                "weight": 0.0,
-                "evidence": None,
-                "reason": "",
-                "history": [],
-            }
-        data = record.model_dump(mode="json")
-        live = self._live.get(name)
-        if live is not None and live.rollout_id == record.id and record.active:
-            shown = record.model_copy(deep=True)
-            fold(shown, live)
-            data["evidence"] = mcnemar(shown.evidence).model_dump(mode="json")
-        evidence = data["evidence"]
-        compared = evidence["shadow_compared"]
-        evidence["shadow_agreement"] = evidence["shadow_agreed"] / compared if compared else None
-        # ``champion`` serves now; ``rollout_champion`` is the one the candidate was measured against.
-        data.update(
-            champion=champion,
-            rollout_champion=record.champion,
-            weight=record.weight,
-            serving_candidate=record.active,
-        )
-        return data
-
-    async def start(self, name: str, candidate: int, options: Options) -> RolloutRecord:
-        """Start a rollout of ``candidate`` against the serving champion (404, 409, 400 as documented)."""
-        async with self._lock:
-            registry = self.registry
-            champion = registry.get(name)
-            current = registry.record(name)
-            if current is not None and current.active:
-                raise Conflict(
-                    f"model '{name}' already has a rollout of version {current.candidate} ({current.state})"
-                )
-            if candidate not in registry.available(name) and registry.served(name, candidate) is None:
-                raise NotFound(f"model '{name}' has no version {candidate}")
-            if candidate == champion.version:
-                raise InvalidInput(f"version {candidate} is the champion already")
-            self._check_signature(name, candidate, champion)
-            now_ms = int(time.time() * 1000)
-            record = begin(current, name, champion.version, candidate, options, at=now_iso(), now_ms=now_ms)
-            await registry.apply_record(name, record)
-            served = registry.served(name, candidate)
-            problem = None
-            if served is None:
-                problem = f"version {candidate} could not be loaded (see the server log)"
-            elif served.runtime.signature != champion.runtime.signature:
-                problem = (
-                    f"version {candidate}'s signature differs from the champion's "
-                    f"({served.runtime.signature!r} vs {champion.runtime.signature!r})"
-                )
-            if problem is not None:
-                await registry.apply_record(name, current, remove=current is None)
-                raise InvalidInput(problem)
-            self.metrics.rollout_decisions.labels(name, "start").inc()
-            self._export(name, record)
-            return record
-
-    def _check_signature(self, name: str, candidate: int, champion: ServedVersion) -> None:
-        """400 when the candidate's declared signature is not the champion's (read from its metadata)."""
-        served = self.registry.served(name, candidate)
-        if served is not None:
-            signature = served.runtime.signature
-        else:
-            try:
-                metadata, _ = read_metadata(version_dir(self.registry.root, name, candidate) / METADATA_FILE)
-            except (OSError, ValueError) as exc:
-                raise InvalidInput(f"version {candidate} has unreadable metadata: {exc}") from None
-            signature = ModelSignature.from_metadata(metadata)
-        if signature != champion.runtime.signature:
-            raise InvalidInput(
-                f"version {candidate}'s signature differs from the champion's "
-                f"({signature!r} vs {champion.runtime.signature!r})"
-            )
-
-    async def operate(self, name: str, decision: str) -> RolloutRecord:
-        """``promote``, ``rollback``, ``pause`` or ``resume`` now (409 when the state does not allow it)."""
-        record = self.registry.record(name)
-        if record is None:
-            self.registry.get(name)  # 404 for an unknown model
-            raise Conflict(f"model '{name}' has no rollout")
-        allowed = {
-            "promote": ("shadow", "canary", "paused"),
-            "rollback": ("shadow", "canary", "paused", "promoted"),
-            "pause": ("shadow", "canary"),
-            "resume": ("paused",),
-        }[decision]
-        if record.state not in allowed:
-            raise Conflict(f"cannot {decision} the rollout of model '{name}': it is {record.state}")
-        if decision == "rollback" and record.state == "promoted" and record.previous is None:
-            raise Conflict(f"the grace period of version {record.candidate} is over; start a new rollout")
-        return await self.decide(name, by_operator=decision)
 
     async def drain(self) -> None:
         """Let running shadow computations end (the batchers' drain answers or fails them)."""

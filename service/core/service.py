@@ -16,6 +16,7 @@ from service.core.call import ModelCall
 from service.core.feedback import FeedbackCall, FeedbackDesk
 from service.core.lifecycle import Lifecycle
 from service.core.rollout import RolloutDesk
+from service.core.rolloutops import RolloutOperator
 from service.core.types import (
     ClassifyRequest,
     ClassifyResponse,
@@ -55,6 +56,7 @@ class InferenceService:
         self._registry: ModelRegistry | None = None
         self._loader: asyncio.Task[None] | None = None
         self.rollout = RolloutDesk(settings, metrics)
+        self.rollout_operator = RolloutOperator(self.rollout)
         self._decider: asyncio.Task[None] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -235,7 +237,7 @@ class InferenceService:
     def rollout_state(self, name: str) -> dict[str, object]:
         """The model's rollout as JSON (``idle`` and the champion when it has none); NotFound."""
         self._get(name, None)
-        return self.rollout.state(name)
+        return self.rollout_operator.state(name)
 
     def lineage(self, name: str, version: int | None = None) -> dict[str, object]:
         """Where a served version came from: the version and feedback it was trained on (from its
@@ -260,14 +262,14 @@ class InferenceService:
     async def start_rollout(self, name: str, candidate: int, options: Options) -> dict[str, object]:
         """Start rolling out ``candidate``: NotFound, Conflict (one runs), InvalidInput (signature)."""
         self._get(name, None)
-        await self.rollout.start(name, candidate, options)
-        return self.rollout.state(name)
+        await self.rollout_operator.start(name, candidate, options)
+        return self.rollout_operator.state(name)
 
     async def operate_rollout(self, name: str, decision: str) -> dict[str, object]:
         """``promote``, ``rollback``, ``pause`` or ``resume`` the model's rollout now; Conflict."""
         self._get(name, None)
-        await self.rollout.operate(name, decision)
-        return self.rollout.state(name)
+        await self.rollout_operator.operate(name, decision)
+        return self.rollout_operator.state(name)
 
     def authorize_admin(self, authorization: str | None) -> None:
         """Check ``Authorization`` credentials (``Bearer <token>``) for the repository load/unload calls.
