@@ -106,7 +106,7 @@ class Decision(BaseModel):
     """One entry of the history: what was decided, when (UTC, ISO 8601), why, on which figures."""
 
     at: str
-    decision: Literal["start", "advance", "promote", "rollback", "pause", "resume", "wait"]
+    decision: Literal["start", "advance", "promote", "rollback", "pause", "resume"]
     by: Literal["rule", "operator", "retrain"]
     #: The rollout and its candidate (a record's history spans its rollouts).
     rollout: str = ""

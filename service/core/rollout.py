@@ -245,8 +245,11 @@ class RolloutDesk:
                 log.exception("rollout tick failed")
 
     async def tick(self) -> None:
+        """Follow records written elsewhere, end grace periods, and decide (``local``)."""
         registry = self.registry
         for name in registry.names():
+            if self.lock.locked():
+                return  # a change of this process is being written: its record is newer than the file
             fresh = registry.read_record(name)
             cached = registry.record(name)
             if fresh is not None and (cached is None or fresh.revision != cached.revision):
