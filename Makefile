@@ -9,7 +9,7 @@ DATA_DIR ?= ../shared/data
 SERVE_STAMP := $(VENV)/.serve-installed
 DEV_STAMP   := $(VENV)/.dev-installed
 
-.PHONY: run test test-deploy lint format protos train bench bench-grpc bench-soak bench-models bench-preprocess bench-threads schema system-deps clean
+.PHONY: run test test-deploy lint format protos train bench bench-grpc bench-tracing bench-soak bench-models bench-preprocess bench-threads schema system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,10 @@ bench: $(DEV_STAMP) system-deps
 ## bench-grpc: gRPC beside HTTP JSON and binary, one service process, c = 1, 16, 64
 bench-grpc: $(DEV_STAMP) system-deps
 	$(BIN)/python -m bench.protocols
+
+## bench-tracing: c=64 with tracing off (and off in BASELINE_TREE when given), at a 1 % sampler and at 100 %
+bench-tracing: $(DEV_STAMP) system-deps
+	$(BIN)/python -m bench.tracing $(if $(BASELINE_TREE),--baseline-tree $(BASELINE_TREE))
 
 bench-soak: $(DEV_STAMP) system-deps
 	$(BIN)/python -m bench.soak

@@ -8,9 +8,11 @@ median and the spread of the reference's own throughput (how noisy the machine w
 ``bench/results/http_servers.json``.
 
 The variants change one thing at a time from the uvicorn command line that matches the service
-(``uvicorn`` row): the HTTP parser (h11), the loop (asyncio), the access log, uvicorn's proxy-headers
-middleware, a frozen start-up heap for the garbage collector (``bench/tuned.py``), and granian (a Rust
-HTTP server running the same ASGI app on uvloop, one worker, single-threaded runtime).
+(``uvicorn`` row): the connection limits the service adds (``uvicorn guarded``:
+service/http/connection.py over httptools), the HTTP parser (h11), the loop (asyncio), the access log,
+uvicorn's proxy-headers middleware, a frozen start-up heap for the garbage collector
+(``bench/tuned.py``), and granian (a Rust HTTP server running the same ASGI app on uvloop, one worker,
+single-threaded runtime).
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ def variants(model: str) -> dict[str, tuple[list[str], dict[str, str]]]:
     return {
         "service": ([py, "-m", "service", "--port", "{port}"], env),
         "uvicorn": ([*uvicorn, *fast, app], env),
+        "uvicorn guarded": (
+            [*uvicorn, "--loop", "uvloop", "--http", "bench.tuned:GuardedProtocol", "--no-access-log", app],
+            env,
+        ),
         "uvicorn h11": ([*uvicorn, "--loop", "uvloop", "--http", "h11", "--no-access-log", app], env),
         "uvicorn asyncio h11": (
             [*uvicorn, "--loop", "asyncio", "--http", "h11", "--no-access-log", app],

@@ -11,6 +11,7 @@ serves the gRPC adapter (:mod:`service.grpc`) over the same core, in the same ev
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,8 +29,10 @@ from service.http.feedback import router as feedback_router
 from service.http.openapi import install_docs, refine
 from service.http.rollout import router as rollout_router
 from service.http.routes import router
+from service.http.tracing import RequestContext
 from service.metrics import Metrics
 from service.settings import Settings
+from service.tracing import Tracing
 
 STATIC = Path(__file__).parent / "static"
 
@@ -42,6 +45,7 @@ def create_app(
     fast_path: bool = True,
     grpc_host: str | None = None,
     grpc_reuse_port: bool = False,
+    tracing: Tracing | None = None,
 ) -> FastAPI:
     """Build the service. ``registry`` defaults to a fresh one with process metrics.
 
@@ -50,13 +54,15 @@ def create_app(
     Without ``fast_path`` infer requests go through FastAPI's own route (same answers, slower).
     With ``grpc_host`` the lifespan serves gRPC on ``grpc_host:settings.grpc_port`` too (unless that is 0;
     ``grpc_reuse_port`` for ``--workers``); the bound port is ``app.state.grpc_port``.
+    With ``tracing`` (:func:`service.tracing.from_env`) requests are traced; it is shut down (its spans
+    exported) after the core stops. Without it, and without JSON logs, no tracing code runs.
     """
     if registry is None:
         registry = CollectorRegistry()
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
-    core = InferenceService(settings, Metrics(registry))
+    core = InferenceService(settings, Metrics(registry), tracing)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -74,6 +80,8 @@ def create_app(
             if grpc_server is not None:
                 await grpc_server.stop(core.lifecycle.time_left(settings.drain_seconds))
             await core.stop()
+            if tracing is not None:  # export what is buffered, off the event loop
+                await asyncio.to_thread(tracing.shutdown)
 
     app = FastAPI(
         title="digits-serving",
@@ -110,4 +118,6 @@ def create_app(
     if fast_path:
         app.add_middleware(FastPath, core=core)
     app.add_middleware(CloseWhileDraining, core=core)
+    if tracing is not None or settings.log_format == "json":
+        app.add_middleware(RequestContext, tracing=tracing)  # outermost: sees every answer
     return app

@@ -34,6 +34,10 @@ seconds (the batcher's ``clock``), enforced by one timer for the earliest queued
 the next when it fires), so an expired request is answered at its deadline (to the timer tick) without a
 timer per request; a job whose batch has started is always computed and answered. A batcher belongs to
 the event loop that started it.
+
+With a ``tracer`` (:class:`BatchTracing`, given only when tracing is on), each job carries what the tracer
+returned when it was submitted, and the tracer hears when its batch starts and finishes or when it is
+dropped; without one, the batcher's only tracing work is one ``is None`` test per job and per batch.
 """
 
 from __future__ import annotations
@@ -45,8 +49,8 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -80,11 +84,33 @@ class BatchObserver(Protocol):
         """Once per batch, before it computes: how long it was held open for more rows (0: not at all)."""
 
 
+class BatchTracing(Protocol):
+    """Receives each job's and batch's life when tracing is on (see :class:`service.tracing.BatchTracer`)."""
+
+    def submitted(self, rows: int) -> Any:
+        """In the submitting request's context: what its job carries (None: the request is not traced)."""
+
+    def started(self, traces: Sequence[Any], rows: int, held_s: float) -> Any:
+        """A batch of these jobs' traces was taken; returns what :meth:`finished` gets (None: untraced)."""
+
+    def finished(self, batch: Any, traces: Sequence[Any], compute_s: float, error: str | None) -> None:
+        """The batch was computed (``error``: the message its jobs were failed with)."""
+
+    def dropped(self, trace: Any, error: BaseException | None) -> None:
+        """A traced job left the queue uncomputed (``error`` None: its client went away)."""
+
+
 class _Job:
-    __slots__ = ("deadline", "enqueued", "future", "inputs", "queued", "rows")
+    __slots__ = ("deadline", "enqueued", "future", "inputs", "queued", "rows", "trace")
 
     def __init__(
-        self, inputs: Arrays, rows: int, future: asyncio.Future[Arrays], deadline: float | None, now: float
+        self,
+        inputs: Arrays,
+        rows: int,
+        future: asyncio.Future[Arrays],
+        deadline: float | None,
+        now: float,
+        trace: Any = None,
     ) -> None:
         self.inputs = inputs
         self.rows = rows
@@ -92,6 +118,7 @@ class _Job:
         self.deadline = deadline
         self.enqueued = now
         self.queued = True  # counted in queue_rows: neither taken into a batch nor dropped
+        self.trace = trace  # the tracer's, when tracing is on and the request is traced
 
 
 class Batcher:
@@ -109,10 +136,11 @@ class Batcher:
         name: str = "",
         wait: WaitName = "adaptive",
         clock: Callable[[], float] | None = None,
+        tracer: BatchTracing | None = None,
     ) -> None:
         """``wait`` names the policy for batches that are not full (see the module docstring). ``clock``
         gives the seconds that deadlines, waits and compute times are measured in (default:
-        ``time.monotonic``, and ``time.perf_counter`` for compute)."""
+        ``time.monotonic``, and ``time.perf_counter`` for compute). ``tracer``: only when tracing is on."""
         if max_batch_size < 1 or max_queue_delay_us < 0 or max_queue_rows < 1:
             raise ValueError("need max_batch_size >= 1, max_queue_delay_us >= 0, max_queue_rows >= 1")
         self._run = run
@@ -126,6 +154,7 @@ class Batcher:
             max_workers=1, thread_name_prefix=f"batcher-{name}"
         )
         self._observer = observer
+        self._tracer = tracer
         self._name = name
         self._queue: deque[_Job] = deque()
         self._queue_rows = 0
@@ -185,14 +214,17 @@ class Batcher:
             )
         self._policy.arrived(now, self._pending)
         size = self._max_batch_size
+        tracer = self._tracer
         if rows <= size:
-            jobs = [_Job(inputs, rows, loop.create_future(), deadline, now)]
+            trace = None if tracer is None else tracer.submitted(rows)
+            jobs = [_Job(inputs, rows, loop.create_future(), deadline, now, trace)]
         else:  # each chunk is its own job; views, not copies
             chunks = [{k: v[i : i + size] for k, v in inputs.items()} for i in range(0, rows, size)]
-            jobs = [
-                _Job(c, min(size, rows - i * size), loop.create_future(), deadline, now)
-                for i, c in enumerate(chunks)
-            ]
+            jobs = []
+            for i, c in enumerate(chunks):
+                part = min(size, rows - i * size)
+                trace = None if tracer is None else tracer.submitted(part)
+                jobs.append(_Job(c, part, loop.create_future(), deadline, now, trace))
         before = self._queue_rows
         self._queue.extend(jobs)
         self._queue_rows += rows
@@ -246,6 +278,8 @@ class Batcher:
             job.queued = False
             self._queue_rows -= job.rows
             self._notify_queue_rows()
+            if job.trace is not None and self._tracer is not None:
+                self._tracer.dropped(job.trace, error)
         if not job.future.done():
             if error is None:
                 job.future.cancel()
@@ -296,13 +330,17 @@ class Batcher:
                     continue
             batch = self._take()
             if batch:
-                if self._observer is not None:
+                if self._observer is not None or self._tracer is not None:
                     held = 0.0 if held_since is None else max(0.0, self._clock() - held_since)
-                    self._observe(self._observer.on_wait, held)
+                    if self._observer is not None:
+                        self._observe(self._observer.on_wait, held)
+                    traced = None if self._tracer is None else self._trace_start(self._tracer, batch, held)
+                else:
+                    traced = None
                 held_since = None
                 self._inflight = batch
                 try:
-                    await self._compute(loop, batch)
+                    await self._compute(loop, batch, traced)
                 finally:
                     self._inflight = []
 
@@ -339,7 +377,10 @@ class Batcher:
             elif job.queued:  # timer or cancellation callback not run yet
                 job.queued = False
                 self._queue_rows -= job.rows
-                if not job.future.done():
+                expired = not job.future.done()
+                if job.trace is not None and self._tracer is not None:
+                    self._tracer.dropped(job.trace, DeadlineExceeded(_EXPIRED) if expired else None)
+                if expired:
                     job.future.set_exception(DeadlineExceeded(_EXPIRED))
             queue.popleft()
         self._notify_queue_rows()
@@ -348,7 +389,16 @@ class Batcher:
                 self._observe(self._observer.on_dequeue, now - job.enqueued)
         return batch
 
-    async def _compute(self, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> None:
+    @staticmethod
+    def _trace_start(tracer: BatchTracing, batch: list[_Job], held: float) -> Any:
+        """Tell the tracer a batch starts (only with tracing on); what :meth:`_compute` hands back."""
+        try:
+            return tracer.started([job.trace for job in batch], sum(j.rows for j in batch), held)
+        except Exception:  # tracing must never stall the queue
+            logger.exception("batch tracer failed")
+            return None
+
+    async def _compute(self, loop: asyncio.AbstractEventLoop, batch: list[_Job], traced: Any = None) -> None:
         sizes = [job.rows for job in batch]
         parts = [job.inputs for job in batch]
         try:
@@ -359,6 +409,12 @@ class Batcher:
         self._policy.computed(sum(sizes), seconds)
         if self._observer is not None:
             self._observe(self._observer.on_batch, sum(sizes), seconds)
+        if traced is not None and self._tracer is not None:
+            error = None if results is not None else InferenceFailed().message
+            try:
+                self._tracer.finished(traced, [job.trace for job in batch], seconds, error)
+            except Exception:
+                logger.exception("batch tracer failed")
         for i, job in enumerate(batch):
             if not job.future.done():
                 if results is None:

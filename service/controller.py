@@ -6,7 +6,9 @@ decide nothing. This process, every ``--interval`` seconds, for every model whos
 rollout: adds up the evidence of every replica through Prometheus' HTTP API (``sum by (kind)``, and the
 p99 of each role from the histogram), applies the same rule as a single replica
 (:func:`service.rollout.next_step`), and writes the record (through :mod:`service.rolloutstore`) when the
-evidence or the state changed. Each replica follows within its ``SERVE_ROLLOUT_INTERVAL_S``.
+evidence or the state changed. Each replica follows within its ``SERVE_ROLLOUT_INTERVAL_S``. The
+repository is a directory or ``s3://bucket/prefix`` (:mod:`service.store`; the record lives beside the
+model either way).
 
     python -m service.controller --repository /models --prometheus http://prometheus:9090 [--interval 2]
 
@@ -24,12 +26,11 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 from typing import Any
 
-from service.repository import scan_repository
 from service.rollout import Evidence, RolloutRecord, VersionEvidence, apply_decision, mcnemar, next_step
 from service.rolloutstore import RecordError, read_record, write_record
+from service.store import Location, ModelStore, StoreError, open_store, parse_location
 
 log = logging.getLogger("service.controller")
 
@@ -98,7 +99,7 @@ def gather(client: Prometheus, model: str, rollout: str) -> Evidence:
     )
 
 
-def decide(repository: Path, model: str, client: Prometheus) -> str | None:
+def decide(repository: ModelStore | Location, model: str, client: Prometheus) -> str | None:
     """One pass for one model: the decision taken (``advance``, ``promote``, ``rollback``) or None."""
     data = read_record(repository, model)
     if data is None:
@@ -124,13 +125,21 @@ def decide(repository: Path, model: str, client: Prometheus) -> str | None:
     return None if step is None else step[0]
 
 
-def run(repository: Path, prometheus: str, interval: float, stop: threading.Event, *, once: bool) -> None:
+def run(
+    repository: ModelStore | Location, prometheus: str, interval: float, stop: threading.Event, *, once: bool
+) -> None:
     client = Prometheus(prometheus)
+    store = repository if isinstance(repository, ModelStore) else open_store(repository)
     while not stop.is_set():
-        for model in sorted(scan_repository(repository)):
+        try:
+            models = sorted(store.scan())
+        except StoreError as exc:
+            log.error("no decisions this pass: %s", exc)
+            models = []
+        for model in models:
             try:
-                decide(repository, model, client)
-            except (PrometheusError, RecordError, ValueError, OSError) as exc:
+                decide(store, model, client)
+            except (PrometheusError, RecordError, StoreError, ValueError, OSError) as exc:
                 log.error("rollout of %s: no decision this pass: %s", model, exc)
         if once:
             return
@@ -139,14 +148,20 @@ def run(repository: Path, prometheus: str, interval: float, stop: threading.Even
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.controller", description=__doc__.splitlines()[0])
-    parser.add_argument("--repository", type=Path, required=True, help="the model repository")
+    parser.add_argument(
+        "--repository", required=True, help="the model repository: a directory or s3://bucket/prefix"
+    )
     parser.add_argument(
         "--prometheus", required=True, help="Prometheus' base URL, e.g. http://prometheus:9090"
     )
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between passes (default 2)")
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
     args = parser.parse_args(argv)
-    if not args.repository.is_dir():
+    try:
+        repository = parse_location(args.repository)
+    except ValueError as exc:
+        parser.error(f"--repository: {exc}")
+    if not isinstance(repository, str) and not repository.is_dir():
         parser.error(f"--repository {args.repository}: not a directory")
     if not 0.1 <= args.interval <= 3600:
         parser.error("--interval must be from 0.1 to 3600 seconds")
@@ -155,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     log.info("deciding rollouts in %s from %s every %g s", args.repository, args.prometheus, args.interval)
-    run(args.repository, args.prometheus, args.interval, stop, once=args.once)
+    run(repository, args.prometheus, args.interval, stop, once=args.once)
     return 0
 
 

@@ -26,6 +26,15 @@ from __future__ import annotations
 from enum import StrEnum
 from http import HTTPStatus
 
+#: Longest client-given name (model, input, output) echoed in an error message; longer ones are cut, so
+#: an answer stays small whatever the request (gRPC carries the message in a size-limited trailer).
+ECHO_CHARS = 64
+
+
+def echo(text: str, limit: int = ECHO_CHARS) -> str:
+    """``text`` quoted for an error message, cut to ``limit`` characters (marked with "...")."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
 
 class ErrorKind(StrEnum):
     """What went wrong, in transport-neutral terms (names follow gRPC's canonical codes where one fits)."""

@@ -9,9 +9,11 @@ Layout under the feedback root (``SERVE_FEEDBACK_DIR``)::
 A file is written under a hidden temporary name (``.<id>.<ext>.partial``), fsynced, renamed into place and
 its directory fsynced; only then is its log line appended (``O_APPEND``, one ``write``, fsync). So a reader
 never sees a half-written image, every log line names a complete file, and a SIGKILL at any point loses at
-most the request in flight: a stray temporary file (removed when the next store opens) or an image without
-a log line, which nothing reads as feedback. A torn last log line (a kill or power loss inside the append)
-is tolerated by :func:`read_log` and cut off by the next writer before it appends.
+most the request in flight: a stray temporary file or an image without a log line, both removed when the
+next store opens the model's log. A torn last log line (a kill or power loss inside the append) is
+tolerated by :func:`read_log` and cut off by the next writer before it appends. A full disk refuses the
+item (507) and leaves nothing: an append cut short is truncated back, and the image it would have named is
+removed.
 
 Label folder names are the labels with ``/``, ``\\``, ``%``, control characters and a leading ``.``
 percent-encoded (``T-shirt/top`` is stored under ``T-shirt%2Ftop``); the log keeps the label verbatim.
@@ -27,6 +29,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,6 +56,8 @@ log = logging.getLogger(__name__)
 #: The image types feedback accepts, by file extension.
 EXTENSIONS = ("png", "jpg")
 PARTIAL_SUFFIX = ".partial"
+#: The name of a stored image: a 26-character id (:func:`new_id`) and one of :data:`EXTENSIONS`.
+_ITEM_FILE = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}\.(?:png|jpg)")
 
 __all__ = [
     "EXTENSIONS",
@@ -105,6 +110,15 @@ def _make_dirs(directory: Path, root: Path) -> None:
         _fsync_dir(directory.parent)
 
 
+def _remove(path: Path) -> None:
+    """Unlink ``path`` and make it durable; a failure is logged (the next store's sweep retries)."""
+    try:
+        path.unlink()
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        log.error("cannot remove %s after a failed append: %s", path, exc)
+
+
 class _ModelLog:
     """One model's log and lock: usage counted from the log, refreshed under the lock before each write."""
 
@@ -131,7 +145,9 @@ class _ModelLog:
         )
 
     def remove_partials(self) -> None:
-        """Under the lock, so no live writer owns them: temporary files left by a killed writer."""
+        """Under the lock, so no live writer owns them: temporary files left by a killed writer, and
+        images that no log line names (a writer killed, or a disk full, between the rename and the
+        append), so that nothing is kept that retraining would not read and the quota does not count."""
         if self.cleaned or not self.directory.is_dir():
             self.cleaned = True
             return
@@ -139,15 +155,33 @@ class _ModelLog:
             with contextlib.suppress(OSError):
                 partial.unlink()
                 log.info("removed %s, left by an interrupted write", partial)
+        named = {item.file for item in read_log(self.path).items}
+        root = self.directory.parent
+        for image in self.directory.glob("*/*"):
+            if not _ITEM_FILE.fullmatch(image.name) or not image.is_file():
+                continue
+            if image.relative_to(root).as_posix() not in named:
+                with contextlib.suppress(OSError):
+                    image.unlink()
+                    log.warning("removed %s: no line of %s names it", image, self.path.name)
         self.cleaned = True
 
     def append(self, item: FeedbackItem) -> None:
+        """Append the item's line, or leave the log as it was: a write cut short (a full disk returns
+        a short count before ENOSPC) is cut off again and reported as ENOSPC."""
         line = orjson.dumps(item.as_json()) + b"\n"
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            if os.write(fd, line) != len(line):
-                raise OSError(errno.EIO, "short write to the feedback log")
-            os.fsync(fd)
+            start = os.fstat(fd).st_size  # under the lock: nobody else appends meanwhile
+            try:
+                if os.write(fd, line) != len(line):
+                    raise OSError(errno.ENOSPC, "short write to the feedback log (disk full)")
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                    os.fsync(fd)
+                raise
         finally:
             os.close(fd)
         self.offset += len(line)
@@ -210,7 +244,11 @@ class FeedbackStore:
                 self._check_quota(model, state.usage, len(data))
                 try:
                     item = self._write(model, label, data, ext, served_version, predicted, rollout)
-                    state.append(item)
+                    try:
+                        state.append(item)
+                    except OSError:
+                        _remove(self.root / item.file)  # no line names it: it must not stay
+                        raise
                 except OSError as exc:
                     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                         raise InsufficientStorage("no space left to store feedback") from exc

@@ -81,6 +81,12 @@ def open_image(data: bytes, *, max_pixels: int, draft: tuple[int, int] | None = 
     return source
 
 
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding a pixel (415 or 400 as :func:`open_image`)."""
+    width, height = _open(data).size
+    return width, height
+
+
 def _open(data: bytes) -> ImageFile.ImageFile:
     """Read the header only. The plugin classes are used directly (not ``Image.open``) so that
     Pillow's process-wide ``MAX_IMAGE_PIXELS`` check and its warning are replaced by our limit."""

@@ -33,6 +33,17 @@ FEEDBACK_REASONS = (
     "storage_error",
     "unavailable",  # draining, queue full, deadline
 )
+#: Why the HTTP server closed a connection itself (``http_connections_closed_total{reason}``).
+CONNECTION_REASONS = (
+    "idle_timeout",  # no byte of a request within header_timeout_s
+    "header_timeout",  # a header block begun but not finished within header_timeout_s (408)
+    "body_timeout",  # a body not finished within body_timeout_s of its header block (408)
+    "header_too_large",  # header block over max_header_bytes (431)
+    "bad_request",  # malformed request, Host or version framing (400)
+    "version",  # HTTP major version other than 1 (505)
+    "evicted",  # the longest-idle connection, closed to admit a new one at max_connections
+    "over_capacity",  # a new connection at max_connections with none idle (503)
+)
 #: The ``protocol`` label of the request metrics: HTTP's series exist from the start, gRPC's from its
 #: first call (so an HTTP-only process exports exactly what it did before the label).
 PROTOCOLS = ("http", "grpc")
@@ -99,6 +110,16 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
             registry=registry,
         )
+        self.repository_up = Gauge(
+            "model_repository_up",
+            "1 while the model repository answered its last scan, 0 after a failure (docs/cluster.md).",
+            registry=registry,
+        )
+        self.repository_errors = Counter(
+            "model_repository_errors",
+            "Scans and downloads of the model repository that failed (unreachable, denied).",
+            registry=registry,
+        )
 
         self.feedback = Counter(
             "feedback_items_total",
@@ -112,6 +133,15 @@ class Metrics:
         self.feedback_stored_bytes = Gauge(
             "feedback_stored_bytes", "Bytes of feedback images per model.", ["model"], registry=registry
         )
+
+        self.connections_closed = Counter(
+            "http_connections_closed_total",
+            "HTTP connections the server closed or refused before answering a request, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in CONNECTION_REASONS:
+            self.connections_closed.labels(reason)
 
         self.rollout_state = Gauge(
             "rollout_state",

@@ -41,15 +41,16 @@ limit, EXIF orientation) and returns ``(H, W, C)`` float32 in the model's ``inpu
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from service.contract import Preprocessing
-from service.errors import InvalidInput, ServiceError
-from service.images import convert, open_image, stretch
+from service.errors import InvalidInput, PayloadTooLarge, ServiceError
+from service.images import convert, image_size, open_image, stretch
 
 #: The digit algorithm works on at most about WORK_SIDE² pixels; larger images are block-averaged first.
 WORK_SIDE = 512
@@ -94,23 +95,50 @@ def prepare(
     return (black + pixels / 255.0 * (white - black)).astype(np.float32)
 
 
+def request_pixels(images: Sequence[tuple[str | None, bytes]], limit: int) -> int:
+    """The pixels of all the images together, from their headers (no pixel is decoded); 413 over ``limit``,
+    and the decoder's 415 or 400 for a file that is no PNG or JPEG."""
+    total = 0
+    for n, (filename, data) in enumerate(images, 1):
+        with _naming(n, len(images), filename):
+            width, height = image_size(data)
+        total += width * height
+    if total > limit:
+        raise PayloadTooLarge(
+            f"the images of this request have {total} pixels together; the limit is {limit}"
+        )
+    return total
+
+
 def prepare_all(
-    images: Sequence[tuple[str | None, bytes]], preprocessing: Preprocessing, *, max_pixels: int = MAX_PIXELS
+    images: Sequence[tuple[str | None, bytes]],
+    preprocessing: Preprocessing,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    check: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """:func:`prepare` for each (file name, bytes), stacked ``[N, H, W, C]``; with several images an
-    error's message says which one (number and file name) it is about."""
+    error's message says which one (number and file name) it is about. ``check`` is called before each
+    image and stops the work by raising (the caller's deadline passed, or its client went away)."""
     rows = []
     for n, (filename, data) in enumerate(images, 1):
-        try:
+        if check is not None:
+            check()
+        with _naming(n, len(images), filename):
             rows.append(prepare(data, preprocessing, max_pixels=max_pixels))
-        except ServiceError as exc:
-            if len(images) > 1:
-                exc.message = (
-                    f"image {n} of {len(images)}{f' ({filename!r})' if filename else ''}: {exc.message}"
-                )
-                exc.args = (exc.message,)
-            raise
     return np.stack(rows)
+
+
+@contextlib.contextmanager
+def _naming(n: int, count: int, filename: str | None) -> Iterator[None]:
+    """Prefix the message of a ServiceError raised inside with the image it is about (of several)."""
+    try:
+        yield
+    except ServiceError as exc:
+        if count > 1:
+            exc.message = f"image {n} of {count}{f' ({filename!r})' if filename else ''}: {exc.message}"
+            exc.args = (exc.message,)
+        raise
 
 
 def digit(rgba: np.ndarray, height: int = 28, width: int = 28) -> np.ndarray:

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
-from service.errors import InvalidInput, PayloadTooLarge
+from service.errors import InvalidInput, PayloadTooLarge, echo
 from service.signature import ModelSignature, TensorSpec
 from service.tensordata import fmt, from_json, show
 
@@ -210,7 +210,7 @@ def _plan_input(index: int, tensor: Any, signature: ModelSignature, plans: list[
         raise InvalidInput(f"inputs[{index}]: 'name' must be a string, got {show(name)}")
     spec = signature.input(name)
     if spec is None:
-        raise InvalidInput(f"unknown input {name!r}; the model's inputs are {_names(signature.inputs)}")
+        raise InvalidInput(f"unknown input {echo(name)}; the model's inputs are {_names(signature.inputs)}")
     if any(p.spec is spec for p in plans):
         raise InvalidInput(f"input {name!r} is given twice")
     datatype = tensor.get("datatype")
@@ -269,7 +269,7 @@ def _requested_outputs(
             raise InvalidInput(f"outputs[{index}] must be an object with a string 'name'")
         if signature.output(name) is None:
             raise InvalidInput(
-                f"unknown output {name!r}; the model's outputs are {_names(signature.outputs)}"
+                f"unknown output {echo(name)}; the model's outputs are {_names(signature.outputs)}"
             )
         if any(o.name == name for o in requested):
             raise InvalidInput(f"output {name!r} is requested twice")

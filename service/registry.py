@@ -6,35 +6,42 @@ executor of that many workers, and each version's session gets ``budget // model
 (at least 1), so at most ``budget`` threads compute at once however many models are busy (measured
 with ``python -m bench.threads``; see ``docs/architecture.md``). Loading (hash check, session creation,
 signature check, warm-up) runs in a worker thread; a version is visible to requests only once it
-has passed every step. A new version is loaded beside the old one and swapped in with one dict
-assignment, so a request sees either the old or the new version, never a half-loaded one; the old
-version finishes what it has queued and is stopped once idle.
+has passed every step. The repository is a :class:`service.store.ModelStore` (a directory, or an
+``s3://`` bucket whose versions are downloaded into a local cache first; ``docs/cluster.md``); when it
+cannot be read, what is loaded keeps serving. A new version is loaded beside the old one and swapped
+in with one dict assignment, so a request sees either the old or the new version, never a half-loaded
+one; the old version finishes what it has queued and is stopped once idle.
 
 Which loaded version answers unversioned requests (the *champion*) follows the model's rollout record
-(:mod:`service.rollout`, ``docs/rollout.md``): the newest version that is not rejected, not the running
-rollout's candidate, and not marked as a candidate unless promoted. Candidates, and a promoted
-champion's predecessor during its grace period, stay loaded whatever the version policy says.
+(:mod:`service.rollout`, ``docs/rollout.md``), kept in the same store beside the model
+(:mod:`service.rolloutstore`) and read again at every scan: the newest version that is not rejected,
+not the running rollout's candidate, and not marked as a candidate unless promoted. Candidates, and a
+promoted champion's predecessor during its grace period, stay loaded whatever the version policy says.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from opentelemetry.trace import Status, StatusCode
+
 from service.batching import Batcher
-from service.contract import CANDIDATE_FILE, METADATA_FILE, MODEL_FILE, valid_model_name, version_dir
-from service.errors import NotFound, ServiceError, Unavailable
+from service.contract import CANDIDATE_FILE, valid_model_name
+from service.errors import NotFound, ServiceError, Unavailable, echo
 from service.metrics import Metrics, ModelMetrics
-from service.repository import incomplete_versions, scan_repository
 from service.rollout import RolloutRecord, eligible_champions
 from service.rolloutstore import RecordError, read_record, remove_record, write_record
 from service.runtime import ModelLoadError, ModelRuntime, load_model
 from service.settings import Settings
+from service.store import ModelStore, StoreError, VersionCorrupt, open_store
+from service.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +54,23 @@ class ServedVersion:
     batcher: Batcher
     metrics: ModelMetrics
     loaded_at: float = field(default_factory=time.time)
+    #: Requests that resolved this version and have not submitted yet (:class:`service.core.call.ModelCall`
+    #: counts them): a retired version stops admitting only once they have, so a request that chose it
+    #: just before a swap (its body still arriving) is computed, not refused.
+    calls: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    def enter(self) -> None:
+        self.calls += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.calls -= 1
+        if self.calls == 0:
+            self.idle.set()
 
     @property
     def name(self) -> str:
@@ -70,20 +94,36 @@ def warmup_batch_sizes(max_batch_size: int) -> list[int]:
 class ModelRegistry:
     """Loads, serves and retires model versions from the repository."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, providers: list[str]) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, providers: list[str], tracing: Tracing | None = None
+    ) -> None:
+        """``tracing``: spans for loads, retirements and unloads, and each batcher's batch tracer."""
         self.settings = settings
+        self.tracing = tracing
         self.metrics = metrics
         self.providers = providers
-        self.root = Path(settings.model_repository)
+        self.store: ModelStore = open_store(
+            settings.model_repository,
+            cache_dir=settings.model_cache_dir,
+            cache_bytes=settings.model_cache_bytes,
+        )
+        self.root = self.store.url
+        # The message of the store's last failure; None while it answers (reported once per outage).
+        self._store_problem: str | None = None
+        # Per model, the last failure to read its rollout record (reported once per outage).
+        self._record_problem: dict[str, str] = {}
         self._served: dict[str, dict[int, ServedVersion]] = {}
         self._expected: set[str] = set()
-        # (name, version) -> mtime of the failed attempt, so the watcher retries only changed versions.
-        self._failed: dict[tuple[str, int], float] = {}
+        self._configured = 0  # models configured at start (SERVE_MODELS, or every one found)
+        # (name, version) -> stamp of the failed attempt, so the watcher retries only changed versions.
+        self._failed: dict[tuple[str, int], str] = {}
         # (name, version) -> missing files already reported for an incomplete version directory.
         self._incomplete: dict[tuple[str, int], tuple[str, ...]] = {}
         self._unloaded: set[str] = set()
         # Per model: its rollout record, the champion's version, the versions on disk.
         self._records: dict[str, RolloutRecord] = {}
+        # Per model, its rollout record as last read from or written to the store.
+        self._stored: dict[str, RolloutRecord] = {}
         self._champion: dict[str, int] = {}
         self._available: dict[str, list[int]] = {}
         self._marked: dict[str, set[int]] = {}
@@ -97,8 +137,28 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
-        """True when the initial load is done and every configured model has a served version."""
-        return self.loaded and all(self._served.get(name) for name in self._expected)
+        """True when the initial load is done and enough models are served: ``ready_min_models`` of them
+        when set; otherwise every model configured at start and every model loaded since, and at least
+        one, so that unloading every model (or finding none) turns readiness off."""
+        if not self.loaded:
+            return False
+        served = sum(1 for versions in self._served.values() if versions)
+        wanted = self.settings.ready_min_models
+        if wanted:
+            return served >= wanted
+        return served >= max(1, self._configured) and all(self._served.get(n) for n in self._expected)
+
+    def missing(self) -> str:
+        """Why :attr:`ready` is false, in words (for the 503 answer)."""
+        missing = [n for n in self.names() if not self.versions(n)]
+        served = len(self.names()) - len(missing)
+        wanted = self.settings.ready_min_models or max(1, self._configured)
+        unloaded = sorted(self._unloaded - set(missing))
+        return (
+            f"{served} of at least {wanted} models served"
+            + (f"; not served: {', '.join(missing)}" if missing else "")
+            + (f"; unloaded: {', '.join(unloaded)}" if unloaded else "")
+        )
 
     def names(self) -> list[str]:
         return sorted(set(self._served) | self._expected)
@@ -113,17 +173,17 @@ class ModelRegistry:
             if not self.loaded:
                 raise Unavailable("models are still loading")
             if name in self._expected:
-                raise Unavailable(f"model '{name}' is not ready")
-            raise NotFound(f"unknown model '{name}'")
+                raise Unavailable(f"model {echo(name)} is not ready")
+            raise NotFound(f"unknown model {echo(name)}")
         if version is None:
             champion = self._champion.get(name)
             if champion is None or champion not in served:
-                raise Unavailable(f"model '{name}' has no champion version loaded (only candidates)")
+                raise Unavailable(f"model {echo(name)} has no champion version loaded (only candidates)")
             return served[champion]
         try:
             return served[version]
         except KeyError:
-            raise NotFound(f"model '{name}' has no served version {version}") from None
+            raise NotFound(f"model {echo(name)} has no served version {version}") from None
 
     def served(self, name: str, version: int) -> ServedVersion | None:
         """The loaded version, or None."""
@@ -137,14 +197,31 @@ class ModelRegistry:
         """The model's rollout record as last read or written."""
         return self._records.get(name)
 
-    def read_record(self, name: str) -> RolloutRecord | None:
-        """The model's rollout record as stored now (None when it has none or it is damaged: logged)."""
+    async def fetch_record(self, name: str) -> RolloutRecord | None:
+        """The model's rollout record as the store holds it now (None when it has none, or it is damaged:
+        logged). While the store cannot be read, the record last read: every replica keeps following the
+        plan it knows until the store answers again."""
         try:
-            data = read_record(self.root, name)
-            return None if data is None else RolloutRecord.model_validate(data)
+            data = await asyncio.to_thread(read_record, self.store, name)
+            record = None if data is None else RolloutRecord.model_validate(data)
         except (RecordError, ValueError) as exc:
             log.error("rollout record of %s ignored: %s", name, exc)
             return None
+        except StoreError as exc:
+            if self._record_problem.get(name) != str(exc):
+                log.error("rollout record of %s cannot be read (%s); following the one read last", name, exc)
+            self._record_problem[name] = str(exc)
+            return self._stored.get(name)
+        if self._record_problem.pop(name, None) is not None:
+            log.info("rollout record of %s read again", name)
+        self._remember(name, record)
+        return record
+
+    def _remember(self, name: str, record: RolloutRecord | None) -> None:
+        if record is None:
+            self._stored.pop(name, None)
+        else:
+            self._stored[name] = record
 
     def cache_record(self, name: str, record: RolloutRecord) -> None:
         """Answer with ``record`` from now on (the caller stores it with :meth:`apply_record` next)."""
@@ -155,22 +232,30 @@ class ModelRegistry:
         """Store ``record`` (or remove the model's record) and bring the served versions in line."""
         try:
             if remove or record is None:
-                await asyncio.to_thread(remove_record, self.root, name)
+                await asyncio.to_thread(remove_record, self.store, name)
             else:
-                await asyncio.to_thread(write_record, self.root, name, record.model_dump(mode="json"))
-        except OSError as exc:
-            self._records.pop(name, None)  # back to what is on disk at the sync below
+                await asyncio.to_thread(write_record, self.store, name, record.model_dump(mode="json"))
+        except (OSError, StoreError) as exc:
+            # Back to the record the store held last (read again at the sync below, when it answers).
+            stored = self._stored.get(name)
+            if stored is None:
+                self._records.pop(name, None)
+            else:
+                self._records[name] = stored
+            self._choose_champion(name)
             await self.sync([name])
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ServiceError(
-                f"cannot write the rollout record of '{name}' ({exc.strerror or exc}): the repository "
-                "is read-only for this process; the rollout controller or the trainer writes it "
+                f"cannot write the rollout record of '{name}' ({why}): the repository is read-only for "
+                "this process or unreachable; the rollout controller or the trainer writes it "
                 "(docs/rollout.md)"
             ) from exc
+        self._remember(name, None if remove else record)
         await self.sync([name])
 
     def index(self) -> list[dict[str, str]]:
         """Repository index rows in Triton's shape: every version found on disk, with its state."""
-        found = scan_repository(self.root, self.settings.models)
+        found = self.store.known(self.settings.models)
         rows = []
         for name in sorted(set(found) | set(self._served)):
             served = self._served.get(name, {})
@@ -194,10 +279,14 @@ class ModelRegistry:
 
     async def start(self) -> None:
         """Initial load: every selected version of every configured model."""
-        found = scan_repository(self.root, self.settings.models)
-        if not self.root.is_dir():
-            log.error("model repository %s does not exist", self.root)
+        try:
+            await asyncio.to_thread(self.store.check)
+            found = await self._scan(self.settings.models)
+        except StoreError as exc:
+            log.error("model repository cannot be used: %s", exc)
+            found = {}
         self._expected = set(self.settings.models or found)
+        self._configured = len(self._expected)
         for name in sorted(self._expected - set(found)):
             log.error("model '%s' configured in SERVE_MODELS but not found in %s", name, self.root)
         try:
@@ -208,7 +297,10 @@ class ModelRegistry:
     async def sync(self, names: Iterable[str] | None = None) -> None:
         """Bring the served versions in line with the repository and the version policy."""
         async with self._lock:
-            found = scan_repository(self.root, self.settings.models)
+            try:
+                found = await self._scan(self.settings.models)
+            except StoreError:
+                return  # reported by _scan; what serves keeps serving
             targets = sorted(set(names) if names is not None else set(found) | set(self._served))
             for name in targets:
                 if name in self._unloaded and names is None:
@@ -218,9 +310,15 @@ class ModelRegistry:
     async def load(self, name: str) -> None:
         """Admin load: (re)load a model per the version policy; NotFound if it has no versions on disk."""
         if not valid_model_name(name):
-            raise NotFound(f"unknown model '{name}'")
-        if not scan_repository(self.root, [name]).get(name):
-            raise NotFound(f"model '{name}' has no complete version in the repository")
+            raise NotFound(f"unknown model {echo(name)}")
+        try:
+            found = await self._scan([name])
+        except StoreError as exc:
+            raise Unavailable(
+                f"cannot load {echo(name)}: the model repository is unavailable ({exc})"
+            ) from None
+        if not found.get(name):
+            raise NotFound(f"model {echo(name)} has no complete version in the repository")
         self._unloaded.discard(name)
         self._expected.add(name)
         await self.sync([name])
@@ -231,21 +329,45 @@ class ModelRegistry:
         """Admin unload: stop serving every version of a model until it is loaded again."""
         async with self._lock:
             if name not in self._served and name not in self._expected:
-                raise NotFound(f"unknown model '{name}'")
+                raise NotFound(f"unknown model {echo(name)}")
             self._unloaded.add(name)
             self._expected.discard(name)
-            for version in list(self._served.get(name, {})):
-                self._retire(name, version)
+            versions = list(self._served.get(name, {}))
+            if self.tracing is not None:
+                with self.tracing.lifecycle("model.unload", {"inference.model.name": name}) as span:
+                    span.set_attribute("inference.model.versions", versions)
+                    for version in versions:
+                        self._retire(name, version)
+            else:
+                for version in versions:
+                    self._retire(name, version)
             self._served.pop(name, None)
 
+    async def _scan(self, names: Iterable[str] | None) -> dict[str, list[int]]:
+        """The store's committed versions; a failure is logged once per outage and counted."""
+        try:
+            found = await asyncio.to_thread(self.store.scan, None if names is None else sorted(names))
+        except StoreError as exc:
+            self.metrics.repository_up.set(0)
+            self.metrics.repository_errors.inc()
+            if str(exc) != self._store_problem:
+                log.error("model repository failed: %s; serving what is loaded", exc)
+            self._store_problem = str(exc)
+            raise
+        self.metrics.repository_up.set(1)
+        if self._store_problem is not None:
+            log.info("model repository %s answers again", self.root)
+            self._store_problem = None
+        return found
+
     async def _sync_model(self, name: str, available: list[int]) -> None:
-        record = self.read_record(name)
+        record = await self.fetch_record(name)
         if record is None:
             self._records.pop(name, None)
         else:
             self._records[name] = record
         self._available[name] = available
-        marked = {v for v in available if (version_dir(self.root, name, v) / CANDIDATE_FILE).is_file()}
+        marked = {v for v in available if self.store.has_file(name, v, CANDIDATE_FILE)}
         self._marked[name] = marked
         eligible = eligible_champions(available, marked, record)
         wanted = set(self.settings.policy.select(eligible))
@@ -276,17 +398,33 @@ class ModelRegistry:
             del self._served[name]
 
     async def _load_version(self, name: str, version: int) -> ServedVersion | None:
-        path = version_dir(self.root, name, version)
-        stamp = _mtime(path)
+        stamp = self.store.stamp(name, version)
         if self._failed.get((name, version)) == stamp:
             return None
+        if self.tracing is None:
+            return await self._load_served(name, version, stamp)
+        attributes = {"inference.model.name": name, "inference.model.version": version}
+        with self.tracing.lifecycle("model.load", attributes) as span:
+            served = await self._load_served(name, version, stamp)
+            if served is None:
+                span.set_status(Status(StatusCode.ERROR, "refused (see the server log)"))
+            else:
+                span.set_attribute("inference.provider", served.runtime.provider)
+            return served
+
+    async def _load_served(self, name: str, version: int, stamp: str) -> ServedVersion | None:
         started = time.perf_counter()
         try:
+            path = await asyncio.to_thread(self.store.local_version, name, version)
             runtime = await asyncio.to_thread(self._load_and_warm, path, self.session_threads())
-        except ModelLoadError as exc:
+        except (ModelLoadError, VersionCorrupt) as exc:
             self._failed[(name, version)] = stamp
             self.metrics.load_total.labels(name, "error").inc()
-            log.error("refused model version %s: %s", path, exc)
+            log.error("refused model version %s/%s/%d: %s", self.root, name, version, exc)
+            return None
+        except StoreError as exc:  # unreachable, or access refused: not a verdict on the version
+            self.metrics.repository_errors.inc()
+            log.error("cannot fetch %s version %d now (tried again at the next scan): %s", name, version, exc)
             return None
         self._failed.pop((name, version), None)
         self.metrics.load_total.labels(name, "ok").inc()
@@ -301,6 +439,9 @@ class ModelRegistry:
             observer=model_metrics,
             wait=self.settings.batch_wait,
             name=f"{name}/{version}",
+            tracer=None
+            if self.tracing is None
+            else self.tracing.batches(name, version, runtime.provider, self.settings.max_batch_size),
         )
         batcher.start()
         model_metrics.set_served(runtime.provider)
@@ -327,15 +468,17 @@ class ModelRegistry:
 
     def _report_incomplete(self, name: str, newest_served: int) -> None:
         """Log and count (once per state) version directories newer than what serves that lack a file."""
-        for version, missing in sorted(incomplete_versions(self.root, name).items()):
+        for version, missing in sorted(self.store.incomplete(name).items()):
             key = (name, version)
             if version <= newest_served or self._incomplete.get(key) == tuple(missing):
                 continue
             self._incomplete[key] = tuple(missing)
             self.metrics.load_total.labels(name, "error").inc()
             log.error(
-                "refused model version %s: incomplete (missing %s)",
-                version_dir(self.root, name, version),
+                "refused model version %s/%s/%d: incomplete (missing %s)",
+                self.root,
+                name,
+                version,
                 ", ".join(missing),
             )
 
@@ -374,11 +517,25 @@ class ModelRegistry:
         if old is None:
             return
         log.info("retiring %s version %d once its queued requests finish", name, version)
-        task = asyncio.get_running_loop().create_task(self._stop_version(old))
+        task = asyncio.get_running_loop().create_task(self._stop_when_idle(old))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
+    async def _stop_when_idle(self, old: ServedVersion) -> None:
+        """Stop a retired version once the requests that chose it before the swap have submitted their
+        rows (bounded by the drain time); stopping then computes what is queued."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(old.idle.wait(), timeout=self.settings.drain_seconds)
+        await self._stop_version(old)
+
     async def _stop_version(self, old: ServedVersion, timeout: float | None = None) -> None:
+        if self.tracing is None:
+            return await self._stop_served(old, timeout)
+        attributes = {"inference.model.name": old.name, "inference.model.version": old.version}
+        with self.tracing.lifecycle("model.retire", attributes):
+            await self._stop_served(old, timeout)
+
+    async def _stop_served(self, old: ServedVersion, timeout: float | None) -> None:
         await old.batcher.stop(
             drain=True, timeout=timeout if timeout is not None else self.settings.drain_seconds
         )
@@ -402,10 +559,3 @@ class ModelRegistry:
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return max((path / METADATA_FILE).stat().st_mtime, (path / MODEL_FILE).stat().st_mtime)
-    except OSError:
-        return -1.0

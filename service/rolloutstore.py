@@ -1,86 +1,60 @@
-"""Where a model's rollout record lives: one small JSON file per model in the repository.
+"""Where a model's rollout record lives: one small JSON object per model, in the model store.
 
 The record is the one plan every replica serving the repository follows (``docs/rollout.md``). This
-module is its only reader and writer, with a narrow interface (read a model's record, write it
-atomically, given the repository root), so another store (object storage) can take its place.
+module is its only reader and writer for the service, the controller and the trainer, with a narrow
+interface (read a model's record, write it atomically, remove it) over the repository's
+:class:`service.store.ModelStore` and its per-model records:
 
-The file is ``<repository>/<model>/rollout.json``; the repository scan ignores it (it is not a
-version directory). A write goes to a temporary file in the same directory, is fsynced, renamed over
-the old record and the directory fsynced, so a reader sees the old record or the new one, never a
-torn one, and a record written survives a power loss.
+- a directory: ``<repository>/<model>/rollout.json``, written to a temporary file in the same
+  directory, fsynced, renamed over the old record and the directory fsynced, so a reader sees the old
+  record or the new one, never a torn one, and a record written survives a power loss;
+- ``s3://bucket/prefix``: the object ``<prefix>/<model>/rollout.json`` beside the model's versions,
+  replaced by one PUT, so every replica polling the bucket follows it.
+
+The repository scan ignores it either way (it is not a version). ``store`` is a store, or a location
+(a directory or an ``s3://`` URL) opened for the call.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
-import orjson
-
 from service.contract import valid_model_name
+from service.store import Location, ModelStore, RecordCorrupt, open_store
 
-RECORD_FILE = "rollout.json"
-#: A record larger than this is refused as damaged (its history is bounded far below it).
-MAX_RECORD_BYTES = 4 * 1024 * 1024
+#: The record's name among the model's records (``<model>/rollout.json``).
+RECORD = "rollout"
+RECORD_FILE = f"{RECORD}.json"
 
 
 class RecordError(ValueError):
-    """A rollout record exists but is not a JSON object within the size bound."""
+    """A rollout record exists but is not a JSON object within the store's size bound."""
 
 
-def record_path(root: Path, model: str) -> Path:
-    """The rollout record of ``model`` under the repository ``root``."""
+def _open(store: ModelStore | Location, model: str) -> ModelStore:
     if not valid_model_name(model):
         raise ValueError(f"invalid model name {model!r}")
-    return root / model / RECORD_FILE
+    return store if isinstance(store, ModelStore) else open_store(store)
 
 
-def read_record(root: Path, model: str) -> dict[str, Any] | None:
-    """The record of ``model`` as JSON, or None when it has none; RecordError when it is damaged."""
-    path = record_path(root, model)
+def read_record(store: ModelStore | Location, model: str) -> dict[str, Any] | None:
+    """The record of ``model`` as JSON, or None when it has none; RecordError when it is damaged,
+    :class:`service.store.StoreError` when the store cannot be read."""
     try:
-        with path.open("rb") as stream:
-            data = stream.read(MAX_RECORD_BYTES + 1)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    if len(data) > MAX_RECORD_BYTES:
-        raise RecordError(f"{path}: larger than {MAX_RECORD_BYTES} bytes")
+        return _open(store, model).read_record(model, RECORD)
+    except RecordCorrupt as exc:
+        raise RecordError(str(exc)) from exc
+
+
+def write_record(store: ModelStore | Location, model: str, record: dict[str, Any]) -> None:
+    """Replace the record of ``model`` atomically (and durably, in a directory); RecordError when it
+    is too large, OSError or :class:`service.store.StoreError` when it cannot be written."""
     try:
-        record = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise RecordError(f"{path}: not JSON ({exc})") from exc
-    if not isinstance(record, dict):
-        raise RecordError(f"{path}: not a JSON object")
-    return record
+        _open(store, model).write_record(model, RECORD, record)
+    except RecordCorrupt as exc:
+        raise RecordError(str(exc)) from exc
 
 
-def write_record(root: Path, model: str, record: dict[str, Any]) -> None:
-    """Replace the record of ``model`` atomically and durably (temporary file, fsync, rename)."""
-    path = record_path(root, model)
-    data = orjson.dumps(record, option=orjson.OPT_INDENT_2)
-    if len(data) > MAX_RECORD_BYTES:
-        raise RecordError(f"{path}: a record of {len(data)} bytes is too large")
-    fd, temp = tempfile.mkstemp(prefix=".rollout-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def remove_record(root: Path, model: str) -> None:
+def remove_record(store: ModelStore | Location, model: str) -> None:
     """Remove the record of ``model`` (none is fine)."""
-    record_path(root, model).unlink(missing_ok=True)
+    _open(store, model).remove_record(model, RECORD)

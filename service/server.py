@@ -37,25 +37,25 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 
+from service import logs, tracing
 from service.app import create_app
 from service.core import InferenceService
+from service.http.connection import ConnectionLimits, core_of, guarded_protocol
 from service.settings import Settings
+from service.store import StoreError, is_remote, open_store
 
 log = logging.getLogger("service")
 
 
 def app_from_env() -> FastAPI:
     """uvicorn factory: the app configured from ``SERVE_*`` environment variables, HTTP only (uvicorn
-    does not tell a factory its host; ``python -m service`` serves gRPC as well)."""
-    return create_app(Settings(), background_load=True)
+    does not tell a factory its host; ``python -m service`` serves gRPC as well), traced when ``OTEL_*``
+    variables configure an OTLP endpoint."""
+    return create_app(Settings(), background_load=True, tracing=tracing.from_env())
 
 
 def _core(app: Any) -> InferenceService | None:
-    """Unwrap uvicorn's middleware to the FastAPI app it serves, and return that app's core."""
-    while not isinstance(app, FastAPI) and hasattr(app, "app"):
-        app = app.app
-    core = getattr(app.state, "core", None) if isinstance(app, FastAPI) else None
-    return core if isinstance(core, InferenceService) else None
+    return core_of(app)
 
 
 class DrainingServer(uvicorn.Server):
@@ -208,14 +208,33 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"error: invalid settings: {problems}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        tracing.check_environment(os.environ)
+    except tracing.TracingConfigError as exc:
+        print(f"error: invalid tracing settings: {exc}", file=sys.stderr)
+        return 2
+    if is_remote(settings.model_repository):
+        # A bucket that is missing, refused or empty is a configuration error: say so and exit, rather
+        # than run unready (docs/cluster.md). Unreachable is the same here: nothing is cached to serve.
+        try:
+            open_store(settings.model_repository, cache_dir=settings.model_cache_dir).check()
+        except StoreError as exc:
+            print(f"error: SERVE_MODEL_REPOSITORY: {exc}", file=sys.stderr)
+            return 2
     if args.workers > 1:
         return supervise(args)
+    traces = tracing.from_env()  # None unless an OTLP endpoint is configured
+    if traces is not None:
+        log.info("tracing on: OTLP/HTTP export, sampler %s", os.environ.get("OTEL_TRACES_SAMPLER", "default"))
     # gRPC listens on the HTTP host, in the same event loop, started and stopped by the app's lifespan.
     factory = functools.partial(
-        create_app, settings, background_load=True, grpc_host=args.host, grpc_reuse_port=args.reuse_port
+        create_app,
+        settings,
+        background_load=True,
+        grpc_host=args.host,
+        grpc_reuse_port=args.reuse_port,
+        tracing=traces,
     )
     config = uvicorn.Config(
         factory,
@@ -223,9 +242,14 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         log_level=settings.log_level,
+        # JSON logs: uvicorn's loggers go through the root handler that service.logs configured.
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         access_log=False,
         loop="uvloop",
-        http="httptools",
+        # httptools with header-block time and size limits, a connection cap, RFC 9112 framing and
+        # JSON answers to protocol errors (service/http/connection.py); no WebSocket upgrades.
+        http=guarded_protocol(ConnectionLimits.from_settings(settings)),
+        ws="none",
         timeout_graceful_shutdown=max(1, int(settings.drain_seconds)),
         timeout_keep_alive=30,
         backlog=4096,

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.batchwait import WaitName
 from service.repository import VersionPolicy
+from service.store import parse_location
 
 
 def _split_list(value: Any) -> Any:
@@ -27,7 +28,23 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SERVE_", extra="forbid", frozen=True)
 
-    model_repository: Path = Field(Path("models"), description="Root of the model repository.")
+    model_repository: str = Field(
+        "models",
+        min_length=1,
+        description="The model repository: a directory, or s3://bucket/prefix (credentials from the "
+        "standard AWS chain, AWS_ENDPOINT_URL for S3-compatible stores; docs/cluster.md).",
+    )
+    model_cache_dir: Path | None = Field(
+        None,
+        description="Where versions of an s3:// repository are downloaded, keyed by sha256 and kept "
+        "across restarts; unset: <tmp>/digits-serving-models.",
+    )
+    model_cache_bytes: int = Field(
+        4 * 1024**3,
+        ge=1024**2,
+        le=1024**4,
+        description="Most bytes the model cache keeps; least recently used versions are removed beyond it.",
+    )
     models: Annotated[list[str] | None, NoDecode] = Field(
         None, description="Comma-separated model names to serve; unset serves every model found."
     )
@@ -83,10 +100,66 @@ class Settings(BaseSettings):
         le=1 << 30,
         description="Largest image (width x height) /classify decodes; else 413.",
     )
+    max_request_pixels: int = Field(
+        16 * 4096 * 4096,
+        ge=1,
+        le=1 << 31,
+        description="Most pixels (width x height, read from the headers before decoding) of all the images "
+        "of one /classify or feedback request together; else 413. The default is 16 images of the "
+        "largest size: seconds of CPU, not minutes.",
+    )
+    preprocess_threads: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Threads that decode and prepare /classify images of more than 4 Mpx in all (their "
+        "own pool; each holds one decoded image, about 210 MB at 4096x4096), besides one thread for "
+        "smaller requests; 0 = the compute budget, at most 2 (docs/hostile-clients.md: the memory bound).",
+    )
+    preprocess_queue: int = Field(
+        16,
+        ge=0,
+        le=10_000,
+        description="/classify requests waiting for a preprocessing thread; beyond it 503 + Retry-After.",
+    )
     default_timeout_s: float = Field(
         30.0, gt=0, le=3600, description="Deadline for requests that set no parameters.timeout."
     )
 
+    header_timeout_s: float = Field(
+        5.0,
+        ge=0.1,
+        le=300,
+        description="Seconds a connection has to deliver a request's whole header block, from its first "
+        "byte (or from the connection's opening); then 408 and close.",
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        ge=0.1,
+        le=3600,
+        description="Seconds a request's body may take to arrive after its header block; then 408 and close.",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest request line plus header block, in bytes; beyond it 431 and close.",
+    )
+    max_connections: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="Most open HTTP connections; 0 = the file-descriptor limit less an eighth (at least "
+        "64 kept for files and gRPC), and never more. Over it the longest-idle connection is closed, or "
+        "the new one answered 503 when none is idle.",
+    )
+    ready_min_models: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="Readiness needs at least this many models served; 0 = every configured model (and "
+        "at least one), so a process that serves nothing is never ready.",
+    )
     poll_interval_s: float = Field(
         0.0, ge=0, le=86_400, description="Seconds between repository scans for new versions; 0 = off."
     )
@@ -140,11 +213,25 @@ class Settings(BaseSettings):
         "(counted), never an answer delayed.",
     )
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$", description="Log level.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="'json': one JSON object per log line, with request_id and, when tracing is on, "
+        "trace_id and span_id (docs/tracing.md); 'text': plain lines.",
+    )
 
     @field_validator("models", "providers", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("model_repository", mode="before")
+    @classmethod
+    def _repository(cls, value: Any) -> Any:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, str):
+            parse_location(value)  # ValueError names an unsupported scheme or a bad bucket
+        return value
 
     @field_validator("version_policy")
     @classmethod

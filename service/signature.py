@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from service.contract import Metadata, TensorMetadata
-from service.errors import InvalidInput, PayloadTooLarge
+from service.errors import InvalidInput, PayloadTooLarge, echo
 
 #: V2 datatype name -> numpy dtype, for the datatypes the service reads or writes.
 DATATYPES: dict[str, np.dtype[Any]] = {
@@ -92,7 +92,8 @@ class ModelSignature:
         """
         for name in inputs:
             if self.input(name) is None:
-                raise InvalidInput(f"unknown input {name!r}; the model's inputs are {_names(self.inputs)}")
+                known = _names(self.inputs)
+                raise InvalidInput(f"unknown input {echo(name)}; the model's inputs are {known}")
         checked: dict[str, np.ndarray] = {}
         rows = -1
         for spec in self.inputs:

@@ -72,8 +72,8 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-_")[:40] or "model"
 
 
-def _check_repository(path: Path | None) -> None:
-    if path is not None and path.exists() and not path.is_dir():
+def _check_repository(path: Path | str | None) -> None:
+    if isinstance(path, Path) and path.exists() and not path.is_dir():
         raise UsageError(f"--publish {path}: not a directory")
 
 

@@ -34,7 +34,7 @@ class RunConfig:
     preset: str
     hp: HyperParameters
     name: str
-    repository: Path | None = None
+    repository: Path | str | None = None
     #: Refuse to publish when test accuracy drops more than this many percentage points.
     max_regression: float = 0.5
     force: bool = False

@@ -35,6 +35,7 @@ from service.contract import (
     Preprocessing,
     read_metadata,
 )
+from service.store import StoreError, open_store
 from training import feedback as fb
 from training.compare import decide, probabilities, scores, session_of
 from training.config import HyperParameters
@@ -55,7 +56,7 @@ from training.train import Splits, compile_model, fit_model, make_strategy, spli
 class RetrainConfig:
     """What to retrain, on which feedback, and the bars the challenger must clear."""
 
-    repository: Path
+    repository: Path | str
     name: str
     feedback: Path
     data_dir: Path
@@ -99,14 +100,24 @@ class Champion:
     hp: HyperParameters
 
 
-def newest_champion(repository: Path, name: str) -> Champion:
+def newest_champion(repository: Path | str, name: str, download: Path) -> Champion:
     """The serving champion of ``name`` (the newest version when no rollout record or candidate says
-    otherwise) with readable metadata and a training recipe; UsageError if none."""
-    found = versions(repository, name)
-    serving = serving_champion(repository, name)
+    otherwise) with readable metadata and a training recipe; UsageError if none.
+
+    A version in object storage is downloaded under ``download`` first, each file checked against the
+    sha256 its metadata records."""
+    store = open_store(repository)
+    found = versions(store, name)
+    try:
+        serving = serving_champion(store, name)
+    except (StoreError, ValueError) as exc:
+        raise DataError(f"cannot read the rollout record of {name} in {store.url}: {exc}") from exc
     if not found or serving is None:
         raise UsageError(f"no published version of {name} in {repository} to retrain")
-    path = repository / name / str(serving)
+    try:
+        path = store.fetch_version(name, serving, download)
+    except (StoreError, OSError) as exc:
+        raise DataError(f"cannot fetch version {serving} of {name} from {store.url}: {exc}") from exc
     try:
         _, metadata = read_metadata(path / METADATA_FILE)
     except OSError as exc:
@@ -127,7 +138,12 @@ def newest_champion(repository: Path, name: str) -> Champion:
 
 def retrain(config: RetrainConfig, *, verbose: int | None = None) -> Result:
     """Run the whole retraining decision. Nothing is published unless the result is ``published``."""
-    champion = newest_champion(config.repository, config.name)
+    with tempfile.TemporaryDirectory(prefix="champion-") as download:
+        return _retrain(config, Path(download), verbose)
+
+
+def _retrain(config: RetrainConfig, download: Path, verbose: int | None) -> Result:
+    champion = newest_champion(config.repository, config.name, download)
     hp = _hyperparameters(champion.hp, config)
     seen = (champion.metadata.get("retrain") or {}).get("feedback") or {}
     labels = tuple(champion.metadata["labels"])
@@ -209,7 +225,13 @@ def retrain(config: RetrainConfig, *, verbose: int | None = None) -> Result:
     published = publish_version(dataset, run, trained, evaluation, parity, onnx_model, retrain=record)
     message = f"published {config.name} version {published.version} at {published.path}"
     if config.rollout:
-        started = start_rollout(config.repository, config.name, published.version, champion.version)
+        try:
+            started = start_rollout(config.repository, config.name, published.version, champion.version)
+        except (StoreError, ValueError, OSError) as exc:  # the version is published: say what is left
+            started = (
+                f"its rollout could not be started ({exc}); start it with POST "
+                f"/v2/repository/models/{config.name}/rollout (docs/rollout.md)"
+            )
         message = f"{message} as a candidate; {started}"
     return Result("published", message, record, published)
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from training.data import resolve_data_dir
 from training.errors import UsageError
 from training.feedback import new_since_newest
-from training.options import bounded
+from training.options import bounded, repository
 from training.publish import validate_name
 
 if TYPE_CHECKING:
@@ -38,7 +38,12 @@ EXIT_REFUSED = 3
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``retrain`` command's options (registered by :func:`training.arguments.build_parser`)."""
-    parser.add_argument("--repository", type=Path, required=True, help="the model repository")
+    parser.add_argument(
+        "--repository",
+        type=repository,
+        required=True,
+        help="the model repository: a directory or s3://bucket/prefix",
+    )
     parser.add_argument("--name", required=True, help="the model to retrain")
     parser.add_argument(
         "--feedback", type=Path, required=True, help="the feedback directory the service writes"
@@ -99,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, *, command: str) -> int:
     """Run ``retrain`` with parsed ``args``; :class:`TrainingError` for what the caller reports."""
     name = validate_name(args.name)
-    if not args.repository.is_dir():
+    if isinstance(args.repository, Path) and not args.repository.is_dir():
         raise UsageError(f"--repository {args.repository}: not a directory")
     if not args.feedback.is_dir():
         raise UsageError(f"--feedback {args.feedback}: not a directory")

@@ -13,7 +13,9 @@ from types import TracebackType
 import numpy as np
 
 from service.batching import Batcher
+from service.contract import Preprocessing
 from service.core.lifecycle import Lifecycle
+from service.core.prepare import PreparePool
 from service.core.types import (
     ClassifyRequest,
     ClassifyResponse,
@@ -29,10 +31,12 @@ from service.errors import (
     PayloadTooLarge,
     ServiceError,
     Unavailable,
+    echo,
 )
-from service.preprocess import prepare_all
+from service.preprocess import prepare_all, request_pixels
 from service.registry import ServedVersion
 from service.settings import Settings
+from service.tracing import RequestTrace, Tracing
 
 
 def status_label(exc: BaseException) -> str:
@@ -66,11 +70,17 @@ class ModelCall:
     the service's settings (body bytes, rows, image pixels). The request is counted under the
     transport's ``protocol`` label. One cancelled after its deadline (a gRPC deadline the transport
     passed on) counts as a timeout; one cancelled before it (the client went away) is not counted.
+
+    ``trace`` is the request's span (:class:`~service.tracing.RequestTrace`) when tracing is on and the
+    request is sampled, else None; the call adds the model, version and rows to it, and the transport
+    opens its ``decode`` and ``encode`` children through it.
     """
 
     __slots__ = (
         "_deadline_at",
+        "_holding",
         "_lifecycle",
+        "_preparer",
         "_reroute",
         "_served",
         "_shadow",
@@ -80,6 +90,8 @@ class ModelCall:
         "name",
         "protocol",
         "signature",
+        "trace",
+        "tracing",
         "version",
     )
 
@@ -89,12 +101,15 @@ class ModelCall:
         settings: Settings,
         lifecycle: Lifecycle,
         protocol: str = "http",
+        preparer: PreparePool | None = None,
+        tracing: Tracing | None = None,
         *,
         tap: Callable[[int, str, float], None] | None = None,
         shadow: Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray]], None] | None = None,
         reroute: Callable[[], ServedVersion] | None = None,
     ) -> None:
         self._lifecycle = lifecycle
+        self._preparer = preparer
         self._served = served
         self.name = served.name
         self.version = served.version
@@ -103,11 +118,15 @@ class ModelCall:
         self.protocol = protocol
         self._started = 0.0
         self._deadline_at: float | None = None
+        self.tracing = tracing
+        self.trace: RequestTrace | None = None
+        self._holding = False
         # A rollout's evidence (``tap``: version, status, seconds) and shadow (after the answer).
         self._tap = tap
         self._shadow = shadow
-        # An unversioned request whose version was retired while it was read (a rollout's decision)
-        # goes to the version serving now instead of failing; same signature, checked at the start.
+        # An unversioned request whose version was stopped while it was read (a rollout's decision, and
+        # the retired version's drain time ran out) goes to the version serving now instead of failing;
+        # same signature, checked at the start.
         self._reroute = reroute
 
     async def __aenter__(self) -> ModelCall:
@@ -116,15 +135,33 @@ class ModelCall:
             error = Unavailable("server is draining")
             self._observe(status_label(error))
             raise error
+        if self.tracing is not None:
+            self.trace = self.tracing.request(
+                {
+                    "inference.model.name": self.name,
+                    "inference.model.version": self.version,
+                    "inference.protocol": self.protocol,
+                }
+            )
+        self._served.enter()  # a retired version keeps admitting until this request has submitted
+        self._holding = True
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._release()
         if exc is None or isinstance(exc, Exception):
             self._observe("ok" if exc is None else status_label(exc))
         elif isinstance(exc, asyncio.CancelledError) and self._deadline_passed():
             self._observe("timeout")
+
+    def _release(self) -> None:
+        """Let a retired version stop admitting as far as this request goes: called just before its
+        submit, which queues the rows before anything else runs, so a stopping batcher computes them."""
+        if self._holding:
+            self._holding = False
+            self._served.leave()
 
     def _observe(self, status: str) -> None:
         seconds = time.perf_counter() - self._started
@@ -149,11 +186,15 @@ class ModelCall:
             for name in request.outputs or ():
                 if signature.output(name) is None:
                     names = [t.name for t in signature.outputs]
-                    raise InvalidInput(f"unknown output {name!r}; the model's outputs are {names}")
+                    raise InvalidInput(f"unknown output {echo(name)}; the model's outputs are {names}")
+        if self.trace is not None:
+            self.trace.span.set_attribute("inference.rows", len(next(iter(inputs.values()))))
         specs = signature.outputs
         if request.outputs is not None:
             specs = tuple(t for t in specs if t.name in request.outputs)
-        outputs = await self._batcher().submit(inputs, deadline=self._deadline(request.deadline))
+        deadline = self._deadline(request.deadline)
+        self._release()
+        outputs = await self._batcher().submit(inputs, deadline=deadline)
         if self._shadow is not None:
             self._shadow(inputs, outputs)  # only schedules: the answer goes now
         return InferResponse(
@@ -168,13 +209,17 @@ class ModelCall:
         deadline = self._deadline(request.deadline)  # preprocessing counts against it too
         files = self._files(request)
         spec = self.signature.inputs[0]
-        # Milliseconds of decoding and numpy per image (bench/preprocess.py): kept off the event loop.
-        batch = await asyncio.to_thread(
-            prepare_all,
-            files,
-            self._served.runtime.metadata.preprocessing,
-            max_pixels=self.limits.max_image_pixels,
-        )
+        # Milliseconds of decoding and numpy per image (bench/preprocess.py): kept off the event loop,
+        # on the bounded preprocessing pool (service/core/prepare.py) when the core has one.
+        preprocessing = self._served.runtime.metadata.preprocessing
+        pixels = request_pixels(files, self.limits.max_request_pixels)  # headers only: 413 before decoding
+        if self.trace is None:
+            batch = await self._prepare(files, preprocessing, pixels, deadline)
+        else:
+            self.trace.span.set_attribute("inference.rows", len(files))
+            with self.trace.child("preprocess", {"inference.preprocess.resize": preprocessing.resize}):
+                batch = await self._prepare(files, preprocessing, pixels, deadline)
+        self._release()
         inputs = {spec.name: batch.astype(spec.dtype, copy=False)}
         outputs = await self._batcher().submit(inputs, deadline=deadline)
         if self._shadow is not None:
@@ -182,12 +227,12 @@ class ModelCall:
         probabilities = outputs[self.signature.outputs[0].name]
         labels = self._served.runtime.labels
         results = []
-        for (filename, _), row, inputs in zip(files, probabilities, batch, strict=True):
+        for (filename, _), row, image in zip(files, probabilities, batch, strict=True):
             order = np.argsort(-row, kind="stable")[: request.top_k]
             predictions = tuple(
                 Prediction(int(i), labels[i] if i < len(labels) else str(i), float(row[i])) for i in order
             )
-            results.append(ClassifyResult(predictions, filename, inputs if request.return_input else None))
+            results.append(ClassifyResult(predictions, filename, image if request.return_input else None))
         return ClassifyResponse(self.name, self.version, tuple(results))
 
     def _batcher(self) -> Batcher:
@@ -196,7 +241,29 @@ class ModelCall:
             now = self._reroute()
             if now.batcher.accepting and now.runtime.signature == self.signature:
                 self._served, self.version, self._tap, self._shadow = now, now.version, None, None
+                if self.trace is not None:
+                    self.trace.span.set_attribute("inference.model.version", now.version)
         return self._served.batcher
+
+    async def _prepare(
+        self,
+        files: list[tuple[str | None, bytes]],
+        preprocessing: Preprocessing,
+        pixels: int,
+        deadline: float,
+    ) -> np.ndarray:
+        """The images as one batch, on the bounded preprocessing pool when the core has one."""
+        if self._preparer is not None:
+            return await self._preparer.prepare(
+                files,
+                preprocessing,
+                max_pixels=self.limits.max_image_pixels,
+                pixels=pixels,
+                deadline=deadline,
+            )
+        return await asyncio.to_thread(
+            prepare_all, files, preprocessing, max_pixels=self.limits.max_image_pixels
+        )
 
     def _files(self, request: ClassifyRequest) -> list[tuple[str | None, bytes]]:
         """(file name, bytes) of each image, after checking their number and that none is empty."""

@@ -18,6 +18,7 @@ Every outcome for a served model is counted in ``feedback_items_total`` by label
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import os
@@ -171,7 +172,7 @@ class FeedbackCall:
         self, image: bytes, extension: str, result: ClassifyResponse
     ) -> FeedbackReceipt:
         predicted = result.results[0].predictions[0].label
-        item = await asyncio.to_thread(
+        store = functools.partial(
             self._store.store,
             self.name,
             self.label,
@@ -180,6 +181,13 @@ class FeedbackCall:
             served_version=result.version,
             predicted=predicted,
         )
+        tracing = self._core.tracing
+        if tracing is None:
+            item = await asyncio.to_thread(store)
+        else:
+            with tracing.child("feedback.store", {"inference.model.name": self.name}) as span:
+                item = await asyncio.to_thread(store)
+                span.set_attribute("feedback.id", item.id)
         return FeedbackReceipt(item.id, result.model, result.version, self.label, predicted)
 
     async def _submit_paired(

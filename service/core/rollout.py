@@ -250,7 +250,9 @@ class RolloutDesk:
         for name in registry.names():
             if self.lock.locked():
                 return  # a change of this process is being written: its record is newer than the file
-            fresh = registry.read_record(name)
+            fresh = await registry.fetch_record(name)  # the store, polled: a directory or a bucket
+            if self.lock.locked():
+                return
             cached = registry.record(name)
             if fresh is not None and (cached is None or fresh.revision != cached.revision):
                 await registry.sync([name])  # another writer (a controller, an operator elsewhere)

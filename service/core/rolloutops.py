@@ -7,16 +7,19 @@ answers and its errors).
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from typing import Any
 
-from service.contract import METADATA_FILE, read_metadata, version_dir
+from service.contract import METADATA_FILE, parse_metadata
 from service.core.evidence import fold
 from service.core.rollout import RolloutDesk, now_iso
-from service.errors import Conflict, InvalidInput, NotFound
+from service.errors import Conflict, InvalidInput, NotFound, Unavailable
 from service.registry import ServedVersion
 from service.rollout import Options, RolloutRecord, begin, mcnemar
 from service.signature import ModelSignature
+from service.store import StoreError, StoreUnavailable
 
 
 class RolloutOperator:
@@ -73,7 +76,7 @@ class RolloutOperator:
                 raise NotFound(f"model '{name}' has no version {candidate}")
             if candidate == champion.version:
                 raise InvalidInput(f"version {candidate} is the champion already")
-            self._check_signature(name, candidate, champion)
+            await self._check_signature(name, candidate, champion)
             now_ms = int(time.time() * 1000)
             record = begin(current, name, champion.version, candidate, options, at=now_iso(), now_ms=now_ms)
             await registry.apply_record(name, record)
@@ -93,17 +96,20 @@ class RolloutOperator:
             self.desk.export(name, record)
             return record
 
-    def _check_signature(self, name: str, candidate: int, champion: ServedVersion) -> None:
-        """400 when the candidate's declared signature is not the champion's (read from its metadata)."""
-        served = self.desk.registry.served(name, candidate)
+    async def _check_signature(self, name: str, candidate: int, champion: ServedVersion) -> None:
+        """400 when the candidate's declared signature is not the champion's (read from its metadata in
+        the model store)."""
+        registry = self.desk.registry
+        served = registry.served(name, candidate)
         if served is not None:
             signature = served.runtime.signature
         else:
             try:
-                metadata, _ = read_metadata(
-                    version_dir(self.desk.registry.root, name, candidate) / METADATA_FILE
-                )
-            except (OSError, ValueError) as exc:
+                data = await asyncio.to_thread(registry.store.read_file, name, candidate, METADATA_FILE)
+                metadata = parse_metadata(json.loads(data))
+            except StoreUnavailable as exc:
+                raise Unavailable(f"the model repository cannot be read now: {exc}") from None
+            except (OSError, ValueError, StoreError) as exc:
                 raise InvalidInput(f"version {candidate} has unreadable metadata: {exc}") from None
             signature = ModelSignature.from_metadata(metadata)
         if signature != champion.runtime.signature:

@@ -15,6 +15,7 @@ from service.contract import PLATFORM
 from service.core.call import ModelCall
 from service.core.feedback import FeedbackCall, FeedbackDesk
 from service.core.lifecycle import Lifecycle
+from service.core.prepare import PreparePool
 from service.core.rollout import RolloutDesk
 from service.core.rolloutops import RolloutOperator
 from service.core.types import (
@@ -32,12 +33,14 @@ from service.errors import (
     NotFound,
     Unauthorized,
     Unavailable,
+    echo,
 )
 from service.metrics import Metrics
 from service.registry import ModelRegistry, ServedVersion
 from service.rollout import Options
 from service.runtime import select_providers
 from service.settings import Settings
+from service.tracing import Tracing
 
 log = logging.getLogger("service")
 
@@ -48,12 +51,15 @@ EXTENSIONS = ("binary_tensor_data", "statistics", "model_repository", "classific
 class InferenceService:
     """The models of one process and everything a client can ask of them. See :mod:`service.core`."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, tracing: Tracing | None = None) -> None:
+        """``tracing``: the process's tracers when tracing is on (:func:`service.tracing.from_env`)."""
         self.settings = settings
         self.metrics = metrics
+        self.tracing = tracing
         self.lifecycle = Lifecycle(settings.poll_interval_s)
         self.feedback = FeedbackDesk(settings, metrics)
         self._registry: ModelRegistry | None = None
+        self.preparer: PreparePool | None = None  # /classify's image pool, from start() to stop()
         self._loader: asyncio.Task[None] | None = None
         self.rollout = RolloutDesk(settings, metrics)
         self.rollout_operator = RolloutOperator(self.rollout)
@@ -74,7 +80,9 @@ class InferenceService:
         log.info("settings: %s", self.settings.describe())
         self.feedback.open()
         log.info("execution providers: %s", ", ".join(providers))
-        self._registry = registry = ModelRegistry(self.settings, self.metrics, providers)
+        self._registry = registry = ModelRegistry(self.settings, self.metrics, providers, self.tracing)
+        threads = self.settings.preprocess_threads or min(2, registry.threads)
+        self.preparer = PreparePool(threads, self.settings.preprocess_queue)
         log.info("compute: %d threads, %d per model session", registry.threads, registry.session_threads())
         if not background:
             await registry.start()
@@ -94,6 +102,8 @@ class InferenceService:
         await self.rollout.drain()
         if self._registry is not None:
             await self._registry.stop(self.lifecycle.time_left(self.settings.drain_seconds))
+        if self.preparer is not None:
+            self.preparer.close()
         self.feedback.close()
 
     def begin_drain(self) -> float:
@@ -125,8 +135,7 @@ class InferenceService:
         if registry is None or not registry.loaded:
             raise Unavailable("models are still loading")
         if not registry.ready:
-            missing = [n for n in registry.names() if not registry.versions(n)]
-            raise Unavailable(f"models not ready: {', '.join(missing)}")
+            raise Unavailable(f"models not ready: {registry.missing()}")
 
     def server_info(self) -> ServerInfo:
         return ServerInfo(SERVER_NAME, __version__, EXTENSIONS)
@@ -184,11 +193,15 @@ class InferenceService:
                 self.settings,
                 self.lifecycle,
                 protocol,
+                self.preparer,
+                self.tracing,
                 tap=route.tap,
                 shadow=route.shadow,
                 reroute=lambda: registry.get(name),
             )
-        return ModelCall(self._get(name, version), self.settings, self.lifecycle, protocol)
+        return ModelCall(
+            self._get(name, version), self.settings, self.lifecycle, protocol, self.preparer, self.tracing
+        )
 
     async def infer(self, name: str, request: InferRequest, version: int | None = None) -> InferResponse:
         """Infer in one call, for transports that decode without the model's signature."""
@@ -229,7 +242,7 @@ class InferenceService:
     async def unload(self, name: str) -> None:
         """Stop serving every version of a model until it is loaded again."""
         if name not in self.registry.names():
-            raise NotFound(f"unknown model '{name}'")
+            raise NotFound(f"unknown model {echo(name)}")
         await self.registry.unload(name)
 
     # ---- rollouts (docs/rollout.md) ---------------------------------------------------------------------

@@ -29,6 +29,8 @@ from service.core import InferenceService
 from service.grpc.generated import grpc_service_pb2 as pb
 from service.grpc.health import HealthServicer
 from service.grpc.servicer import InferenceServicer, Malformed, server_ready
+from service.grpc.tracing import in_context
+from service.tracing import Tracing
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = (
@@ -52,7 +54,10 @@ class GrpcServer:
                 ("grpc.so_reuseport", int(reuse_port)),
             ]
         )
-        self._server.add_generic_rpc_handlers((inference_handlers(InferenceServicer(core)),))
+        # The request id and span wrapper exists only when tracing or JSON logs are on.
+        wrap = core.tracing is not None or core.settings.log_format == "json"
+        handlers = inference_handlers(InferenceServicer(core), core.tracing if wrap else None, wrap=wrap)
+        self._server.add_generic_rpc_handlers((handlers,))
         health = HealthServicer(lambda: server_ready(core))
         health_pb2_grpc.add_HealthServicer_to_server(health, self._server)
         reflection.enable_server_reflection(SERVICE_NAMES, self._server)
@@ -73,21 +78,28 @@ class GrpcServer:
         await self._server.stop(grace)
 
 
-def inference_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
-    """Every method of ``inference.GRPCInferenceService``, bound to ``servicer``."""
+def inference_handlers(
+    servicer: InferenceServicer, tracing: Tracing | None = None, *, wrap: bool = False
+) -> grpc.GenericRpcHandler:
+    """Every method of ``inference.GRPCInferenceService``, bound to ``servicer``; with ``wrap``, each
+    runs with its request id and (with ``tracing``) its server span (:mod:`service.grpc.tracing`)."""
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     handlers = {}
     for method in service.methods:
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
         behaviour = getattr(servicer, method.name)
+        if not method.client_streaming:
+            behaviour = _refuse_malformed(behaviour)
+        if wrap:
+            behaviour = in_context(behaviour, method.name, tracing, streaming=method.client_streaming)
         make = (
             grpc.stream_stream_rpc_method_handler
             if method.client_streaming
             else grpc.unary_unary_rpc_method_handler
         )
         handlers[method.name] = make(
-            behaviour if method.client_streaming else _refuse_malformed(behaviour),
+            behaviour,
             request_deserializer=_parser(request_class),
             response_serializer=response_class.SerializeToString,
         )

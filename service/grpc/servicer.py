@@ -36,6 +36,7 @@ from service.grpc.generated import grpc_service_pb2 as pb
 from service.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from service.grpc.protocol import encode_infer_response, parse_infer_request
 from service.grpc.status import INTERNAL_MESSAGE, grpc_status
+from service.grpc.tracing import stream_request
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -189,7 +190,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 answers.put_nowait(pb.ModelStreamInferResponse(error_message=request.message))
                 return
             try:
-                response = await self._infer(request, context.time_remaining(), routing_key)
+                response = await stream_request(
+                    self._core.tracing,
+                    request.id,
+                    lambda: self._infer(request, context.time_remaining(), routing_key),
+                )
                 answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
             except ServiceError as exc:
                 failed = pb.ModelInferResponse(
@@ -233,14 +238,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             request.model_name, version, protocol=PROTOCOL, routing_key=routing_key
         ) as call:
             limits = call.limits
-            parsed, timeout_us = parse_infer_request(
-                request, signature=call.signature, max_rows=limits.max_request_rows
-            )
+            if call.trace is None:  # tracing off or this request not sampled
+                parsed, timeout_us = parse_infer_request(
+                    request, signature=call.signature, max_rows=limits.max_request_rows
+                )
+            else:
+                with call.trace.child("decode"):
+                    parsed, timeout_us = parse_infer_request(
+                        request, signature=call.signature, max_rows=limits.max_request_rows
+                    )
             timeout_s = timeout_us / 1e6 if timeout_us else limits.default_timeout_s
             if grpc_remaining is not None:
                 timeout_s = min(timeout_s, grpc_remaining)
             response = await call.infer(replace(parsed, deadline=time.monotonic() + timeout_s))
-            return encode_infer_response(response)
+            if call.trace is None:
+                return encode_infer_response(response)
+            with call.trace.child("encode"):
+                return encode_infer_response(response)
 
     SystemSharedMemoryStatus = _unimplemented("system shared memory")
     SystemSharedMemoryRegister = _unimplemented("system shared memory")

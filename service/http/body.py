@@ -8,14 +8,19 @@ inflated past it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import zlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
+from typing import TypeVar
 
 from fastapi import Request
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import Message, Receive
 
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
+
+T = TypeVar("T")
 
 
 async def read_asgi_body(receive: Receive, declared: str | None, limit: int) -> bytes:
@@ -47,6 +52,31 @@ async def read_body(request: Request, limit: int) -> bytes:
     return await read_asgi_body(request.receive, request.headers.get("content-length"), limit)
 
 
+async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+    """``work``'s result; ``work`` is cancelled as soon as the client disconnects, so a long request
+    (``/classify`` of many images) stops instead of outliving its client. Call once the body is read:
+    the next ASGI message is then ``http.disconnect`` (when the client leaves or the answer is sent)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(receive())
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise InvalidInput("client disconnected before the answer")
+        return task.result()
+    finally:
+        watcher.cancel()
+        task.cancel()
+
+
+def media_type(content_type: str | None) -> str:
+    """The media type of a ``Content-Type`` value without its parameters, lower-cased: media types are
+    case-insensitive (RFC 9110 section 8.3.1), so ``MULTIPART/Form-Data; boundary=x`` is a form."""
+    return (content_type or "").partition(";")[0].strip().lower()
+
+
 async def read_images(request: Request, max_bytes: int, max_files: int) -> list[tuple[str | None, bytes]]:
     """(file name, bytes) of each uploaded image, in order: the raw body, or every multipart ``file`` part.
 
@@ -54,7 +84,7 @@ async def read_images(request: Request, max_bytes: int, max_files: int) -> list[
     are too; more than ``max_files`` parts is 413 as soon as the parser meets one too many.
     """
     data = await read_body(request, max_bytes)
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+    if media_type(request.headers.get("content-type")) != "multipart/form-data":
         return [(None, data)]
 
     async def replay() -> AsyncGenerator[bytes, None]:

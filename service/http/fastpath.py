@@ -21,11 +21,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.contract import parse_version
-from service.core import InferenceService, InferRequest
+from service.core import InferenceService, InferRequest, InferResponse, ModelCall
 from service.errors import InvalidInput, ServiceError
 from service.http.body import decode_body, read_asgi_body
 from service.http.errors import error_parts
-from service.protocol import encode_infer_response, parse_infer_request
+from service.protocol import InferenceRequest, encode_infer_response, parse_infer_request
 
 log = logging.getLogger("service")
 
@@ -62,27 +62,47 @@ async def answer_infer(
     routing_key = key[:MAX_ROUTING_KEY] if key else None
     async with core.call(model, url_version(version), routing_key=routing_key) as call:
         limits = call.limits
-        body = await read(limits.max_body_bytes)
-        body = decode_body(body, headers.get("content-encoding"), max_bytes=limits.max_body_bytes)
-        parsed = parse_infer_request(
-            body,
-            header_length=headers.get("inference-header-content-length"),
-            signature=call.signature,
-            max_rows=limits.max_request_rows,
-        )
+        if call.trace is None:  # tracing off or this request not sampled
+            parsed = await _decode(call, headers, read)
+        else:
+            with call.trace.child("decode"):
+                parsed = await _decode(call, headers, read)
         timeout_s = parsed.timeout_us / 1e6 if parsed.timeout_us else limits.default_timeout_s
         outputs = None if parsed.outputs is None else [o.name for o in parsed.outputs]
         # parse_infer_request checked the inputs against this signature, so the core need not again.
         request = InferRequest(parsed.inputs, parsed.id, outputs, time.monotonic() + timeout_s, checked=True)
         response = await call.infer(request)
-        return encode_infer_response(
-            model_name=response.model,
-            model_version=str(response.version),
-            request_id=response.id,
-            outputs=response.outputs,
-            request=parsed,
-            signature=call.signature,
-        )
+        if call.trace is None:
+            return _encode(response, parsed, call)
+        with call.trace.child("encode"):
+            return _encode(response, parsed, call)
+
+
+async def _decode(
+    call: ModelCall, headers: Mapping[str, str], read: Callable[[int], Awaitable[bytes]]
+) -> InferenceRequest:
+    limits = call.limits
+    body = await read(limits.max_body_bytes)
+    body = decode_body(body, headers.get("content-encoding"), max_bytes=limits.max_body_bytes)
+    return parse_infer_request(
+        body,
+        header_length=headers.get("inference-header-content-length"),
+        signature=call.signature,
+        max_rows=limits.max_request_rows,
+    )
+
+
+def _encode(
+    response: InferResponse, parsed: InferenceRequest, call: ModelCall
+) -> tuple[bytes, dict[str, str]]:
+    return encode_infer_response(
+        model_name=response.model,
+        model_version=str(response.version),
+        request_id=response.id,
+        outputs=response.outputs,
+        request=parsed,
+        signature=call.signature,
+    )
 
 
 class FastPath:

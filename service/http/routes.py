@@ -15,7 +15,7 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.core import ClassifyRequest, InferenceService, ModelInfo
-from service.http.body import read_body, read_images
+from service.http.body import read_body, read_images, unless_disconnected
 from service.http.fastpath import answer_infer, url_version
 from service.http.openapi import CLASSIFY_RESPONSES, IMAGE_BODY, INFER_BODY, INFER_RESPONSES, errors
 
@@ -152,14 +152,13 @@ async def classify(
     image is also answered by ``predictions`` at the top level."""
     async with core.call(model_name, url_version(version), routing_key=x_routing_key) as call:
         files = await read_images(request, call.limits.max_body_bytes, call.limits.max_request_rows)
-        answer = await call.classify(
-            ClassifyRequest(
-                [data for _, data in files],
-                top_k,
-                return_input=return_input,
-                filenames=[name for name, _ in files],
-            )
+        request_ = ClassifyRequest(
+            [data for _, data in files],
+            top_k,
+            return_input=return_input,
+            filenames=[name for name, _ in files],
         )
+        answer = await unless_disconnected(request.receive, call.classify(request_))
     results = []
     for result in answer.results:
         item: dict[str, Any] = {"filename": result.filename} if result.filename else {}

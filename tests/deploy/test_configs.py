@@ -46,6 +46,8 @@ METRICS = HISTOGRAMS | {
     "rollout_weight",
     "rollout_decisions_total",
     "rollout_paired_feedback_total",
+    "model_repository_up",
+    "model_repository_errors_total",
 }
 # The settings of service/settings.py.
 SETTINGS = {
@@ -64,6 +66,7 @@ SETTINGS = {
     "SERVE_FEEDBACK_TOKEN",
     "SERVE_GRPC_PORT",
     "SERVE_ROLLOUT_DECIDER",
+    "SERVE_LOG_FORMAT",
 }
 DEFAULT_DRAIN_SECONDS = 10.0
 HEALTH_PATHS = {"/v2/health/live", "/v2/health/ready"}
@@ -177,9 +180,9 @@ def test_api_service_is_healthchecked_restarted_and_drained(base: dict[str, Any]
 
 
 def test_trainer_is_a_one_shot_in_the_train_profile(base: dict[str, Any]) -> None:
-    assert compose("config", "--profiles").stdout.split() == ["train"]
+    assert sorted(compose("config", "--profiles").stdout.split()) == ["tracing", "train"]
     in_profiles = {name for name, svc in base["services"].items() if svc.get("profiles")}
-    assert in_profiles == {"trainer"}
+    assert in_profiles == {"trainer", "jaeger"}
     trainer = base["services"]["trainer"]
     assert trainer["profiles"] == ["train"]
     assert trainer["restart"] == "no"
@@ -189,6 +192,24 @@ def test_trainer_is_a_one_shot_in_the_train_profile(base: dict[str, Any]) -> Non
     assert command[command.index("--feedback") + 1] == "/feedback"
     assert command[command.index("--data-dir") + 1] == "/data"
     assert "--force" not in command, "publishing must go through the promotion guard"
+
+
+def test_tracing_is_an_opt_in_profile_and_off_by_default(base: dict[str, Any]) -> None:
+    """docs/tracing.md: Jaeger only with ``--profile tracing``; the api traces only when the host sets
+    the endpoint, which ``config`` leaves unset here."""
+    result = compose("-f", "docker-compose.yml", "--profile", "tracing", "config")
+    assert result.returncode == 0, result.stderr
+    jaeger = yaml.safe_load(result.stdout)["services"]["jaeger"]
+    assert jaeger["profiles"] == ["tracing"]
+    assert (4318, 4318) in ports(jaeger) and (16686, 16686) in ports(jaeger)
+    env = base["services"]["api"]["environment"]
+    # Passed through from the host (null when unset there), never set in the file: off by default.
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None)
+    raw = load_yaml(ROOT / "docker-compose.yml")["services"]["api"]["environment"]
+    assert raw["OTEL_EXPORTER_OTLP_ENDPOINT"] is None
+    collector = load_yaml(DEPLOY / "otel" / "collector.yaml")
+    assert collector["service"]["pipelines"]["traces"]["receivers"] == ["otlp"]
+    assert collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(":4318")
 
 
 def test_trainer_writes_the_store_the_api_reads(base: dict[str, Any]) -> None:

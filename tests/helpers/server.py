@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -63,10 +64,20 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 90.0
 
 @contextmanager
 def running_service(
-    tmp_path: Path, *, env: dict[str, str] | None = None, args: list[str] | None = None, ready: bool = True
+    tmp_path: Path,
+    *,
+    env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+    ready: bool = True,
+    nofile: int | None = None,
 ) -> Iterator[RunningService]:
     """``python -m service`` on a free port with ``SERVE_*`` settings from ``env``; gRPC on another free
-    port unless ``env`` sets ``SERVE_GRPC_PORT``."""
+    port unless ``env`` sets ``SERVE_GRPC_PORT``; ``nofile``: the process's file-descriptor limit."""
+
+    def limit_fds() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     port = free_port()
     log_path = tmp_path / f"service-{port}.log"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_")}
@@ -80,6 +91,7 @@ def running_service(
             env=full_env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            preexec_fn=limit_fds if nofile is not None else None,
         )
     service = RunningService(process, port, log_path, int(full_env["SERVE_GRPC_PORT"]))
     try:

@@ -21,9 +21,11 @@ from service.feedback import (
     FeedbackStore,
     QuotaFull,
     log_path,
+    new_id,
     read_log,
 )
 from tests.helpers.data import ROOT
+from tests.helpers.filesystems import tiny_filesystem
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
 
@@ -169,6 +171,46 @@ def test_a_full_disk_is_a_507_and_logs_nothing(tmp_path: Path, monkeypatch: pyte
     monkeypatch.undo()
     assert len(read_log(log_path(tmp_path, "mnist-cnn")).items) == 1
     assert len(list((tmp_path / "mnist-cnn" / "7").iterdir())) == 1  # the temporary file is gone
+
+
+def test_a_log_append_cut_short_by_a_full_disk_is_507_and_leaves_nothing(tmp_path: Path) -> None:
+    with tiny_filesystem(tmp_path / "fs", 256) as root:
+        s = store(root)
+        log = log_path(root, "mnist-cnn")
+        page = os.statvfs(root).f_frsize
+        put(s)
+        line = log.stat().st_size
+        while page - log.stat().st_size % page >= line:  # until the log's last page holds part of a line
+            put(s)
+        before = log.read_bytes()
+        assert 0 < page - len(before) % page < line
+        # Fill the disk but for the image's one page: the image is stored, the log line is cut short.
+        stat = os.statvfs(root)
+        (root / "filler").write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize - page))
+        with pytest.raises(InsufficientStorage, match="no space left"):
+            put(s)
+        assert log.read_bytes() == before  # no torn line
+        named = {item.file for item in read_log(log).items}
+        on_disk = {p.relative_to(root).as_posix() for p in (root / "mnist-cnn").rglob("*") if p.is_file()}
+        assert on_disk == named  # the refused item's image is gone, no partial file is left
+        (root / "filler").unlink()
+        put(s)
+        read = read_log(log)
+        assert not read.torn and len(read.items) == len(named) + 1
+
+
+def test_images_no_log_line_names_are_swept_when_a_store_opens(tmp_path: Path) -> None:
+    first = store(tmp_path)
+    put(first)
+    first.close()
+    folder = tmp_path / "mnist-cnn" / "7"
+    orphan = folder / f"{new_id()}.png"  # an image stored by a writer that died before its log line
+    orphan.write_bytes(PNG)
+    unrelated = folder / "notes.txt"
+    unrelated.write_text("an operator's file, not an item")
+    put(store(tmp_path))
+    assert not orphan.exists() and unrelated.exists()
+    assert all((tmp_path / item.file).exists() for item in read_log(log_path(tmp_path, "mnist-cnn")).items)
 
 
 # ---- a real SIGKILL ----------------------------------------------------------------------------------

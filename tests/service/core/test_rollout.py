@@ -133,13 +133,14 @@ def test_a_worse_candidate_is_rolled_back_on_paired_feedback(worse: TestClient, 
         worse.post(f"/v2/models/{NAME}/infer", json=infer_body(i)).json()["model_version"] for i in range(10)
     }
     assert answers == {"1"}
-    stored = read_record(tmp_path / "models", NAME)
-    assert stored is not None and stored["rejected"] == [2] and stored["state"] == "rolled_back"
     rejected = {"name": NAME, "version": "2", "state": "UNAVAILABLE", "reason": "rolled back"}
     deadline = time.monotonic() + 10  # retired once the decision's record is applied
     while rejected not in worse.post("/v2/repository/index").json():
         assert time.monotonic() < deadline, worse.post("/v2/repository/index").json()
         time.sleep(0.05)
+    # The decision is answered at once and stored just after (in a worker thread): read it once applied.
+    stored = read_record(tmp_path / "models", NAME)
+    assert stored is not None and stored["rejected"] == [2] and stored["state"] == "rolled_back"
     # Lineage: items of the rollout record its stage and both versions' answers.
     items = read_log(log_path(tmp_path / "feedback", NAME)).items
     assert len(items) == sent

@@ -209,6 +209,18 @@ def test_unsupported_extensions_say_so(stub: pb_grpc.GRPCInferenceServiceStub) -
 # ---- inference ---------------------------------------------------------------------------------------
 
 
+def test_a_long_model_name_is_cut_in_the_status_message(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    # A 16 KB name echoed whole overflowed the status trailer: RESOURCE_EXHAUSTED instead of NOT_FOUND.
+    name = "m" * 16384
+    for call, message in (
+        (stub.ModelInfer, request(name)),
+        (stub.ModelMetadata, pb.ModelMetadataRequest(name=name)),
+    ):
+        error = rpc_error(call, message)
+        assert_status(error, grpc.StatusCode.NOT_FOUND, "unknown model 'mmm")
+        assert len(error.details()) < 100
+
+
 @pytest.mark.parametrize("model", ["mnist-mlp", "mnist-cnn"])
 def test_raw_and_typed_answers_equal_https(served: tuple[TestClient, Any, FastAPI], model: str) -> None:
     http, stub, _ = served

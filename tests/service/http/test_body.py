@@ -15,7 +15,7 @@ import pytest
 from starlette.types import Message
 
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
-from service.http.body import decode_body, read_asgi_body
+from service.http.body import decode_body, read_asgi_body, unless_disconnected
 
 
 def receiver(chunks: Iterable[bytes], disconnect: bool = False) -> tuple[object, list[int]]:
@@ -123,3 +123,41 @@ def test_unknown_content_encoding_is_415(encoding: str) -> None:
     with pytest.raises(UnsupportedMedia, match=re.escape(repr(encoding))) as caught:
         decode_body(b"{}", encoding, max_bytes=100)
     assert caught.value.status == 415
+
+
+# ---- work given up when the client disconnects --------------------------------------------------------
+
+
+def test_work_is_cancelled_when_the_client_disconnects_and_kept_otherwise() -> None:
+    async def test() -> None:
+        gone = asyncio.Event()
+
+        async def receive() -> Message:
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        started, cancelled = asyncio.Event(), asyncio.Event()
+
+        async def endless() -> int:
+            started.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            return 0
+
+        work = asyncio.ensure_future(unless_disconnected(receive, endless()))
+        await started.wait()
+        gone.set()
+        with pytest.raises(InvalidInput, match="client disconnected"):
+            await work
+        assert cancelled.is_set()
+
+        async def quick() -> int:
+            return 42
+
+        gone.clear()
+        assert await unless_disconnected(receive, quick()) == 42
+
+    asyncio.run(asyncio.wait_for(test(), 10))

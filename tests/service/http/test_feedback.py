@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -19,6 +20,8 @@ from service.app import create_app
 from service.feedback import log_path, read_log
 from service.settings import Settings
 from tests.helpers.data import MODELS, load_digits
+from tests.helpers.filesystems import tiny_filesystem
+from tests.helpers.server import running_service
 
 TOKEN = "feedback-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -236,3 +239,27 @@ def test_an_unwritable_feedback_directory_fails_start_up(tmp_path: Path) -> None
     app = create_app(settings(tmp_path, feedback_dir=blocker / "feedback"))
     with pytest.raises(RuntimeError, match="cannot create the feedback directory"), TestClient(app):
         pass
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_is_507_and_leaves_no_torn_line_or_stray_image(tmp_path: Path) -> None:
+    # The real process, storing on a real 256 KiB tmpfs until it is full.
+    with tiny_filesystem(tmp_path / "fs", 256) as root:
+        env = {"SERVE_MODELS": "mnist-cnn", "SERVE_FEEDBACK_DIR": str(root), "SERVE_FEEDBACK_TOKEN": TOKEN}
+        with running_service(tmp_path, env=env) as service:
+            url = f"{service.url}{URL}?label=7"
+            statuses: list[int] = []
+            with httpx.Client(timeout=30) as client:
+                while len(statuses) < 2000 and (not statuses or statuses[-1] == 201):
+                    statuses.append(
+                        client.post(url, content=image_bytes(len(statuses)), headers=AUTH).status_code
+                    )
+                full = client.post(url, content=image_bytes(0), headers=AUTH)
+                assert client.get(f"{service.url}/v2/health/ready").status_code == 200
+            assert statuses[-1] == 507 and statuses.count(201) == len(statuses) - 1 > 10
+            assert full.status_code == 507 and full.json() == {"error": "no space left to store feedback"}
+        read = read_log(log_path(root, "mnist-cnn"))
+        assert not read.torn and len(read.items) == statuses.count(201)
+        named = {item.file for item in read.items}
+        on_disk = {p.relative_to(root).as_posix() for p in (root / "mnist-cnn").rglob("*") if p.is_file()}
+        assert on_disk == named

@@ -659,3 +659,65 @@ def test_a_preprocessing_entry_that_disagrees_with_the_input_is_never_served(
         [entry] = c.post("/v2/repository/index").json()
         assert (entry["state"], entry["reason"]) == ("UNAVAILABLE", "failed to load (see server log)")
     assert "preprocessing (height 32, width 32, grayscale) disagrees with input 'image'" in caplog.text
+
+
+# ---- hostile clients: readiness, names echoed, media types, the pixel budget ----------------------------
+
+
+def test_not_ready_once_fewer_models_than_configured_are_served() -> None:
+    token = "s3cret-token-for-tests"
+    auth = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app(settings(models=["mnist-mlp"], admin_token=token))) as c:
+        assert c.get("/v2/health/ready").status_code == 200
+        assert c.post("/v2/repository/models/mnist-mlp/unload", headers=auth).status_code == 200
+        assert_error(c.get("/v2/health/ready"), 503, "0 of at least 1 models served")
+        assert c.post("/v2/repository/models/mnist-mlp/load", headers=auth).status_code == 200
+        assert c.get("/v2/health/ready").status_code == 200
+    two = settings(models=["mnist-mlp", "mnist-cnn"], admin_token=token, ready_min_models=1)
+    with TestClient(create_app(two)) as c:
+        assert c.post("/v2/repository/models/mnist-mlp/unload", headers=auth).status_code == 200
+        assert c.get("/v2/health/ready").status_code == 200  # one model is the minimum asked for
+        assert c.post("/v2/repository/models/mnist-cnn/unload", headers=auth).status_code == 200
+        assert_error(c.get("/v2/health/ready"), 503, "0 of at least 1 models served")
+
+
+def test_a_long_model_or_input_name_is_cut_in_the_error(client: TestClient) -> None:
+    name = "m" * 16384
+    for response in (
+        client.get(f"/v2/models/{name}"),
+        client.post(f"/v2/models/{name}/infer", content=b"{}"),
+    ):
+        body = assert_error(response, 404, "unknown model 'mmmm")
+        assert len(body["error"]) < 100
+    images, _ = load_digits("mnist")
+    request = orjson.loads(json_infer(images[:1]))
+    request["inputs"][0]["name"] = "x" * 16384
+    body = assert_error(
+        client.post("/v2/models/mnist-cnn/infer", content=orjson.dumps(request)), 400, "xxx..."
+    )
+    assert len(body["error"]) < 200
+
+
+@pytest.mark.parametrize(
+    "content_type", ["MULTIPART/FORM-DATA; BOUNDARY=b0", 'Multipart/Form-Data;boundary="b0"']
+)
+def test_media_types_are_matched_whatever_their_case(client: TestClient, content_type: str) -> None:
+    images, _ = load_digits("mnist")
+    form = (
+        b'--b0\r\nContent-Disposition: form-data; name="file"; filename="d.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + png(images[0, ..., 0]) + b"\r\n--b0--\r\n"
+    )
+    response = client.post(
+        "/v2/models/mnist-cnn/classify", content=form, headers={"Content-Type": content_type}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["filename"] == "d.png"
+
+
+def test_the_pixels_of_one_classify_request_are_bounded_before_decoding() -> None:
+    big = png(np.zeros((1000, 1000), np.uint8))
+    with TestClient(create_app(settings(models=["mnist-cnn"], max_request_pixels=2_500_000))) as c:
+        files = [("file", (f"{n}.png", big, "image/png")) for n in range(3)]
+        assert_error(c.post("/v2/models/mnist-cnn/classify", files=files), 413, "3000000 pixels together")
+        files = [("file", (f"{n}.png", big, "image/png")) for n in range(2)]
+        assert_error(c.post("/v2/models/mnist-cnn/classify", files=files), 400, "no digit found")
