@@ -21,11 +21,13 @@ Prometheus (``docs/rollout.md``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -37,6 +39,7 @@ from service.metrics import Metrics
 from service.registry import ModelRegistry, ServedVersion
 from service.rollout import RolloutRecord, apply_decision, mcnemar, next_step
 from service.settings import Settings
+from service.tracing import Tracing
 
 log = logging.getLogger("service")
 
@@ -66,9 +69,12 @@ def routing_share(rollout_id: str, key: str | None) -> float:
 class RolloutDesk:
     """Rollouts of one process (see the module docstring)."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, tracing: Tracing | None = None) -> None:
+        """``tracing``: a lifecycle span (``rollout.start``, ``rollout.decision``) around storing each
+        start and decision of this process, when tracing is on."""
         self.settings = settings
         self.metrics = metrics
+        self.tracing = tracing
         #: Set when the process drains: nothing is decided from then on (its failures are the drain's).
         self.frozen = False
         self._registry: ModelRegistry | None = None
@@ -305,9 +311,32 @@ class RolloutDesk:
                 registry.cache_record(name, updated)
                 if folded is not None and live is not None:
                     subtract(live, folded)
-                await registry.apply_record(name, updated)
+                if step is None:
+                    await registry.apply_record(name, updated)
+                else:
+                    decision = {"rollout.decision": step[0], "rollout.reason": step[1]}
+                    with self.span("rollout.decision", updated, decision):
+                        await registry.apply_record(name, updated)
             self.export(name, updated)
             return updated
+
+    def span(
+        self, name: str, record: RolloutRecord, attributes: Mapping[str, object] | None = None
+    ) -> AbstractContextManager[object]:
+        """A lifecycle span about ``record`` (under the operator's request if there is one), or nothing
+        with tracing off."""
+        if self.tracing is None:
+            return contextlib.nullcontext()
+        about = {
+            "inference.model.name": record.model,
+            "rollout.id": record.id,
+            "rollout.state": record.state,
+            "rollout.champion": record.champion,
+            "rollout.candidate": record.candidate,
+            "rollout.weight": record.weight,
+            **(attributes or {}),
+        }
+        return self.tracing.lifecycle(name, {k: v for k, v in about.items() if v is not None})
 
     def export(self, name: str, record: RolloutRecord) -> None:
         self.metrics.set_rollout(name, record.state, record.weight)

@@ -79,7 +79,8 @@ class RolloutOperator:
             await self._check_signature(name, candidate, champion)
             now_ms = int(time.time() * 1000)
             record = begin(current, name, champion.version, candidate, options, at=now_iso(), now_ms=now_ms)
-            await registry.apply_record(name, record)
+            with self.desk.span("rollout.start", record, {"rollout.by": "operator"}):
+                await registry.apply_record(name, record)
             served = registry.served(name, candidate)
             problem = None
             if served is None:

@@ -61,7 +61,7 @@ class InferenceService:
         self._registry: ModelRegistry | None = None
         self.preparer: PreparePool | None = None  # /classify's image pool, from start() to stop()
         self._loader: asyncio.Task[None] | None = None
-        self.rollout = RolloutDesk(settings, metrics)
+        self.rollout = RolloutDesk(settings, metrics, tracing)
         self.rollout_operator = RolloutOperator(self.rollout)
         self._decider: asyncio.Task[None] | None = None
 
