@@ -38,6 +38,9 @@ REPORT_DIR = "report"
 KERAS_FILE = "train/model.keras"
 #: The files a version directory needs before it counts as complete.
 VERSION_FILES = (MODEL_FILE, METADATA_FILE)
+#: Present in a version directory published as a candidate: loaded, never the answer to an unversioned
+#: request until a rollout promotes it (docs/rollout.md).
+CANDIDATE_FILE = "candidate"
 #: The ``platform`` of every version: what serves it.
 PLATFORM = "onnxruntime_onnx"
 

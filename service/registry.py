@@ -11,6 +11,12 @@ has passed every step. The repository is a :class:`service.store.ModelStore` (a 
 cannot be read, what is loaded keeps serving. A new version is loaded beside the old one and swapped
 in with one dict assignment, so a request sees either the old or the new version, never a half-loaded
 one; the old version finishes what it has queued and is stopped once idle.
+
+Which loaded version answers unversioned requests (the *champion*) follows the model's rollout record
+(:mod:`service.rollout`, ``docs/rollout.md``), kept in the same store beside the model
+(:mod:`service.rolloutstore`) and read again at every scan: the newest version that is not rejected,
+not the running rollout's candidate, and not marked as a candidate unless promoted. Candidates, and a
+promoted champion's predecessor during its grace period, stay loaded whatever the version policy says.
 """
 
 from __future__ import annotations
@@ -27,9 +33,11 @@ from pathlib import Path
 from opentelemetry.trace import Status, StatusCode
 
 from service.batching import Batcher
-from service.contract import valid_model_name
-from service.errors import NotFound, Unavailable, echo
+from service.contract import CANDIDATE_FILE, valid_model_name
+from service.errors import NotFound, ServiceError, Unavailable, echo
 from service.metrics import Metrics, ModelMetrics
+from service.rollout import RolloutRecord, eligible_champions
+from service.rolloutstore import RecordError, read_record, remove_record, write_record
 from service.runtime import ModelLoadError, ModelRuntime, load_model
 from service.settings import Settings
 from service.store import ModelStore, StoreError, VersionCorrupt, open_store
@@ -102,6 +110,8 @@ class ModelRegistry:
         self.root = self.store.url
         # The message of the store's last failure; None while it answers (reported once per outage).
         self._store_problem: str | None = None
+        # Per model, the last failure to read its rollout record (reported once per outage).
+        self._record_problem: dict[str, str] = {}
         self._served: dict[str, dict[int, ServedVersion]] = {}
         self._expected: set[str] = set()
         self._configured = 0  # models configured at start (SERVE_MODELS, or every one found)
@@ -110,6 +120,13 @@ class ModelRegistry:
         # (name, version) -> missing files already reported for an incomplete version directory.
         self._incomplete: dict[tuple[str, int], tuple[str, ...]] = {}
         self._unloaded: set[str] = set()
+        # Per model: its rollout record, the champion's version, the versions on disk.
+        self._records: dict[str, RolloutRecord] = {}
+        # Per model, its rollout record as last read from or written to the store.
+        self._stored: dict[str, RolloutRecord] = {}
+        self._champion: dict[str, int] = {}
+        self._available: dict[str, list[int]] = {}
+        self._marked: dict[str, set[int]] = {}
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self.loaded = False  # the initial load has finished (successfully or not)
@@ -159,11 +176,82 @@ class ModelRegistry:
                 raise Unavailable(f"model {echo(name)} is not ready")
             raise NotFound(f"unknown model {echo(name)}")
         if version is None:
-            return served[max(served)]
+            champion = self._champion.get(name)
+            if champion is None or champion not in served:
+                raise Unavailable(f"model {echo(name)} has no champion version loaded (only candidates)")
+            return served[champion]
         try:
             return served[version]
         except KeyError:
             raise NotFound(f"model {echo(name)} has no served version {version}") from None
+
+    def served(self, name: str, version: int) -> ServedVersion | None:
+        """The loaded version, or None."""
+        return self._served.get(name, {}).get(version)
+
+    def available(self, name: str) -> list[int]:
+        """The model's complete versions on disk at the last scan."""
+        return self._available.get(name, [])
+
+    def record(self, name: str) -> RolloutRecord | None:
+        """The model's rollout record as last read or written."""
+        return self._records.get(name)
+
+    async def fetch_record(self, name: str) -> RolloutRecord | None:
+        """The model's rollout record as the store holds it now (None when it has none, or it is damaged:
+        logged). While the store cannot be read, the record last read: every replica keeps following the
+        plan it knows until the store answers again."""
+        try:
+            data = await asyncio.to_thread(read_record, self.store, name)
+            record = None if data is None else RolloutRecord.model_validate(data)
+        except (RecordError, ValueError) as exc:
+            log.error("rollout record of %s ignored: %s", name, exc)
+            return None
+        except StoreError as exc:
+            if self._record_problem.get(name) != str(exc):
+                log.error("rollout record of %s cannot be read (%s); following the one read last", name, exc)
+            self._record_problem[name] = str(exc)
+            return self._stored.get(name)
+        if self._record_problem.pop(name, None) is not None:
+            log.info("rollout record of %s read again", name)
+        self._remember(name, record)
+        return record
+
+    def _remember(self, name: str, record: RolloutRecord | None) -> None:
+        if record is None:
+            self._stored.pop(name, None)
+        else:
+            self._stored[name] = record
+
+    def cache_record(self, name: str, record: RolloutRecord) -> None:
+        """Answer with ``record`` from now on (the caller stores it with :meth:`apply_record` next)."""
+        self._records[name] = record
+        self._choose_champion(name)
+
+    async def apply_record(self, name: str, record: RolloutRecord | None, *, remove: bool = False) -> None:
+        """Store ``record`` (or remove the model's record) and bring the served versions in line."""
+        try:
+            if remove or record is None:
+                await asyncio.to_thread(remove_record, self.store, name)
+            else:
+                await asyncio.to_thread(write_record, self.store, name, record.model_dump(mode="json"))
+        except (OSError, StoreError) as exc:
+            # Back to the record the store held last (read again at the sync below, when it answers).
+            stored = self._stored.get(name)
+            if stored is None:
+                self._records.pop(name, None)
+            else:
+                self._records[name] = stored
+            self._choose_champion(name)
+            await self.sync([name])
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ServiceError(
+                f"cannot write the rollout record of '{name}' ({why}): the repository is read-only for "
+                "this process or unreachable; the rollout controller or the trainer writes it "
+                "(docs/rollout.md)"
+            ) from exc
+        self._remember(name, None if remove else record)
+        await self.sync([name])
 
     def index(self) -> list[dict[str, str]]:
         """Repository index rows in Triton's shape: every version found on disk, with its state."""
@@ -174,6 +262,8 @@ class ModelRegistry:
             for version in sorted(set(found.get(name, [])) | set(served)):
                 if version in served:
                     state, reason = "READY", ""
+                elif (record := self._records.get(name)) is not None and version in record.rejected:
+                    state, reason = "UNAVAILABLE", "rolled back"
                 elif (name, version) in self._failed:
                     state, reason = "UNAVAILABLE", "failed to load (see server log)"
                 else:
@@ -271,7 +361,26 @@ class ModelRegistry:
         return found
 
     async def _sync_model(self, name: str, available: list[int]) -> None:
-        wanted = set(self.settings.policy.select(available))
+        record = await self.fetch_record(name)
+        if record is None:
+            self._records.pop(name, None)
+        else:
+            self._records[name] = record
+        self._available[name] = available
+        marked = {v for v in available if self.store.has_file(name, v, CANDIDATE_FILE)}
+        self._marked[name] = marked
+        eligible = eligible_champions(available, marked, record)
+        wanted = set(self.settings.policy.select(eligible))
+        rejected = set(record.rejected) if record is not None else set()
+        # Candidates waiting for a rollout, the rollout's candidate, a promoted champion's predecessor.
+        newest = max(eligible, default=0)
+        promoted = set(record.promoted) if record is not None else set()
+        wanted |= {v for v in marked - rejected - promoted if v > newest}
+        if record is not None and record.active and record.candidate in available:
+            wanted.add(record.candidate)
+        grace = record.grace_until if record is not None else None
+        if record is not None and record.previous in available and grace is not None and time.time() < grace:
+            wanted.add(record.previous)
         served = self._served.setdefault(name, {})
         for version in sorted(wanted - set(served)):
             loaded = await self._load_version(name, version)
@@ -281,8 +390,10 @@ class ModelRegistry:
         # Retire what the policy no longer selects, but only when something newer is serving,
         # so a broken new version never takes the model down.
         for version in sorted(set(served) - wanted):
-            if any(v > version for v in served if v in wanted) or version not in available:
+            newer = any(v > version for v in served if v in wanted)
+            if newer or version not in available or version in rejected:
                 self._retire(name, version)
+        self._choose_champion(name)
         if not served:
             del self._served[name]
 
@@ -343,6 +454,18 @@ class ModelRegistry:
             (time.perf_counter() - started) * 1000,
         )
         return ServedVersion(runtime, batcher, model_metrics)
+
+    def _choose_champion(self, name: str) -> None:
+        """The newest loaded version the record lets answer unversioned requests (none: Unavailable)."""
+        served = self._served.get(name, {})
+        eligible = eligible_champions(
+            self._available.get(name, []), self._marked.get(name, set()), self._records.get(name)
+        )
+        champions = [v for v in eligible if v in served]
+        if champions:
+            self._champion[name] = max(champions)
+        else:
+            self._champion.pop(name, None)
 
     def _report_incomplete(self, name: str, newest_served: int) -> None:
         """Log and count (once per state) version directories newer than what serves that lack a file."""

@@ -3,7 +3,8 @@
 Layout, under ``s3://<bucket>/<prefix>/`` (``docs/cluster.md``)::
 
     <name>/<version>/.claim           written first, conditionally: the publisher owns the number
-    <name>/<version>/model.onnx       and every other file of the version (report/, train/)
+    <name>/<version>/model.onnx       and every other file of the version (report/, train/, the
+                                      ``candidate`` marker of a rollout candidate)
     <name>/<version>/metadata.json    written last: the commit; records every file's sha256
     <name>/<record>.json              small per-model records (the rollout record), one PUT each
 
@@ -208,6 +209,9 @@ class S3Store(ModelStore):
     def stamp(self, name: str, version: int) -> str:
         return self._listing.get(name, {}).get(version, {}).get(METADATA_FILE, "missing")
 
+    def has_file(self, name: str, version: int, file: str) -> bool:
+        return file in self._listing.get(name, {}).get(version, {})
+
     def local_version(self, name: str, version: int) -> Path:
         if self.cache is None:
             raise StoreError(f"{self.url}: no local cache to download into")
@@ -281,10 +285,14 @@ class S3Store(ModelStore):
 
     def write_record(self, name: str, record: str, document: Mapping[str, Any]) -> None:
         key = self._record_key(name, record)
+        data = encode_record(document, f"{S3_SCHEME}{self.bucket}/{key}")
         with self._calls(f"writing {key}"):  # one PUT: readers see the old object or the new one
-            self.client.put_object(
-                Bucket=self.bucket, Key=key, Body=encode_record(document), ContentType="application/json"
-            )
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType="application/json")
+
+    def remove_record(self, name: str, record: str) -> None:
+        key = self._record_key(name, record)
+        with self._calls(f"removing {key}"):  # deleting an absent key succeeds
+            self.client.delete_object(Bucket=self.bucket, Key=key)
 
     # ---- the publisher's side --------------------------------------------------------------------
 

@@ -210,6 +210,22 @@ class Settings(BaseSettings):
         "compute only while no prediction waits): a prediction arriving while such a batch computes waits "
         "for it, so fewer keeps predictions faster, more explains faster (docs/explain.md).",
     )
+    rollout_decider: Literal["local", "controller"] = Field(
+        "local",
+        description="Who decides rollouts (docs/rollout.md): 'local' folds this process's evidence into "
+        "the record and decides (one replica); 'controller' only follows the record that "
+        "'python -m service.controller' writes from every replica's metrics.",
+    )
+    rollout_interval_s: float = Field(
+        1.0, ge=0.05, le=3600, description="Seconds between rollout decisions and record re-reads."
+    )
+    rollout_shadow_max_pending: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="Most shadow computations on a candidate at once; beyond it a comparison is skipped "
+        "(counted), never an answer delayed.",
+    )
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$", description="Log level.")
     log_format: Literal["text", "json"] = Field(
         "text",

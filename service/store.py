@@ -13,15 +13,17 @@ The service (:mod:`service.registry`) and the publisher (:mod:`training.publish`
 
 Besides versions, a store keeps small per-model JSON *records* beside the model
 (``<model>/<record>.json``), each replaced atomically (a rename; on S3 one PUT). The rollout record of
-progressive delivery will live there.
+progressive delivery (:mod:`service.rolloutstore`, ``docs/rollout.md``) lives there, so every replica
+polling the store follows it.
 
 Errors::
 
     StoreError              the repository cannot be used as configured (missing bucket, wrong
     │                       credentials, no models): a clear message at start-up or from the load API
     ├── StoreUnavailable    the store cannot be reached now (network, 5xx): what serves keeps serving
-    └── VersionCorrupt      a version's files do not match their sha256, or its metadata is unreadable:
-                            refused, never served
+    ├── VersionCorrupt      a version's files do not match their sha256, or its metadata is unreadable:
+    │                       refused, never served
+    └── RecordCorrupt       a per-model record is not a JSON object within the size bound
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ class StoreUnavailable(StoreError):
 
 class VersionCorrupt(StoreError):
     """A version's files do not match the sha256 its ``metadata.json`` records; it is never served."""
+
+
+class RecordCorrupt(StoreError):
+    """A per-model record exists but is not a JSON object within :data:`MAX_RECORD_BYTES`."""
 
 
 def is_remote(location: Location) -> bool:
@@ -123,6 +129,11 @@ class ModelStore(ABC):
         """Changes whenever the version's committed content changes (to retry a refused version)."""
 
     @abstractmethod
+    def has_file(self, name: str, version: int, file: str) -> bool:
+        """Whether a version holds ``file`` (a marker such as a rollout candidate's), as of the last
+        :meth:`scan` where the store lists remotely."""
+
+    @abstractmethod
     def local_version(self, name: str, version: int) -> Path:
         """A local ``<name>/<version>`` directory holding the version's ``model.onnx`` and
         ``metadata.json``, verified against their sha256 where they were downloaded."""
@@ -136,6 +147,10 @@ class ModelStore(ABC):
     @abstractmethod
     def write_record(self, name: str, record: str, document: Mapping[str, Any]) -> None:
         """Replace ``<name>/<record>.json`` atomically: a reader sees the old or the new one."""
+
+    @abstractmethod
+    def remove_record(self, name: str, record: str) -> None:
+        """Remove ``<name>/<record>.json`` (none is fine)."""
 
     # ---- the publisher's side -----------------------------------------------------------------------
 
@@ -173,18 +188,22 @@ def _record_name(name: str, record: str) -> str:
 def decode_record(data: bytes, where: str) -> dict[str, Any]:
     """A record's bytes as a JSON object; :class:`StoreError` naming ``where`` otherwise."""
     if len(data) > MAX_RECORD_BYTES:
-        raise StoreError(f"{where}: record larger than {MAX_RECORD_BYTES} bytes")
+        raise RecordCorrupt(f"{where}: record larger than {MAX_RECORD_BYTES} bytes")
     try:
         document = json.loads(data)
     except ValueError as exc:
-        raise StoreError(f"{where}: not JSON ({exc})") from None
+        raise RecordCorrupt(f"{where}: not JSON ({exc})") from None
     if not isinstance(document, dict):
-        raise StoreError(f"{where}: not a JSON object")
+        raise RecordCorrupt(f"{where}: not a JSON object")
     return document
 
 
-def encode_record(document: Mapping[str, Any]) -> bytes:
-    return (json.dumps(dict(document), indent=2, sort_keys=True) + "\n").encode()
+def encode_record(document: Mapping[str, Any], where: str = "record") -> bytes:
+    """A record's bytes; :class:`RecordCorrupt` when they would be over :data:`MAX_RECORD_BYTES`."""
+    data = (json.dumps(dict(document), indent=2, sort_keys=True) + "\n").encode()
+    if len(data) > MAX_RECORD_BYTES:
+        raise RecordCorrupt(f"{where}: a record of {len(data)} bytes is over {MAX_RECORD_BYTES}")
+    return data
 
 
 class LocalStore(ModelStore):
@@ -212,6 +231,9 @@ class LocalStore(ModelStore):
         except OSError:
             return "missing"
 
+    def has_file(self, name: str, version: int, file: str) -> bool:
+        return (version_dir(self.root, name, version) / file).is_file()
+
     def local_version(self, name: str, version: int) -> Path:
         return version_dir(self.root, name, version)
 
@@ -227,16 +249,21 @@ class LocalStore(ModelStore):
 
     def write_record(self, name: str, record: str, document: Mapping[str, Any]) -> None:
         path = self.root / _record_name(name, record)
+        data = encode_record(document, str(path))
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".tmp-{uuid.uuid4().hex}")
         try:
             with temporary.open("xb") as f:
-                f.write(encode_record(document))
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             temporary.replace(path)
         finally:
             temporary.unlink(missing_ok=True)
+        _fsync_directory(path.parent)  # the rename survives a power loss
+
+    def remove_record(self, name: str, record: str) -> None:
+        (self.root / _record_name(name, record)).unlink(missing_ok=True)
 
     def numbers(self, name: str) -> list[int]:
         directory = self.root / name
@@ -277,12 +304,16 @@ class LocalStore(ModelStore):
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 raise
             return None
-        fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_directory(target.parent)
         return str(target)
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def open_store(

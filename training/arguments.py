@@ -252,3 +252,9 @@ def _publish_arguments(parser: argparse.ArgumentParser, default_name: str) -> No
         "newest published version (default: 0.5)",
     )
     out.add_argument("--force", action="store_true", help="publish even if the promotion guard refuses")
+    out.add_argument(
+        "--candidate",
+        action="store_true",
+        help="publish as a candidate: loaded by the service, answering unversioned requests only once a "
+        "rollout promotes it (docs/rollout.md)",
+    )

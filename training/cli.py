@@ -145,6 +145,7 @@ def _train(args: argparse.Namespace, *, command: str) -> int:
             max_regression=args.max_regression,
             force=args.force,
             command=command,
+            candidate=args.candidate,
         )
         settings = " ".join(f"{key}={value}" for key, value in hp.as_json().items())
         print(f"training {name} ({args.preset} on {dataset.name}): {settings}", flush=True)
@@ -179,6 +180,7 @@ def _import(args: argparse.Namespace, *, command: str) -> int:
         max_pixels=args.max_image_pixels,
         cache_dir=args.cache_dir,
         command=command,
+        candidate=args.candidate,
     )
     outcome = importer.import_model(config)
     print(report.summary_table(importer.summary_rows(config, outcome)))

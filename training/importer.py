@@ -66,6 +66,8 @@ class ImportConfig:
     repository: Path | str | None = None
     max_regression: float = 0.5
     force: bool = False
+    #: Publish as a candidate (docs/rollout.md): loaded, never served unversioned until promoted.
+    candidate: bool = False
     strict: bool = False
     max_pixels: int = MAX_PIXELS
     #: Where evaluation images are decoded; a temporary directory when ``None``.
@@ -277,7 +279,7 @@ def _publish(repository: Path | str, config: ImportConfig, outcome: ImportOutcom
             outcome.evaluation.confusion, config.labels, directory / "report" / report.CONFUSION_FILE, title
         )
 
-    return publish(repository, config.name, onnx_bytes, metadata, write_report)
+    return publish(repository, config.name, onnx_bytes, metadata, write_report, candidate=config.candidate)
 
 
 def build_metadata(

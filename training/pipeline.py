@@ -40,6 +40,8 @@ class RunConfig:
     force: bool = False
     #: The command line that started the run, recorded in the metadata.
     command: str = ""
+    #: Publish as a candidate (docs/rollout.md): loaded, never served unversioned until promoted.
+    candidate: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,9 @@ def publish_version(
             evaluation.confusion, dataset.labels, directory / "report" / report.CONFUSION_FILE, title
         )
 
-    return publish(config.repository, config.name, onnx_bytes, metadata, write_extra)
+    return publish(
+        config.repository, config.name, onnx_bytes, metadata, write_extra, candidate=config.candidate
+    )
 
 
 def keep_keras_model(model: keras.Model, path: Path) -> None:

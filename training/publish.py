@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from service.contract import (
+    CANDIDATE_FILE,
     METADATA_FILE,
     MODEL_FILE,
     Metadata,
@@ -172,17 +173,23 @@ def _metadata_bytes(content: MetadataSource, files: dict[str, str]) -> bytes:
 
 
 def publish(
-    repository: Location,
+    repository: Location | ModelStore,
     name: str,
     model_bytes: bytes,
     metadata: Callable[[int], MetadataSource],
     write_extra: Callable[[Path], None] | None = None,
+    *,
+    candidate: bool = False,
 ) -> Published:
     """Publish ``model_bytes`` as the next version of ``name`` in ``repository``, atomically.
 
     ``metadata(version)`` returns the ``metadata.json`` content for a version number (called again if a
     concurrent publisher takes the number first); ``files`` (every file's sha256) is added to it.
     ``write_extra(directory)`` may add files such as ``report/``. If anything fails, no version appears.
+    ``candidate`` publishes it marked as a candidate (``docs/rollout.md``): loaded by the service, never
+    the answer to an unversioned request until a rollout promotes it. The marker is one of the version's
+    files, so it is committed with them (on S3 before ``metadata.json``): the version appears as a
+    candidate or not at all.
     """
     store = _store(repository)
     validate_name(name)
@@ -191,6 +198,8 @@ def publish(
             _write(staging / MODEL_FILE, model_bytes)
             if write_extra is not None:
                 write_extra(staging)
+            if candidate:
+                _write(staging / CANDIDATE_FILE, b"")
             return _claim_version(store, name, staging, sha256_hex(model_bytes), metadata)
     except StoreError as exc:
         raise PublishError(f"cannot publish {name} to {store.url}: {exc}") from exc

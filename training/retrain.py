@@ -48,6 +48,7 @@ from training.imagefolder import FolderOptions, load_folder
 from training.pipeline import RunConfig, publish_version
 from training.presets import build_model, preset_defaults
 from training.publish import Published, sha256_hex, versions
+from training.rollout import serving_champion, start_rollout
 from training.train import Splits, compile_model, fit_model, make_strategy, split
 
 
@@ -73,6 +74,8 @@ class RetrainConfig:
     max_regression: float = 0.5
     min_improvement: float = 0.0
     command: str = ""
+    #: Publish the winner as a candidate and start its rollout (False: it serves at once, as before).
+    rollout: bool = True
 
 
 @dataclass(frozen=True)
@@ -98,18 +101,23 @@ class Champion:
 
 
 def newest_champion(repository: Path | str, name: str, download: Path) -> Champion:
-    """The newest version of ``name`` with readable metadata and a training recipe; UsageError if none.
+    """The serving champion of ``name`` (the newest version when no rollout record or candidate says
+    otherwise) with readable metadata and a training recipe; UsageError if none.
 
     A version in object storage is downloaded under ``download`` first, each file checked against the
     sha256 its metadata records."""
     store = open_store(repository)
     found = versions(store, name)
-    if not found:
+    try:
+        serving = serving_champion(store, name)
+    except (StoreError, ValueError) as exc:
+        raise DataError(f"cannot read the rollout record of {name} in {store.url}: {exc}") from exc
+    if not found or serving is None:
         raise UsageError(f"no published version of {name} in {repository} to retrain")
     try:
-        path = store.fetch_version(name, found[-1], download)
+        path = store.fetch_version(name, serving, download)
     except (StoreError, OSError) as exc:
-        raise DataError(f"cannot fetch version {found[-1]} of {name} from {store.url}: {exc}") from exc
+        raise DataError(f"cannot fetch version {serving} of {name} from {store.url}: {exc}") from exc
     try:
         _, metadata = read_metadata(path / METADATA_FILE)
     except OSError as exc:
@@ -125,7 +133,7 @@ def newest_champion(repository: Path | str, name: str, download: Path) -> Champi
         )
     recorded = {f.name: training[f.name] for f in fields(HyperParameters) if f.name in training}
     hp = replace(preset_defaults(preset), **recorded)
-    return Champion(found[-1], path, metadata, preset, hp)
+    return Champion(serving, path, metadata, preset, hp)
 
 
 def retrain(config: RetrainConfig, *, verbose: int | None = None) -> Result:
@@ -197,7 +205,7 @@ def _retrain(config: RetrainConfig, download: Path, verbose: int | None) -> Resu
         return Result("refused", f"not publishing {config.name}: " + "; ".join(decision["reasons"]), record)
 
     newest = versions(config.repository, config.name)[-1]
-    if newest != champion.version:
+    if newest != champion.version and serving_champion(config.repository, config.name) != champion.version:
         message = (
             f"not publishing {config.name}: version {newest} was published while this run compared against "
             f"version {champion.version}; run again to compare with it"
@@ -212,9 +220,19 @@ def _retrain(config: RetrainConfig, download: Path, verbose: int | None) -> Resu
         repository=config.repository,
         max_regression=config.max_regression,
         command=config.command,
+        candidate=config.rollout,
     )
     published = publish_version(dataset, run, trained, evaluation, parity, onnx_model, retrain=record)
     message = f"published {config.name} version {published.version} at {published.path}"
+    if config.rollout:
+        try:
+            started = start_rollout(config.repository, config.name, published.version, champion.version)
+        except (StoreError, ValueError, OSError) as exc:  # the version is published: say what is left
+            started = (
+                f"its rollout could not be started ({exc}); start it with POST "
+                f"/v2/repository/models/{config.name}/rollout (docs/rollout.md)"
+            )
+        message = f"{message} as a candidate; {started}"
     return Result("published", message, record, published)
 
 

@@ -91,6 +91,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="POINTS",
         help="refuse unless holdout accuracy beats the champion's by more than this (default 0: any gain)",
     )
+    parser.add_argument(
+        "--no-rollout",
+        dest="rollout",
+        action="store_false",
+        help="publish a winner to serve at once, as before; by default it is published as a candidate and "
+        "its rollout (shadow, canary, decided on live feedback) starts (docs/rollout.md)",
+    )
     parser.add_argument("--report", type=Path, help="also write the figures and the decision here as JSON")
 
 
@@ -125,6 +132,7 @@ def run(args: argparse.Namespace, *, command: str) -> int:
         max_regression=args.max_regression,
         min_improvement=args.min_improvement,
         command=command,
+        rollout=args.rollout,
     )
     result = retrain.retrain(config)
     print(render(result, name))

@@ -7,8 +7,8 @@ the types of :mod:`service.core.types`, calls the core, encodes the result, and 
 (:mod:`service.errors`, each with a transport-neutral ``kind``) to its own status codes, in one place.
 It never touches the registry.
 
-The API (versions are ints, ``None`` meaning the newest served; deadlines are ``time.monotonic()``
-seconds)::
+The API (versions are ints, ``None`` meaning the champion: the newest served version unless a rollout
+says otherwise, ``docs/rollout.md``; deadlines are ``time.monotonic()`` seconds)::
 
     core = InferenceService(settings, metrics)
     await core.start(background=False)          # load models (background: live, not ready, meanwhile)
@@ -20,7 +20,7 @@ seconds)::
     core.check_model_ready(name, version) -> (name, version)
     core.statistics(name=None, version=None) -> list[VersionStatistics]
 
-    async with core.call(name, version) as call:           # NotFound / Unavailable before the block
+    async with core.call(name, version, routing_key=None) as call:  # NotFound / Unavailable before it
         request = decode(wire, call.signature, call.limits) # the transport's work, counted and timed
         response = await call.infer(request)                # InferRequest -> InferResponse
         # InferRequest(inputs={name: ndarray}, id=None, outputs=None, deadline=None, checked=False)
@@ -41,6 +41,11 @@ seconds)::
     await core.load(name) -> list[int];  await core.unload(name)
 
     core.begin_drain() -> deadline;  core.draining;  core.pending();  await core.flush()
+
+    core.rollout_state(name) -> dict                        # GET /v2/models/{m}/rollout
+    await core.start_rollout(name, candidate, Options(...)) # NotFound / Conflict / InvalidInput
+    await core.operate_rollout(name, "promote" | "rollback" | "pause" | "resume")   # Conflict
+    core.lineage(name, version) -> dict                     # where a version came from
 
 A request fails with exactly one :class:`~service.errors.ServiceError`: ``InvalidInput`` (the inputs do
 not fit the signature), ``PayloadTooLarge``, ``NotFound``, ``Unavailable`` / ``Overloaded`` (not ready,

@@ -30,7 +30,9 @@ from service.protocol import InferenceRequest, encode_infer_response, parse_infe
 log = logging.getLogger("service")
 
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
-_WANTED = {b"content-length", b"content-encoding", b"inference-header-content-length"}
+_WANTED = {b"content-length", b"content-encoding", b"inference-header-content-length", b"x-routing-key"}
+#: Longest ``X-Routing-Key`` honoured (a longer one is cut: it only picks a rollout's version).
+MAX_ROUTING_KEY = 256
 
 
 def url_version(version: str | None) -> int | None:
@@ -53,9 +55,12 @@ async def answer_infer(
     """One V2 infer exchange over HTTP: the response body and headers, or a ServiceError.
 
     ``headers`` are the request's, lower-case; ``read(limit)`` returns the raw body or raises
-    PayloadTooLarge past ``limit`` bytes.
+    PayloadTooLarge past ``limit`` bytes. ``X-Routing-Key`` keeps a client on one version during a
+    rollout's canary (``docs/rollout.md``).
     """
-    async with core.call(model, url_version(version)) as call:
+    key = headers.get("x-routing-key")
+    routing_key = key[:MAX_ROUTING_KEY] if key else None
+    async with core.call(model, url_version(version), routing_key=routing_key) as call:
         limits = call.limits
         if call.trace is None:  # tracing off or this request not sampled
             parsed = await _decode(call, headers, read)

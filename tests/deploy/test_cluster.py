@@ -35,6 +35,8 @@ K8S_VERSIONS = ("1.31.0", "1.34.0")
 VENV_BIN = Path(sys.executable).parent
 #: Built-in kinds; everything else must have a CRD here.
 BUILTIN_GROUPS = {"v1", "apps/v1", "batch/v1", "policy/v1", "autoscaling/v2"}
+#: The api Deployment's name (the rollout controller is the other Deployment).
+API = "digits-serving"
 
 
 def documents(*directories: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -48,9 +50,13 @@ def documents(*directories: Path) -> list[tuple[Path, dict[str, Any]]]:
     ]
 
 
-def find(kind: str, directory: Path) -> dict[str, Any]:
-    found = [doc for _, doc in documents(directory) if doc["kind"] == kind]
-    assert len(found) == 1, f"expected one {kind} in {directory}, found {len(found)}"
+def find(kind: str, directory: Path, name: str | None = None) -> dict[str, Any]:
+    found = [
+        doc
+        for _, doc in documents(directory)
+        if doc["kind"] == kind and name in (None, doc["metadata"]["name"])
+    ]
+    assert len(found) == 1, f"expected one {kind} {name or ''} in {directory}, found {len(found)}"
     return found[0]
 
 
@@ -174,7 +180,7 @@ def test_replicas_read_the_bucket_into_an_emptydir_cache() -> None:
     Settings(**{k.removeprefix("SERVE_").lower(): v for k, v in config.items() if k.startswith("SERVE_")})
     assert config["SERVE_MODEL_REPOSITORY"].startswith("s3://")
 
-    pod = find("Deployment", OBJECT_STORAGE)["spec"]["template"]["spec"]
+    pod = find("Deployment", OBJECT_STORAGE, API)["spec"]["template"]["spec"]
     assert "initContainers" not in pod
     claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
     assert claims == {"feedback"}  # feedback only: the models come from the bucket
@@ -193,9 +199,25 @@ def test_replicas_read_the_bucket_into_an_emptydir_cache() -> None:
     assert "models" not in {v["name"] for v in job["volumes"]}
 
 
+def test_one_rollout_controller_writes_the_record_into_the_bucket() -> None:
+    """docs/rollout.md: with several replicas one process decides and writes the record beside the model;
+    the replicas only follow it."""
+    config = find("ConfigMap", OBJECT_STORAGE)["data"]
+    assert config["SERVE_ROLLOUT_DECIDER"] == "controller"
+    controller = find("Deployment", OBJECT_STORAGE, "digits-rollout-controller")
+    assert controller["spec"]["replicas"] == 1 and controller["spec"]["strategy"]["type"] == "Recreate"
+    (container,) = controller["spec"]["template"]["spec"]["containers"]
+    command = container["command"]
+    assert command[:3] == ["python", "-m", "service.controller"]
+    assert command[command.index("--repository") + 1] == config["SERVE_MODEL_REPOSITORY"]
+    assert {"secretRef": {"name": "model-store", "optional": True}} in container["envFrom"]
+    claims = [v for v in controller["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == []
+
+
 def test_scaling_follows_the_queue() -> None:
     scaled = find("ScaledObject", OBJECT_STORAGE)["spec"]
-    deployment = find("Deployment", OBJECT_STORAGE)
+    deployment = find("Deployment", OBJECT_STORAGE, API)
     assert scaled["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     prometheus = next(t for t in scaled["triggers"] if t["type"] == "prometheus")
     assert "inference_queue_rows" in prometheus["metadata"]["query"]

@@ -135,6 +135,7 @@ def test_feedback_retrain_guard_publish_reload(tmp_path: Path) -> None:
         MODEL,
         "--feedback",
         str(feedback),
+        "--no-rollout",  # this loop checks direct publishing; rollouts: tests/training/test_retrain.py
         *data,
     ]
 
