@@ -7,9 +7,11 @@ PORT   ?= 8000
 DATA_DIR ?= ../shared/data
 
 SERVE_STAMP := $(VENV)/.serve-installed
+TRAIN_STAMP := $(VENV)/.train-installed
 DEV_STAMP   := $(VENV)/.dev-installed
 
-.PHONY: run test test-deploy lint format protos train bench bench-gpu bench-grpc bench-tracing bench-soak bench-models bench-preprocess bench-threads schema system-deps clean
+.DEFAULT_GOAL := help
+.PHONY: help run train-deps docs docs-serve docs-gen models test test-deploy lint format protos train bench bench-gpu bench-grpc bench-tracing bench-soak bench-models bench-preprocess bench-threads schema system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,19 +21,48 @@ $(SERVE_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(DEV_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[train,dev]'
+$(TRAIN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[train]'
 	touch $@ $(SERVE_STAMP)
 
-## run: serve the models in models/ on $(HOST):$(PORT)
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[train,dev]'
+	touch $@ $(SERVE_STAMP) $(TRAIN_STAMP)
+
+## help: list these targets (the default)
+help:
+	@sed -n 's/^## \([a-z-]*\): /\1\t/p' $(MAKEFILE_LIST) | awk -F'\t' '{printf "  make %-17s %s\n", $$1, $$2}'
+
+## run: serve models/ on http://localhost:8000 and gRPC on 8001; new versions are picked up every 2 s
+# A development server should show what was just trained without a restart; the service's own default
+# (SERVE_POLL_INTERVAL_S=0, no polling) is for deployments, which set it explicitly.
+run: export SERVE_POLL_INTERVAL_S ?= 2
 run: $(SERVE_STAMP)
 	$(BIN)/python -m service --host $(HOST) --port $(PORT)
+
+## train-deps: install what training needs (TensorFlow, tf2onnx; make test installs it too)
+train-deps: $(TRAIN_STAMP)
+
+## docs: build the docs site into site/ with warnings as errors (also part of make test)
+docs: $(DEV_STAMP)
+	$(BIN)/python -m tools.gen_docs --check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+## docs-serve: serve the docs site offline on http://127.0.0.1:8002
+docs-serve: $(DEV_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8002
+
+## docs-gen: regenerate the settings and metrics reference pages from the code
+docs-gen: $(DEV_STAMP)
+	$(BIN)/python -m tools.gen_docs
 
 ## test: lint, type-check and run the whole test suite (installs system packages when root)
 test: $(DEV_STAMP) system-deps
 	$(BIN)/ruff check service training tests bench tools
 	$(BIN)/ruff format --check service training tests bench tools
 	$(BIN)/mypy
+	$(BIN)/python -m tools.gen_docs --check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	DATA_DIR=$(DATA_DIR) $(BIN)/python -m pytest
 
 ## test-deploy: build the images and run the compose stack in Docker (root; starts and stops its own dockerd)
@@ -40,11 +71,13 @@ test-deploy: $(DEV_STAMP)
 	DATA_DIR=$(DATA_DIR) $(BIN)/python -m pytest -m docker tests/deploy
 	@cat test-artifacts/deploy-measurements.json
 
+## lint: ruff check, ruff format --check and mypy (also part of make test)
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check service training tests bench tools
 	$(BIN)/ruff format --check service training tests bench tools
 	$(BIN)/mypy
 
+## format: apply ruff formatting and fixes
 format: $(DEV_STAMP)
 	$(BIN)/ruff format service training tests bench tools
 	$(BIN)/ruff check --fix service training tests bench tools
@@ -53,6 +86,7 @@ format: $(DEV_STAMP)
 protos: $(DEV_STAMP)
 	$(BIN)/python tools/gen_protos.py
 
+## system-deps: install the system programs the tests drive (Prometheus, Chromium, hey, wrk; root)
 system-deps:
 	bash tools/system-deps.sh
 
@@ -61,7 +95,7 @@ DATASET ?= mnist
 PRESET  ?= cnn
 NAME    ?= $(DATASET)-$(PRESET)
 EPOCHS  ?= 3
-train: $(DEV_STAMP)
+train: $(TRAIN_STAMP)
 	$(BIN)/python -m training train --data-dir $(DATA_DIR) --dataset $(DATASET) --preset $(PRESET) \
 		--name $(NAME) --epochs $(EPOCHS) --publish models/
 
@@ -81,6 +115,7 @@ bench-grpc: $(DEV_STAMP) system-deps
 bench-tracing: $(DEV_STAMP) system-deps
 	$(BIN)/python -m bench.tracing $(if $(BASELINE_TREE),--baseline-tree $(BASELINE_TREE))
 
+## bench-soak: fixed-rate load for 10 minutes while the trainer publishes new versions
 bench-soak: $(DEV_STAMP) system-deps
 	$(BIN)/python -m bench.soak
 
@@ -96,9 +131,14 @@ bench-threads: $(DEV_STAMP)
 schema: $(DEV_STAMP)
 	$(BIN)/python -m service.contract > docs/metadata.schema.json
 
+## models: retrain the shipped reference models and ship them with their training artifact (train/model.keras)
+models: $(DEV_STAMP)
+	DATA_DIR=$(DATA_DIR) $(BIN)/python -m bench.reference_models --install
+
 ## bench-models: retrain the shipped reference models into a scratch repository and compare accuracy
 bench-models: $(DEV_STAMP)
 	DATA_DIR=$(DATA_DIR) $(BIN)/python -m bench.reference_models
 
+## clean: remove .venv, caches, bench results and the built docs site
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/results test-artifacts
+	rm -rf site $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/results test-artifacts

@@ -2,7 +2,7 @@
 
 ``python -m bench.batching_sweep`` starts the service once per setting (``mnist-cnn``), loads it with
 ``hey`` at one concurrency with single-image JSON requests, and prints a table. The defaults in
-``service/settings.py`` come from this table (see the README).
+``service/settings.py`` come from this table (docs/benchmarks.md, Batching defaults).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 and body, as the hot path receives them) to each protocol class in-process, over a fake transport, with
 an ASGI app that answers at once, and measures the process CPU time per request (median of ``--rounds``
 alternating rounds). Only the HTTP layer runs, so the difference is the guard's own cost; whole requests
-cost 200-500 us of CPU on the shared machine (README, Performance), which ``bench/http_servers.py``
+cost 200-500 us of CPU on the shared machine (docs/benchmarks.md), which ``bench/http_servers.py``
 cannot resolve to a few microseconds.
 """
 

@@ -1,18 +1,27 @@
 """Retrain the shipped reference models into a scratch repository; compare test accuracy with the bars.
 
-    python -m bench.reference_models [--data-dir DIR] [--scratch DIR] [--only NAME ...]
+    python -m bench.reference_models [--data-dir DIR] [--scratch DIR] [--only NAME ...] [--install]
 
 Each model is trained by the same ``python -m training train ...`` command that produced the shipped
 version under ``models/`` (recorded in its ``metadata.json``), one at a time, in a fresh process; only the
 data directory and the repository differ. Takes about 11 minutes on 2 CPU cores.
+
+``--install`` (``make models``) makes the retrained versions the shipped ones, with their training
+artifact ``train/model.keras`` (what ``training retrain`` fine-tunes): where the retrained ``model.onnx``
+is the shipped one (the same operators and the same weights, bit for bit: training is seeded and
+deterministic on a CPU; tf2onnx may number a constant's name differently from run to run), only
+``train/`` is added, so the shipped files stay as they are; otherwise the whole version is replaced (its
+recorded command names ``models/``) and the new sha256 is printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,6 +88,60 @@ def retrain(reference: Reference, data_dir: str, scratch: Path, log_dir: Path) -
     return newest_metadata(scratch, reference.name)
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def same_model(a: Path, b: Path) -> bool:
+    """Whether two ONNX files compute the same function: the same operators in order and the same
+    weights, bit for bit, whatever their names."""
+    import onnx  # the [train] extra
+
+    def shape(path: Path) -> tuple[list[str], list[tuple[tuple[int, ...], int, bytes]]]:
+        graph = onnx.load(str(path)).graph
+        weights = sorted((tuple(t.dims), t.data_type, t.SerializeToString()) for t in _unnamed(graph))
+        return [node.op_type for node in graph.node], weights
+
+    return shape(a) == shape(b)
+
+
+def _unnamed(graph: Any) -> list[Any]:
+    tensors = []
+    for tensor in graph.initializer:
+        copy = type(tensor)()
+        copy.CopyFrom(tensor)
+        copy.ClearField("name")
+        tensors.append(copy)
+    return tensors
+
+
+def install(name: str, scratch: Path, models: Path) -> str:
+    """Make ``scratch``'s newest version of ``name`` the shipped ``models/<name>/1``, with ``train/``;
+    what was done, in words."""
+    directory = scratch / name
+    newest = max(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    source, target = directory / str(newest), models / name / "1"
+    if not (source / "train" / "model.keras").is_file():
+        raise SystemExit(f"{source} has no train/model.keras")
+    if (target / "model.onnx").is_file() and same_model(source / "model.onnx", target / "model.onnx"):
+        staged = target / ".train.tmp"
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(source / "train", staged)
+        shutil.rmtree(target / "train", ignore_errors=True)
+        staged.rename(target / "train")
+        return "model.onnx the same: train/ added"
+    staged = models / name / ".1.tmp"
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(source, staged)
+    metadata = json.loads((staged / "metadata.json").read_text())
+    metadata["training"]["command"] = metadata["training"]["command"].replace(str(scratch), "models/")
+    (staged / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    if target.exists():
+        shutil.rmtree(target)
+    staged.rename(target)
+    return f"model.onnx differs: version replaced (sha256 {_sha256(target / 'model.onnx')})"
+
+
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
 
@@ -97,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         "guard against its earlier results",
     )
     parser.add_argument("--only", nargs="+", choices=[r.name for r in REFERENCES], help="retrain only these")
+    parser.add_argument(
+        "--install",
+        action="store_true",
+        help="make each retrained version that meets its bar the shipped models/<name>/1, with train/",
+    )
     args = parser.parse_args(argv)
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="reference-models-"))
     logs = scratch / ".logs"  # a dot directory: not a model name, so repository scanners skip it
@@ -117,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "report" if reference.bar is None else "FAIL"
         if accuracy is not None and reference.bar is not None and accuracy >= reference.bar:
             verdict = "ok"
+        if args.install and retrained is not None and verdict != "FAIL":
+            print(f"  {reference.name}: {install(reference.name, scratch, ROOT / 'models')}", flush=True)
         rows.append(
             (
                 reference.name,

@@ -25,8 +25,10 @@ from service.core import InferenceService
 from service.grpc.server import GrpcServer
 from service.http.dispatch import CloseWhileDraining, FastPath
 from service.http.errors import install_error_handlers
+from service.http.explain import router as explain_router
 from service.http.feedback import router as feedback_router
 from service.http.openapi import install_docs, refine
+from service.http.rollout import router as rollout_router
 from service.http.routes import router
 from service.http.tracing import RequestContext
 from service.metrics import Metrics
@@ -100,12 +102,18 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(feedback_router)
+    app.include_router(explain_router)
+    app.include_router(rollout_router)
     refine(app)
     install_docs(app)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/rollout", include_in_schema=False)
+    async def rollout_page() -> FileResponse:  # docs/rollout.md
+        return FileResponse(STATIC / "rollout.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     # add_middleware puts each one outside those added before: FastPath is the innermost layer.

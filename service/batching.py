@@ -35,6 +35,22 @@ the next when it fires), so an expired request is answered at its deadline (to t
 timer per request; a job whose batch has started is always computed and answered. A batcher belongs to
 the event loop that started it.
 
+Two lanes: ``submit(..., background=True)`` queues work that must not delay predictions (the rows of
+an explanation, :mod:`service.explain`). Background jobs wait in a deque of their own and compute only
+when the prediction lane is idle: no prediction queued, computing or being answered. A batch is then
+made of background jobs alone, FIFO, of at most ``max_background_rows`` rows; a batch with predictions
+in it is never filled with background rows, because on a CPU every row adds to the batch's compute
+time, and the predictions in it would wait for them. A batch that is computing is never interrupted, so
+a prediction that arrives meanwhile waits for at most one background batch: keep
+``max_background_rows`` small (a few hundred microseconds of compute). Under a load that never leaves
+the prediction lane idle, background work waits, and its deadline bounds how long.
+
+Background work is admitted only while the whole queue (both lanes) has room, and a prediction only
+looks at the prediction lane's rows, so queued background rows never get a prediction refused;
+``queue_rows`` counts both. Background arrivals do not feed the wait policy and are never held for
+company, and their time in the queue is not reported (``on_dequeue``); their batches are (``on_batch``,
+``on_wait``). Deadlines, cancellation, draining and failures treat both lanes alike.
+
 With a ``tracer`` (:class:`BatchTracing`, given only when tracing is on), each job carries what the tracer
 returned when it was submitted, and the tracer hears when its batch starts and finishes or when it is
 dropped; without one, the batcher's only tracing work is one ``is None`` test per job and per batch.
@@ -75,7 +91,7 @@ class BatchObserver(Protocol):
         """Once per computed batch, successful or failed."""
 
     def on_dequeue(self, queued_seconds: float) -> None:
-        """Once per job taken into a batch: seconds from submit to batch start."""
+        """Once per prediction job taken into a batch: seconds from submit to batch start."""
 
     def on_queue_rows(self, rows: int) -> None:
         """Whenever the number of queued rows changes."""
@@ -101,7 +117,7 @@ class BatchTracing(Protocol):
 
 
 class _Job:
-    __slots__ = ("deadline", "enqueued", "future", "inputs", "queued", "rows", "trace")
+    __slots__ = ("background", "deadline", "enqueued", "future", "inputs", "queued", "rows", "trace")
 
     def __init__(
         self,
@@ -111,12 +127,14 @@ class _Job:
         deadline: float | None,
         now: float,
         trace: Any = None,
+        background: bool = False,
     ) -> None:
         self.inputs = inputs
         self.rows = rows
         self.future = future
         self.deadline = deadline
         self.enqueued = now
+        self.background = background
         self.queued = True  # counted in queue_rows: neither taken into a batch nor dropped
         self.trace = trace  # the tracer's, when tracing is on and the request is traced
 
@@ -137,14 +155,18 @@ class Batcher:
         wait: WaitName = "adaptive",
         clock: Callable[[], float] | None = None,
         tracer: BatchTracing | None = None,
+        max_background_rows: int | None = None,
     ) -> None:
         """``wait`` names the policy for batches that are not full (see the module docstring). ``clock``
         gives the seconds that deadlines, waits and compute times are measured in (default:
-        ``time.monotonic``, and ``time.perf_counter`` for compute). ``tracer``: only when tracing is on."""
+        ``time.monotonic``, and ``time.perf_counter`` for compute). ``tracer``: only when tracing is on.
+        ``max_background_rows`` bounds a batch of background work (default ``max_batch_size``; a larger
+        single job still goes whole)."""
         if max_batch_size < 1 or max_queue_delay_us < 0 or max_queue_rows < 1:
             raise ValueError("need max_batch_size >= 1, max_queue_delay_us >= 0, max_queue_rows >= 1")
         self._run = run
         self._max_batch_size = max_batch_size
+        self._max_background_rows = min(max_background_rows or max_batch_size, max_batch_size)
         self._policy = make_policy(wait, max_queue_delay_us / 1e6)
         self._clock = clock or time.monotonic
         self._stopwatch = clock or time.perf_counter
@@ -157,8 +179,11 @@ class Batcher:
         self._tracer = tracer
         self._name = name
         self._queue: deque[_Job] = deque()
-        self._queue_rows = 0
+        self._queue_rows = 0  # prediction lane
+        self._background: deque[_Job] = deque()
+        self._background_rows = 0
         self._pending = 0
+        self._pending_background = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -170,13 +195,18 @@ class Batcher:
 
     @property
     def queue_rows(self) -> int:
-        """Rows admitted and not yet taken into a batch."""
-        return self._queue_rows
+        """Rows admitted and not yet taken into a batch, in both lanes."""
+        return self._queue_rows + self._background_rows
+
+    @property
+    def background_rows(self) -> int:
+        """Rows of background work admitted and not yet taken into a batch."""
+        return self._background_rows
 
     @property
     def pending(self) -> int:
-        """Requests submitted and not yet answered (queued or computing); 0 means idle."""
-        return self._pending
+        """Requests submitted and not yet answered (queued or computing, both lanes); 0 means idle."""
+        return self._pending + self._pending_background
 
     @property
     def accepting(self) -> bool:
@@ -189,8 +219,11 @@ class Batcher:
             self._loop = asyncio.get_running_loop()
             self._task = self._loop.create_task(self._consume(), name=f"batcher-{self._name}")
 
-    async def submit(self, inputs: Arrays, *, deadline: float | None = None) -> Arrays:
-        """Compute ``inputs`` (all arrays sharing the leading row dimension) in some batch.
+    async def submit(
+        self, inputs: Arrays, *, deadline: float | None = None, background: bool = False
+    ) -> Arrays:
+        """Compute ``inputs`` (all arrays sharing the leading row dimension) in some batch; ``background``
+        work goes in the lane that only fills what predictions leave (see the module docstring).
 
         Raises :class:`Unavailable` when not accepting, :class:`Overloaded` when the queue is full,
         :class:`DeadlineExceeded` when ``deadline`` (``time.monotonic()`` seconds) passes before the
@@ -206,32 +239,41 @@ class Batcher:
         now = self._clock()
         if deadline is not None and deadline <= now:
             raise DeadlineExceeded(_EXPIRED)
-        if self._queue_rows + rows > self._max_queue_rows:
+        queued = self._queue_rows + (self._background_rows if background else 0)
+        if queued + rows > self._max_queue_rows:
             raise Overloaded(
-                f"model '{self._name}' queue is full ({self._queue_rows} rows queued, "
-                f"limit {self._max_queue_rows})",
+                f"model '{self._name}' queue is full ({queued} rows queued, limit {self._max_queue_rows})",
                 retry_after_s=1,
             )
-        self._policy.arrived(now, self._pending)
+        if not background:
+            self._policy.arrived(now, self._pending)
         size = self._max_batch_size
         tracer = self._tracer
         if rows <= size:
             trace = None if tracer is None else tracer.submitted(rows)
-            jobs = [_Job(inputs, rows, loop.create_future(), deadline, now, trace)]
+            jobs = [_Job(inputs, rows, loop.create_future(), deadline, now, trace, background)]
         else:  # each chunk is its own job; views, not copies
             chunks = [{k: v[i : i + size] for k, v in inputs.items()} for i in range(0, rows, size)]
             jobs = []
             for i, c in enumerate(chunks):
                 part = min(size, rows - i * size)
                 trace = None if tracer is None else tracer.submitted(part)
-                jobs.append(_Job(c, part, loop.create_future(), deadline, now, trace))
-        before = self._queue_rows
-        self._queue.extend(jobs)
-        self._queue_rows += rows
+                jobs.append(_Job(c, part, loop.create_future(), deadline, now, trace, background))
+        before = self._background_rows + self._queue_rows if background else self._queue_rows
+        if background:
+            self._background.extend(jobs)
+            self._background_rows += rows
+            self._pending_background += 1
+        else:
+            self._queue.extend(jobs)
+            self._queue_rows += rows
+            self._pending += 1
         self._notify_queue_rows()
-        if before == 0 or self._queue_rows >= size or self._holding:
-            self._wakeup.set()  # otherwise the consumer is computing: it looks at the queue afterwards
-        self._pending += 1
+        # A first prediction wakes the consumer even when background work is queued: it may be waiting
+        # for the prediction lane to go idle. Otherwise the consumer is computing, or holding a batch
+        # open, and looks at the queue afterwards.
+        if before == 0 or self._queue_rows >= size or (self._holding and not background):
+            self._wakeup.set()
         if deadline is not None and deadline < self._expires_at:
             self._arm_expiry(loop, deadline)
         try:
@@ -244,7 +286,12 @@ class Batcher:
                 self._drop(job, None)
             raise
         finally:
-            self._pending -= 1
+            if background:
+                self._pending_background -= 1
+            else:
+                self._pending -= 1
+                if self._pending == 0 and self._background_rows:
+                    self._wakeup.set()  # the prediction lane is idle: background work may go
 
     async def stop(self, *, drain: bool = True, timeout: float | None = None) -> None:
         """Stop admitting now; compute what is queued (``drain``) or fail it with :class:`Unavailable`.
@@ -275,8 +322,7 @@ class Batcher:
     def _drop(self, job: _Job, error: Exception | None) -> None:
         """Answer ``job`` with ``error`` (cancel it when None) and release its rows if still queued."""
         if job.queued:
-            job.queued = False
-            self._queue_rows -= job.rows
+            self._unqueue(job)
             self._notify_queue_rows()
             if job.trace is not None and self._tracer is not None:
                 self._tracer.dropped(job.trace, error)
@@ -285,6 +331,13 @@ class Batcher:
                 job.future.cancel()
             else:
                 job.future.set_exception(error)
+
+    def _unqueue(self, job: _Job) -> None:
+        job.queued = False
+        if job.background:
+            self._background_rows -= job.rows
+        else:
+            self._queue_rows -= job.rows
 
     def _arm_expiry(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._expiry is not None:
@@ -296,7 +349,7 @@ class Batcher:
         """The expiry timer: answer every queued job past its deadline, then re-arm for the next one."""
         self._expiry, self._expires_at = None, math.inf
         now, upcoming = self._clock(), math.inf
-        for job in self._queue:
+        for job in itertools.chain(self._queue, self._background):
             if job.queued and job.deadline is not None:
                 if job.deadline <= now:
                     self._drop(job, DeadlineExceeded(_EXPIRED))
@@ -306,24 +359,27 @@ class Batcher:
             self._arm_expiry(asyncio.get_running_loop(), upcoming)
 
     def _fail_queued(self) -> None:
-        while self._queue:
-            self._drop(self._queue.popleft(), Unavailable(_SHUTTING_DOWN))
+        for queue in (self._queue, self._background):
+            while queue:
+                self._drop(queue.popleft(), Unavailable(_SHUTTING_DOWN))
 
     async def _consume(self) -> None:
         loop = asyncio.get_running_loop()
-        queue, wakeup = self._queue, self._wakeup
+        queue, background, wakeup = self._queue, self._background, self._wakeup
         held_since: float | None = None  # when the consumer began holding the next batch open
         while True:
             while queue and not queue[0].queued:
                 queue.popleft()  # tombstones of dropped jobs
-            if not queue:
+            while background and not background[0].queued:
+                background.popleft()
+            if not queue and (not background or (self._pending and not self._closing)):
                 if self._closing:
                     return
                 held_since = None
-                wakeup.clear()
+                wakeup.clear()  # a prediction arriving, or the last one answered, sets it
                 await wakeup.wait()
                 continue
-            if not self._closing and self._queue_rows < self._max_batch_size:
+            if queue and not self._closing and self._queue_rows < self._max_batch_size:
                 now = self._clock()
                 if await self._hold(loop, now):
                     held_since = now if held_since is None else held_since
@@ -363,30 +419,36 @@ class Batcher:
         return True
 
     def _take(self) -> list[_Job]:
-        """Pop whole jobs, FIFO, up to ``max_batch_size`` rows; drop the expired and abandoned."""
-        queue, batch, rows, now = self._queue, list[_Job](), 0, self._clock()
-        while queue:
-            job = queue[0]
-            if job.queued and not job.future.done() and (job.deadline is None or job.deadline > now):
-                if batch and rows + job.rows > self._max_batch_size:
-                    break
-                job.queued = False
-                batch.append(job)
-                rows += job.rows
-                self._queue_rows -= job.rows
-            elif job.queued:  # timer or cancellation callback not run yet
-                job.queued = False
-                self._queue_rows -= job.rows
-                expired = not job.future.done()
-                if job.trace is not None and self._tracer is not None:
-                    self._tracer.dropped(job.trace, DeadlineExceeded(_EXPIRED) if expired else None)
-                if expired:
-                    job.future.set_exception(DeadlineExceeded(_EXPIRED))
-            queue.popleft()
+        """Pop whole jobs, FIFO: up to ``max_batch_size`` rows of predictions, or when there are none,
+        up to ``max_background_rows`` of background work; drop the expired and abandoned."""
+        batch, rows, now = list[_Job](), 0, self._clock()
+        for queue, limit in (
+            (self._queue, self._max_batch_size),
+            (self._background, self._max_background_rows),
+        ):
+            if batch:
+                break
+            while queue:
+                job = queue[0]
+                if job.queued and not job.future.done() and (job.deadline is None or job.deadline > now):
+                    if batch and rows + job.rows > limit:
+                        break
+                    self._unqueue(job)
+                    batch.append(job)
+                    rows += job.rows
+                elif job.queued:  # timer or cancellation callback not run yet
+                    self._unqueue(job)
+                    expired = not job.future.done()
+                    if job.trace is not None and self._tracer is not None:
+                        self._tracer.dropped(job.trace, DeadlineExceeded(_EXPIRED) if expired else None)
+                    if expired:
+                        job.future.set_exception(DeadlineExceeded(_EXPIRED))
+                queue.popleft()
         self._notify_queue_rows()
         if self._observer is not None:
             for job in batch:
-                self._observe(self._observer.on_dequeue, now - job.enqueued)
+                if not job.background:  # its wait for an idle lane says nothing about predictions'
+                    self._observe(self._observer.on_dequeue, now - job.enqueued)
         return batch
 
     @staticmethod
@@ -447,7 +509,7 @@ class Batcher:
 
     def _notify_queue_rows(self) -> None:
         if self._observer is not None:
-            self._observe(self._observer.on_queue_rows, self._queue_rows)
+            self._observe(self._observer.on_queue_rows, self.queue_rows)
 
     @staticmethod
     def _observe(method: Callable[..., None], *args: float) -> None:

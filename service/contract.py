@@ -38,6 +38,9 @@ REPORT_DIR = "report"
 KERAS_FILE = "train/model.keras"
 #: The files a version directory needs before it counts as complete.
 VERSION_FILES = (MODEL_FILE, METADATA_FILE)
+#: Present in a version directory published as a candidate: loaded, never the answer to an unversioned
+#: request until a rollout promotes it (docs/rollout.md).
+CANDIDATE_FILE = "candidate"
 #: The ``platform`` of every version: what serves it.
 PLATFORM = "onnxruntime_onnx"
 
@@ -160,6 +163,12 @@ class Metadata(BaseModel):
     labels: tuple[str, ...] = Field(description="Class names, by index of the first output's classes.")
     preprocessing: Preprocessing = Field(description="How an image becomes the first input's tensor.")
     sha256: str = Field(description="sha256 of model.onnx, 64 lowercase hex digits.")
+    files: dict[str, str] | None = Field(
+        None,
+        description="sha256 of every file of the version but metadata.json, by path inside the version "
+        "(model.onnx, report/..., train/model.keras); a reader of object storage checks each file it "
+        "downloads against it.",
+    )
     opset: int | None = Field(None, strict=True, ge=1, description="ONNX default-domain opset.")
     dataset: str | None = Field(None, description="Data set the model was trained on.")
     metrics: Evaluation | None = Field(None, description="Test-set evaluation.")
@@ -203,6 +212,23 @@ class Metadata(BaseModel):
             raise ValueError("'sha256' must be 64 hex digits")
         return value.lower()
 
+    @field_validator("files", mode="before")
+    @classmethod
+    def _files(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str)
+            and k
+            and not k.startswith("/")
+            and ".." not in k.split("/")
+            and isinstance(v, str)
+            and re.fullmatch(r"[0-9a-f]{64}", v)
+            for k, v in value.items()
+        ):
+            raise ValueError("'files' must map relative paths to 64 lowercase hex digits")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Metadata:
         for kind, tensors in (("inputs", self.inputs), ("outputs", self.outputs)):
@@ -212,6 +238,8 @@ class Metadata(BaseModel):
         classes = first.shape[1] if len(first.shape) == 2 and first.shape[1] > 0 else None
         if self.labels and classes is not None and len(self.labels) != classes:
             raise ValueError(f"{len(self.labels)} labels for {classes} classes in output '{first.name}'")
+        if self.files is not None and self.files.get(MODEL_FILE, self.sha256) != self.sha256:
+            raise ValueError(f"'files' records another sha256 for {MODEL_FILE} than 'sha256'")
         image, pre = self.inputs[0], self.preprocessing
         if image.shape[1:] != (pre.height, pre.width, pre.channels) or len(image.shape) != 4:
             raise ValueError(

@@ -10,6 +10,7 @@ the tree reads as the HTTP API documents it::
     ├── Unauthorized                unauthenticated     401  admin or feedback call without a bearer token
     ├── Forbidden                   permission_denied   403  wrong token, or admin disabled
     ├── NotFound                    not_found           404  unknown model or version
+    ├── Conflict                    failed_precondition 409  the state does not allow it (a rollout runs)
     ├── PayloadTooLarge             too_large           413  body, decompressed body, image or rows too large
     ├── UnsupportedMedia            unsupported_media   415  content encoding or image type not handled
     ├── InferenceFailed             internal            500  the runtime raised; message stays generic
@@ -49,6 +50,7 @@ class ErrorKind(StrEnum):
     OVERLOADED = "overloaded"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     RESOURCE_EXHAUSTED = "resource_exhausted"
+    FAILED_PRECONDITION = "failed_precondition"
 
 
 class ServiceError(Exception):
@@ -102,6 +104,13 @@ class NotFound(ServiceError):
 
     kind = ErrorKind.NOT_FOUND
     status = HTTPStatus.NOT_FOUND
+
+
+class Conflict(ServiceError):
+    """The resource's state does not allow the request (a second rollout while one runs)."""
+
+    kind = ErrorKind.FAILED_PRECONDITION
+    status = HTTPStatus.CONFLICT
 
 
 class PayloadTooLarge(ServiceError):

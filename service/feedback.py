@@ -213,9 +213,18 @@ class FeedbackStore:
             return state.usage if state is not None else Usage()
 
     def store(
-        self, model: str, label: str, data: bytes, ext: str, *, served_version: int, predicted: str
+        self,
+        model: str,
+        label: str,
+        data: bytes,
+        ext: str,
+        *,
+        served_version: int,
+        predicted: str,
+        rollout: dict[str, Any] | None = None,
     ) -> FeedbackItem:
         """Keep ``data`` as an example of ``label`` for ``model``; returns the logged record once durable.
+        ``rollout`` is the lineage of an item that arrived during a rollout (stage, both predictions).
 
         Raises :class:`QuotaFull` (507) when the item would exceed a quota, :class:`InsufficientStorage`
         (507) when the disk is full, and a plain :class:`ServiceError` (500) for other storage failures;
@@ -234,7 +243,7 @@ class FeedbackStore:
                 state.remove_partials()
                 self._check_quota(model, state.usage, len(data))
                 try:
-                    item = self._write(model, label, data, ext, served_version, predicted)
+                    item = self._write(model, label, data, ext, served_version, predicted, rollout)
                     try:
                         state.append(item)
                     except OSError:
@@ -282,7 +291,14 @@ class FeedbackStore:
             )
 
     def _write(
-        self, model: str, label: str, data: bytes, ext: str, served_version: int, predicted: str
+        self,
+        model: str,
+        label: str,
+        data: bytes,
+        ext: str,
+        served_version: int,
+        predicted: str,
+        rollout: dict[str, Any] | None = None,
     ) -> FeedbackItem:
         item_id = new_id()
         directory = self.root / model / label_dir_name(label)
@@ -310,4 +326,5 @@ class FeedbackStore:
             file=final.relative_to(self.root).as_posix(),
             bytes=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
+            rollout=rollout,
         )

@@ -45,9 +45,15 @@ class FeedbackItem:
     file: str
     bytes: int
     sha256: str
+    #: Lineage of an item that arrived during a rollout (docs/rollout.md): the rollout's id and stage,
+    #: champion and candidate versions, and what each answered. Absent otherwise.
+    rollout: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["rollout"] is None:
+            del data["rollout"]
+        return data
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,8 @@ class LogRead:
     torn: bool
 
 
-_FIELDS = tuple(FeedbackItem.__dataclass_fields__)
+_OPTIONAL = ("rollout",)
+_FIELDS = tuple(f for f in FeedbackItem.__dataclass_fields__ if f not in _OPTIONAL)
 
 
 def new_id() -> str:
@@ -117,7 +124,10 @@ def _parse(line: bytes) -> FeedbackItem:
     record = orjson.loads(line)
     if not isinstance(record, dict):
         raise ValueError("not a JSON object")
-    item = FeedbackItem(**{key: record[key] for key in _FIELDS})  # KeyError for a missing field
+    item = FeedbackItem(
+        **{key: record[key] for key in _FIELDS},  # KeyError for a missing field
+        **{key: record[key] for key in _OPTIONAL if record.get(key) is not None},
+    )
     if not isinstance(item.id, str) or not isinstance(item.bytes, int) or not isinstance(item.file, str):
         raise ValueError("bad field types")
     return item

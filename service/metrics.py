@@ -15,6 +15,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
+from service.rollout import STATE_CODES
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # From "not held at all" through the default max_queue_delay_us (500 us) to far beyond it.
@@ -42,6 +44,8 @@ CONNECTION_REASONS = (
     "evicted",  # the longest-idle connection, closed to admit a new one at max_connections
     "over_capacity",  # a new connection at max_connections with none idle (503)
 )
+#: The ``result`` of ``explanations_total``: the request statuses, and ``cancelled`` (the client left).
+EXPLAIN_RESULTS = (*STATUSES, "cancelled")
 #: The ``protocol`` label of the request metrics: HTTP's series exist from the start, gRPC's from its
 #: first call (so an HTTP-only process exports exactly what it did before the label).
 PROTOCOLS = ("http", "grpc")
@@ -108,6 +112,16 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
             registry=registry,
         )
+        self.repository_up = Gauge(
+            "model_repository_up",
+            "1 while the model repository answered its last scan, 0 after a failure (docs/cluster.md).",
+            registry=registry,
+        )
+        self.repository_errors = Counter(
+            "model_repository_errors",
+            "Scans and downloads of the model repository that failed (unreachable, denied).",
+            registry=registry,
+        )
 
         self.feedback = Counter(
             "feedback_items_total",
@@ -121,6 +135,18 @@ class Metrics:
         self.feedback_stored_bytes = Gauge(
             "feedback_stored_bytes", "Bytes of feedback images per model.", ["model"], registry=registry
         )
+        self.explanations = Counter(
+            "explanations_total",
+            "Explanations (POST .../explain) by model, method and result.",
+            ["model", "method", "result"],
+            registry=registry,
+        )
+        self.explanation_rows = Counter(
+            "explanation_rows_total",
+            "Perturbed rows that explanations ran through the batchers (also in inference_rows_total).",
+            ["model", "method"],
+            registry=registry,
+        )
 
         self.connections_closed = Counter(
             "http_connections_closed_total",
@@ -130,6 +156,65 @@ class Metrics:
         )
         for reason in CONNECTION_REASONS:
             self.connections_closed.labels(reason)
+
+        self.rollout_state = Gauge(
+            "rollout_state",
+            "Rollout state per model: 0 idle, 1 shadow, 2 canary, 3 paused, 4 promoted, 5 rolled back.",
+            ["model"],
+            registry=registry,
+        )
+        self.rollout_weight = Gauge(
+            "rollout_weight",
+            "The candidate's share of unversioned requests, 0..1.",
+            ["model"],
+            registry=registry,
+        )
+        self.rollout_decisions = Counter(
+            "rollout_decisions_total",
+            "Rollout decisions: start, advance, promote, rollback, pause, resume.",
+            ["model", "decision"],
+            registry=registry,
+        )
+        self.rollout_paired = Counter(
+            "rollout_paired_feedback_total",
+            "Labelled feedback items scored by both versions of a rollout, per version and result.",
+            ["model", "version", "result"],
+            registry=registry,
+        )
+        self.rollout_shadow = Counter(
+            "rollout_shadow_total",
+            "Shadow computations on a candidate: agree, disagree (top label), error, skipped.",
+            ["model", "result"],
+            registry=registry,
+        )
+
+        self.rollout_evidence = Counter(
+            "rollout_evidence",
+            "A rollout's evidence gathered by this process, by kind (docs/rollout.md): "
+            "{champion,candidate}_{requests,errors,labelled,correct}, champion_only, candidate_only, "
+            "shadow_{compared,agreed,errors,skipped}.",
+            ["model", "rollout", "kind"],
+            registry=registry,
+        )
+        self.rollout_latency = Histogram(
+            "rollout_latency_seconds",
+            "Latency of each version's requests during a rollout (role: champion, candidate).",
+            ["model", "rollout", "role"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    def observe_explanation(self, model: str, method: str, result: str, rows: int) -> None:
+        """Count one explanation: ``result`` in :data:`EXPLAIN_RESULTS`, ``rows`` perturbed rows computed."""
+        if result not in EXPLAIN_RESULTS:
+            raise ValueError(f"unknown explanation result {result!r}")
+        self.explanations.labels(model, method, result).inc()
+        if rows:
+            self.explanation_rows.labels(model, method).inc(rows)
+
+    def set_rollout(self, model: str, state: str, weight: float) -> None:
+        self.rollout_state.labels(model).set(STATE_CODES[state])
+        self.rollout_weight.labels(model).set(weight)
 
     def observe_feedback(self, model: str, label: str | None, result: str) -> None:
         """Count one feedback request. ``label`` is ``None`` unless it is one of the model's labels, so

@@ -6,15 +6,24 @@ executor of that many workers, and each version's session gets ``budget // model
 (at least 1), so at most ``budget`` threads compute at once however many models are busy (measured
 with ``python -m bench.threads``; see ``docs/architecture.md``). Loading (hash check, session creation,
 signature check, warm-up) runs in a worker thread; a version is visible to requests only once it
-has passed every step. A new version is loaded beside the old one and swapped in with one dict
-assignment, so a request sees either the old or the new version, never a half-loaded one; the old
-version finishes what it has queued and is stopped once idle.
+has passed every step. The repository is a :class:`service.store.ModelStore` (a directory, or an
+``s3://`` bucket whose versions are downloaded into a local cache first; ``docs/cluster.md``); when it
+cannot be read, what is loaded keeps serving. A new version is loaded beside the old one and swapped
+in with one dict assignment, so a request sees either the old or the new version, never a half-loaded
+one; the old version finishes what it has queued and is stopped once idle.
+
+Which loaded version answers unversioned requests (the *champion*) follows the model's rollout record
+(:mod:`service.rollout`, ``docs/rollout.md``), kept in the same store beside the model
+(:mod:`service.rolloutstore`) and read again at every scan: the newest version that is not rejected,
+not the running rollout's candidate, and not marked as a candidate unless promoted. Candidates, and a
+promoted champion's predecessor during its grace period, stay loaded whatever the version policy says.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -25,12 +34,14 @@ from typing import NamedTuple
 from opentelemetry.trace import Status, StatusCode
 
 from service.batching import Batcher
-from service.contract import METADATA_FILE, MODEL_FILE, valid_model_name, version_dir
-from service.errors import NotFound, Unavailable, echo
+from service.contract import CANDIDATE_FILE, valid_model_name
+from service.errors import NotFound, ServiceError, Unavailable, echo
 from service.metrics import Metrics, ModelMetrics
-from service.repository import incomplete_versions, scan_repository
+from service.rollout import RolloutRecord, eligible_champions
+from service.rolloutstore import RecordError, read_record, remove_record, write_record
 from service.runtime import ModelLoadError, ModelRuntime, load_model
 from service.settings import Settings
+from service.store import ModelStore, StoreError, VersionCorrupt, open_store
 from service.tracing import Tracing
 
 log = logging.getLogger(__name__)
@@ -53,6 +64,23 @@ class ServedVersion:
     batcher: Batcher
     metrics: ModelMetrics
     loaded_at: float = field(default_factory=time.time)
+    #: Requests that resolved this version and have not submitted yet (:class:`service.core.call.ModelCall`
+    #: counts them): a retired version stops admitting only once they have, so a request that chose it
+    #: just before a swap (its body still arriving) is computed, not refused.
+    calls: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    def enter(self) -> None:
+        self.calls += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.calls -= 1
+        if self.calls == 0:
+            self.idle.set()
 
     @property
     def name(self) -> str:
@@ -84,15 +112,31 @@ class ModelRegistry:
         self.tracing = tracing
         self.metrics = metrics
         self.providers = providers
-        self.root = Path(settings.model_repository)
+        self.store: ModelStore = open_store(
+            settings.model_repository,
+            cache_dir=settings.model_cache_dir,
+            cache_bytes=settings.model_cache_bytes,
+        )
+        self.root = self.store.url
+        # The message of the store's last failure; None while it answers (reported once per outage).
+        self._store_problem: str | None = None
+        # Per model, the last failure to read its rollout record (reported once per outage).
+        self._record_problem: dict[str, str] = {}
         self._served: dict[str, dict[int, ServedVersion]] = {}
         self._expected: set[str] = set()
         self._configured = 0  # models configured at start (SERVE_MODELS, or every one found)
-        # (name, version) -> mtime of the failed attempt, so the watcher retries only changed versions.
-        self._failed: dict[tuple[str, int], float] = {}
+        # (name, version) -> stamp of the failed attempt, so the watcher retries only changed versions.
+        self._failed: dict[tuple[str, int], str] = {}
         # (name, version) -> missing files already reported for an incomplete version directory.
         self._incomplete: dict[tuple[str, int], tuple[str, ...]] = {}
         self._unloaded: set[str] = set()
+        # Per model: its rollout record, the champion's version, the versions on disk.
+        self._records: dict[str, RolloutRecord] = {}
+        # Per model, its rollout record as last read from or written to the store.
+        self._stored: dict[str, RolloutRecord] = {}
+        self._champion: dict[str, int] = {}
+        self._available: dict[str, list[int]] = {}
+        self._marked: dict[str, set[int]] = {}
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self.loaded = False  # the initial load has finished (successfully or not)
@@ -142,21 +186,94 @@ class ModelRegistry:
                 raise Unavailable(f"model {echo(name)} is not ready")
             raise NotFound(f"unknown model {echo(name)}")
         if version is None:
-            return served[max(served)]
+            champion = self._champion.get(name)
+            if champion is None or champion not in served:
+                raise Unavailable(f"model {echo(name)} has no champion version loaded (only candidates)")
+            return served[champion]
         try:
             return served[version]
         except KeyError:
             raise NotFound(f"model {echo(name)} has no served version {version}") from None
 
+    def served(self, name: str, version: int) -> ServedVersion | None:
+        """The loaded version, or None."""
+        return self._served.get(name, {}).get(version)
+
+    def available(self, name: str) -> list[int]:
+        """The model's complete versions on disk at the last scan."""
+        return self._available.get(name, [])
+
+    def record(self, name: str) -> RolloutRecord | None:
+        """The model's rollout record as last read or written."""
+        return self._records.get(name)
+
+    async def fetch_record(self, name: str) -> RolloutRecord | None:
+        """The model's rollout record as the store holds it now (None when it has none, or it is damaged:
+        logged). While the store cannot be read, the record last read: every replica keeps following the
+        plan it knows until the store answers again."""
+        try:
+            data = await asyncio.to_thread(read_record, self.store, name)
+            record = None if data is None else RolloutRecord.model_validate(data)
+        except (RecordError, ValueError) as exc:
+            log.error("rollout record of %s ignored: %s", name, exc)
+            return None
+        except StoreError as exc:
+            if self._record_problem.get(name) != str(exc):
+                log.error("rollout record of %s cannot be read (%s); following the one read last", name, exc)
+            self._record_problem[name] = str(exc)
+            return self._stored.get(name)
+        if self._record_problem.pop(name, None) is not None:
+            log.info("rollout record of %s read again", name)
+        self._remember(name, record)
+        return record
+
+    def _remember(self, name: str, record: RolloutRecord | None) -> None:
+        if record is None:
+            self._stored.pop(name, None)
+        else:
+            self._stored[name] = record
+
+    def cache_record(self, name: str, record: RolloutRecord) -> None:
+        """Answer with ``record`` from now on (the caller stores it with :meth:`apply_record` next)."""
+        self._records[name] = record
+        self._choose_champion(name)
+
+    async def apply_record(self, name: str, record: RolloutRecord | None, *, remove: bool = False) -> None:
+        """Store ``record`` (or remove the model's record) and bring the served versions in line."""
+        try:
+            if remove or record is None:
+                await asyncio.to_thread(remove_record, self.store, name)
+            else:
+                await asyncio.to_thread(write_record, self.store, name, record.model_dump(mode="json"))
+        except (OSError, StoreError) as exc:
+            # Back to the record the store held last (read again at the sync below, when it answers).
+            stored = self._stored.get(name)
+            if stored is None:
+                self._records.pop(name, None)
+            else:
+                self._records[name] = stored
+            self._choose_champion(name)
+            await self.sync([name])
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ServiceError(
+                f"cannot write the rollout record of '{name}' ({why}): the repository is read-only for "
+                "this process or unreachable; the rollout controller or the trainer writes it "
+                "(docs/rollout.md)"
+            ) from exc
+        self._remember(name, None if remove else record)
+        await self.sync([name])
+
     def index(self) -> list[IndexRow]:
         """Repository index rows: every version found on disk, with its state."""
-        found = scan_repository(self.root, self.settings.models)
+        found = self.store.known(self.settings.models)
         rows = []
         for name in sorted(set(found) | set(self._served)):
             served = self._served.get(name, {})
             for version in sorted(set(found.get(name, [])) | set(served)):
                 if version in served:
                     state, reason = "READY", ""
+                elif (record := self._records.get(name)) is not None and version in record.rejected:
+                    state, reason = "UNAVAILABLE", "rolled back"
                 elif (name, version) in self._failed:
                     state, reason = "UNAVAILABLE", "failed to load (see server log)"
                 else:
@@ -172,9 +289,12 @@ class ModelRegistry:
 
     async def start(self) -> None:
         """Initial load: every selected version of every configured model."""
-        found = scan_repository(self.root, self.settings.models)
-        if not self.root.is_dir():
-            log.error("model repository %s does not exist", self.root)
+        try:
+            await asyncio.to_thread(self.store.check)
+            found = await self._scan(self.settings.models)
+        except StoreError as exc:
+            log.error("model repository cannot be used: %s", exc)
+            found = {}
         self._expected = set(self.settings.models or found)
         self._configured = len(self._expected)
         for name in sorted(self._expected - set(found)):
@@ -187,7 +307,10 @@ class ModelRegistry:
     async def sync(self, names: Iterable[str] | None = None) -> None:
         """Bring the served versions in line with the repository and the version policy."""
         async with self._lock:
-            found = scan_repository(self.root, self.settings.models)
+            try:
+                found = await self._scan(self.settings.models)
+            except StoreError:
+                return  # reported by _scan; what serves keeps serving
             targets = sorted(set(names) if names is not None else set(found) | set(self._served))
             for name in targets:
                 if name in self._unloaded and names is None:
@@ -198,7 +321,13 @@ class ModelRegistry:
         """Admin load: (re)load a model per the version policy; NotFound if it has no versions on disk."""
         if not valid_model_name(name):
             raise NotFound(f"unknown model {echo(name)}")
-        if not scan_repository(self.root, [name]).get(name):
+        try:
+            found = await self._scan([name])
+        except StoreError as exc:
+            raise Unavailable(
+                f"cannot load {echo(name)}: the model repository is unavailable ({exc})"
+            ) from None
+        if not found.get(name):
             raise NotFound(f"model {echo(name)} has no complete version in the repository")
         self._unloaded.discard(name)
         self._expected.add(name)
@@ -224,8 +353,44 @@ class ModelRegistry:
                     self._retire(name, version)
             self._served.pop(name, None)
 
+    async def _scan(self, names: Iterable[str] | None) -> dict[str, list[int]]:
+        """The store's committed versions; a failure is logged once per outage and counted."""
+        try:
+            found = await asyncio.to_thread(self.store.scan, None if names is None else sorted(names))
+        except StoreError as exc:
+            self.metrics.repository_up.set(0)
+            self.metrics.repository_errors.inc()
+            if str(exc) != self._store_problem:
+                log.error("model repository failed: %s; serving what is loaded", exc)
+            self._store_problem = str(exc)
+            raise
+        self.metrics.repository_up.set(1)
+        if self._store_problem is not None:
+            log.info("model repository %s answers again", self.root)
+            self._store_problem = None
+        return found
+
     async def _sync_model(self, name: str, available: list[int]) -> None:
-        wanted = set(self.settings.policy.select(available))
+        record = await self.fetch_record(name)
+        if record is None:
+            self._records.pop(name, None)
+        else:
+            self._records[name] = record
+        self._available[name] = available
+        marked = {v for v in available if self.store.has_file(name, v, CANDIDATE_FILE)}
+        self._marked[name] = marked
+        eligible = eligible_champions(available, marked, record)
+        wanted = set(self.settings.policy.select(eligible))
+        rejected = set(record.rejected) if record is not None else set()
+        # Candidates waiting for a rollout, the rollout's candidate, a promoted champion's predecessor.
+        newest = max(eligible, default=0)
+        promoted = set(record.promoted) if record is not None else set()
+        wanted |= {v for v in marked - rejected - promoted if v > newest}
+        if record is not None and record.active and record.candidate in available:
+            wanted.add(record.candidate)
+        grace = record.grace_until if record is not None else None
+        if record is not None and record.previous in available and grace is not None and time.time() < grace:
+            wanted.add(record.previous)
         served = self._served.setdefault(name, {})
         for version in sorted(wanted - set(served)):
             loaded = await self._load_version(name, version)
@@ -235,35 +400,41 @@ class ModelRegistry:
         # Retire what the policy no longer selects, but only when something newer is serving,
         # so a broken new version never takes the model down.
         for version in sorted(set(served) - wanted):
-            if any(v > version for v in served if v in wanted) or version not in available:
+            newer = any(v > version for v in served if v in wanted)
+            if newer or version not in available or version in rejected:
                 self._retire(name, version)
+        self._choose_champion(name)
         if not served:
             del self._served[name]
 
     async def _load_version(self, name: str, version: int) -> ServedVersion | None:
-        path = version_dir(self.root, name, version)
-        stamp = _mtime(path)
+        stamp = self.store.stamp(name, version)
         if self._failed.get((name, version)) == stamp:
             return None
         if self.tracing is None:
-            return await self._load_served(name, version, path, stamp)
+            return await self._load_served(name, version, stamp)
         attributes = {"inference.model.name": name, "inference.model.version": version}
         with self.tracing.lifecycle("model.load", attributes) as span:
-            served = await self._load_served(name, version, path, stamp)
+            served = await self._load_served(name, version, stamp)
             if served is None:
                 span.set_status(Status(StatusCode.ERROR, "refused (see the server log)"))
             else:
                 span.set_attribute("inference.provider", served.runtime.provider)
             return served
 
-    async def _load_served(self, name: str, version: int, path: Path, stamp: float) -> ServedVersion | None:
+    async def _load_served(self, name: str, version: int, stamp: str) -> ServedVersion | None:
         started = time.perf_counter()
         try:
+            path = await asyncio.to_thread(self.store.local_version, name, version)
             runtime = await asyncio.to_thread(self._load_and_warm, path, self.session_threads())
-        except ModelLoadError as exc:
+        except (ModelLoadError, VersionCorrupt) as exc:
             self._failed[(name, version)] = stamp
             self.metrics.load_total.labels(name, "error").inc()
-            log.error("refused model version %s: %s", path, exc)
+            log.error("refused model version %s/%s/%d: %s", self.root, name, version, exc)
+            return None
+        except StoreError as exc:  # unreachable, or access refused: not a verdict on the version
+            self.metrics.repository_errors.inc()
+            log.error("cannot fetch %s version %d now (tried again at the next scan): %s", name, version, exc)
             return None
         self._failed.pop((name, version), None)
         self.metrics.load_total.labels(name, "ok").inc()
@@ -281,6 +452,7 @@ class ModelRegistry:
             tracer=None
             if self.tracing is None
             else self.tracing.batches(name, version, runtime.provider, self.settings.max_batch_size),
+            max_background_rows=self.settings.explain_job_rows,
         )
         batcher.start()
         model_metrics.set_served(runtime.provider)
@@ -293,17 +465,31 @@ class ModelRegistry:
         )
         return ServedVersion(runtime, batcher, model_metrics)
 
+    def _choose_champion(self, name: str) -> None:
+        """The newest loaded version the record lets answer unversioned requests (none: Unavailable)."""
+        served = self._served.get(name, {})
+        eligible = eligible_champions(
+            self._available.get(name, []), self._marked.get(name, set()), self._records.get(name)
+        )
+        champions = [v for v in eligible if v in served]
+        if champions:
+            self._champion[name] = max(champions)
+        else:
+            self._champion.pop(name, None)
+
     def _report_incomplete(self, name: str, newest_served: int) -> None:
         """Log and count (once per state) version directories newer than what serves that lack a file."""
-        for version, missing in sorted(incomplete_versions(self.root, name).items()):
+        for version, missing in sorted(self.store.incomplete(name).items()):
             key = (name, version)
             if version <= newest_served or self._incomplete.get(key) == tuple(missing):
                 continue
             self._incomplete[key] = tuple(missing)
             self.metrics.load_total.labels(name, "error").inc()
             log.error(
-                "refused model version %s: incomplete (missing %s)",
-                version_dir(self.root, name, version),
+                "refused model version %s/%s/%d: incomplete (missing %s)",
+                self.root,
+                name,
+                version,
                 ", ".join(missing),
             )
 
@@ -342,9 +528,16 @@ class ModelRegistry:
         if old is None:
             return
         log.info("retiring %s version %d once its queued requests finish", name, version)
-        task = asyncio.get_running_loop().create_task(self._stop_version(old))
+        task = asyncio.get_running_loop().create_task(self._stop_when_idle(old))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+
+    async def _stop_when_idle(self, old: ServedVersion) -> None:
+        """Stop a retired version once the requests that chose it before the swap have submitted their
+        rows (bounded by the drain time); stopping then computes what is queued."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(old.idle.wait(), timeout=self.settings.drain_seconds)
+        await self._stop_version(old)
 
     async def _stop_version(self, old: ServedVersion, timeout: float | None = None) -> None:
         if self.tracing is None:
@@ -377,10 +570,3 @@ class ModelRegistry:
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return max((path / METADATA_FILE).stat().st_mtime, (path / MODEL_FILE).stat().st_mtime)
-    except OSError:
-        return -1.0

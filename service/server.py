@@ -42,6 +42,7 @@ from service.app import create_app
 from service.core import InferenceService
 from service.http.connection import ConnectionLimits, core_of, guarded_protocol
 from service.settings import Settings
+from service.store import StoreError, is_remote, open_store
 
 log = logging.getLogger("service")
 
@@ -213,6 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     except tracing.TracingConfigError as exc:
         print(f"error: invalid tracing settings: {exc}", file=sys.stderr)
         return 2
+    if is_remote(settings.model_repository):
+        # A bucket that is missing, refused or empty is a configuration error: say so and exit, rather
+        # than run unready (docs/cluster.md). Unreachable is the same here: nothing is cached to serve.
+        try:
+            open_store(settings.model_repository, cache_dir=settings.model_cache_dir).check()
+        except StoreError as exc:
+            print(f"error: SERVE_MODEL_REPOSITORY: {exc}", file=sys.stderr)
+            return 2
     if args.workers > 1:
         return supervise(args)
     traces = tracing.from_env()  # None unless an OTLP endpoint is configured

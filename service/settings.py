@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.batchwait import WaitName
 from service.repository import VersionPolicy
+from service.store import parse_location
 
 
 def _split_list(value: Any) -> Any:
@@ -23,11 +24,27 @@ def _split_list(value: Any) -> Any:
 
 
 class Settings(BaseSettings):
-    """Everything an operator can tune. Every field is bounded; see the README for the defaults' reasons."""
+    """Everything an operator can tune. Every field is bounded; why the defaults: docs/benchmarks.md."""
 
     model_config = SettingsConfigDict(env_prefix="SERVE_", extra="forbid", frozen=True)
 
-    model_repository: Path = Field(Path("models"), description="Root of the model repository.")
+    model_repository: str = Field(
+        "models",
+        min_length=1,
+        description="The model repository: a directory, or s3://bucket/prefix (credentials from the "
+        "standard AWS chain, AWS_ENDPOINT_URL for S3-compatible stores; docs/cluster.md).",
+    )
+    model_cache_dir: Path | None = Field(
+        None,
+        description="Where versions of an s3:// repository are downloaded, keyed by sha256 and kept "
+        "across restarts; unset: <tmp>/digits-serving-models.",
+    )
+    model_cache_bytes: int = Field(
+        4 * 1024**3,
+        ge=1024**2,
+        le=1024**4,
+        description="Most bytes the model cache keeps; least recently used versions are removed beyond it.",
+    )
     models: Annotated[list[str] | None, NoDecode] = Field(
         None, description="Comma-separated model names to serve; unset serves every model found."
     )
@@ -179,6 +196,36 @@ class Settings(BaseSettings):
         le=1024**4,
         description="Most bytes of feedback images stored per model; beyond it 507.",
     )
+    explain_max_rows: int = Field(
+        4096,
+        ge=1,
+        le=1_000_000,
+        description="Most perturbed rows one explanation may run (POST .../explain); beyond it 413.",
+    )
+    explain_job_rows: int = Field(
+        8,
+        ge=1,
+        le=4096,
+        description="Rows of an explanation per job, and most rows in one batch of explanation rows (which "
+        "compute only while no prediction waits): a prediction arriving while such a batch computes waits "
+        "for it, so fewer keeps predictions faster, more explains faster (docs/explain.md).",
+    )
+    rollout_decider: Literal["local", "controller"] = Field(
+        "local",
+        description="Who decides rollouts (docs/rollout.md): 'local' folds this process's evidence into "
+        "the record and decides (one replica); 'controller' only follows the record that "
+        "'python -m service.controller' writes from every replica's metrics.",
+    )
+    rollout_interval_s: float = Field(
+        1.0, ge=0.05, le=3600, description="Seconds between rollout decisions and record re-reads."
+    )
+    rollout_shadow_max_pending: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="Most shadow computations on a candidate at once; beyond it a comparison is skipped "
+        "(counted), never an answer delayed.",
+    )
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$", description="Log level.")
     log_format: Literal["text", "json"] = Field(
         "text",
@@ -190,6 +237,15 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("model_repository", mode="before")
+    @classmethod
+    def _repository(cls, value: Any) -> Any:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, str):
+            parse_location(value)  # ValueError names an unsupported scheme or a bad bucket
+        return value
 
     @field_validator("version_policy")
     @classmethod

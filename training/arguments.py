@@ -15,7 +15,7 @@ from training import retrain_cli
 from training.config import ACTIVATIONS, CLASS_WEIGHTS, OPTIMIZERS, STRATEGIES
 from training.data import DATASETS
 from training.imagecache import MAX_PIXELS
-from training.options import bounded, image_size, labels, value_range
+from training.options import bounded, image_size, labels, repository, value_range
 from training.presets import PRESETS
 
 PROG = "python -m training"
@@ -236,7 +236,12 @@ def _import_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _publish_arguments(parser: argparse.ArgumentParser, default_name: str) -> None:
     out = parser.add_argument_group("publishing")
-    out.add_argument("--publish", type=Path, metavar="REPOSITORY", help="publish to this model repository")
+    out.add_argument(
+        "--publish",
+        type=repository,
+        metavar="REPOSITORY",
+        help="publish to this model repository: a directory or s3://bucket/prefix",
+    )
     out.add_argument("--name", help=f"model name in the repository (default: {default_name})")
     out.add_argument(
         "--max-regression",
@@ -247,3 +252,9 @@ def _publish_arguments(parser: argparse.ArgumentParser, default_name: str) -> No
         "newest published version (default: 0.5)",
     )
     out.add_argument("--force", action="store_true", help="publish even if the promotion guard refuses")
+    out.add_argument(
+        "--candidate",
+        action="store_true",
+        help="publish as a candidate: loaded by the service, answering unversioned requests only once a "
+        "rollout promotes it (docs/rollout.md)",
+    )

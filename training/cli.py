@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import os
 import re
 import shlex
 import sys
@@ -22,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from training import folderlayout, imagefolder, retrain_cli
+from training import folderlayout, imagefolder, retrain_cli, tfsetup
 from training.arguments import PROG, build_parser
 from training.config import HyperParameters
 from training.data import load_dataset, resolve_data_dir
@@ -72,8 +71,8 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-_")[:40] or "model"
 
 
-def _check_repository(path: Path | None) -> None:
-    if path is not None and path.exists() and not path.is_dir():
+def _check_repository(path: Path | str | None) -> None:
+    if isinstance(path, Path) and path.exists() and not path.is_dir():
         raise UsageError(f"--publish {path}: not a directory")
 
 
@@ -125,7 +124,7 @@ def _train(args: argparse.Namespace, *, command: str) -> int:
             imagefolder.check_counts(layout.classes, layout.train.labels, carve, early, str(args.images))
 
         # TensorFlow is imported only now, so that usage and data errors above answer at once.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        tfsetup.import_tensorflow()
         from training import pipeline, report
         from training.presets import preset_defaults
 
@@ -146,6 +145,7 @@ def _train(args: argparse.Namespace, *, command: str) -> int:
             max_regression=args.max_regression,
             force=args.force,
             command=command,
+            candidate=args.candidate,
         )
         settings = " ".join(f"{key}={value}" for key, value in hp.as_json().items())
         print(f"training {name} ({args.preset} on {dataset.name}): {settings}", flush=True)
@@ -157,6 +157,10 @@ def _train(args: argparse.Namespace, *, command: str) -> int:
 def _import(args: argparse.Namespace, *, command: str) -> int:
     name = validate_name(args.name or _slug(args.path.stem))
     _check_repository(args.publish)
+    if args.path.suffix.lower() == ".onnx":
+        tfsetup.require_train_extra("onnx")
+    else:  # a Keras file or a SavedModel goes through TensorFlow and tf2onnx
+        tfsetup.import_tensorflow()
     from training import importer, report
 
     config = importer.ImportConfig(
@@ -176,6 +180,7 @@ def _import(args: argparse.Namespace, *, command: str) -> int:
         max_pixels=args.max_image_pixels,
         cache_dir=args.cache_dir,
         command=command,
+        candidate=args.candidate,
     )
     outcome = importer.import_model(config)
     print(report.summary_table(importer.summary_rows(config, outcome)))

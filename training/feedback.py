@@ -21,6 +21,7 @@ from service.contract import METADATA_FILE, Preprocessing
 from service.errors import ServiceError
 from service.feedback import FeedbackItem, log_path, read_log
 from service.preprocess import prepare
+from service.store import StoreError, open_store
 from training.errors import DataError
 from training.publish import versions
 
@@ -55,17 +56,18 @@ class FeedbackSet:
         return sum(p == name for p in self.parts)
 
 
-def new_since_newest(repository: Path, name: str, root: Path) -> tuple[int, int | None]:
+def new_since_newest(repository: Path | str, name: str, root: Path) -> tuple[int, int | None]:
     """(items logged after the last one the newest version of ``name`` was trained on, that version), or
     ``(0, None)`` when there is no readable newest version; decodes nothing, so a run with nothing new
     can stop before it loads TensorFlow."""
-    found = versions(repository, name)
+    store = open_store(repository)
+    found = versions(store, name)
     if not found:
         return 0, None
     try:
-        metadata = json.loads((repository / name / str(found[-1]) / METADATA_FILE).read_text())
+        metadata = json.loads(store.read_file(name, found[-1], METADATA_FILE))
         seen = (metadata.get("retrain") or {}).get("feedback") or {}
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, StoreError):
         return 0, None  # the full run reports what is wrong with it
     try:
         items = read_log(log_path(root, name)).items

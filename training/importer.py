@@ -63,9 +63,11 @@ class ImportConfig:
     image_size: tuple[int, int] | None = None
     softmax: bool = False
     eval_images: Path | None = None
-    repository: Path | None = None
+    repository: Path | str | None = None
     max_regression: float = 0.5
     force: bool = False
+    #: Publish as a candidate (docs/rollout.md): loaded, never served unversioned until promoted.
+    candidate: bool = False
     strict: bool = False
     max_pixels: int = MAX_PIXELS
     #: Where evaluation images are decoded; a temporary directory when ``None``.
@@ -236,7 +238,10 @@ def evaluate(
 
 
 def _guard(
-    repository: Path, config: ImportConfig, signature: onnxmodel.Signature, evaluation: Evaluation | None
+    repository: Path | str,
+    config: ImportConfig,
+    signature: onnxmodel.Signature,
+    evaluation: Evaluation | None,
 ) -> None:
     """The signature and promotion guards; without an evaluation, the newest version's recorded accuracy
     cannot be compared with, so it is not replaced unless forced."""
@@ -258,7 +263,7 @@ def _guard(
         )
 
 
-def _publish(repository: Path, config: ImportConfig, outcome: ImportOutcome) -> Published:
+def _publish(repository: Path | str, config: ImportConfig, outcome: ImportOutcome) -> Published:
     onnx_bytes = outcome.prepared.serialize()
     sha256 = sha256_hex(onnx_bytes)
 
@@ -274,7 +279,7 @@ def _publish(repository: Path, config: ImportConfig, outcome: ImportOutcome) -> 
             outcome.evaluation.confusion, config.labels, directory / "report" / report.CONFUSION_FILE, title
         )
 
-    return publish(repository, config.name, onnx_bytes, metadata, write_report)
+    return publish(repository, config.name, onnx_bytes, metadata, write_report, candidate=config.candidate)
 
 
 def build_metadata(

@@ -1,4 +1,4 @@
-"""Command-line value types: bounded numbers, image sizes, value ranges and label lists.
+"""Command-line value types: bounded numbers, image sizes, value ranges, label lists, repositories.
 
 Each is an argparse ``type``: it converts the text or raises ``argparse.ArgumentTypeError`` with a
 message that says what is expected, which the command line turns into one line on stderr (exit 2).
@@ -84,3 +84,13 @@ def labels(text: str) -> tuple[str, ...]:
     if duplicates:
         raise argparse.ArgumentTypeError(f"duplicate label(s): {', '.join(duplicates)}")
     return tuple(found)
+
+
+def repository(text: str) -> Path | str:
+    """A model repository: a directory, or ``s3://bucket/prefix`` (kept as text: a path folds ``//``)."""
+    from service.store import parse_location
+
+    try:
+        return parse_location(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

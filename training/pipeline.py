@@ -34,12 +34,14 @@ class RunConfig:
     preset: str
     hp: HyperParameters
     name: str
-    repository: Path | None = None
+    repository: Path | str | None = None
     #: Refuse to publish when test accuracy drops more than this many percentage points.
     max_regression: float = 0.5
     force: bool = False
     #: The command line that started the run, recorded in the metadata.
     command: str = ""
+    #: Publish as a candidate (docs/rollout.md): loaded, never served unversioned until promoted.
+    candidate: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,9 @@ def publish_version(
             evaluation.confusion, dataset.labels, directory / "report" / report.CONFUSION_FILE, title
         )
 
-    return publish(config.repository, config.name, onnx_bytes, metadata, write_extra)
+    return publish(
+        config.repository, config.name, onnx_bytes, metadata, write_extra, candidate=config.candidate
+    )
 
 
 def keep_keras_model(model: keras.Model, path: Path) -> None:

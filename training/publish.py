@@ -8,34 +8,33 @@ Names, versions and the layout are the repository contract (:mod:`service.contra
     <repository>/<name>/<version>/report/*.png
     <repository>/<name>/<version>/train/model.keras    the Keras model, for retraining; never served
 
-A version is written in full under ``<repository>/<name>/.tmp-<uuid>`` and then renamed onto its number.
-``rename`` of a directory onto an existing non-empty one fails, so two concurrent publishers never share
-a number: the loser rewrites its ``metadata.json`` with the next number and tries again. Readers that only
-accept integer directory names never see the temporary one.
+The repository is a directory or ``s3://bucket/prefix``; both are a :class:`service.store.ModelStore`.
+A version is written in full into a staging directory, its ``metadata.json`` records every file's
+sha256 (``files``), and the store commits it onto the next number: a directory is renamed into place
+(``rename`` onto an existing non-empty directory fails), an S3 version is claimed with a conditional
+PUT, uploaded, and committed by ``metadata.json`` last (``docs/cluster.md``). Either way two concurrent
+publishers never share a number: the loser rewrites its metadata with the next number and tries again.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from service.contract import (
+    CANDIDATE_FILE,
     METADATA_FILE,
     MODEL_FILE,
     Metadata,
     metadata_json,
-    parse_version,
     valid_model_name,
 )
+from service.store import Location, ModelStore, StoreError, is_remote, open_store
 from training.errors import PromotionRefused, PublishError, UsageError
 
 #: What ``metadata.json`` is written from: a :class:`Metadata` (validated, what the pipeline writes) or a
@@ -47,11 +46,11 @@ MAX_ATTEMPTS = 1000
 
 @dataclass(frozen=True)
 class Published:
-    """Where a version landed."""
+    """Where a version landed: ``path`` is its directory, or its ``s3://`` URL."""
 
     name: str
     version: int
-    path: Path
+    path: Path | str
 
 
 def validate_name(name: str) -> str:
@@ -63,30 +62,41 @@ def validate_name(name: str) -> str:
     return name
 
 
-def versions(repository: Path, name: str) -> list[int]:
-    """Published version numbers of ``name``, ascending: directories named by a positive integer (``7``,
-    not ``07`` or ``.tmp-...``)."""
-    directory = repository / validate_name(name)
-    if not directory.is_dir():
-        return []
-    found = (parse_version(p.name) for p in directory.iterdir() if p.is_dir())
-    return sorted(v for v in found if v is not None)
+def _store(repository: Location | ModelStore) -> ModelStore:
+    return repository if isinstance(repository, ModelStore) else open_store(repository)
 
 
-def newest_metadata(repository: Path, name: str) -> dict[str, Any] | None:
+def versions(repository: Location | ModelStore, name: str) -> list[int]:
+    """Version numbers of ``name`` taken, ascending: directories (or S3 prefixes) named by a positive
+    integer (``7``, not ``07`` or ``.tmp-...``). PublishError when the store cannot be read."""
+    validate_name(name)
+    store = _store(repository)
+    try:
+        return store.numbers(name)
+    except StoreError as exc:
+        raise PublishError(f"cannot read {store.url}: {exc}") from exc
+
+
+def newest_metadata(repository: Location | ModelStore, name: str) -> dict[str, Any] | None:
     """``metadata.json`` of the newest version of ``name`` that has a readable one, or ``None``."""
-    for version in reversed(versions(repository, name)):
-        path = repository / name / str(version) / METADATA_FILE
+    store = _store(repository)
+    for version in reversed(versions(store, name)):
         try:
-            metadata: dict[str, Any] = json.loads(path.read_text())
-        except (OSError, ValueError):
+            metadata: dict[str, Any] = json.loads(store.read_file(name, version, METADATA_FILE))
+        except (OSError, ValueError, StoreError):
             continue
-        return metadata
+        if isinstance(metadata, dict):
+            return metadata
     return None
 
 
 def check_promotion(
-    repository: Path, name: str, accuracy: float, max_regression_points: float, *, force: bool = False
+    repository: Location | ModelStore,
+    name: str,
+    accuracy: float,
+    max_regression_points: float,
+    *,
+    force: bool = False,
 ) -> None:
     """Refuse (:class:`PromotionRefused`) a test ``accuracy`` more than ``max_regression_points``
     percentage points below the newest published version of ``name``, unless ``force``."""
@@ -107,7 +117,7 @@ def check_promotion(
 
 
 def check_signature(
-    repository: Path,
+    repository: Location | ModelStore,
     name: str,
     inputs: list[dict[str, Any]],
     outputs: list[dict[str, Any]],
@@ -140,70 +150,69 @@ def sha256_hex(data: bytes) -> str:
 
 
 def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("xb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
 
 
-def _write_metadata(directory: Path, metadata: MetadataSource) -> None:
-    if isinstance(metadata, Metadata):
-        data = metadata_json(metadata)
-    else:
-        data = (json.dumps(dict(metadata), indent=2) + "\n").encode()
-    path = directory / METADATA_FILE
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    _write(path, data)
+def _file_digests(staging: Path) -> dict[str, str]:
+    """sha256 of every file under ``staging`` but ``metadata.json``, by relative POSIX path."""
+    return {
+        path.relative_to(staging).as_posix(): sha256_hex(path.read_bytes())
+        for path in sorted(staging.rglob("*"))
+        if path.is_file() and path.relative_to(staging).as_posix() != METADATA_FILE
+    }
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _metadata_bytes(content: MetadataSource, files: dict[str, str]) -> bytes:
+    if isinstance(content, Metadata):
+        return metadata_json(content.model_copy(update={"files": files}))
+    return (json.dumps({**dict(content), "files": files}, indent=2) + "\n").encode()
 
 
 def publish(
-    repository: Path,
+    repository: Location | ModelStore,
     name: str,
     model_bytes: bytes,
     metadata: Callable[[int], MetadataSource],
     write_extra: Callable[[Path], None] | None = None,
+    *,
+    candidate: bool = False,
 ) -> Published:
     """Publish ``model_bytes`` as the next version of ``name`` in ``repository``, atomically.
 
     ``metadata(version)`` returns the ``metadata.json`` content for a version number (called again if a
-    concurrent publisher takes the number first). ``write_extra(directory)`` may add files such as
-    ``report/``. If anything fails, the temporary directory is removed and no version appears.
+    concurrent publisher takes the number first); ``files`` (every file's sha256) is added to it.
+    ``write_extra(directory)`` may add files such as ``report/``. If anything fails, no version appears.
+    ``candidate`` publishes it marked as a candidate (``docs/rollout.md``): loaded by the service, never
+    the answer to an unversioned request until a rollout promotes it. The marker is one of the version's
+    files, so it is committed with them (on S3 before ``metadata.json``): the version appears as a
+    candidate or not at all.
     """
-    parent = repository / validate_name(name)
+    store = _store(repository)
+    validate_name(name)
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = parent / f".tmp-{uuid.uuid4().hex}"
-        staging.mkdir()
+        with store.staging(name) as staging:
+            _write(staging / MODEL_FILE, model_bytes)
+            if write_extra is not None:
+                write_extra(staging)
+            if candidate:
+                _write(staging / CANDIDATE_FILE, b"")
+            return _claim_version(store, name, staging, sha256_hex(model_bytes), metadata)
+    except StoreError as exc:
+        raise PublishError(f"cannot publish {name} to {store.url}: {exc}") from exc
     except OSError as exc:
-        raise PublishError(f"cannot write to {parent}: {exc.strerror or exc}") from exc
-    try:
-        _write(staging / MODEL_FILE, model_bytes)
-        if write_extra is not None:
-            write_extra(staging)
-        return _claim_version(repository, name, staging, sha256_hex(model_bytes), metadata)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise PublishError(f"cannot publish {name} to {parent}: {exc}") from exc
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        raise PublishError(f"cannot write to {store.url}/{name}: {exc.strerror or exc}") from exc
 
 
 def _claim_version(
-    repository: Path, name: str, staging: Path, digest: str, metadata: Callable[[int], MetadataSource]
+    store: ModelStore, name: str, staging: Path, digest: str, metadata: Callable[[int], MetadataSource]
 ) -> Published:
-    """Rename ``staging`` onto the next free version number, rewriting its metadata for each try."""
-    parent = staging.parent
-    version = max(versions(repository, name), default=0) + 1
+    """Commit ``staging`` onto the next free version number, rewriting its metadata for each try."""
+    files = _file_digests(staging)
+    version = max(store.numbers(name), default=0) + 1
     for _ in range(MAX_ATTEMPTS):
         content = metadata(version)
         recorded: tuple[Any, Any]
@@ -213,15 +222,9 @@ def _claim_version(
             recorded = (content.get("version"), content.get("sha256"))
         if recorded != (version, digest):
             raise PublishError("metadata must carry the version number and the model's sha256")
-        _write_metadata(staging, content)
-        target = parent / str(version)
-        try:
-            staging.rename(target)
-        except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
-            version = max([version, *versions(repository, name)]) + 1
+        location = store.commit(name, version, staging, _metadata_bytes(content, files))
+        if location is None:
+            version = max([version, *store.numbers(name)]) + 1
             continue
-        _fsync_dir(parent)
-        return Published(name, version, target)
+        return Published(name, version, location if is_remote(location) else Path(location))
     raise PublishError(f"could not publish {name}: {MAX_ATTEMPTS} version numbers taken concurrently")

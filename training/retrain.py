@@ -35,6 +35,7 @@ from service.contract import (
     Preprocessing,
     read_metadata,
 )
+from service.store import StoreError, open_store
 from training import feedback as fb
 from training.compare import decide, probabilities, scores, session_of
 from training.config import HyperParameters
@@ -47,6 +48,7 @@ from training.imagefolder import FolderOptions, load_folder
 from training.pipeline import RunConfig, publish_version
 from training.presets import build_model, preset_defaults
 from training.publish import Published, sha256_hex, versions
+from training.rollout import serving_champion, start_rollout
 from training.train import Splits, compile_model, fit_model, make_strategy, split
 
 
@@ -54,7 +56,7 @@ from training.train import Splits, compile_model, fit_model, make_strategy, spli
 class RetrainConfig:
     """What to retrain, on which feedback, and the bars the challenger must clear."""
 
-    repository: Path
+    repository: Path | str
     name: str
     feedback: Path
     data_dir: Path
@@ -63,7 +65,7 @@ class RetrainConfig:
     epochs: int | None = None
     learning_rate: float | None = None
     limit_train: int | None = None
-    #: Share of each epoch's examples that are feedback (by repetition; see the README's measurement).
+    #: Share of each epoch's examples that are feedback (by repetition; measured: docs/benchmarks.md).
     feedback_share: float = 0.2
     #: Fraction of feedback items held out to compare champion and challenger.
     holdout: float = 0.3
@@ -72,6 +74,8 @@ class RetrainConfig:
     max_regression: float = 0.5
     min_improvement: float = 0.0
     command: str = ""
+    #: Publish the winner as a candidate and start its rollout (False: it serves at once, as before).
+    rollout: bool = True
 
 
 @dataclass(frozen=True)
@@ -96,12 +100,24 @@ class Champion:
     hp: HyperParameters
 
 
-def newest_champion(repository: Path, name: str) -> Champion:
-    """The newest version of ``name`` with readable metadata and a training recipe; UsageError if none."""
-    found = versions(repository, name)
-    if not found:
+def newest_champion(repository: Path | str, name: str, download: Path) -> Champion:
+    """The serving champion of ``name`` (the newest version when no rollout record or candidate says
+    otherwise) with readable metadata and a training recipe; UsageError if none.
+
+    A version in object storage is downloaded under ``download`` first, each file checked against the
+    sha256 its metadata records."""
+    store = open_store(repository)
+    found = versions(store, name)
+    try:
+        serving = serving_champion(store, name)
+    except (StoreError, ValueError) as exc:
+        raise DataError(f"cannot read the rollout record of {name} in {store.url}: {exc}") from exc
+    if not found or serving is None:
         raise UsageError(f"no published version of {name} in {repository} to retrain")
-    path = repository / name / str(found[-1])
+    try:
+        path = store.fetch_version(name, serving, download)
+    except (StoreError, OSError) as exc:
+        raise DataError(f"cannot fetch version {serving} of {name} from {store.url}: {exc}") from exc
     try:
         _, metadata = read_metadata(path / METADATA_FILE)
     except OSError as exc:
@@ -117,12 +133,17 @@ def newest_champion(repository: Path, name: str) -> Champion:
         )
     recorded = {f.name: training[f.name] for f in fields(HyperParameters) if f.name in training}
     hp = replace(preset_defaults(preset), **recorded)
-    return Champion(found[-1], path, metadata, preset, hp)
+    return Champion(serving, path, metadata, preset, hp)
 
 
 def retrain(config: RetrainConfig, *, verbose: int | None = None) -> Result:
     """Run the whole retraining decision. Nothing is published unless the result is ``published``."""
-    champion = newest_champion(config.repository, config.name)
+    with tempfile.TemporaryDirectory(prefix="champion-") as download:
+        return _retrain(config, Path(download), verbose)
+
+
+def _retrain(config: RetrainConfig, download: Path, verbose: int | None) -> Result:
+    champion = newest_champion(config.repository, config.name, download)
     hp = _hyperparameters(champion.hp, config)
     seen = (champion.metadata.get("retrain") or {}).get("feedback") or {}
     labels = tuple(champion.metadata["labels"])
@@ -184,7 +205,7 @@ def retrain(config: RetrainConfig, *, verbose: int | None = None) -> Result:
         return Result("refused", f"not publishing {config.name}: " + "; ".join(decision["reasons"]), record)
 
     newest = versions(config.repository, config.name)[-1]
-    if newest != champion.version:
+    if newest != champion.version and serving_champion(config.repository, config.name) != champion.version:
         message = (
             f"not publishing {config.name}: version {newest} was published while this run compared against "
             f"version {champion.version}; run again to compare with it"
@@ -199,9 +220,19 @@ def retrain(config: RetrainConfig, *, verbose: int | None = None) -> Result:
         repository=config.repository,
         max_regression=config.max_regression,
         command=config.command,
+        candidate=config.rollout,
     )
     published = publish_version(dataset, run, trained, evaluation, parity, onnx_model, retrain=record)
     message = f"published {config.name} version {published.version} at {published.path}"
+    if config.rollout:
+        try:
+            started = start_rollout(config.repository, config.name, published.version, champion.version)
+        except (StoreError, ValueError, OSError) as exc:  # the version is published: say what is left
+            started = (
+                f"its rollout could not be started ({exc}); start it with POST "
+                f"/v2/repository/models/{config.name}/rollout (docs/rollout.md)"
+            )
+        message = f"{message} as a candidate; {started}"
     return Result("published", message, record, published)
 
 

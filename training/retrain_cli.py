@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from training import tfsetup
 from training.data import resolve_data_dir
 from training.errors import UsageError
 from training.feedback import new_since_newest
-from training.options import bounded
+from training.options import bounded, repository
 from training.publish import validate_name
 
 if TYPE_CHECKING:
@@ -38,7 +38,12 @@ EXIT_REFUSED = 3
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``retrain`` command's options (registered by :func:`training.arguments.build_parser`)."""
-    parser.add_argument("--repository", type=Path, required=True, help="the model repository")
+    parser.add_argument(
+        "--repository",
+        type=repository,
+        required=True,
+        help="the model repository: a directory or s3://bucket/prefix",
+    )
     parser.add_argument("--name", required=True, help="the model to retrain")
     parser.add_argument(
         "--feedback", type=Path, required=True, help="the feedback directory the service writes"
@@ -58,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--feedback-share",
         type=bounded(float, minimum=0, maximum=0.9),
         default=0.2,
-        help="feedback's share of each epoch, by repetition (default 0.2, measured: see the README)",
+        help="feedback's share of each epoch, by repetition (default 0.2, measured: docs/benchmarks.md)",
     )
     parser.add_argument(
         "--holdout",
@@ -86,13 +91,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="POINTS",
         help="refuse unless holdout accuracy beats the champion's by more than this (default 0: any gain)",
     )
+    parser.add_argument(
+        "--no-rollout",
+        dest="rollout",
+        action="store_false",
+        help="publish a winner to serve at once, as before; by default it is published as a candidate and "
+        "its rollout (shadow, canary, decided on live feedback) starts (docs/rollout.md)",
+    )
     parser.add_argument("--report", type=Path, help="also write the figures and the decision here as JSON")
 
 
 def run(args: argparse.Namespace, *, command: str) -> int:
     """Run ``retrain`` with parsed ``args``; :class:`TrainingError` for what the caller reports."""
     name = validate_name(args.name)
-    if not args.repository.is_dir():
+    if isinstance(args.repository, Path) and not args.repository.is_dir():
         raise UsageError(f"--repository {args.repository}: not a directory")
     if not args.feedback.is_dir():
         raise UsageError(f"--feedback {args.feedback}: not a directory")
@@ -102,7 +114,7 @@ def run(args: argparse.Namespace, *, command: str) -> int:
         # The common case for a scheduled job: answer before paying for TensorFlow.
         print(f"nothing new: no feedback for {name} since version {version} was trained")
         return 0
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    tfsetup.import_tensorflow()
     from training import retrain
 
     config = retrain.RetrainConfig(
@@ -120,6 +132,7 @@ def run(args: argparse.Namespace, *, command: str) -> int:
         max_regression=args.max_regression,
         min_improvement=args.min_improvement,
         command=command,
+        rollout=args.rollout,
     )
     result = retrain.retrain(config)
     print(render(result, name))

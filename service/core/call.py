@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Mapping
 from types import TracebackType
 
 import numpy as np
 
+from service.batching import Batcher
 from service.contract import Preprocessing
 from service.core.lifecycle import Lifecycle
 from service.core.prepare import PreparePool
@@ -76,10 +78,14 @@ class ModelCall:
 
     __slots__ = (
         "_deadline_at",
+        "_holding",
         "_lifecycle",
         "_preparer",
+        "_reroute",
         "_served",
+        "_shadow",
         "_started",
+        "_tap",
         "limits",
         "name",
         "protocol",
@@ -97,6 +103,10 @@ class ModelCall:
         protocol: str = "http",
         preparer: PreparePool | None = None,
         tracing: Tracing | None = None,
+        *,
+        tap: Callable[[int, str, float], None] | None = None,
+        shadow: Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray]], None] | None = None,
+        reroute: Callable[[], ServedVersion] | None = None,
     ) -> None:
         self._lifecycle = lifecycle
         self._preparer = preparer
@@ -110,6 +120,14 @@ class ModelCall:
         self._deadline_at: float | None = None
         self.tracing = tracing
         self.trace: RequestTrace | None = None
+        self._holding = False
+        # A rollout's evidence (``tap``: version, status, seconds) and shadow (after the answer).
+        self._tap = tap
+        self._shadow = shadow
+        # An unversioned request whose version was stopped while it was read (a rollout's decision, and
+        # the retired version's drain time ran out) goes to the version serving now instead of failing;
+        # same signature, checked at the start.
+        self._reroute = reroute
 
     async def __aenter__(self) -> ModelCall:
         self._started = time.perf_counter()
@@ -125,18 +143,31 @@ class ModelCall:
                     "inference.protocol": self.protocol,
                 }
             )
+        self._served.enter()  # a retired version keeps admitting until this request has submitted
+        self._holding = True
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._release()
         if exc is None or isinstance(exc, Exception):
             self._observe("ok" if exc is None else status_label(exc))
         elif isinstance(exc, asyncio.CancelledError) and self._deadline_passed():
             self._observe("timeout")
 
+    def _release(self) -> None:
+        """Let a retired version stop admitting as far as this request goes: called just before its
+        submit, which queues the rows before anything else runs, so a stopping batcher computes them."""
+        if self._holding:
+            self._holding = False
+            self._served.leave()
+
     def _observe(self, status: str) -> None:
-        self._served.metrics.observe_request(status, time.perf_counter() - self._started, self.protocol)
+        seconds = time.perf_counter() - self._started
+        self._served.metrics.observe_request(status, seconds, self.protocol)
+        if self._tap is not None:
+            self._tap(self.version, status, seconds)
 
     def _deadline_passed(self) -> bool:
         return self._deadline_at is not None and time.monotonic() >= self._deadline_at
@@ -162,7 +193,10 @@ class ModelCall:
         if request.outputs is not None:
             specs = tuple(t for t in specs if t.name in request.outputs)
         deadline = self._deadline(request.timeout, request.deadline)
-        outputs = await self._served.batcher.submit(inputs, deadline=deadline)
+        self._release()
+        outputs = await self._batcher().submit(inputs, deadline=deadline)
+        if self._shadow is not None:
+            self._shadow(inputs, outputs)  # only schedules: the answer goes now
         return InferResponse(
             self.name,
             self.version,
@@ -190,19 +224,31 @@ class ModelCall:
             self.trace.span.set_attribute("inference.rows", len(files))
             with self.trace.child("preprocess", {"inference.preprocess.resize": preprocessing.resize}):
                 batch = await self._prepare(files, preprocessing, pixels, deadline)
-        outputs = await self._served.batcher.submit(
-            {spec.name: batch.astype(spec.dtype, copy=False)}, deadline=deadline
-        )
+        self._release()
+        inputs = {spec.name: batch.astype(spec.dtype, copy=False)}
+        outputs = await self._batcher().submit(inputs, deadline=deadline)
+        if self._shadow is not None:
+            self._shadow(inputs, outputs)
         probabilities = outputs[self.signature.outputs[0].name]
         labels = self._served.runtime.labels
         results = []
-        for (filename, _), row, inputs in zip(files, probabilities, batch, strict=True):
+        for (filename, _), row, image in zip(files, probabilities, batch, strict=True):
             order = np.argsort(-row, kind="stable")[: request.top_k]
             predictions = tuple(
                 Prediction(int(i), labels[i] if i < len(labels) else str(i), float(row[i])) for i in order
             )
-            results.append(ClassifyResult(predictions, filename, inputs if request.return_input else None))
+            results.append(ClassifyResult(predictions, filename, image if request.return_input else None))
         return ClassifyResponse(self.name, self.version, tuple(results))
+
+    def _batcher(self) -> Batcher:
+        """The batcher to submit to now (no await until the submit admits the request)."""
+        if not self._served.batcher.accepting and self._reroute is not None and not self._lifecycle.draining:
+            now = self._reroute()
+            if now.batcher.accepting and now.runtime.signature == self.signature:
+                self._served, self.version, self._tap, self._shadow = now, now.version, None, None
+                if self.trace is not None:
+                    self.trace.span.set_attribute("inference.model.version", now.version)
+        return self._served.batcher
 
     async def _prepare(
         self,

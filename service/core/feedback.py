@@ -25,7 +25,7 @@ import os
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from service.core.types import ClassifyRequest, FeedbackReceipt
+from service.core.types import ClassifyRequest, ClassifyResponse, FeedbackReceipt
 from service.errors import (
     DeadlineExceeded,
     Forbidden,
@@ -40,6 +40,7 @@ from service.errors import (
 )
 from service.feedback import LOG_SUFFIX, FeedbackStore, QuotaFull
 from service.metrics import Metrics
+from service.rollout import RolloutRecord
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -106,9 +107,18 @@ class FeedbackCall:
     """One feedback request (see the module docstring); ``limits`` are the service's settings."""
 
     def __init__(
-        self, core: InferenceService, name: str, version: int | None, authorization: str | None, label: str
+        self,
+        core: InferenceService,
+        name: str,
+        version: int | None,
+        authorization: str | None,
+        label: str,
+        *,
+        protocol: str = "http",
+        routing_key: str | None = None,
     ) -> None:
         desk, settings = core.feedback, core.settings
+        self._protocol = protocol
         if desk.store is None or settings.feedback_token is None:
             raise NotFound(
                 "feedback is not enabled on this server (SERVE_FEEDBACK_DIR, SERVE_FEEDBACK_TOKEN)"
@@ -123,6 +133,8 @@ class FeedbackCall:
         self._token = settings.feedback_token
         self._authorization = authorization
         self._labels = info.labels
+        self._requested = version
+        self._routing_key = routing_key
 
     async def __aenter__(self) -> FeedbackCall:
         try:
@@ -152,7 +164,17 @@ class FeedbackCall:
         if not image:
             raise InvalidInput("empty image")
         extension = image_extension(image)
-        result = await self._core.classify(self.name, ClassifyRequest([image], top_k=1), self.version)
+        if self._requested is None:
+            paired = self._core.rollout.paired_versions(self.name, self._routing_key)
+            if paired is not None:
+                return await self._submit_paired(image, extension, *paired)
+        request = ClassifyRequest([image], top_k=1)
+        result = await self._core.classify(self.name, request, self.version, protocol=self._protocol)
+        return await self._store_unpaired(image, extension, result)
+
+    async def _store_unpaired(
+        self, image: bytes, extension: str, result: ClassifyResponse
+    ) -> FeedbackReceipt:
         predicted = result.results[0].predictions[0].label
         store = functools.partial(
             self._store.store,
@@ -171,6 +193,52 @@ class FeedbackCall:
                 item = await asyncio.to_thread(store)
                 span.set_attribute("feedback.id", item.id)
         return FeedbackReceipt(item.id, result.model, result.version, self.label, predicted)
+
+    async def _submit_paired(
+        self,
+        image: bytes,
+        extension: str,
+        record: RolloutRecord,
+        answering: int,
+        champion: int,
+        candidate: int,
+    ) -> FeedbackReceipt:
+        """During a rollout: score the image on both versions, store it with its lineage, count the pair."""
+        request = ClassifyRequest([image], top_k=1)
+        first, second = await asyncio.gather(
+            self._core.classify(self.name, request, champion, protocol=self._protocol),
+            self._core.classify(self.name, request, candidate, protocol=self._protocol),
+            return_exceptions=True,
+        )
+        if isinstance(first, BaseException):
+            raise first
+        if isinstance(second, NotFound | Unavailable) and not self._core.draining:
+            # The rollout was decided meanwhile and the candidate retired: an ordinary item.
+            return await self._store_unpaired(image, extension, first)
+        if isinstance(second, BaseException):
+            raise second
+        champion_label, candidate_label = (r.results[0].predictions[0].label for r in (first, second))
+        predicted = candidate_label if answering == candidate else champion_label
+        lineage = {
+            "id": record.id,
+            "stage": record.state,
+            "champion": champion,
+            "candidate": candidate,
+            "champion_predicted": champion_label,
+            "candidate_predicted": candidate_label,
+        }
+        item = await asyncio.to_thread(
+            self._store.store,
+            self.name,
+            self.label,
+            image,
+            extension,
+            served_version=answering,
+            predicted=predicted,
+            rollout=lineage,
+        )
+        self._core.rollout.on_paired(self.name, record, self.label, champion_label, candidate_label)
+        return FeedbackReceipt(item.id, self.name, answering, self.label, predicted)
 
 
 def authorize(authorization: str | None, token: str | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from service.registry import ModelRegistry
 
@@ -15,24 +16,26 @@ class Lifecycle:
     """Draining begins on SIGTERM, before the server stops accepting connections.
 
     ``deadline`` (``time.monotonic()`` seconds) is when the drain must be over, once one has begun.
-    ``poll_interval_s`` is how often :meth:`load_and_watch` rescans the repository (0: never).
+    ``poll_interval_s`` is how often :meth:`load_and_watch` rescans the repository (0: never). ``clock``
+    (default ``time.monotonic``) is injectable so that tests move time instead of waiting for it.
     """
 
-    def __init__(self, poll_interval_s: float = 0.0) -> None:
+    def __init__(self, poll_interval_s: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.draining = False
         self.deadline: float | None = None
         self.poll_interval_s = poll_interval_s
+        self._clock = clock
 
     def begin_drain(self, seconds: float) -> float:
         """Start draining for at most ``seconds`` (once; later calls keep the first deadline)."""
         if self.deadline is None:
-            self.deadline = time.monotonic() + seconds
+            self.deadline = self._clock() + seconds
         self.draining = True
         return self.deadline
 
     def time_left(self, default: float) -> float:
         """Seconds until the drain deadline; ``default`` when no drain has set one."""
-        return default if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        return default if self.deadline is None else max(0.0, self.deadline - self._clock())
 
     async def load_and_watch(self, registry: ModelRegistry, *, initial: bool) -> None:
         """Run the initial load when ``initial`` (a failure is logged, the process stays live), then

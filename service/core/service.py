@@ -13,12 +13,17 @@ import logging
 from service import __version__
 from service.contract import PLATFORM
 from service.core.call import ModelCall
+from service.core.explain import ExplainCall
 from service.core.feedback import FeedbackCall, FeedbackDesk
 from service.core.lifecycle import Lifecycle
 from service.core.prepare import PreparePool
+from service.core.rollout import RolloutDesk
+from service.core.rolloutops import RolloutOperator
 from service.core.types import (
     ClassifyRequest,
     ClassifyResponse,
+    ExplainRequest,
+    Explanation,
     InferRequest,
     InferResponse,
     ModelInfo,
@@ -35,6 +40,7 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.registry import ModelRegistry, ServedVersion
+from service.rollout import Options
 from service.runtime import select_providers
 from service.settings import Settings
 from service.tracing import Tracing
@@ -58,6 +64,9 @@ class InferenceService:
         self._registry: ModelRegistry | None = None
         self.preparer: PreparePool | None = None  # /classify's image pool, from start() to stop()
         self._loader: asyncio.Task[None] | None = None
+        self.rollout = RolloutDesk(settings, metrics, tracing)
+        self.rollout_operator = RolloutOperator(self.rollout)
+        self._decider: asyncio.Task[None] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -81,14 +90,19 @@ class InferenceService:
         if not background:
             await registry.start()
         self._loader = asyncio.create_task(self.lifecycle.load_and_watch(registry, initial=background))
+        self.rollout.attach(registry)
+        self._decider = asyncio.create_task(self.rollout.run())
 
     async def stop(self) -> None:
         """Refuse new work, finish what is queued within the drain's time left, release every session."""
         self.lifecycle.draining = True
-        if self._loader is not None:
-            self._loader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loader
+        self.rollout.frozen = True
+        for task in (self._loader, self._decider):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.rollout.drain()
         if self._registry is not None:
             await self._registry.stop(self.lifecycle.time_left(self.settings.drain_seconds))
         if self.preparer is not None:
@@ -98,6 +112,7 @@ class InferenceService:
     def begin_drain(self) -> float:
         """Start draining (readiness 503, new requests refused) for at most ``settings.drain_seconds``;
         returns the drain's deadline (``time.monotonic()`` seconds)."""
+        self.rollout.frozen = True  # a drain's refusals are no evidence against a candidate
         return self.lifecycle.begin_drain(self.settings.drain_seconds)
 
     @property
@@ -164,33 +179,74 @@ class InferenceService:
 
     # ---- inference ---------------------------------------------------------------------------------
 
-    def call(self, name: str, version: int | None = None, *, protocol: str = "http") -> ModelCall:
+    def call(
+        self, name: str, version: int | None = None, *, protocol: str = "http", routing_key: str | None = None
+    ) -> ModelCall:
         """A request to one served version, to use as ``async with``: NotFound or Unavailable now if there
         is none; inside the block, the transport decodes and calls :meth:`ModelCall.infer` or
         :meth:`ModelCall.classify`, and the request is counted and timed, failures by their kind, under
-        the transport's ``protocol`` label (``http`` or ``grpc``)."""
+        the transport's ``protocol`` label (``http`` or ``grpc``). An unversioned request goes where
+        the model's rollout sends it (:mod:`service.core.rollout`; ``routing_key`` keeps a client on one
+        version)."""
+        if version is None and self._registry is not None:
+            route = self.rollout.route(name, routing_key)
+            registry = self._registry
+            return ModelCall(
+                route.answer,
+                self.settings,
+                self.lifecycle,
+                protocol,
+                self.preparer,
+                self.tracing,
+                tap=route.tap,
+                shadow=route.shadow,
+                reroute=lambda: registry.get(name),
+            )
         return ModelCall(
             self._get(name, version), self.settings, self.lifecycle, protocol, self.preparer, self.tracing
         )
 
-    async def infer(self, name: str, request: InferRequest, version: int | None = None) -> InferResponse:
-        """Infer in one call, for transports that decode without the model's signature."""
-        async with self.call(name, version) as call:
+    async def infer(
+        self, name: str, request: InferRequest, version: int | None = None, *, protocol: str = "http"
+    ) -> InferResponse:
+        """Infer in one call, for transports that decode without the model's signature; counted under
+        the calling transport's ``protocol``."""
+        async with self.call(name, version, protocol=protocol) as call:
             return await call.infer(request)
 
     async def classify(
-        self, name: str, request: ClassifyRequest, version: int | None = None
+        self, name: str, request: ClassifyRequest, version: int | None = None, *, protocol: str = "http"
     ) -> ClassifyResponse:
-        """Classify in one call."""
-        async with self.call(name, version) as call:
+        """Classify in one call; counted under the calling transport's ``protocol``."""
+        async with self.call(name, version, protocol=protocol) as call:
             return await call.classify(request)
 
+    def explain_call(self, name: str, version: int | None = None) -> ExplainCall:
+        """An explanation of one served version, to use as ``async with`` (see :mod:`service.core.explain`):
+        NotFound or Unavailable now; inside, :meth:`ExplainCall.explain`."""
+        return ExplainCall(self._get(name, version), self.settings, self.lifecycle, self.metrics)
+
+    async def explain(self, name: str, request: ExplainRequest, version: int | None = None) -> Explanation:
+        """Explain in one call."""
+        async with self.explain_call(name, version) as call:
+            return await call.explain(request)
+
     def feedback_call(
-        self, name: str, version: int | None, authorization: str | None, label: str
+        self,
+        name: str,
+        version: int | None,
+        authorization: str | None,
+        label: str,
+        *,
+        protocol: str = "http",
+        routing_key: str | None = None,
     ) -> FeedbackCall:
         """A feedback request, to use as ``async with`` (see :mod:`service.core.feedback`): NotFound,
-        Unauthorized, Forbidden or InvalidInput (the label) now; inside, :meth:`FeedbackCall.submit`."""
-        return FeedbackCall(self, name, version, authorization, label)
+        Unauthorized, Forbidden or InvalidInput (the label) now; inside, :meth:`FeedbackCall.submit`.
+        The classification it makes is counted under the calling transport's ``protocol``."""
+        return FeedbackCall(
+            self, name, version, authorization, label, protocol=protocol, routing_key=routing_key
+        )
 
     # ---- repository --------------------------------------------------------------------------------
 
@@ -209,6 +265,45 @@ class InferenceService:
         if name not in self.registry.names():
             raise NotFound(f"unknown model {echo(name)}")
         await self.registry.unload(name)
+
+    # ---- rollouts (docs/rollout.md) ---------------------------------------------------------------------
+
+    def rollout_state(self, name: str) -> dict[str, object]:
+        """The model's rollout as JSON (``idle`` and the champion when it has none); NotFound."""
+        self._get(name, None)
+        return self.rollout_operator.state(name)
+
+    def lineage(self, name: str, version: int | None = None) -> dict[str, object]:
+        """Where a served version came from: the version and feedback it was trained on (from its
+        metadata) and the rollouts that decided it (from the model's rollout record)."""
+        served = self._get(name, version)
+        retrain = served.runtime.metadata.document.retrain or {}
+        feedback = retrain.get("feedback") or {}
+        record = self.registry.record(name)
+        decisions = [] if record is None else [h for h in record.history if h.candidate == served.version]
+        role = "champion" if self.registry.get(name).version == served.version else "loaded"
+        if record is not None and record.candidate == served.version and record.active:
+            role = "candidate"
+        return {
+            "role": role,
+            "base_version": retrain.get("base_version"),
+            "feedback": {k: feedback.get(k) for k in ("log", "last_id", "log_bytes", "items")}
+            if feedback
+            else None,
+            "rollouts": [h.model_dump(mode="json") for h in decisions],
+        }
+
+    async def start_rollout(self, name: str, candidate: int, options: Options) -> dict[str, object]:
+        """Start rolling out ``candidate``: NotFound, Conflict (one runs), InvalidInput (signature)."""
+        self._get(name, None)
+        await self.rollout_operator.start(name, candidate, options)
+        return self.rollout_operator.state(name)
+
+    async def operate_rollout(self, name: str, decision: str) -> dict[str, object]:
+        """``promote``, ``rollback``, ``pause`` or ``resume`` the model's rollout now; Conflict."""
+        self._get(name, None)
+        await self.rollout_operator.operate(name, decision)
+        return self.rollout_operator.state(name)
 
     def authorize_admin(self, authorization: str | None) -> None:
         """Check ``Authorization`` credentials (``Bearer <token>``) for the repository load/unload calls.

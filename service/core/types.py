@@ -157,3 +157,48 @@ class RepositoryEntry:
     version: int
     state: str
     reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ExplainRequest:
+    """Explain one image: ``image`` (PNG or JPEG bytes, prepared as ``/classify`` prepares them) or
+    ``input`` (the model input itself, ``(H, W, C)``), exactly one of them.
+
+    ``method`` is ``occlusion`` (``patch``, ``stride``: None picks defaults) or ``rise`` (``masks``,
+    ``grid``, ``seed``); ``label`` (a label of the model, or a class index) picks the class explained,
+    None the top-1. See :mod:`service.explain`.
+    """
+
+    image: bytes | None = None
+    input: np.ndarray | None = None
+    method: str = "occlusion"
+    patch: int | None = None
+    stride: int | None = None
+    masks: int = 1000
+    grid: int = 7
+    seed: int = 0
+    label: str | None = None
+    deadline: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """Which pixels made the score of class ``class_id``: ``attribution`` ``(H, W)`` in the model's input
+    coordinates (the class's score drop when the pixel is hidden), for ``input`` ``(H, W, C)``.
+
+    ``parameters`` say how the rows were made, ``rows`` how many the model computed (the input's
+    included), ``milliseconds`` how long the whole explanation took.
+    """
+
+    model: str
+    version: int
+    class_id: int
+    label: str
+    score: float
+    method: str
+    attribution: np.ndarray
+    input: np.ndarray
+    preprocessing: Preprocessing
+    parameters: Mapping[str, int | float]
+    rows: int
+    milliseconds: float

@@ -176,13 +176,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        return await self._infer(request, context.time_remaining())
+        return await self._infer(request, context.time_remaining(), _metadata(context, "routing-key"))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest | Malformed], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         running: set[asyncio.Task[None]] = set()
+        routing_key = _metadata(context, "routing-key")
 
         async def one(request: pb.ModelInferRequest | Malformed) -> None:
             if isinstance(request, Malformed):
@@ -190,7 +191,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 return
             try:
                 response = await stream_request(
-                    self._core.tracing, request.id, lambda: self._infer(request, context.time_remaining())
+                    self._core.tracing,
+                    request.id,
+                    lambda: self._infer(request, context.time_remaining(), routing_key),
                 )
                 answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
             except ServiceError as exc:
@@ -223,14 +226,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 task.cancel()
 
     async def _infer(
-        self, request: pb.ModelInferRequest, grpc_remaining: float | None
+        self, request: pb.ModelInferRequest, grpc_remaining: float | None, routing_key: str | None = None
     ) -> pb.ModelInferResponse:
         """One inference: decode against the version's signature, call the core, encode its answer.
 
-        The deadline is the earlier of the gRPC deadline and ``parameters.timeout``.
+        The deadline is the earlier of the gRPC deadline and ``parameters.timeout``; ``routing_key``
+        (metadata ``routing-key``) keeps a client on one version during a rollout's canary.
         """
         version = _version(request.model_version)
-        async with self._core.call(request.model_name, version, protocol=PROTOCOL) as call:
+        async with self._core.call(
+            request.model_name, version, protocol=PROTOCOL, routing_key=routing_key
+        ) as call:
             limits = call.limits
             deadline = None if grpc_remaining is None else time.monotonic() + grpc_remaining
             if call.trace is None:  # tracing off or this request not sampled
@@ -269,9 +275,14 @@ def server_ready(core: InferenceService) -> bool:
 
 def _authorization(context: Context) -> str | None:
     """The call's ``authorization`` metadata (``Bearer <token>``, as the HTTP header), for the core."""
+    return _metadata(context, "authorization")
+
+
+def _metadata(context: Context, name: str) -> str | None:
+    """The call's metadata value ``name`` (the first), cut to 256 characters; None without it."""
     for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            return value if isinstance(value, str) else value.decode("latin-1")
+        if key == name:
+            return (value if isinstance(value, str) else value.decode("latin-1"))[:256]
     return None
 
 

@@ -24,7 +24,7 @@ from service.http.errors import asgi_error
 from service.http.infer import answer_infer
 from service.http.paths import INFER_PATH
 
-_WANTED = {b"content-length", b"content-encoding", b"inference-header-content-length"}
+_WANTED = {b"content-length", b"content-encoding", b"inference-header-content-length", b"x-routing-key"}
 
 
 class FastPath:

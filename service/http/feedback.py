@@ -44,8 +44,11 @@ async def feedback(
     label: Annotated[str, Query(min_length=1, max_length=256, description="The right label")],
     version: str | None = None,
     authorization: Annotated[str | None, Header()] = None,
+    x_routing_key: Annotated[str | None, Header(max_length=256)] = None,
 ) -> Response:
-    async with core.feedback_call(model_name, url_version(version), authorization, label) as call:
+    async with core.feedback_call(
+        model_name, url_version(version), authorization, label, routing_key=x_routing_key
+    ) as call:
         ((_, image),) = await read_images(request, call.limits.max_body_bytes, max_files=1)
         receipt = await call.submit(image)
     return json_response(

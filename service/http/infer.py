@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from service.core import InferenceService, InferRequest, ModelCall
 from service.http.body import decode_body
-from service.http.paths import url_version
+from service.http.paths import MAX_ROUTING_KEY, url_version
 from service.protocol import encode_infer_response, parse_infer_request
 
 
@@ -26,9 +26,12 @@ async def answer_infer(
     """The response body and headers of one infer request, or a ServiceError.
 
     ``headers`` are the request's, lower-case; ``read(limit)`` returns the raw body or raises
-    PayloadTooLarge past ``limit`` bytes.
+    PayloadTooLarge past ``limit`` bytes. ``X-Routing-Key`` keeps a client on one version during a
+    rollout's canary (``docs/rollout.md``).
     """
-    async with core.call(model, url_version(version)) as call:
+    key = headers.get("x-routing-key")
+    routing_key = key[:MAX_ROUTING_KEY] if key else None
+    async with core.call(model, url_version(version), routing_key=routing_key) as call:
         if call.trace is None:  # tracing off or this request not sampled
             response = await call.infer(await _decode(call, headers, read))
             return encode_infer_response(response)

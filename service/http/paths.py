@@ -1,4 +1,4 @@
-"""What the HTTP routes share about URLs: the infer path and the version a URL names."""
+"""What the HTTP routes share about requests: the infer path, a URL's version, the routing key's bound."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from service.errors import InvalidInput
 
 #: ``/v2/models/{m}[/versions/{v}]/infer``: the model in group 1, the version (or None) in group 2.
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+#: Longest ``X-Routing-Key`` honoured (a longer one is cut: it only picks a rollout's version).
+MAX_ROUTING_KEY = 256
 
 
 def url_version(version: str | None) -> int | None:

@@ -98,7 +98,9 @@ async def all_stats(core: CoreDep) -> Response:
 @router.get("/v2/models/{model_name}", responses=errors(400, 404, 503))
 @router.get("/v2/models/{model_name}/versions/{version}", responses=errors(400, 404, 503))
 async def get_model(core: CoreDep, model_name: str, version: str | None = None) -> Response:
-    return json_response(model_metadata(core.model_info(model_name, url_version(version))))
+    document = model_metadata(core.model_info(model_name, url_version(version)))
+    document["parameters"]["lineage"] = core.lineage(model_name, url_version(version))  # docs/rollout.md
+    return json_response(document)
 
 
 @router.get("/v2/models/{model_name}/ready", responses=errors(400, 404, 503))
@@ -143,12 +145,13 @@ async def classify(
     version: str | None = None,
     top_k: Annotated[int, Query(ge=1, le=1000)] = 3,
     return_input: bool = False,
+    x_routing_key: Annotated[str | None, Header(max_length=256)] = None,
 ) -> Response:
     """Top-k labels for one image (the raw body, or one multipart ``file``) or several (repeated
     ``file`` parts), preprocessed as the model's metadata declares and computed as one request of N rows.
     ``results`` answers each image in order (with the model's ``input`` when ``return_input``); a single
     image is also answered by ``predictions`` at the top level."""
-    async with core.call(model_name, url_version(version)) as call:
+    async with core.call(model_name, url_version(version), routing_key=x_routing_key) as call:
         files = await read_images(request, call.limits.max_body_bytes, call.limits.max_request_rows)
         request_ = ClassifyRequest(
             [data for _, data in files],

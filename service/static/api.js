@@ -147,3 +147,31 @@ export function errorMessage(error) {
   if (error.retryAfter) text += ` (retry after ${error.retryAfter} s)`;
   return text;
 }
+
+/**
+ * The heat map of an explanation (POST .../explain?format=png) as an image Blob, with the class it
+ * explains: {blob, label}. `body` is what was predicted: model input values (grey levels, from the
+ * drawing) or an image file; `signal` aborts it (the server then stops the explanation).
+ */
+export async function explainHeatmap(model, body, signal) {
+  let init;
+  if (body instanceof Blob) {
+    init = { headers: { "Content-Type": body.type || "application/octet-stream" }, body };
+  } else {
+    const { height, width } = model.preprocessing;
+    const tensor = { name: model.input, datatype: "FP32", shape: [1, height, width, model.shape[3]] };
+    const json = { inputs: [{ ...tensor, data: toInput(model, body) }] };
+    init = { headers: { "Content-Type": "application/json" }, body: JSON.stringify(json) };
+  }
+  const response = await fetch(`${modelPath(model)}/explain?format=png`, { method: "POST", signal, ...init });
+  if (!response.ok) {
+    let message = response.statusText;
+    try {
+      message = (await response.json()).error ?? message;
+    } catch {
+      // no JSON body: the status says enough
+    }
+    throw new ServiceError(response.status, message, response.headers.get("Retry-After"));
+  }
+  return { blob: await response.blob(), label: response.headers.get("X-Explained-Label") ?? "" };
+}

@@ -2,6 +2,7 @@
 // Everything comes from this service's own routes; nothing is fetched from anywhere else.
 
 import { classifyFile, describeModel, errorMessage, inferDigit, readyModels, ServiceError } from "./api.js";
+import { ExplanationView } from "./explain.js";
 import { FeedbackBar } from "./feedback.js";
 import { DrawingPad } from "./pad.js";
 import { preprocessDigit } from "./preprocess.js";
@@ -14,6 +15,7 @@ const $ = (id) => document.getElementById(id);
 const picker = $("model");
 const results = new ResultsPanel($("results"));
 const feedback = new FeedbackBar($("feedback"));
+const explanation = new ExplanationView($("explanation"));
 const inputView = $("model-input").getContext("2d");
 const preview = $("upload-preview");
 
@@ -85,6 +87,7 @@ function useModel(m) {
   }
   results.setModel(m);
   feedback.setModel(m);
+  explanation.hide();
   if (m.takesDigits && pad.hasInk) predictDrawing.now();
 }
 
@@ -109,10 +112,12 @@ async function sendDrawing() {
     if (m !== model || !pad.hasInk) return; // switched model or cleared meanwhile
     results.show({ ...answer, latencyMs: performance.now() - started, source: "drawing" });
     feedback.offer(m, () => new Promise((resolve) => pad.canvas.toBlob(resolve, "image/png")));
+    explanation.show(m, values);
   } catch (error) {
     if (m !== model) return;
     results.reset();
     feedback.hide();
+    explanation.hide();
     results.showError(errorMessage(error));
   }
 }
@@ -137,6 +142,7 @@ $("clear").addEventListener("click", () => {
   results.clearError();
   results.reset();
   feedback.hide();
+  explanation.hide();
 });
 
 // ---- uploads -------------------------------------------------------------------------------------
@@ -152,10 +158,12 @@ async function sendFile(file) {
     if (answer.input) showModelInput(answer.input); // what the service's preprocessing made of it
     results.show({ ...answer, latencyMs: performance.now() - started, source: file.name || "image" });
     feedback.offer(m, () => file);
+    explanation.show(m, file);
   } catch (error) {
     if (m !== model) return;
     results.reset();
     feedback.hide();
+    explanation.hide();
     results.showError(errorMessage(error));
   }
 }

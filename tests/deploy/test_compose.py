@@ -146,9 +146,16 @@ class Rollout:
 def rollout(stack: Stack, measurements: dict[str, Any]) -> Rollout:
     """The trainer publishes version 2 while two tritonclient streams run, until the api serves it."""
     images, _ = load_digits("mnist")
+    query = f'inference_requests_total{{model="{MODEL}",status="ok"}} > 0'
+
+    def scraped(version: str) -> bool:
+        """Prometheus has scraped a served request of ``version`` (its own query API)."""
+        answer = httpx.get(f"{stack.prometheus_url}/api/v1/query", params={"query": query}, timeout=10).json()
+        return version in {r["metric"]["version"] for r in answer.get("data", {}).get("result", [])}
+
     with streaming(stack.api_address, MODEL, images[:1000]) as streams:
         wait_for("requests answered by version 1", lambda: all(len(s.outcomes) >= 20 for s in streams), 60)
-        time.sleep(6)  # a Prometheus scrape (every 5 s) while version 1 serves
+        wait_for("a Prometheus scrape while version 1 serves", lambda: scraped("1"), 60)
         start = time.monotonic()
         result = stack.compose(
             "--profile", "train", "run", "--rm", "-T", "trainer", *trainer_args(), timeout=600
@@ -159,7 +166,7 @@ def rollout(stack: Stack, measurements: dict[str, Any]) -> Rollout:
             lambda: all(s.outcomes and s.outcomes[-1].version == "2" for s in streams),
             60,
         )
-        time.sleep(6)  # and one after the switch
+        wait_for("a Prometheus scrape after the switch", lambda: scraped("2"), 60)
     measurements["trainer_run_s"] = round(trainer_s, 1)
     measurements["rollout_requests"] = sum(len(s.outcomes) for s in streams)
     return Rollout(trainer_s, result.stdout + result.stderr, streams)

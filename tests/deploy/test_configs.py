@@ -41,6 +41,13 @@ METRICS = HISTOGRAMS | {
     "inference_queue_rows",
     "model_info",
     "model_load_total",
+    # docs/rollout.md
+    "rollout_state",
+    "rollout_weight",
+    "rollout_decisions_total",
+    "rollout_paired_feedback_total",
+    "model_repository_up",
+    "model_repository_errors_total",
 }
 # The settings of service/settings.py.
 SETTINGS = {
@@ -58,6 +65,7 @@ SETTINGS = {
     "SERVE_FEEDBACK_DIR",
     "SERVE_FEEDBACK_TOKEN",
     "SERVE_GRPC_PORT",
+    "SERVE_ROLLOUT_DECIDER",
     "SERVE_LOG_FORMAT",
 }
 DEFAULT_DRAIN_SECONDS = 10.0
@@ -357,8 +365,11 @@ def k8s_manifests() -> list[Path]:
     return sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
 
 
-def k8s(kind: str) -> dict[str, Any]:
+def k8s(kind: str, component: str = "api") -> dict[str, Any]:
+    """The one manifest of ``kind`` (of Deployments, the one of ``component``)."""
     found = [doc for p in k8s_manifests() for doc in yaml.safe_load_all(p.read_text()) if doc["kind"] == kind]
+    if kind == "Deployment":
+        found = [d for d in found if d["metadata"]["labels"]["app.kubernetes.io/component"] == component]
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
     return found[0]
 
@@ -621,3 +632,20 @@ def test_grafana_provisioning_points_at_the_compose_services(base: dict[str, Any
     assert Path(grafana_mounts["/etc/grafana/provisioning"][0]) == provisioning
     assert grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
     assert (3000, 3000) in ports(grafana)
+
+
+def test_the_rollout_controller_is_one_writer_and_the_api_only_follows() -> None:
+    """docs/rollout.md: with several api replicas one process decides, from Prometheus, and writes."""
+    assert k8s("ConfigMap")["data"]["SERVE_ROLLOUT_DECIDER"] == "controller"
+    controller = k8s("Deployment", "rollout-controller")
+    assert controller["spec"]["replicas"] == 1 and controller["spec"]["strategy"]["type"] == "Recreate"
+    (container,) = controller["spec"]["template"]["spec"]["containers"]
+    command = container["command"]
+    assert command[:3] == ["python", "-m", "service.controller"]
+    assert command[command.index("--repository") + 1] == k8s("ConfigMap")["data"]["SERVE_MODEL_REPOSITORY"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "models"]
+    assert not mount.get("readOnly", False)
+    compose_file = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert compose_file["api"]["environment"]["SERVE_ROLLOUT_DECIDER"] == "controller"
+    assert compose_file["rollout-controller"]["command"][:3] == ["python", "-m", "service.controller"]
+    assert "models:/models" in compose_file["rollout-controller"]["volumes"]

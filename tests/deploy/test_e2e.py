@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -136,12 +137,24 @@ def test_retrain_rolls_out_with_zero_failed_requests(tmp_path: Path) -> None:
         threads = [threading.Thread(target=stream, args=(outcomes[k], k * 500)) for k in range(2)]
         for t in threads:
             t.start()
-        time.sleep(6)  # at least one Prometheus scrape (every 5 s) while version 1 serves
+        query = f'inference_requests_total{{model="{MODEL}",status="ok"}}'
+
+        def scraped_versions() -> set[str]:
+            """The versions Prometheus has scraped a served request for, from its own query API."""
+            data = httpx.get(f"{prom_url}/api/v1/query", params={"query": query}, timeout=5).json()
+            assert data["status"] == "success"
+            return {r["metric"]["version"] for r in data["data"]["result"] if float(r["value"][1]) > 0}
+
+        def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+            deadline = time.monotonic() + timeout  # the bound only ends a failure
+            while not condition():
+                assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+                time.sleep(0.2)
+
+        wait_until(lambda: "1" in scraped_versions(), "a Prometheus scrape while version 1 serves")
         run_trainer(repository)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(v == "2" for v in (o[-1][1] for o in outcomes if o)):
-            time.sleep(0.2)
-        time.sleep(6)  # and at least one scrape after the switch
+        wait_until(lambda: any(o[-1][1] == "2" for o in outcomes if o), "clients answered by version 2")
+        wait_until(lambda: scraped_versions() == {"1", "2"}, "a Prometheus scrape after the switch")
         stop_streaming.set()
         for t in threads:
             t.join(timeout=60)
@@ -156,15 +169,7 @@ def test_retrain_rolls_out_with_zero_failed_requests(tmp_path: Path) -> None:
             assert set(versions[switch:]) == {"2"}, "a response from version 1 came after version 2"
 
         # Prometheus' own query API has the service's counter for both versions.
-        query = f'inference_requests_total{{model="{MODEL}",status="ok"}}'
-        seen: set[str] = set()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and seen != {"1", "2"}:
-            data = httpx.get(f"{prom_url}/api/v1/query", params={"query": query}, timeout=5).json()
-            assert data["status"] == "success"
-            seen = {r["metric"]["version"] for r in data["data"]["result"] if float(r["value"][1]) > 0}
-            time.sleep(0.5)
-        assert seen == {"1", "2"}
+        assert scraped_versions() == {"1", "2"}
         targets = httpx.get(f"{prom_url}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
         api_target = [t for t in targets if t["labels"]["job"] == "api"]
         assert api_target and api_target[0]["health"] == "up"

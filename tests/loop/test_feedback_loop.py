@@ -31,6 +31,7 @@ pytestmark = pytest.mark.slow
 
 MODEL = "mnist-cnn"
 TOKEN = "loop-test-token-0123456789"
+ADMIN = {"Authorization": "Bearer loop-test-admin-0123456789"}
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 #: Rotated test digits sent to /classify (and, when misread, as feedback) ...
 SENT = slice(0, 400)
@@ -134,6 +135,7 @@ def test_feedback_retrain_guard_publish_reload(tmp_path: Path) -> None:
         MODEL,
         "--feedback",
         str(feedback),
+        "--no-rollout",  # this loop checks direct publishing; rollouts: tests/training/test_retrain.py
         *data,
     ]
 
@@ -142,6 +144,7 @@ def test_feedback_retrain_guard_publish_reload(tmp_path: Path) -> None:
         "SERVE_POLL_INTERVAL_S": "0.5",
         "SERVE_FEEDBACK_DIR": str(feedback),
         "SERVE_FEEDBACK_TOKEN": TOKEN,
+        "SERVE_ADMIN_TOKEN": ADMIN["Authorization"].removeprefix("Bearer "),
     }
     with (
         running_service(tmp_path, env=env) as service,
@@ -204,5 +207,8 @@ def test_feedback_retrain_guard_publish_reload(tmp_path: Path) -> None:
         assert "points below the champion's" in refused.stdout
         print("refused run:\n" + refused.stdout[refused.stdout.index("retraining") :])
         assert sorted(p.name for p in (repository / MODEL).iterdir()) == ["1", "2"]
-        time.sleep(1.5)  # three repository scans: still version 2
+        # A scan of the repository now (what the watcher does every 0.5 s) still serves version 2.
+        reloaded = client.post(f"/v2/repository/models/{MODEL}/load", headers=ADMIN)
+        assert reloaded.status_code == 200, reloaded.text
+        assert reloaded.json()["versions"] == ["2"]
         assert classify(client, images[0])[1] == "2"

@@ -26,9 +26,10 @@ from tests.helpers.modelfactory import write_model_version
 
 ADMIN_TOKEN = "schema-test-admin-token"
 EXAMPLES = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-# Whether a schema-valid infer or classify body is acceptable depends on the model's signature, which no
-# schema for every model can express: for these, on a served model, a 400 is a correct answer.
-MODEL_DEPENDENT_BODIES = ("/infer", "/classify")
+# Whether a schema-valid infer, classify or explain body (or an explanation's patch size) is acceptable
+# depends on the model's signature, which no schema for every model can express: for these, on a served
+# model, a 400 is a correct answer.
+MODEL_DEPENDENT_BODIES = ("/infer", "/classify", "/explain")
 
 
 @pytest.fixture

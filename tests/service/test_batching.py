@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service import batching
 from service.batching import Batcher
 from service.batchwait import QUIET_GAPS
 from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, Unavailable
@@ -349,30 +348,19 @@ def test_an_earlier_deadline_rearms_the_one_expiry_timer() -> None:
     run(main)
 
 
-def test_expired_job_is_skipped_at_batch_start_even_before_its_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_expired_job_is_skipped_at_batch_start_even_before_its_timer() -> None:
     """The batcher's clock jumps past the deadline while the loop's timer is still far off."""
 
-    class Clock:
-        offset = 0.0
-
-        @classmethod
-        def monotonic(cls) -> float:
-            return time.monotonic() + cls.offset
-
-        perf_counter = staticmethod(time.perf_counter)
-
-    monkeypatch.setattr(batching, "time", Clock)
-
     async def main() -> None:
-        fake = FakeRuntime(gated=True)
-        batcher = make_batcher(fake)
+        fake, clock = FakeRuntime(gated=True), FakeClock()
+        batcher = make_batcher(fake, clock=clock)
         rng = np.random.default_rng(23)
         computing = asyncio.create_task(batcher.submit(make_inputs(rng, 2, 0)))
         assert await fake.next_batch() == 2
         late = make_inputs(rng, 3, 10)
-        expiring = asyncio.create_task(batcher.submit(late, deadline=Clock.monotonic() + 100))
+        expiring = asyncio.create_task(batcher.submit(late, deadline=clock() + 100))
         await settle()
-        Clock.offset = 200.0
+        clock.now += 200.0  # the loop's timer for it is still 100 real seconds away
         fake.gate.set()
         await answer(computing)
         with pytest.raises(DeadlineExceeded):
@@ -386,13 +374,14 @@ def test_expired_job_is_skipped_at_batch_start_even_before_its_timer(monkeypatch
 
 def test_deadline_passing_after_batch_started_still_answers() -> None:
     async def main() -> None:
-        fake = FakeRuntime(gated=True)
-        batcher = make_batcher(fake)
+        fake, clock = FakeRuntime(gated=True), FakeClock()
+        batcher = make_batcher(fake, clock=clock)
         inputs = make_inputs(np.random.default_rng(10), 3, 0)
-        deadline = time.monotonic() + 0.05
-        task = asyncio.create_task(batcher.submit(inputs, deadline=deadline))
+        task = asyncio.create_task(batcher.submit(inputs, deadline=clock() + 0.05))
         assert await fake.next_batch() == 3
-        await asyncio.sleep(deadline - time.monotonic() + 0.02)  # let the deadline pass mid-compute
+        clock.now += 1.0  # the deadline passes mid-compute, however slow the machine was to get here
+        batcher._expire()  # what the loop's deadline timer does when it fires
+        await settle()
         assert not task.done()
         fake.gate.set()
         assert_matches_model(inputs, await answer(task))
@@ -767,6 +756,228 @@ def test_fixed_wait_holds_a_lone_request_for_the_whole_delay() -> None:
         clock.now += 0.02
         await answer(lone)
         assert recorder.waits == [pytest.approx(0.02)]
+        await batcher.stop()
+
+    run(main)
+
+
+# ---- the background lane ----------------------------------------------------------------------------
+
+
+def test_predictions_go_before_background_work_queued_earlier() -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        batcher = make_batcher(fake, max_batch_size=8)
+        rng = np.random.default_rng(40)
+        computing = asyncio.create_task(batcher.submit(make_inputs(rng, 1, 0)))
+        assert await fake.next_batch() == 1
+        background = [
+            asyncio.create_task(batcher.submit(make_inputs(rng, 4, 100 + 10 * i), background=True))
+            for i in range(3)
+        ]
+        await settle()
+        prediction = make_inputs(rng, 2, 50)
+        predicted = asyncio.create_task(batcher.submit(prediction))
+        await settle()
+        assert (batcher.queue_rows, batcher.background_rows, batcher.pending) == (14, 12, 5)
+        fake.gate.set()
+        results = await answer(asyncio.gather(computing, predicted, *background))
+        assert_matches_model(prediction, results[1])
+        # The prediction goes alone; background jobs follow in batches of their own, whole and in order.
+        assert [r["k"].tolist() for r in fake.received[1:]] == [
+            [50, 51],
+            [100, 101, 102, 103, 110, 111, 112, 113],
+            [120, 121, 122, 123],
+        ]
+        assert batcher.pending == 0
+        await batcher.stop()
+
+    run(main)
+
+
+def test_queued_background_rows_never_refuse_a_prediction() -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        batcher = make_batcher(fake, max_queue_rows=10)
+        rng = np.random.default_rng(41)
+        computing = asyncio.create_task(batcher.submit(make_inputs(rng, 1, 0)))
+        assert await fake.next_batch() == 1
+        filling = asyncio.create_task(batcher.submit(make_inputs(rng, 10, 100), background=True))
+        await settle()
+        with pytest.raises(Overloaded) as caught:  # background work sees the whole queue
+            await batcher.submit(make_inputs(rng, 1, 200), background=True)
+        assert caught.value.message == "model 'digits' queue is full (10 rows queued, limit 10)"
+        admitted = asyncio.create_task(batcher.submit(make_inputs(rng, 10, 300)))  # predictions their lane
+        await settle()
+        assert batcher.queue_rows == 20
+        with pytest.raises(Overloaded):
+            await batcher.submit(make_inputs(rng, 1, 400))
+        fake.gate.set()
+        await answer(asyncio.gather(computing, filling, admitted))
+        assert fake.seen_ids().isdisjoint({200, 400})
+        await batcher.stop()
+
+    run(main)
+
+
+def test_background_work_is_counted_in_batches_but_not_in_queue_times() -> None:
+    async def main() -> None:
+        fake = FakeRuntime()
+        recorder = Recorder()
+        batcher = make_batcher(fake, observer=recorder)
+        rng = np.random.default_rng(49)
+        await answer(batcher.submit(make_inputs(rng, 3, 0), background=True))
+        await answer(batcher.submit(make_inputs(rng, 2, 10)))
+        assert recorder.batches == [3, 2]
+        assert len(recorder.waits) == 2 and len(recorder.queued_seconds) == 1  # the prediction's
+        await batcher.stop()
+
+    run(main)
+
+
+def test_background_work_does_not_hold_a_batch_and_is_not_held() -> None:
+    async def main() -> None:
+        fake = FakeRuntime()
+        recorder = Recorder()
+        # The fixed policy holds every prediction for the whole (huge) delay; background work goes at once.
+        batcher = make_batcher(fake, max_queue_delay_us=1_000_000_000, wait="fixed", observer=recorder)
+        inputs = make_inputs(np.random.default_rng(42), 3, 0)
+        assert_matches_model(inputs, await answer(batcher.submit(inputs, background=True)))
+        assert (fake.batches, recorder.waits) == ([3], [0.0])
+        await batcher.stop()
+
+    run(main)
+
+
+def test_cancelled_background_submit_releases_its_rows_uncomputed() -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        recorder = Recorder()
+        batcher = make_batcher(fake, max_batch_size=4, observer=recorder)
+        rng = np.random.default_rng(43)
+        computing = asyncio.create_task(batcher.submit(make_inputs(rng, 1, 0)))
+        assert await fake.next_batch() == 1
+        gone = asyncio.create_task(batcher.submit(make_inputs(rng, 12, 100), background=True))
+        await settle()
+        assert batcher.background_rows == 12
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert (batcher.queue_rows, batcher.background_rows, recorder.queue_rows[-1]) == (0, 0, 0)
+        fake.gate.set()
+        await answer(computing)
+        await answer(batcher.submit(make_inputs(rng, 1, 20), background=True))
+        assert fake.batches == [1, 1]
+        assert fake.seen_ids() == {0, 20}
+        await batcher.stop()
+
+    run(main)
+
+
+def test_background_deadline_passing_while_queued_answers_at_the_deadline() -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        batcher = make_batcher(fake)
+        rng = np.random.default_rng(44)
+        computing = asyncio.create_task(batcher.submit(make_inputs(rng, 1, 0)))
+        assert await fake.next_batch() == 1
+        late = make_inputs(rng, 3, 10)
+        with pytest.raises(DeadlineExceeded):
+            await answer(batcher.submit(late, deadline=time.monotonic() + 0.05, background=True))
+        assert batcher.background_rows == 0
+        fake.gate.set()
+        await answer(computing)
+        assert fake.seen_ids() == {0}
+        await batcher.stop()
+
+    run(main)
+
+
+def test_stop_without_drain_fails_queued_background_work() -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        batcher = make_batcher(fake)
+        rng = np.random.default_rng(45)
+        computing = asyncio.create_task(batcher.submit(make_inputs(rng, 1, 0)))
+        assert await fake.next_batch() == 1
+        queued = asyncio.create_task(batcher.submit(make_inputs(rng, 3, 10), background=True))
+        await settle()
+        stopping = asyncio.create_task(batcher.stop(drain=False))
+        with pytest.raises(Unavailable):
+            await answer(queued)
+        fake.gate.set()
+        await answer(asyncio.gather(computing, stopping))
+        assert fake.seen_ids() == {0}
+
+    run(main)
+
+
+def test_background_work_waits_while_any_prediction_is_pending() -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        batcher = make_batcher(fake, max_batch_size=8, max_background_rows=3)
+        rng = np.random.default_rng(46)
+        computing = asyncio.create_task(batcher.submit(make_inputs(rng, 1, 0), background=True))
+        assert await fake.next_batch() == 1
+        background = [
+            asyncio.create_task(batcher.submit(make_inputs(rng, 2, 100 + 10 * i), background=True))
+            for i in range(3)
+        ]
+        predicted = asyncio.create_task(batcher.submit(make_inputs(rng, 1, 50)))
+        await settle()
+        fake.gate.set()
+        await answer(asyncio.gather(computing, predicted, *background))
+        # The prediction waited only for the background batch already computing; background batches
+        # hold at most max_background_rows rows unless a single job is larger.
+        assert [r["k"].tolist() for r in fake.received] == [[0], [50], [100, 101], [110, 111], [120, 121]]
+        await batcher.stop()
+
+    run(main)
+
+
+def test_background_work_goes_once_the_last_prediction_is_answered() -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        batcher = make_batcher(fake)
+        rng = np.random.default_rng(47)
+        predicted = asyncio.create_task(batcher.submit(make_inputs(rng, 1, 0)))
+        assert await fake.next_batch() == 1
+        queued = asyncio.create_task(batcher.submit(make_inputs(rng, 2, 100), background=True))
+        await settle()
+        assert fake.batches == [1]  # a prediction is computing: the background lane waits
+        fake.gate.set()
+        await answer(asyncio.gather(predicted, queued))
+        assert fake.batches == [1, 2]
+        await batcher.stop()
+
+    run(main)
+
+
+def test_a_prediction_wakes_a_consumer_waiting_for_the_prediction_lane_to_go_idle() -> None:
+    async def main() -> None:
+        fake = FakeRuntime(gated=True)
+        loop = asyncio.get_running_loop()
+        rng = np.random.default_rng(48)
+        second = make_inputs(rng, 1, 60)
+        later: list[asyncio.Task[Arrays]] = []
+
+        class SubmitAfterFirstBatch(Recorder):
+            def on_batch(self, rows: int, compute_seconds: float) -> None:
+                super().on_batch(rows, compute_seconds)
+                if len(self.batches) == 1:  # runs before the first prediction's answer reaches it
+                    loop.call_soon(lambda: later.append(asyncio.create_task(batcher.submit(second))))
+
+        batcher = make_batcher(fake, observer=SubmitAfterFirstBatch())
+        first = asyncio.create_task(batcher.submit(make_inputs(rng, 1, 50)))
+        assert await fake.next_batch() == 1
+        queued = asyncio.create_task(batcher.submit(make_inputs(rng, 2, 100), background=True))
+        await settle()
+        fake.gate.set()
+        await answer(first)
+        await answer(
+            asyncio.gather(queued, *later)
+        )  # the second prediction arrived while the first was pending
+        assert [r["k"].tolist() for r in fake.received] == [[50], [60], [100, 101]]
         await batcher.stop()
 
     run(main)

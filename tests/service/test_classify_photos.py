@@ -3,7 +3,7 @@
 Photo-like images of real MNIST test digits (tests/helpers/photos.py: inverted, small, off-centre,
 rotated, thin, blurred, noisy, lit unevenly, JPEG and PNG, grey and colour, EXIF-rotated, with stray
 marks) go to ``mnist-cnn`` several per multipart request. The bars sit well below the accuracy the
-README's table reports (``python -m bench.preprocess``), so only a real regression fails them.
+table in docs/benchmarks.md reports (``python -m bench.preprocess``), so only a real regression fails them.
 """
 
 from __future__ import annotations

@@ -15,8 +15,12 @@ def test_ids_are_unique_unguessable_and_sort_by_time() -> None:
     assert len(set(ids)) == len(ids)
     assert all(len(i) == 26 and i.isalnum() and i.isupper() for i in ids)
     first = new_id()
-    time.sleep(0.002)
-    assert new_id() > first
+    later = new_id()
+    deadline = time.monotonic() + 5  # the bound only ends a failure
+    while later[:10] == first[:10]:  # the same millisecond: wait for the clock, never a fixed time
+        assert time.monotonic() < deadline, "the millisecond clock did not move"
+        later = new_id()
+    assert later > first
     # 80 random bits: two ids from the same millisecond differ in their random part.
     assert len({i[10:] for i in ids}) == len(ids)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import threading
 from pathlib import Path
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
+from service.core.types import InferRequest, InferResponse
 from service.registry import warmup_batch_sizes
 from service.settings import Settings
 from tests.helpers.modelfactory import write_model_version
@@ -184,6 +186,33 @@ def test_queued_requests_finish_on_the_old_version(tmp_path: Path) -> None:
         assert [r["model_version"] for r in results] == ["1", "1"]
         for r in results:
             np.testing.assert_allclose(probabilities(r), v1.reference(IMAGES), atol=1e-5)
+
+
+def test_a_request_that_chose_the_old_version_before_a_swap_is_computed(tmp_path: Path) -> None:
+    """A request resolves its version, then reads its body; a swap in between must not refuse it."""
+    v1 = write_model_version(tmp_path, "tiny", 1, seed=1)
+    with TestClient(create_app(Settings(model_repository=tmp_path))) as c:
+        core, registry = c.app.state.core, c.app.state.registry  # type: ignore[attr-defined]
+        old = registry.get("tiny")
+
+        async def swap_while_the_body_arrives() -> InferResponse:
+            async with core.call("tiny") as call:  # version 1 chosen; the body is still arriving
+                write_model_version(tmp_path, "tiny", 2, seed=2)
+                await registry.sync()  # version 2 swapped in, version 1 retired
+                assert registry.get("tiny").version == 2
+                for _ in range(20):  # let the retirement run as far as it will
+                    await asyncio.sleep(0)
+                return await call.infer(InferRequest(inputs={"image": IMAGES}))  # type: ignore[no-any-return]
+
+        response = c.portal.call(swap_while_the_body_arrives)
+        assert response.version == 1
+        np.testing.assert_allclose(response.outputs["probabilities"], v1.reference(IMAGES), atol=1e-5)
+        # Once no request holds it, the retired version stops.
+        for _ in range(2000):
+            if not old.batcher.accepting:
+                break
+            threading.Event().wait(0.005)
+        assert not old.batcher.accepting
 
 
 def test_model_without_versions_is_not_ready(tmp_path: Path) -> None:

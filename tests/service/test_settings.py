@@ -15,7 +15,7 @@ from service.settings import Settings
 
 def test_defaults() -> None:
     s = Settings()
-    assert (s.model_repository, s.models, s.version_policy) == (Path("models"), None, "latest:1")
+    assert (s.model_repository, s.models, s.version_policy) == ("models", None, "latest:1")
     assert (s.max_batch_size, s.max_queue_delay_us, s.max_queue_rows, s.max_request_rows) == (
         32,
         500,
@@ -175,3 +175,14 @@ def test_batch_wait_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
 def test_unknown_batch_wait_is_refused() -> None:
     with pytest.raises(ValidationError, match="batch_wait"):
         Settings(batch_wait="eager")  # type: ignore[arg-type]
+
+
+def test_the_repository_is_a_directory_or_an_s3_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings(model_repository=Path("/srv/models")).model_repository == "/srv/models"
+    monkeypatch.setenv("SERVE_MODEL_REPOSITORY", "s3://digits-models/models")
+    assert Settings().model_repository == "s3://digits-models/models"  # not folded to s3:/ as a Path
+    for value, fragment in (("gs://bucket/x", "unsupported repository"), ("s3://No_Such/x", "bucket name")):
+        with pytest.raises(ValidationError, match=fragment):
+            Settings(model_repository=value)
+    with pytest.raises(ValidationError, match="model_cache_bytes"):
+        Settings(model_cache_bytes=1024)

@@ -3,6 +3,7 @@ publishes; the promotion guard exits 3 unless ``--force``."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import onnxruntime as ort
 import pytest
 
 from tests.helpers.imagefiles import classes
+from tests.helpers.s3server import moto_server
 from training.cli import main
 from training.data import Dataset
 
@@ -301,3 +303,39 @@ def test_help_lists_the_import_options() -> None:
         assert option in result.stdout
     for option in ("--labels", "--input-scale", "--softmax", "--eval-images", "center_crop"):
         assert option in result.stdout
+
+
+@pytest.mark.slow
+def test_train_publishes_to_a_bucket_and_guards_against_it(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--publish s3://...`` against moto's S3 server (its own process): the version lands committed,
+    and the promotion guard reads the newest version's metadata from the bucket."""
+    with moto_server(tmp_path) as s3:
+        for key, value in s3.env().items():
+            monkeypatch.setenv(key, value)
+        client = s3.client()
+        client.create_bucket(Bucket="models")
+        args = ["train", "--dataset", "mnist", "--preset", "tiny-mlp", "--epochs", "1"]
+        args += ["--limit-train", "300", "--name", "e2e", "--publish", "s3://models/repo"]
+        args += ["--data-dir", str(data_dir)]
+        result = run_cli(*args)
+        assert result.returncode == 0, result.stderr
+        stored = client.get_object(Bucket="models", Key="repo/e2e/1/metadata.json")
+        metadata = json.loads(stored["Body"].read())
+        model = client.get_object(Bucket="models", Key="repo/e2e/1/model.onnx")["Body"].read()
+        assert metadata["version"] == 1 and metadata["files"]["model.onnx"] == metadata["sha256"]
+        assert hashlib.sha256(model).hexdigest() == metadata["sha256"]
+        assert {"train/model.keras", "report/confusion_matrix.png"} <= set(metadata["files"])
+
+        metadata["metrics"]["accuracy"] = 1.0
+        client.put_object(Bucket="models", Key="repo/e2e/1/metadata.json", Body=json.dumps(metadata).encode())
+        assert main(args) == 3
+        assert "not publishing e2e" in capsys.readouterr().err
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket="models", Prefix="repo/e2e/")["Contents"]]
+        assert {k.split("/")[2] for k in keys} == {"1"}
+
+    with pytest.raises(SystemExit) as usage:  # argparse's own exit, as for every bad option
+        main([*args[:-3], "gs://models/repo", *args[-2:]])
+    assert usage.value.code == 2
+    assert "argument --publish: unsupported repository 'gs://models/repo'" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Command-line value types: image sizes, value ranges and label lists."""
+"""Command-line value types: image sizes, value ranges, label lists and repositories."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training.options import image_size, labels, value_range
+from training.options import image_size, labels, repository, value_range
 
 
 @pytest.mark.parametrize(
@@ -73,3 +73,11 @@ def test_labels_from_a_list_or_a_file(tmp_path: Path) -> None:
 def test_bad_labels(text: str, message: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match=message):
         labels(text)
+
+
+def test_repository_keeps_urls_whole_and_refuses_other_schemes() -> None:
+    assert repository("s3://bucket/models") == "s3://bucket/models"  # Path would fold the "//"
+    assert repository("models/") == Path("models")
+    for text, message in (("gs://b/x", "unsupported repository"), ("s3://B/x", "not a valid bucket")):
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            repository(text)

@@ -31,6 +31,7 @@ METADATA_KEYS = {
     "labels",
     "preprocessing",
     "sha256",
+    "files",
     "opset",
     "dataset",
     "metrics",
@@ -70,6 +71,10 @@ def test_tiny_run_publishes_a_loadable_version(
     metadata = json.loads((directory / "metadata.json").read_text())
     model_bytes = (directory / "model.onnx").read_bytes()
     assert set(metadata) == METADATA_KEYS
+    on_disk = {p.relative_to(directory).as_posix(): p for p in directory.rglob("*") if p.is_file()}
+    del on_disk["metadata.json"]
+    assert metadata["files"] == {f: sha256_hex(p.read_bytes()) for f, p in on_disk.items()}
+    assert {"model.onnx", "train/model.keras", "report/training_curves.png"} <= set(metadata["files"])
     assert metadata["name"] == f"t-{preset}"
     assert metadata["version"] == 1
     assert metadata["created_at"].endswith("Z")

@@ -18,9 +18,11 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from service.contract import KERAS_FILE, Preprocessing
+from service.contract import CANDIDATE_FILE, KERAS_FILE, Preprocessing
 from service.feedback import FeedbackStore
+from service.rolloutstore import read_record, write_record
 from tests.helpers.modelfactory import DROP, write_model_version
+from tests.helpers.s3server import moto_server
 from training import pipeline
 from training import retrain as retrain_module
 from training.cli import main
@@ -78,7 +80,7 @@ def rotated(mnist: Dataset, start: int, stop: int) -> tuple[np.ndarray, np.ndarr
     return np.rot90(mnist.x_test[start:stop], k=1, axes=(1, 2)), mnist.y_test[start:stop]
 
 
-def retrain(repository: Path, feedback: Path, data_dir: Path, *extra: str) -> int:
+def retrain(repository: Path | str, feedback: Path, data_dir: Path, *extra: str) -> int:
     args = ["--repository", str(repository), "--name", NAME, "--feedback", str(feedback)]
     return main(["retrain", *args, "--data-dir", str(data_dir), "--epochs", "2", *extra])
 
@@ -112,6 +114,13 @@ def test_feedback_that_helps_is_published_and_then_nothing_is_new(
     assert "decision: published m version 2" in out
     assert "challenger: weights of version 1" in out
     assert versions(repository, NAME) == [1, 2]
+    # Published as a candidate, its rollout started: the service keeps answering with version 1.
+    assert "as a candidate; rollout of version 2 against version 1 started" in out
+    assert (repository / NAME / "2" / CANDIDATE_FILE).is_file()
+    rollout = read_record(repository, NAME)
+    assert rollout is not None
+    assert (rollout["state"], rollout["champion"], rollout["candidate"]) == ("shadow", 1, 2)
+    assert rollout["history"][-1]["by"] == "retrain"
 
     v1, v2 = repository / NAME / "1", repository / NAME / "2"
     metadata = json.loads((v2 / "metadata.json").read_text())
@@ -139,7 +148,10 @@ def test_feedback_that_helps_is_published_and_then_nothing_is_new(
     assert "nothing new: no feedback for m since version 2 was trained" in capsys.readouterr().out
     assert versions(repository, NAME) == [1, 2]
 
-    send(feedback, *rotated(mnist, 300, 340))  # more arrives: the next run starts from version 2
+    # The rollout promotes version 2 (as the service decides, through the record); more feedback
+    # arrives: the next run starts from version 2, the serving champion.
+    write_record(repository, NAME, {**rollout, "state": "promoted", "promoted": [2]})
+    send(feedback, *rotated(mnist, 300, 340))
     retrain(repository, feedback, data_dir)
     out = capsys.readouterr().out
     assert "champion is version 2" in out and "(40 new)" in out
@@ -270,3 +282,45 @@ def test_a_champion_whose_file_does_not_match_its_sha256_is_an_error(
     assert retrain(repository, feedback, data_dir) == 2
     assert "does not match the sha256 in its metadata" in capsys.readouterr().err
     assert versions(repository, NAME) == [1]
+
+
+def test_retraining_reads_and_publishes_a_bucket(
+    published: Path, feedback: Path, data_dir: Path, mnist: Dataset, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """The champion downloaded from S3 (moto's server, its own process), each file checked against the
+    sha256 its metadata records; the winner published back by claim, files and metadata last."""
+    with moto_server(tmp_path) as s3:
+        for key, value in s3.env().items():
+            monkeypatch.setenv(key, value)
+        client = s3.client()
+        client.create_bucket(Bucket="models")
+        for path in sorted(p for p in (published / NAME).rglob("*") if p.is_file()):
+            key = f"repo/{path.relative_to(published).as_posix()}"
+            client.put_object(Bucket="models", Key=key, Body=path.read_bytes())
+        url = "s3://models/repo"
+        assert versions(url, NAME) == [1]
+
+        assert retrain(url, feedback, data_dir) == 0
+        assert "nothing new: no feedback for m since version 1" in capsys.readouterr().out
+
+        send(feedback, *rotated(mnist, 0, 300))
+        assert retrain(url, feedback, data_dir, "--max-regression", "3") == 0
+        assert "decision: published m version 2 at s3://models/repo/m/2" in capsys.readouterr().out
+        assert versions(url, NAME) == [1, 2]
+        stored = client.get_object(Bucket="models", Key="repo/m/2/metadata.json")
+        metadata = json.loads(stored["Body"].read())
+        keras_bytes = client.get_object(Bucket="models", Key=f"repo/m/2/{KERAS_FILE}")["Body"].read()
+        assert metadata["files"][KERAS_FILE] == sha256_hex(keras_bytes)
+        assert metadata["retrain"]["base_version"] == 1
+        # Published as a candidate (its marker uploaded with it), its rollout recorded beside the model.
+        client.head_object(Bucket="models", Key=f"repo/m/2/{CANDIDATE_FILE}")
+        rollout = read_record(url, NAME)
+        assert rollout is not None
+        assert (rollout["state"], rollout["champion"], rollout["candidate"]) == ("shadow", 1, 2)
+
+        # A champion (version 1 serves until the rollout decides) whose Keras file was replaced in the
+        # bucket is refused, not fine-tuned.
+        client.put_object(Bucket="models", Key=f"repo/m/1/{KERAS_FILE}", Body=b"not the model")
+        send(feedback, *rotated(mnist, 300, 340))
+        assert retrain(url, feedback, data_dir) == 2
+        assert "train/model.keras: sha256 mismatch" in capsys.readouterr().err

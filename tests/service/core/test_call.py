@@ -69,16 +69,31 @@ def test_a_call_counts_under_its_transports_protocol(tmp_path: Path) -> None:
     run(test, tmp_path)
 
 
+def test_the_one_call_helpers_count_under_the_given_protocol(tmp_path: Path) -> None:
+    async def test(core: InferenceService, model: WrittenModel) -> None:
+        await core.infer("tiny", InferRequest({"image": images(1)}), protocol="grpc")
+        await core.infer("tiny", InferRequest({"image": images(1)}))
+        sample = core.metrics.registry.get_sample_value
+        mv = {"model": "tiny", "version": "1", "status": "ok"}
+        assert sample("inference_requests_total", {**mv, "protocol": "grpc"}) == 1
+        assert sample("inference_requests_total", {**mv, "protocol": "http"}) == 1
+
+    run(test, tmp_path)
+
+
 def test_a_request_cancelled_after_its_deadline_counts_as_a_timeout(tmp_path: Path) -> None:
     # What a gRPC deadline does: grpcio cancels the handler once the client's deadline has passed.
     async def test(core: InferenceService, model: WrittenModel) -> None:
+        entered = asyncio.Event()
+
         async def past_deadline_then_wait() -> None:
             async with core.call("tiny", protocol="grpc") as call:
                 call._deadline(None, time.monotonic() - 1)  # the deadline the request was given, already over
-                await asyncio.sleep(3600)
+                entered.set()
+                await asyncio.Event().wait()  # until cancelled
 
         task = asyncio.create_task(past_deadline_then_wait())
-        await asyncio.sleep(0.01)
+        await asyncio.wait_for(entered.wait(), timeout=30)  # the bound only ends a failure
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -91,12 +106,15 @@ def test_a_request_cancelled_after_its_deadline_counts_as_a_timeout(tmp_path: Pa
 
 def test_a_cancelled_request_is_not_counted(tmp_path: Path) -> None:
     async def test(core: InferenceService, model: WrittenModel) -> None:
+        entered = asyncio.Event()
+
         async def enter_and_wait() -> None:
             async with core.call("tiny"):
-                await asyncio.sleep(3600)
+                entered.set()
+                await asyncio.Event().wait()  # until cancelled
 
         task = asyncio.create_task(enter_and_wait())
-        await asyncio.sleep(0.01)
+        await asyncio.wait_for(entered.wait(), timeout=30)  # the bound only ends a failure
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -89,6 +89,20 @@ def test_a_submitted_image_is_classified_then_stored(tmp_path: Path) -> None:
     assert item.file == f"tiny/c3/{item.id}.png"
 
 
+def test_the_classification_is_counted_under_the_callers_protocol(tmp_path: Path) -> None:
+    async def test(core: InferenceService) -> None:
+        async with core.feedback_call("tiny", None, BEARER, "c3", protocol="grpc") as call:
+            await call.submit(png())
+        async with core.feedback_call("tiny", None, BEARER, "c3") as call:
+            await call.submit(png())
+        sample = core.metrics.registry.get_sample_value
+        labels = {"model": "tiny", "version": "1", "status": "ok"}
+        assert sample("inference_requests_total", {**labels, "protocol": "grpc"}) == 1
+        assert sample("inference_requests_total", {**labels, "protocol": "http"}) == 1
+
+    run(test, tmp_path)
+
+
 @pytest.mark.parametrize(
     ("authorization", "label", "error", "result"),
     [

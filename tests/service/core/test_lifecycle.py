@@ -15,18 +15,38 @@ from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.settings import Settings
 from tests.helpers.modelfactory import write_model_version
+from tests.helpers.waiting import eventually
+
+
+class FakeClock:
+    """Seconds that pass only when the test moves them."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def test_drain_deadline_is_set_once_and_counts_down() -> None:
-    lifecycle = Lifecycle()
+    clock = FakeClock()
+    lifecycle = Lifecycle(clock=clock)
     assert not lifecycle.draining and lifecycle.time_left(7.0) == 7.0
     deadline = lifecycle.begin_drain(5.0)
     assert lifecycle.draining
-    assert 4.0 < deadline - time.monotonic() <= 5.0
+    assert deadline == 1005.0
+    clock.now += 1.5
     assert lifecycle.begin_drain(60.0) == deadline
-    assert 4.0 < lifecycle.time_left(7.0) <= 5.0
-    lifecycle.deadline = time.monotonic() - 1
+    assert lifecycle.time_left(7.0) == 3.5
+    clock.now += 10
     assert lifecycle.time_left(7.0) == 0.0
+
+
+def test_the_default_clock_is_monotonic() -> None:
+    lifecycle = Lifecycle()
+    before = time.monotonic()
+    deadline = lifecycle.begin_drain(5.0)
+    assert before + 5.0 <= deadline <= time.monotonic() + 5.0
 
 
 def test_watcher_loads_new_versions(tmp_path: Path) -> None:
@@ -37,15 +57,9 @@ def test_watcher_loads_new_versions(tmp_path: Path) -> None:
         registry = ModelRegistry(settings, Metrics(CollectorRegistry()), ["CPUExecutionProvider"])
         watcher = asyncio.create_task(Lifecycle(0.05).load_and_watch(registry, initial=True))
         try:
-            for _ in range(500):
-                if registry.loaded:
-                    break
-                await asyncio.sleep(0.01)
+            await eventually(lambda: bool(registry.loaded), "version 1 loaded")
             write_model_version(tmp_path, "tiny", 2, seed=2)
-            for _ in range(500):
-                if registry.versions("tiny") == [2]:
-                    break
-                await asyncio.sleep(0.01)
+            await eventually(lambda: registry.versions("tiny") == [2], "version 2 swapped in by the watcher")
             return registry.versions("tiny")
         finally:
             watcher.cancel()
@@ -65,10 +79,7 @@ def test_a_failed_scan_is_logged_and_the_watcher_goes_on(caplog: pytest.LogCaptu
 
     async def main() -> None:
         watcher = asyncio.create_task(Lifecycle(0.01).load_and_watch(Flaky(), initial=False))  # type: ignore[arg-type]
-        for _ in range(500):
-            if Flaky.calls >= 3:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: Flaky.calls >= 3, "two scans after the failed one")
         watcher.cancel()
 
     with caplog.at_level(logging.ERROR, logger="service"):

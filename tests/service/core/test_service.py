@@ -30,6 +30,7 @@ from service.errors import (
 from service.metrics import Metrics
 from service.settings import Settings
 from tests.helpers.modelfactory import WrittenModel, write_model_version
+from tests.helpers.waiting import eventually
 
 T = TypeVar("T")
 TOKEN = "an-admin-token-for-tests"
@@ -278,10 +279,7 @@ def test_background_start_is_live_before_ready(tmp_path: Path) -> None:
         await core.start(background=True)
         with pytest.raises(Unavailable, match="still loading"):
             core.check_ready()
-        for _ in range(1000):
-            if core.registry.loaded:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: bool(core.registry.loaded), "the background load")
         core.check_ready()
         await core.stop()
         with pytest.raises(Unavailable, match="draining"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -24,6 +25,7 @@ from service.grpc.tensors import build_infer_request, response_arrays
 from service.settings import Settings
 from tests.helpers.data import MODELS, load_digits
 from tests.helpers.server import free_port
+from tests.helpers.variants import publish_variant
 
 TOKEN = "grpc-admin-token-for-tests"
 MV = {"model": "mnist-mlp", "version": "1"}
@@ -468,3 +470,23 @@ def test_grpc_port_zero_serves_no_grpc() -> None:
     with TestClient(app) as http:
         assert http.get("/v2/health/ready").status_code == 200
         assert not hasattr(app.state, "grpc_port")
+
+
+def test_grpc_follows_a_canary_sticky_per_routing_key(tmp_path: Path) -> None:
+    publish_variant(MODELS / "mnist-mlp" / "1", tmp_path, "mnist-mlp", 1)
+    publish_variant(MODELS / "mnist-mlp" / "1", tmp_path, "mnist-mlp", 2, candidate=True)
+    with serving(model_repository=tmp_path, models=["mnist-mlp"], admin_token=TOKEN) as (http, stub, _):
+        assert {stub.ModelInfer(request()).model_version for _ in range(10)} == {"1"}
+        started = http.post(
+            "/v2/repository/models/mnist-mlp/rollout",
+            json={"candidate": "2", "stages": [{"kind": "canary", "weight": 0.5, "min_requests": 10**6}]},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        assert started.status_code == 200, started.text
+        seen: dict[str, set[str]] = {}
+        for key in (f"grpc-client-{n}" for n in range(12)):
+            for _ in range(4):
+                answer = stub.ModelInfer(request(), metadata=(("routing-key", key),))
+                seen.setdefault(key, set()).add(answer.model_version)
+        assert all(len(versions) == 1 for versions in seen.values()), seen
+        assert set().union(*seen.values()) == {"1", "2"}

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -17,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 from service.core import InferenceService
 from service.http import infer
 from service.http.dispatch import CloseWhileDraining, FastPath
+from service.http.paths import MAX_ROUTING_KEY
 from service.metrics import Metrics
 from service.settings import Settings
 from tests.helpers.modelfactory import WrittenModel, write_model_version
@@ -82,6 +84,26 @@ def test_infer_is_answered_without_the_app_behind(tmp_path: Path) -> None:
             "POST /v2/models/tiny/infer/more",
             "POST /v1/models/tiny/infer",
         ]
+
+    serve(tmp_path, test)
+
+
+def test_the_routing_key_reaches_the_core_cut_to_its_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def test(client: Client, passed_on: list[str], core: InferenceService, model: WrittenModel) -> None:
+        keys: list[str | None] = []
+        call = core.call
+
+        def recording_call(name: str, version: int | None = None, **kwargs: Any) -> Any:
+            keys.append(kwargs.get("routing_key"))
+            return call(name, version, **kwargs)
+
+        monkeypatch.setattr(core, "call", recording_call)
+        for headers in ({}, {"X-Routing-Key": "client-7"}, {"X-Routing-Key": "k" * (MAX_ROUTING_KEY + 10)}):
+            response = await client.post("/v2/models/tiny/infer", content=BODY, headers=headers)
+            assert response.status_code == 200, response.text
+        assert keys == [None, "client-7", "k" * MAX_ROUTING_KEY]
 
     serve(tmp_path, test)
 
