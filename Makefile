@@ -11,7 +11,7 @@ TRAIN_STAMP := $(VENV)/.train-installed
 DEV_STAMP   := $(VENV)/.dev-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run train-deps docs docs-serve docs-gen models test test-deploy lint format protos train bench bench-grpc bench-tracing bench-soak bench-models bench-preprocess bench-threads schema system-deps clean
+.PHONY: help run train-deps docs docs-serve docs-gen models test test-deploy lint format protos train bench bench-gpu bench-grpc bench-tracing bench-soak bench-models bench-preprocess bench-threads schema system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -102,6 +102,10 @@ train: $(TRAIN_STAMP)
 ## bench: serving throughput and latency vs a naive baseline and raw onnxruntime
 bench: $(DEV_STAMP) system-deps
 	$(BIN)/python -m bench.serving
+
+## bench-gpu: on a machine with an NVIDIA GPU: prove CUDA is used, then the service vs raw onnxruntime CUDA
+bench-gpu:
+	bash bench/gpu.sh
 
 ## bench-grpc: gRPC beside HTTP JSON and binary, one service process, c = 1, 16, 64
 bench-grpc: $(DEV_STAMP) system-deps

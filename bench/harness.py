@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -27,6 +28,24 @@ DATA_DIR = Path(os.environ.get("DATA_DIR", ROOT.parent / "shared" / "data"))
 READY_TIMEOUT_S = 120
 
 Bodies = dict[str, tuple[Path, dict[str, str]]]
+
+
+def machine_load() -> dict[str, float]:
+    """The machine's load now: 1-minute load average and the CPU counters ``steal_share`` needs."""
+    load1 = float(Path("/proc/loadavg").read_text().split()[0])
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return {"load1": load1, "cpu_ticks": float(sum(fields)), "steal_ticks": float(fields[7])}
+
+
+def load_report(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Load before and after a run, the share of CPU time stolen by the hypervisor meanwhile, and
+    ``busy``: True when the run cannot be trusted as a quiet-machine figure (other work was running
+    before it started, at least a quarter of a core per core, or more than 2 % of CPU time was stolen)."""
+    ticks = after["cpu_ticks"] - before["cpu_ticks"]
+    steal = (after["steal_ticks"] - before["steal_ticks"]) / ticks if ticks > 0 else 0.0
+    cpus = os.cpu_count() or 1
+    busy = before["load1"] >= 0.25 * cpus or steal > 0.02
+    return {"load1_before": before["load1"], "load1_after": after["load1"], "steal": steal, "busy": busy}
 
 
 def free_port() -> int:

@@ -11,7 +11,11 @@
 
 Then, level by level and body by body, it drives each target in turn with ``hey`` (a separate process on
 the same cores) with single-image requests, so load that drifts on a shared machine touches every target
-alike; ``--rounds N`` repeats the whole sweep and reports each point's median. It measures raw
+alike; ``--rounds N`` (3 by default) repeats the whole sweep and reports each point's median and its
+spread (lowest and highest round). Every service it starts has its own free HTTP and gRPC ports, so the
+candidate and ``service-baseline`` run side by side with gRPC on. The machine's load average and the CPU
+time stolen by the hypervisor are recorded before and after, and a run that began on a busy machine is
+marked as such in the output and in ``serving.json``. It measures raw
 in-process onnxruntime at batch 1 and at the max batch size (the ceiling), prints the table and the
 targets below as ratios, and writes ``bench/results/serving.json`` and ``serving.png``.
 
@@ -41,7 +45,18 @@ import numpy as np
 import onnxruntime as ort
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.harness import RESULTS, ROOT, first_test_image, free_port, hey, process, report, write_bodies
+from bench.harness import (
+    RESULTS,
+    ROOT,
+    first_test_image,
+    free_port,
+    hey,
+    load_report,
+    machine_load,
+    process,
+    report,
+    write_bodies,
+)
 
 UVICORN = ["-m", "uvicorn", "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
 Run = dict[str, Any]
@@ -65,11 +80,12 @@ class Target:
 def service_target(name: str, model: str, workers: int, env: dict[str, str]) -> Target:
     port = free_port()
     cmd = [sys.executable, "-m", "service", "--port", str(port), "--workers", str(workers)]
-    base = {"SERVE_MODELS": model, "SERVE_LOG_LEVEL": "warning"}
+    # Each service gets its own gRPC port too: two on Triton's 8001 would fail the second one's start.
+    base = {"SERVE_MODELS": model, "SERVE_LOG_LEVEL": "warning", "SERVE_GRPC_PORT": str(free_port())}
     return Target(name, cmd, base | env, "/v2/health/ready", port=port)
 
 
-def baseline_target(ref: str, model: str, workers: int) -> Target:
+def baseline_target(ref: str, model: str, workers: int, name: str = "service-baseline") -> Target:
     """``service/`` as of git commit ``ref``, run from its own directory so that it is what imports."""
     commit = subprocess.run(
         ["git", "rev-parse", "--short", ref], cwd=ROOT, capture_output=True, text=True, check=True
@@ -81,9 +97,7 @@ def baseline_target(ref: str, model: str, workers: int) -> Target:
         )
         with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
             tar.extractall(tree, filter="data")
-    target = service_target(
-        "service-baseline", model, workers, {"SERVE_MODEL_REPOSITORY": str(ROOT / "models")}
-    )
+    target = service_target(name, model, workers, {"SERVE_MODEL_REPOSITORY": str(ROOT / "models")})
     target.cwd = tree
     return target
 
@@ -121,20 +135,39 @@ def batching(before: dict[str, float], after: dict[str, float]) -> dict[str, flo
     }
 
 
+#: Figures whose spread over rounds is reported beside the median (``rps_min``, ``rps_max``, ...).
+SPREAD = ("rps", "p99_ms", "server_cpu_us")
+
+
 def medians(samples: list[Run]) -> list[Run]:
-    """One run per (target, body, concurrency), each number the median over the rounds."""
+    """One run per (target, body, concurrency): each number the median over the rounds, and for the
+    figures in :data:`SPREAD` their lowest and highest round too."""
     groups: dict[tuple[str, str, int], list[Run]] = {}
     for r in samples:
         groups.setdefault((r["target"], r["body"], r["concurrency"]), []).append(r)
-    return [
-        {"target": t, "body": b, "concurrency": c, "rounds": len(rs)}
-        | {
-            k: float(np.median([r[k] for r in rs]))
-            for k in rs[0]
-            if k not in ("target", "body", "concurrency")
-        }
-        for (t, b, c), rs in groups.items()
-    ]
+    runs = []
+    for (t, b, c), rs in groups.items():
+        run: Run = {"target": t, "body": b, "concurrency": c, "rounds": len(rs)}
+        for k in rs[0]:
+            if k not in ("target", "body", "concurrency"):
+                run[k] = float(np.median([r[k] for r in rs]))
+        for k in SPREAD:
+            run[f"{k}_min"] = float(min(r[k] for r in rs))
+            run[f"{k}_max"] = float(max(r[k] for r in rs))
+        runs.append(run)
+    return runs
+
+
+def print_spread(runs: list[Run]) -> None:
+    """Each point's lowest and highest round: a ratio inside that spread is noise, not a result."""
+    print("\nspread over rounds (min..max):")
+    for r in runs:
+        print(
+            f"{r['target'] + ' ' + r['body']:32} c={r['concurrency']:3}: "
+            f"{r['rps_min']:6.0f}..{r['rps_max']:<6.0f} req/s  "
+            f"p99 {r['p99_ms_min']:5.1f}..{r['p99_ms_max']:<5.1f} ms  "
+            f"cpu/req {r['server_cpu_us_min']:4.0f}..{r['server_cpu_us_max']:<4.0f} us"
+        )
 
 
 def raw_onnxruntime(model: Path, image: np.ndarray, batch: int, seconds: float) -> float:
@@ -163,9 +196,11 @@ def check_targets(runs: list[Run], levels: list[int]) -> list[dict[str, Any]]:
     for body in ("json", "binary"):
         ratio(f"c=1 {body}: service / naive JSON", ("service", body, 1), ("naive", "json", 1), 1.0)
     before = "service-baseline" if any(r["target"] == "service-baseline" for r in runs) else "service-fixed"
+    # Issue 20's bars: c=64 at least 1.15x (binary) and 1.10x (JSON) of the code before the typed core.
+    bars = {(16, "json"): 1.0, (16, "binary"): 1.0, (64, "json"): 1.10, (64, "binary"): 1.15}
     for c in (16, 64):
         for body in ("json", "binary"):
-            ratio(f"c={c} {body}: service / {before}", ("service", body, c), (before, body, c), 1.0)
+            ratio(f"c={c} {body}: service / {before}", ("service", body, c), (before, body, c), bars[c, body])
     top = max(levels)
     for body in ("json", "binary"):
         key = ("service", body, top)
@@ -181,6 +216,28 @@ def check_targets(runs: list[Run], levels: list[int]) -> list[dict[str, Any]]:
                 }
             )
     ratio(f"c={top} binary: service / floor", ("service", "binary", top), ("floor", "binary", top), 0.9)
+    service, floor = by.get(("service", "binary", top)), by.get(("floor", "binary", top))
+    if service is not None and floor is not None:
+        p99 = service["p99_ms"] / floor["p99_ms"]
+        rows.append(
+            {
+                "target": f"c={top} binary: p99 / floor's",
+                "measured": p99,
+                "bar": 1.5,
+                "unit": "x<",
+                "met": p99 <= 1.5,
+            }
+        )
+        cpu = service["server_cpu_us"]
+        rows.append(
+            {
+                "target": f"c={top} binary: CPU per request",
+                "measured": cpu,
+                "bar": 200.0,
+                "unit": "us",
+                "met": cpu <= 200,
+            }
+        )
     return rows
 
 
@@ -188,7 +245,11 @@ def print_targets(rows: list[dict[str, Any]]) -> None:
     print(f"\n{'target':44} {'measured':>9} {'bar':>10}")
     for row in rows:
         if row["unit"] == "x":
-            measured, bar = f"{row['measured']:.2f}x", f">= {row['bar']:.1f}x"
+            measured, bar = f"{row['measured']:.2f}x", f">= {row['bar']:.2f}x"
+        elif row["unit"] == "x<":
+            measured, bar = f"{row['measured']:.2f}x", f"<= {row['bar']:.2f}x"
+        elif row["unit"] == "us":
+            measured, bar = f"{row['measured']:.0f} us", f"<= {row['bar']:.0f} us"
         else:
             measured, bar = f"{row['measured']:.1f} ms", f"<= {row['bar']:.0f} ms"
         print(f"{row['target']:44} {measured:>9} {bar:>10}  {'met' if row['met'] else 'NOT MET'}")
@@ -231,8 +292,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="load duration per point")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--workers", type=int, default=1, help="service worker processes")
-    parser.add_argument("--rounds", type=int, default=1, help="repeat the sweep; report medians")
-    parser.add_argument("--baseline", metavar="REF", help="also run service/ as of this git commit")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="repeat the sweep; report medians and the spread"
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        action="append",
+        default=[],
+        help="also run service/ as of this git commit (the targets compare with the first; repeatable)",
+    )
     args = parser.parse_args(argv)
     if shutil.which("hey") is None:
         print("error: hey not found (make system-deps installs it)", file=sys.stderr)
@@ -252,9 +321,11 @@ def main(argv: list[str] | None = None) -> int:
         service_target("service", args.model, args.workers, {"SERVE_BATCH_WAIT": "adaptive"}),
         service_target("service-fixed", args.model, args.workers, {"SERVE_BATCH_WAIT": "fixed"}),
     ]
-    if args.baseline:
-        targets.append(baseline_target(args.baseline, args.model, args.workers))
+    for i, ref in enumerate(args.baseline):
+        name = "service-baseline" if i == 0 else f"service-at-{ref}"
+        targets.append(baseline_target(ref, args.model, args.workers, name))
     samples: list[Run] = []
+    load_before = machine_load()
     with ExitStack() as stack:
         pids = {
             t.name: stack.enter_context(
@@ -274,11 +345,13 @@ def main(argv: list[str] | None = None) -> int:
                         r |= batching(before, batch_counters(t.url))
                     samples.append({"target": t.name, "body": body, "concurrency": c, **r})
                     report(f"{t.name} {body}", c, r)
+    load = load_report(load_before, machine_load())
     runs = medians(samples)
     if args.rounds > 1:
         print(f"\nmedians of {args.rounds} rounds:")
         for r in runs:
             report(f"{r['target']} {r['body']}", r["concurrency"], r)
+        print_spread(runs)
 
     max_batch = int(os.environ.get("SERVE_MAX_BATCH_SIZE", "32"))
     ceiling = {f"batch_{b}": raw_onnxruntime(model_dir / "model.onnx", image, b, 3.0) for b in (1, max_batch)}
@@ -289,12 +362,18 @@ def main(argv: list[str] | None = None) -> int:
     rows = check_targets(runs, levels)
     print_targets(rows)
     print_cpu(runs, levels)
+    print(
+        f"\nmachine: load {load['load1_before']:.2f} before, {load['load1_after']:.2f} after, "
+        f"steal {100 * load['steal']:.1f} %"
+        + ("  BUSY MACHINE: ratios only, not absolute figures" if load["busy"] else "")
+    )
     results = {
         "model": args.model,
         "seconds": args.seconds,
         "date": time.strftime("%Y-%m-%d"),
         "cpus": os.cpu_count(),
         "rounds": args.rounds,
+        "load": load,
         "http": runs,
         "samples": samples,
         "raw_onnxruntime_samples_per_s": ceiling,

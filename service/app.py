@@ -3,8 +3,8 @@
 The core (:class:`service.core.InferenceService`) is built here and started in the lifespan: sessions,
 batchers and the repository watcher start there and are drained after its ``yield``. The app is
 FastAPI with the HTTP adapter of :mod:`service.http`: routes, the one error mapping, the OpenAPI
-document with its offline ``/docs``, and two middlewares, :class:`~service.http.fastpath.FastPath`
-(innermost: the hot infer route) and :class:`~service.http.fastpath.CloseWhileDraining`. Middleware
+document with its offline ``/docs``, and two middlewares, :class:`~service.http.dispatch.FastPath`
+(innermost: the hot infer route) and :class:`~service.http.dispatch.CloseWhileDraining`. Middleware
 added to the returned app wraps both, so it sees every request. With ``grpc_host`` the lifespan also
 serves the gRPC adapter (:mod:`service.grpc`) over the same core, in the same event loop.
 """
@@ -23,9 +23,9 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from service.core import InferenceService
 from service.grpc.server import GrpcServer
+from service.http.dispatch import CloseWhileDraining, FastPath
 from service.http.errors import install_error_handlers
 from service.http.explain import router as explain_router
-from service.http.fastpath import CloseWhileDraining, FastPath
 from service.http.feedback import router as feedback_router
 from service.http.openapi import install_docs, refine
 from service.http.rollout import router as rollout_router

@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from opentelemetry.trace import Status, StatusCode
 
@@ -44,6 +45,15 @@ from service.store import ModelStore, StoreError, VersionCorrupt, open_store
 from service.tracing import Tracing
 
 log = logging.getLogger(__name__)
+
+
+class IndexRow(NamedTuple):
+    """One version found in the repository: its state (``READY`` or ``UNAVAILABLE``) and why."""
+
+    name: str
+    version: int
+    state: str
+    reason: str
 
 
 @dataclass
@@ -253,8 +263,8 @@ class ModelRegistry:
         self._remember(name, None if remove else record)
         await self.sync([name])
 
-    def index(self) -> list[dict[str, str]]:
-        """Repository index rows in Triton's shape: every version found on disk, with its state."""
+    def index(self) -> list[IndexRow]:
+        """Repository index rows: every version found on disk, with its state."""
         found = self.store.known(self.settings.models)
         rows = []
         for name in sorted(set(found) | set(self._served)):
@@ -268,7 +278,7 @@ class ModelRegistry:
                     state, reason = "UNAVAILABLE", "failed to load (see server log)"
                 else:
                     state, reason = "UNAVAILABLE", "not selected by the version policy"
-                rows.append({"name": name, "version": str(version), "state": state, "reason": reason})
+                rows.append(IndexRow(name, version, state, reason))
         return rows
 
     def pending(self) -> int:

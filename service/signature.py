@@ -1,10 +1,11 @@
-"""Model signatures: the tensors a model takes and returns (V2 tensor metadata), and the check that a
-request's arrays fit them, which every transport relies on (:meth:`ModelSignature.check_inputs`)."""
+"""Model signatures: the tensors a model takes and returns (V2 tensor metadata), and the checks that a
+request fits them (:class:`RequestCheck`), written once and applied by every transport's decoder as it
+decodes, and by :meth:`ModelSignature.check_inputs` for arrays that come without a wire format."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Container, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,8 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype(np.float64),
 }
 _NAMES = {dtype: name for name, dtype in DATATYPES.items()}
+#: The largest dimension (after the batch one) a request may declare.
+MAX_DIM = 2**31
 
 
 def datatype_of(dtype: np.dtype[Any]) -> str:
@@ -45,6 +48,14 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
+    #: The dims after a variable batch one when all of them are fixed (the common case), else None: a
+    #: shape whose tail equals it passes every shape check at once (:meth:`RequestCheck.input`).
+    fixed_tail: list[int] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        shape = self.shape
+        fixed = bool(shape) and shape[0] == -1 and all(d >= 0 for d in shape[1:])
+        object.__setattr__(self, "fixed_tail", list(shape[1:]) if fixed else None)
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -68,6 +79,16 @@ class ModelSignature:
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    _inputs: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
+    _outputs: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
+    #: The names of all outputs.
+    output_names: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Looked up on every request: a dict, not a scan (frozen, hence object.__setattr__).
+        object.__setattr__(self, "_inputs", {t.name: t for t in self.inputs})
+        object.__setattr__(self, "_outputs", {t.name: t for t in self.outputs})
+        object.__setattr__(self, "output_names", frozenset(self._outputs))
 
     @classmethod
     def from_metadata(cls, metadata: Metadata) -> ModelSignature:
@@ -77,57 +98,134 @@ class ModelSignature:
         )
 
     def input(self, name: str) -> TensorSpec | None:
-        return next((t for t in self.inputs if t.name == name), None)
+        return self._inputs.get(name)
 
     def output(self, name: str) -> TensorSpec | None:
-        return next((t for t in self.outputs if t.name == name), None)
+        return self._outputs.get(name)
 
     def check_inputs(self, inputs: Mapping[str, np.ndarray], *, max_rows: int) -> dict[str, np.ndarray]:
         """``inputs`` as the model takes them: every input once, its dtype, a shape that fits, finite floats.
 
         UINT8 arrays are accepted for FP32 inputs and cast. Returns the arrays by name, in signature order.
         Raises :class:`InvalidInput` for anything else and :class:`PayloadTooLarge` for more than
-        ``max_rows`` rows. Transports that decode without the signature rely on this; the HTTP parser
-        checks the same before it touches the data.
+        ``max_rows`` rows. These are the checks of :class:`RequestCheck`, which the transports' decoders
+        apply as they decode; this is for arrays that come without a wire format (the core's own callers).
         """
-        for name in inputs:
-            if self.input(name) is None:
-                known = _names(self.inputs)
-                raise InvalidInput(f"unknown input {echo(name)}; the model's inputs are {known}")
-        checked: dict[str, np.ndarray] = {}
-        rows = -1
+        check = RequestCheck(self, max_rows)
+        for name, array in inputs.items():
+            native = array.dtype.newbyteorder("=")
+            check.input(name, _NAMES.get(native, str(array.dtype)), array.shape)
+        check.done()
+        checked = {}
         for spec in self.inputs:
-            array = inputs.get(spec.name)
-            if array is None:
-                raise InvalidInput(
-                    f"missing input {spec.name!r}; the model's inputs are {_names(self.inputs)}"
-                )
-            cast = None
-            if array.dtype != spec.dtype:
-                native = array.dtype.newbyteorder("=")
-                if not (native == spec.dtype or (spec.datatype == "FP32" and native == np.uint8)):
-                    accepted = "FP32 (or UINT8)" if spec.datatype == "FP32" else spec.datatype
-                    got = _NAMES.get(native, str(array.dtype))
-                    raise InvalidInput(f"input {spec.name!r}: expected datatype {accepted}, got {got}")
-                cast = spec.dtype
-            shape = array.shape
-            if len(shape) != len(spec.shape) or any(
-                m not in (-1, d) for m, d in zip(spec.shape, shape, strict=True)
-            ):
-                raise InvalidInput(
-                    f"input {spec.name!r}: expected shape {_fmt(spec.shape)}, got {_fmt(shape)}"
-                )
-            if shape and shape[0] < 1:
-                raise InvalidInput(f"input {spec.name!r}: the batch dimension must be at least 1")
-            if shape and rows not in (-1, shape[0]):
-                raise InvalidInput(f"inputs disagree on the batch size: {rows} rows and {shape[0]}")
-            rows = shape[0] if shape else 1
-            if array.dtype.kind == "f" and not np.isfinite(array).all():
-                raise InvalidInput(f"input {spec.name!r}: data holds non-finite values (NaN or infinity)")
-            checked[spec.name] = array if cast is None else array.astype(cast)
-        if rows > max_rows:
-            raise PayloadTooLarge(f"request has {rows} rows; the limit is {max_rows}")
+            checked[spec.name] = check.values(spec, inputs[spec.name])
         return checked
+
+
+class RequestCheck:
+    """The checks of one infer request against a signature, written once for every transport.
+
+    A decoder calls :meth:`input` for each input's name, datatype and shape as the wire gives them
+    (before touching any data), then :meth:`done` (missing inputs, the row limit), then
+    :meth:`outputs` for the outputs asked for, and :meth:`values` on each decoded array. Every check
+    raises :class:`InvalidInput` (or :class:`PayloadTooLarge` past ``max_rows``) with the message the
+    HTTP JSON, HTTP binary and gRPC transports all answer (docs/api.md lists them).
+    """
+
+    __slots__ = ("max_rows", "rows", "shapes", "signature", "specs")
+
+    def __init__(self, signature: ModelSignature, max_rows: int) -> None:
+        self.signature = signature
+        self.max_rows = max_rows
+        self.specs: list[TensorSpec] = []
+        self.shapes: list[Sequence[int]] = []
+        self.rows = 0
+
+    def input(self, name: str, datatype: object, shape: Sequence[int]) -> tuple[TensorSpec, np.dtype[Any]]:
+        """One input's header: its spec, and the dtype its data comes in (UINT8 for an FP32 input)."""
+        signature = self.signature
+        spec = signature.input(name)
+        if spec is None:
+            raise InvalidInput(
+                f"unknown input {echo(name)}; the model's inputs are {_names(signature.inputs)}"
+            )
+        if spec in self.specs:
+            raise InvalidInput(f"input {name!r} is given twice")
+        if datatype == spec.datatype:
+            wire = spec.dtype
+        elif datatype == "UINT8" and spec.datatype == "FP32":
+            wire = DATATYPES["UINT8"]
+        else:
+            accepted = "FP32 (or UINT8)" if spec.datatype == "FP32" else spec.datatype
+            got = (datatype[:32] or "none") if isinstance(datatype, str) else _show(datatype)
+            raise InvalidInput(f"input {name!r}: expected datatype {accepted}, got {got}")
+        tail = spec.fixed_tail
+        if tail is not None and len(shape) == len(spec.shape) and shape[0] >= 1 and list(shape[1:]) == tail:
+            pass  # the shape fits: the checks below would all pass
+        elif any(d < 0 for d in shape):
+            raise InvalidInput(f"input {name!r}: shape must hold non-negative integers, got {_fmt(shape)}")
+        elif len(shape) != len(spec.shape) or any(
+            m not in (-1, d) for m, d in zip(spec.shape, shape, strict=True)
+        ):
+            raise InvalidInput(f"input {name!r}: expected shape {_fmt(spec.shape)}, got {_fmt(shape)}")
+        elif shape and shape[0] < 1:
+            raise InvalidInput(f"input {name!r}: the batch dimension must be at least 1, got {_fmt(shape)}")
+        elif any(d > MAX_DIM for d in shape[1:]):
+            raise InvalidInput(f"input {name!r}: shape {_fmt(shape)} has a dimension above 2**31")
+        first = self.shapes[0] if self.shapes else None
+        if first and shape and shape[0] != first[0]:
+            raise InvalidInput(
+                f"inputs disagree on the batch size: {self.specs[0].name!r} has {first[0]} rows, "
+                f"{name!r} has {shape[0]}"
+            )
+        if not self.specs:
+            self.rows = shape[0] if shape else 1
+        self.specs.append(spec)
+        self.shapes.append(shape)
+        return spec, wire
+
+    def done(self) -> int:
+        """After the last input: every input given, within the row limit. Returns the rows."""
+        if len(self.specs) != len(self.signature.inputs):
+            inputs = self.signature.inputs
+            missing = next(t.name for t in inputs if t not in self.specs)
+            raise InvalidInput(f"missing input {missing!r}; the model's inputs are {_names(inputs)}")
+        if self.rows > self.max_rows:
+            raise PayloadTooLarge(f"request has {self.rows} rows; the limit is {self.max_rows}")
+        return self.rows
+
+    def outputs(self, names: Sequence[str]) -> list[str] | None:
+        """The outputs asked for, each known and named once (None for "all", when ``names`` is empty)."""
+        wanted: list[str] = []
+        for name in names:
+            if self.signature.output(name) is None:
+                known = _names(self.signature.outputs)
+                raise InvalidInput(f"unknown output {echo(name)}; the model's outputs are {known}")
+            if name in wanted:
+                raise InvalidInput(f"output {name!r} is requested twice")
+            wanted.append(name)
+        return wanted or None
+
+    @staticmethod
+    def values(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+        """A decoded input's values: finite if floating point, cast to the model's dtype."""
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise InvalidInput(f"input {spec.name!r}: data holds non-finite values (NaN or infinity)")
+        return array if array.dtype == spec.dtype else array.astype(spec.dtype)
+
+
+def reject_extensions(what: str, keys: Container[str], *, output: bool = False) -> None:
+    """Parameters naming protocol extensions the service does not implement: shared memory (inputs
+    and outputs) and classification (outputs; ``classification`` is in ``keys`` only when set)."""
+    if output and ("shared_memory_region" in keys or "classification" in keys):
+        raise InvalidInput(f"{what}: the classification and shared-memory extensions are not supported")
+    if not output and "shared_memory_region" in keys:
+        raise InvalidInput(f"{what}: shared memory is not supported; send the data in the request")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _fmt(shape: Any) -> str:

@@ -23,8 +23,9 @@ says otherwise, ``docs/rollout.md``; deadlines are ``time.monotonic()`` seconds)
     async with core.call(name, version, routing_key=None) as call:  # NotFound / Unavailable before it
         request = decode(wire, call.signature, call.limits) # the transport's work, counted and timed
         response = await call.infer(request)                # InferRequest -> InferResponse
-        # InferRequest(inputs={name: ndarray}, id=None, outputs=None, deadline=None, checked=False)
-        # InferResponse(model, version, id, outputs={name: ndarray}, specs=(TensorSpec, ...))
+        # InferRequest(inputs={name: ndarray}, id=None, outputs=None, deadline=None, checked=False,
+        #              timeout=None, binary=frozenset())  # checked: decoded with signature.RequestCheck
+        # InferResponse(model, version, id, outputs={name: ndarray}, specs=(TensorSpec, ...), binary)
         # or: await call.classify(ClassifyRequest([png_or_jpeg, ...], top_k)) -> ClassifyResponse
         # ClassifyResponse(model, version, results=(ClassifyResult(predictions, filename, input), ...))
     await core.infer(name, InferRequest(...), version, protocol="grpc")  # the same in one call

@@ -31,11 +31,11 @@ from service.errors import (
     PayloadTooLarge,
     ServiceError,
     Unavailable,
-    echo,
 )
 from service.preprocess import prepare_all, request_pixels
 from service.registry import ServedVersion
 from service.settings import Settings
+from service.signature import RequestCheck
 from service.tracing import RequestTrace, Tracing
 
 
@@ -172,8 +172,11 @@ class ModelCall:
     def _deadline_passed(self) -> bool:
         return self._deadline_at is not None and time.monotonic() >= self._deadline_at
 
-    def _deadline(self, deadline: float | None) -> float:
-        self._deadline_at = time.monotonic() + self.limits.default_timeout_s if deadline is None else deadline
+    def _deadline(self, timeout: float | None, cap: float | None) -> float:
+        """The one place a request's deadline is made: ``timeout`` seconds from now (None: the
+        configured default), no later than ``cap`` (a monotonic time, e.g. a gRPC deadline)."""
+        deadline = time.monotonic() + (self.limits.default_timeout_s if timeout is None else timeout)
+        self._deadline_at = deadline if cap is None or cap > deadline else cap
         return self._deadline_at
 
     async def infer(self, request: InferRequest) -> InferResponse:
@@ -183,22 +186,24 @@ class ModelCall:
             inputs = request.inputs if isinstance(request.inputs, dict) else dict(request.inputs)
         else:
             inputs = signature.check_inputs(request.inputs, max_rows=self.limits.max_request_rows)
-            for name in request.outputs or ():
-                if signature.output(name) is None:
-                    names = [t.name for t in signature.outputs]
-                    raise InvalidInput(f"unknown output {echo(name)}; the model's outputs are {names}")
+            RequestCheck(signature, self.limits.max_request_rows).outputs(request.outputs or ())
         if self.trace is not None:
             self.trace.span.set_attribute("inference.rows", len(next(iter(inputs.values()))))
         specs = signature.outputs
         if request.outputs is not None:
             specs = tuple(t for t in specs if t.name in request.outputs)
-        deadline = self._deadline(request.deadline)
+        deadline = self._deadline(request.timeout, request.deadline)
         self._release()
         outputs = await self._batcher().submit(inputs, deadline=deadline)
         if self._shadow is not None:
             self._shadow(inputs, outputs)  # only schedules: the answer goes now
         return InferResponse(
-            self.name, self.version, request.id, {t.name: outputs[t.name] for t in specs}, specs
+            self.name,
+            self.version,
+            request.id,
+            {t.name: outputs[t.name] for t in specs},
+            specs,
+            request.binary,
         )
 
     async def classify(self, request: ClassifyRequest) -> ClassifyResponse:
@@ -206,7 +211,7 @@ class ModelCall:
         request of N rows, and rank the classes of each, in order."""
         if not 1 <= request.top_k <= 1000:
             raise InvalidInput(f"top_k must be from 1 to 1000, got {request.top_k}")
-        deadline = self._deadline(request.deadline)  # preprocessing counts against it too
+        deadline = self._deadline(None, request.deadline)  # preprocessing counts against it too
         files = self._files(request)
         spec = self.signature.inputs[0]
         # Milliseconds of decoding and numpy per image (bench/preprocess.py): kept off the event loop,

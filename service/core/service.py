@@ -253,7 +253,7 @@ class InferenceService:
     def repository_index(self) -> list[RepositoryEntry]:
         """Every version found in the repository, with its state."""
         rows = self.registry.index()
-        return [RepositoryEntry(r["name"], int(r["version"]), r["state"], r["reason"]) for r in rows]
+        return [RepositoryEntry(*row) for row in rows]
 
     async def load(self, name: str) -> list[int]:
         """(Re)load a model per the version policy; returns its served versions."""

@@ -21,11 +21,17 @@ class InferRequest:
     """One inference request for a model version.
 
     ``inputs`` holds one array per model input, rows first (UINT8 is accepted for FP32 inputs);
-    ``outputs`` names the outputs wanted (None: all, in signature order); ``deadline`` is when the
-    answer stops being useful (None: the configured default timeout from now); ``id`` is echoed.
+    ``outputs`` names the outputs wanted (None: all, in signature order); ``id`` is echoed.
+    ``timeout`` is how long, in seconds from now, the client's answer stays useful (Triton's
+    ``parameters.timeout``; None: the configured ``SERVE_DEFAULT_TIMEOUT_S``); ``deadline`` is a
+    ``time.monotonic()`` time that caps it (a gRPC deadline; None: no cap). The core turns the two into
+    one deadline (:meth:`~service.core.ModelCall.infer`), nowhere else.
+    ``binary`` names the outputs the client wants as raw bytes (the HTTP binary tensor extension; gRPC
+    always answers raw); the core carries it to the encoder untouched.
     ``checked`` says the transport has already checked ``inputs`` and ``outputs`` against
-    ``call.signature`` of the :class:`~service.core.ModelCall` it decoded for, as the HTTP parser does
-    before it touches the data: the core then skips the same checks. Leave it False otherwise.
+    ``call.signature`` of the :class:`~service.core.ModelCall` it decoded for, with
+    :class:`~service.signature.RequestCheck` as every decoder does: the core then skips the same checks.
+    Leave it False otherwise.
     """
 
     inputs: Mapping[str, np.ndarray]
@@ -33,17 +39,21 @@ class InferRequest:
     outputs: Sequence[str] | None = None
     deadline: float | None = None
     checked: bool = False
+    timeout: float | None = None
+    binary: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
 class InferResponse:
-    """The outputs of one request: ``outputs[name]`` for each spec in ``specs`` (signature order)."""
+    """The outputs of one request: ``outputs[name]`` for each spec in ``specs`` (signature order), the
+    outputs asked for and only those (selected once, by the core); ``binary`` as the request's."""
 
     model: str
     version: int
     id: str | None
     outputs: dict[str, np.ndarray]
     specs: tuple[TensorSpec, ...]
+    binary: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -238,19 +238,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             request.model_name, version, protocol=PROTOCOL, routing_key=routing_key
         ) as call:
             limits = call.limits
+            deadline = None if grpc_remaining is None else time.monotonic() + grpc_remaining
             if call.trace is None:  # tracing off or this request not sampled
-                parsed, timeout_us = parse_infer_request(
-                    request, signature=call.signature, max_rows=limits.max_request_rows
+                parsed = parse_infer_request(
+                    request, signature=call.signature, max_rows=limits.max_request_rows, deadline=deadline
                 )
             else:
                 with call.trace.child("decode"):
-                    parsed, timeout_us = parse_infer_request(
-                        request, signature=call.signature, max_rows=limits.max_request_rows
+                    parsed = parse_infer_request(
+                        request, signature=call.signature, max_rows=limits.max_request_rows, deadline=deadline
                     )
-            timeout_s = timeout_us / 1e6 if timeout_us else limits.default_timeout_s
-            if grpc_remaining is not None:
-                timeout_s = min(timeout_s, grpc_remaining)
-            response = await call.infer(replace(parsed, deadline=time.monotonic() + timeout_s))
+            response = await call.infer(parsed)
             if call.trace is None:
                 return encode_infer_response(response)
             with call.trace.child("encode"):

@@ -3,8 +3,8 @@
 A :class:`~service.errors.ServiceError` is answered with its ``status`` and ``headers`` (``Retry-After``
 for the retryable kinds, ``WWW-Authenticate`` for a missing token); FastAPI's request validation errors
 become 400, Starlette's HTTP errors keep their status, and anything else is a logged 500 whose body
-says no more than "internal server error". The fast path and FastAPI's handlers both answer through
-:func:`error_parts`, so the two cannot drift apart.
+says no more than "internal server error". The fast path (:func:`asgi_error`) and FastAPI's handlers both
+answer through :func:`error_parts`, so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -37,6 +37,15 @@ def error_parts(exc: BaseException) -> tuple[int, bytes, dict[str, str]]:
     if isinstance(exc, StarletteHTTPException):
         return exc.status_code, _body(str(exc.detail)), dict(exc.headers or {})
     return HTTPStatus.INTERNAL_SERVER_ERROR, _body("internal server error"), {}
+
+
+def asgi_error(exc: BaseException, path: str) -> tuple[int, bytes, dict[str, str]]:
+    """``(status, body, headers)`` of a raw ASGI answer to ``exc`` (the fast path's), content type
+    included; an unexpected error is logged with ``path``."""
+    if not isinstance(exc, ServiceError):
+        log.exception("unhandled error on POST %s", path)
+    status, body, headers = error_parts(exc)
+    return status, body, {"content-type": JSON, **headers}
 
 
 def error_response(exc: BaseException) -> Response:

@@ -28,8 +28,8 @@ from service.core import ExplainCall, ExplainRequest, Explanation
 from service.errors import InvalidInput
 from service.heatmap import overlay_png
 from service.http.body import decode_body, read_body, read_images
-from service.http.fastpath import url_version
 from service.http.openapi import IMAGE_BODY, INFER_BODY, errors
+from service.http.paths import url_version
 from service.http.routes import CoreDep, json_response
 from service.protocol import parse_infer_request
 
@@ -181,10 +181,10 @@ async def _request(request: Request, call: ExplainCall, options: dict[str, Any])
         signature=call.signature,
         max_rows=limits.max_request_rows,
     )
-    if parsed.rows != 1:
-        raise InvalidInput(f"an explanation takes one image; the request has {parsed.rows} rows")
-    deadline = None if not parsed.timeout_us else time.monotonic() + parsed.timeout_us / 1e6
     tensor = parsed.inputs[call.signature.inputs[0].name]
+    if len(tensor) != 1:
+        raise InvalidInput(f"an explanation takes one image; the request has {len(tensor)} rows")
+    deadline = None if parsed.timeout is None else time.monotonic() + parsed.timeout
     return ExplainRequest(input=tensor[0], deadline=deadline, **options)
 
 

@@ -13,8 +13,8 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
 from service.http.body import read_images
-from service.http.fastpath import url_version
 from service.http.openapi import IMAGE_BODY, errors
+from service.http.paths import url_version
 from service.http.routes import CoreDep, json_response
 
 FEEDBACK_RESPONSES = {

@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.errors import InvalidInput
 from service.http.body import read_body
-from service.http.fastpath import url_version
 from service.http.openapi import errors
+from service.http.paths import url_version
 from service.http.routes import AdminDep, CoreDep, json_response
 from service.rollout import Options, Stage
 

@@ -16,8 +16,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.core import ClassifyRequest, InferenceService, ModelInfo
 from service.http.body import read_body, read_images, unless_disconnected
-from service.http.fastpath import answer_infer, url_version
+from service.http.infer import answer_infer
 from service.http.openapi import CLASSIFY_RESPONSES, IMAGE_BODY, INFER_BODY, INFER_RESPONSES, errors
+from service.http.paths import url_version
 
 JSON = "application/json"
 
@@ -123,7 +124,7 @@ async def model_stats(core: CoreDep, model_name: str, version: str | None = None
     "/v2/models/{model_name}/versions/{version}/infer", responses=INFER_RESPONSES, openapi_extra=INFER_BODY
 )
 async def infer(request: Request, core: CoreDep, model_name: str, version: str | None = None) -> Response:
-    """KServe V2 inference, JSON or binary tensors. Answered by :mod:`service.http.fastpath` in the
+    """KServe V2 inference, JSON or binary tensors. Answered by :mod:`service.http.dispatch` in the
     running app; this route documents it and answers when the app is built without the fast path."""
     content, headers = await answer_infer(
         core, model_name, version, request.headers, lambda limit: read_body(request, limit)

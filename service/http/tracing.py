@@ -18,7 +18,7 @@ import orjson
 from opentelemetry.trace import Span
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.http.fastpath import INFER_PATH
+from service.http.paths import INFER_PATH
 from service.logs import pick_request_id, request_id
 from service.tracing import Tracing, current, error_status
 

@@ -10,11 +10,10 @@ import orjson
 import pytest
 import tritonclient.http as triton
 
+from service.core.types import InferRequest, InferResponse
 from service.errors import InvalidInput, PayloadTooLarge
 from service.protocol import (
     HEADER_LENGTH,
-    InferenceRequest,
-    RequestedOutput,
     encode_infer_response,
     parse_infer_request,
 )
@@ -63,6 +62,15 @@ def image_input(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in tensor.items() if v is not None}
 
 
+def answer(
+    request: InferRequest, outputs: dict[str, np.ndarray], *, sig: ModelSignature = SIG, version: int = 2
+) -> InferResponse:
+    """The core's answer to ``request``: the outputs it asked for, in signature order."""
+    specs = tuple(t for t in sig.outputs if request.outputs is None or t.name in request.outputs)
+    values = {t.name: outputs[t.name] for t in specs}
+    return InferResponse("m", version, request.id, values, specs, request.binary)
+
+
 def client_result(body: bytes, headers: dict[str, str]):
     length = headers.get(HEADER_LENGTH)
     return triton.InferenceServerClient.parse_response_body(
@@ -85,31 +93,21 @@ def test_tritonclient_round_trip(binary_in: bool, output_mode: str, request_id: 
     image = request.inputs["image"]
     assert image.dtype == np.float32 and image.flags.c_contiguous and not image.flags.writeable
     np.testing.assert_array_equal(image, x)
-    assert request.rows == 3
+    assert request.checked and request.deadline is None
     assert request.id == (request_id or None)
     # tritonclient asks for binary outputs (request-level) whenever it names no outputs.
-    assert request.binary_output is (output_mode == "default")
-    if output_mode == "default":
-        assert request.outputs is None
-    else:
-        assert request.outputs == [RequestedOutput("probabilities", output_mode == "binary")]
+    assert request.binary == ({"probabilities"} if output_mode != "json" else set())
+    assert request.outputs == (None if output_mode == "default" else ["probabilities"])
 
     probabilities = np.random.default_rng(1).dirichlet(np.ones(10), 3).astype(np.float32)
-    body, headers = encode_infer_response(
-        model_name="mnist-cnn",
-        model_version="2",
-        request_id=request.id,
-        outputs={"probabilities": probabilities},
-        request=request,
-        signature=SIG,
-    )
+    body, headers = encode_infer_response(answer(request, {"probabilities": probabilities}))
     binary_out = output_mode != "json"
     assert headers["Content-Type"] == ("application/octet-stream" if binary_out else "application/json")
     assert (HEADER_LENGTH in headers) == binary_out
     result = client_result(body, headers)
     np.testing.assert_array_equal(result.as_numpy("probabilities"), probabilities)
     response = result.get_response()
-    assert response["model_name"] == "mnist-cnn" and response["model_version"] == "2"
+    assert response["model_name"] == "m" and response["model_version"] == "2"
     assert response.get("id") == (request_id or None)
 
 
@@ -122,8 +120,8 @@ def test_uint8_input_is_cast_to_float32() -> None:
 
 
 def test_timeout_is_read_in_microseconds() -> None:
-    assert parse(*client_body(images(1), binary=True, timeout=250_000)).timeout_us == 250_000
-    assert parse(*client_body(images(1), binary=True)).timeout_us is None
+    assert parse(*client_body(images(1), binary=True, timeout=250_000)).timeout == 0.25
+    assert parse(*client_body(images(1), binary=True)).timeout is None
 
 
 def test_nested_and_flat_json_data_agree() -> None:
@@ -136,7 +134,7 @@ def test_nested_and_flat_json_data_agree() -> None:
 
 def test_integer_json_and_string_header_length() -> None:
     body, header_length = client_body(images(1), binary=True)
-    assert parse(body, str(header_length)).rows == 1
+    assert parse(body, str(header_length)).inputs["image"].shape == (1, 28, 28, 1)
     request = parse(*hand({"inputs": [image_input(data=list(range(784)))]}))
     np.testing.assert_array_equal(request.inputs["image"].ravel(), np.arange(784, dtype=np.float32))
 
@@ -155,17 +153,10 @@ def test_response_follows_signature_order_and_requested_outputs() -> None:
     request = parse(*hand(header, a.tobytes()), sig=SIG2)
     np.testing.assert_array_equal(request.inputs["b"], b)
     assert request.inputs["b"].dtype == np.int64
-    assert request.outputs == [RequestedOutput("y", True), RequestedOutput("x", False)]
+    assert request.outputs == ["y", "x"] and request.binary == {"y"}
     x = np.array([[0.25, 0.75], [1.0, 0.0]], np.float32)
     y = np.array([7, -3], np.int64)
-    body, headers = encode_infer_response(
-        model_name="m",
-        model_version="1",
-        request_id="r",
-        outputs={"x": x, "y": y},
-        request=request,
-        signature=SIG2,
-    )
+    body, headers = encode_infer_response(answer(request, {"x": x, "y": y}, sig=SIG2, version=1))
     split = int(headers[HEADER_LENGTH])
     head = orjson.loads(body[:split])
     assert head == {
@@ -182,15 +173,8 @@ def test_response_follows_signature_order_and_requested_outputs() -> None:
     np.testing.assert_array_equal(result.as_numpy("x"), x)
     np.testing.assert_array_equal(result.as_numpy("y"), y)
 
-    only_x = InferenceRequest(None, request.inputs, [RequestedOutput("x", False)], False, None, 2)
-    body, headers = encode_infer_response(
-        model_name="m",
-        model_version="1",
-        request_id=None,
-        outputs={"x": x, "y": y},
-        request=only_x,
-        signature=SIG2,
-    )
+    only_x = InferRequest(request.inputs, None, ["x"])
+    body, headers = encode_infer_response(answer(only_x, {"x": x, "y": y}, sig=SIG2, version=1))
     assert headers == {"Content-Type": "application/json"}
     assert [o["name"] for o in orjson.loads(body)["outputs"]] == ["x"]
     assert "id" not in orjson.loads(body)
@@ -202,9 +186,11 @@ def test_request_level_binary_output_and_per_output_override() -> None:
         "outputs": [{"name": "probabilities"}],
         "parameters": {"binary_data_output": True},
     }
-    assert parse(*hand(header)).outputs == [RequestedOutput("probabilities", True)]
+    request = parse(*hand(header))
+    assert request.outputs == ["probabilities"] and request.binary == {"probabilities"}
     header["outputs"] = [{"name": "probabilities", "parameters": {"binary_data": False}}]
-    assert parse(*hand(header)).outputs == [RequestedOutput("probabilities", False)]
+    request = parse(*hand(header))
+    assert request.outputs == ["probabilities"] and request.binary == set()
 
 
 BAD_REQUESTS: list[tuple[str, Any, type[Exception], str]] = [
@@ -433,6 +419,35 @@ def binary_header(size: Any, shape: list[int] | None = None, datatype: str = "FP
     if shape is not None:
         tensor["shape"] = shape
     return {"inputs": [tensor]}
+
+
+def test_over_declared_binary_data_size_is_refused() -> None:
+    """A binary_data_size larger than the tensor, or than the bytes that follow, is a 400: never a read
+    past the body, never a tensor built from someone else's bytes."""
+    x = images(1).tobytes()
+    # Larger than the tensor, with the extra bytes really there.
+    with pytest.raises(InvalidInput) as caught:
+        parse(*hand(binary_header(3137), x + b"\0"))
+    assert caught.value.status == 400
+    assert str(caught.value) == (
+        "input 'image': parameters.binary_data_size must be 3136 (shape [1,28,28,1] of FP32), got 3137"
+    )
+    # The tensor's size, but fewer bytes follow the JSON header than declared.
+    with pytest.raises(InvalidInput) as caught:
+        parse(*hand(binary_header(3136), x[:-1]))
+    assert str(caught.value) == (
+        "the body has 3135 bytes after the JSON header but the inputs' "
+        "parameters.binary_data_size add up to 3136"
+    )
+    # Two inputs whose sizes add up to more than the body holds: the second is the one short.
+    header = {
+        "inputs": [
+            {"name": "a", "datatype": "FP32", "shape": [1, 3], "parameters": {"binary_data_size": 12}},
+            {"name": "b", "datatype": "INT64", "shape": [1, 2], "parameters": {"binary_data_size": 16}},
+        ]
+    }
+    with pytest.raises(InvalidInput, match="the body has 20 bytes after the JSON header"):
+        parse(*hand(header, bytes(20)), sig=SIG2)
 
 
 def test_binary_input_errors() -> None:

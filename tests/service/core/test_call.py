@@ -88,7 +88,7 @@ def test_a_request_cancelled_after_its_deadline_counts_as_a_timeout(tmp_path: Pa
 
         async def past_deadline_then_wait() -> None:
             async with core.call("tiny", protocol="grpc") as call:
-                call._deadline(time.monotonic() - 1)  # the deadline the request was given, already over
+                call._deadline(None, time.monotonic() - 1)  # the deadline the request was given, already over
                 entered.set()
                 await asyncio.Event().wait()  # until cancelled
 

@@ -52,13 +52,15 @@ def one_input(datatype: str) -> ModelSignature:
 
 
 def parse(request: pb.ModelInferRequest, sig: ModelSignature = SIG, max_rows: int = 64) -> InferRequest:
-    parsed, _ = parse_infer_request(request, signature=sig, max_rows=max_rows)
-    assert parsed.deadline is None  # the servicer sets it, knowing the gRPC deadline
+    parsed = parse_infer_request(request, signature=sig, max_rows=max_rows)
+    assert parsed.checked and parsed.deadline is None  # no gRPC deadline given
     return parsed
 
 
 def timeout_of(request: pb.ModelInferRequest) -> int | None:
-    return parse_infer_request(request, signature=SIG, max_rows=64)[1]
+    """Triton's ``parameters.timeout`` as the request carries it, back in microseconds."""
+    timeout = parse(request).timeout
+    return None if timeout is None else round(timeout * 1e6)
 
 
 def image_request(rows: int = 2, *, raw: bool = True, **kwargs: Any) -> pb.ModelInferRequest:
@@ -183,7 +185,7 @@ def test_missing_unknown_and_duplicate_inputs() -> None:
 
     request = two_inputs(raw=False)
     request.inputs[1].name = "c" * 500
-    invalid(request, re.escape(f"unknown input '{'c' * 64}'; the model's inputs are ['a', 'b']"), SIG2)
+    invalid(request, re.escape(f"unknown input '{'c' * 64}...'; the model's inputs are ['a', 'b']"), SIG2)
 
     request = two_inputs(raw=False)
     request.inputs[1].CopyFrom(request.inputs[0])

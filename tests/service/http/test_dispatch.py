@@ -1,4 +1,4 @@
-"""service.http.fastpath: the infer route answered from ASGI, everything else passed on, on a real core."""
+"""service.http.dispatch: the infer route answered from ASGI, everything else passed on, on a real core."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -15,9 +16,9 @@ from prometheus_client import CollectorRegistry
 from starlette.types import Receive, Scope, Send
 
 from service.core import InferenceService
-from service.errors import InvalidInput
-from service.http import fastpath
-from service.http.fastpath import CloseWhileDraining, FastPath, url_version
+from service.http import infer
+from service.http.dispatch import CloseWhileDraining, FastPath
+from service.http.paths import MAX_ROUTING_KEY
 from service.metrics import Metrics
 from service.settings import Settings
 from tests.helpers.modelfactory import WrittenModel, write_model_version
@@ -87,6 +88,26 @@ def test_infer_is_answered_without_the_app_behind(tmp_path: Path) -> None:
     serve(tmp_path, test)
 
 
+def test_the_routing_key_reaches_the_core_cut_to_its_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def test(client: Client, passed_on: list[str], core: InferenceService, model: WrittenModel) -> None:
+        keys: list[str | None] = []
+        call = core.call
+
+        def recording_call(name: str, version: int | None = None, **kwargs: Any) -> Any:
+            keys.append(kwargs.get("routing_key"))
+            return call(name, version, **kwargs)
+
+        monkeypatch.setattr(core, "call", recording_call)
+        for headers in ({}, {"X-Routing-Key": "client-7"}, {"X-Routing-Key": "k" * (MAX_ROUTING_KEY + 10)}):
+            response = await client.post("/v2/models/tiny/infer", content=BODY, headers=headers)
+            assert response.status_code == 200, response.text
+        assert keys == [None, "client-7", "k" * MAX_ROUTING_KEY]
+
+    serve(tmp_path, test)
+
+
 def test_errors_are_answered_as_json_with_their_headers(tmp_path: Path) -> None:
     async def test(client: Client, passed_on: list[str], core: InferenceService, model: WrittenModel) -> None:
         bad = await client.post("/v2/models/tiny/infer", content=b"{")
@@ -110,7 +131,7 @@ def test_an_unexpected_failure_is_a_generic_logged_500(
     def broken(*args: object, **kwargs: object) -> object:
         raise KeyError("internal detail")
 
-    monkeypatch.setattr(fastpath, "encode_infer_response", broken)
+    monkeypatch.setattr(infer, "encode_infer_response", broken)
 
     async def test(client: Client, passed_on: list[str], core: InferenceService, model: WrittenModel) -> None:
         response = await client.post("/v2/models/tiny/infer", content=BODY)
@@ -121,14 +142,3 @@ def test_an_unexpected_failure_is_a_generic_logged_500(
     with caplog.at_level(logging.ERROR, logger="service"):
         serve(tmp_path, test)
     assert "unhandled error on POST /v2/models/tiny/infer" in caplog.text
-
-
-@pytest.mark.parametrize(("text", "version"), [(None, None), ("1", 1), ("42", 42)])
-def test_url_versions(text: str | None, version: int | None) -> None:
-    assert url_version(text) == version
-
-
-@pytest.mark.parametrize("text", ["0", "01", "x", "-1", "1.0", "9" * 19])
-def test_url_versions_refused(text: str) -> None:
-    with pytest.raises(InvalidInput, match="model version must be a positive integer"):
-        url_version(text)

@@ -1,0 +1,80 @@
+"""ASGI dispatch below the framework: ``POST /v2/models/{m}[/versions/{v}]/infer`` answered from the scope.
+
+On CPU the HTTP path, not the model, bounds throughput, and FastAPI's routing and dependency solving
+cost more per request than parsing a 28x28 tensor. So :class:`FastPath` answers infer requests from
+the ASGI scope. It is the *innermost* middleware of the app, an explicit layer between Starlette's
+middleware stack and FastAPI's router (:func:`service.app.create_app` adds it first): every middleware,
+whether the app's own or one added to the app later (CORS, auth, tracing), still sees every request,
+the hot route included; only routing and dependency injection are skipped. The exchange itself is
+:func:`service.http.infer.answer_infer`, which the documented FastAPI route calls too; errors are
+answered through :mod:`service.http.errors`, as FastAPI's handlers answer them.
+
+:class:`CloseWhileDraining` adds ``Connection: close`` to every answer while the server drains.
+"""
+
+from __future__ import annotations
+
+import re
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.core import InferenceService
+from service.http.body import read_asgi_body
+from service.http.errors import asgi_error
+from service.http.infer import answer_infer
+from service.http.paths import INFER_PATH
+
+_WANTED = {b"content-length", b"content-encoding", b"inference-header-content-length", b"x-routing-key"}
+
+
+class FastPath:
+    """ASGI middleware that answers V2 infer requests itself and passes everything else on."""
+
+    def __init__(self, app: ASGIApp, core: InferenceService) -> None:
+        self.app = app
+        self.core = core
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            match = INFER_PATH.fullmatch(scope["path"])
+            if match is not None:
+                await self._infer(match, scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _infer(self, match: re.Match[str], scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED}
+
+        async def read(limit: int) -> bytes:
+            return await read_asgi_body(receive, headers.get("content-length"), limit)
+
+        try:
+            body, extra = await answer_infer(self.core, match[1], match[2], headers, read)
+            status = 200
+        except Exception as exc:
+            status, body, extra = asgi_error(exc, scope["path"])
+        raw: list[tuple[bytes, bytes]] = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+        raw.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": int(status), "headers": raw})
+        await send({"type": "http.response.body", "body": body})
+
+
+class CloseWhileDraining:
+    """ASGI middleware: while draining, every answer carries ``Connection: close``, so no client reuses
+    a keep-alive connection the server is about to close (its next request would be lost in the race)."""
+
+    def __init__(self, app: ASGIApp, core: InferenceService) -> None:
+        self.app = app
+        self.core = core
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.core.draining:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, send_closing)
