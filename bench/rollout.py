@@ -50,7 +50,10 @@ def scenario(kind: str, stages: list[dict[str, Any]] | None, offset: int) -> dic
             "SERVE_FEEDBACK_TOKEN": FEEDBACK,
             "SERVE_INTRA_OP_THREADS": "1",
         }
-        with running_service(root, env=env) as service, Stream(service.url, NAME, limit_s=600) as stream:
+        with (
+            running_service(root, env=env) as service,
+            Stream(service.url, NAME, keys=20, limit_s=600) as stream,
+        ):
             body: dict[str, Any] = {"candidate": "2"}
             if stages is not None:
                 body["stages"] = stages
