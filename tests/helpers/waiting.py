@@ -22,3 +22,15 @@ async def eventually(condition: Callable[[], bool], what: str, timeout: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not true after {timeout} s")
         await asyncio.sleep(0.005)
+
+
+def until(
+    condition: Callable[[], bool], what: str, timeout: float = TIMEOUT_S, interval: float = 0.05
+) -> None:
+    """:func:`eventually` for threads and processes: poll ``condition()`` every ``interval`` seconds;
+    ``AssertionError`` naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not true after {timeout} s")
+        time.sleep(interval)

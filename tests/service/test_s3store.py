@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +23,6 @@ from tests.helpers.s3server import S3Server, moto_server
 from training.publish import publish, versions
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    with moto_server(tmp_path_factory.mktemp("moto")) as server:
-        yield server
-
-
-@pytest.fixture
-def bucket(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh bucket; this process's boto3 reaches the server through the standard variables."""
-    for key, value in s3.env().items():
-        monkeypatch.setenv(key, value)
-    name = f"models-{uuid.uuid4().hex[:12]}"
-    s3.client().create_bucket(Bucket=name)
-    return name
 
 
 def shipped(name: str = "mnist-cnn") -> tuple[bytes, Metadata]:

@@ -5,9 +5,6 @@ bucket, where every replica reads it again."""
 from __future__ import annotations
 
 import json
-import time
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +17,8 @@ from service.rollout import RolloutRecord, apply_decision
 from service.rolloutstore import RECORD_FILE, read_record, write_record
 from service.s3store import S3Store
 from service.settings import Settings
-from tests.helpers.s3server import S3Server, moto_server
+from tests.helpers.s3server import S3Server
+from tests.helpers.waiting import until
 from tests.service.test_s3store import publish_shipped, shipped
 from training.publish import publish
 
@@ -29,21 +27,6 @@ pytestmark = pytest.mark.slow
 NAME = "mnist-cnn"
 TOKEN = "admin-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    with moto_server(tmp_path_factory.mktemp("moto")) as server:
-        yield server
-
-
-@pytest.fixture
-def bucket(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
-    for key, value in s3.env().items():
-        monkeypatch.setenv(key, value)
-    name = f"rollout-{uuid.uuid4().hex[:12]}"
-    s3.client().create_bucket(Bucket=name)
-    return name
 
 
 class Recording:
@@ -71,15 +54,6 @@ def publish_candidate(repository: str | S3Store) -> int:
         repository, NAME, model, lambda v: metadata.model_copy(update={"version": v}), candidate=True
     )
     return published.version
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"{what}: not within {timeout} s")
 
 
 def test_a_candidate_is_marked_before_its_commit_object(bucket: str, tmp_path: Path) -> None:
@@ -129,8 +103,8 @@ def test_the_rollout_record_lives_in_the_bucket_and_is_read_again(
         record = RolloutRecord.model_validate(stored)
         apply_decision(record, "pause", "operator: pause", by="operator")
         write_record(url, NAME, record.model_dump(mode="json"))
-        wait_for(
-            "the paused record followed",
+        until(
             lambda: client.get(f"/v2/models/{NAME}/rollout").json()["state"] == "paused",
+            "the paused record followed",
         )
         assert client.get(f"/v2/models/{NAME}/rollout").json()["revision"] == record.revision

@@ -10,9 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -20,35 +18,12 @@ import pytest
 
 from service.contract import METADATA_FILE, MODEL_FILE, metadata_json
 from tests.helpers.data import ROOT, load_digits
-from tests.helpers.s3server import S3Server, moto_server
+from tests.helpers.s3server import S3Server
 from tests.helpers.server import running_service
+from tests.helpers.waiting import until
 from tests.service.test_s3store import publish_shipped, shipped
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    with moto_server(tmp_path_factory.mktemp("moto")) as server:
-        yield server
-
-
-@pytest.fixture
-def bucket(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
-    for key, value in s3.env().items():
-        monkeypatch.setenv(key, value)
-    name = f"serve-{uuid.uuid4().hex[:12]}"
-    s3.client().create_bucket(Bucket=name)
-    return name
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"{what}: not within {timeout} s")
 
 
 def metric(url: str, name: str, labels: str = "") -> float:
@@ -125,28 +100,28 @@ def test_serving_from_s3_through_updates_corruption_and_an_outage(
     }
     with running_service(tmp_path, env=env) as service, Stream(service.url) as stream:
         assert served_versions(service.url) == ["1"]
-        wait_for("requests answered", lambda: stream.statuses[200] > 20)
+        until(lambda: stream.statuses[200] > 20, "requests answered")
 
         publish_shipped(url)
-        wait_for("version 2 served", lambda: stream.versions["2"] > 20)
+        until(lambda: stream.versions["2"] > 20, "version 2 served")
 
         upload_corrupt_version(s3, bucket, "models", 3)
-        wait_for("version 3 refused", lambda: "sha256 mismatch" in service.log())
+        until(lambda: "sha256 mismatch" in service.log(), "version 3 refused")
         assert metric(service.url, "model_load_total", '{model="mnist-cnn",result="error"}') >= 1
         assert served_versions(service.url) == ["2"]
 
         s3.proxy.stop()
         try:
-            wait_for("outage noticed", lambda: metric(service.url, "model_repository_up") == 0.0)
+            until(lambda: metric(service.url, "model_repository_up") == 0.0, "outage noticed")
             served = stream.statuses[200]
-            wait_for("serving during the outage", lambda: stream.statuses[200] > served + 20)
+            until(lambda: stream.statuses[200] > served + 20, "serving during the outage")
             assert httpx.get(f"{service.url}/v2/health/ready", timeout=5).status_code == 200
             assert metric(service.url, "model_repository_errors_total") >= 1
         finally:
             s3.proxy.start()
-        wait_for("store back", lambda: metric(service.url, "model_repository_up") == 1.0)
+        until(lambda: metric(service.url, "model_repository_up") == 1.0, "store back")
         assert publish_shipped(url) == 4
-        wait_for("version 4 served", lambda: stream.versions["4"] > 20)
+        until(lambda: stream.versions["4"] > 20, "version 4 served")
 
     assert stream.errors == []
     assert set(stream.statuses) == {200}
