@@ -8,7 +8,7 @@ empties), and alone once more at the end. It prints each phase's req/s, p50 and 
 and rows per second, and the ratio of the median p99 with explanations to the median p99 without:
 alternating short phases and taking medians keeps other work on a shared machine from deciding the
 ratio. Explanation rows go through the same batcher in its
-background lane (service/batching.py): they compute only while no prediction is pending, so what
+background lane (service/core/batching.py): they compute only while no prediction is pending, so what
 remains is the background batch computing when a prediction arrives (at most
 ``SERVE_EXPLAIN_JOB_ROWS`` rows) and the CPU the explanations use. Run it under
 ``flock /tmp/bench.lock`` on a shared machine and compare ratios inside one run only.

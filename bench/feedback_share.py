@@ -31,7 +31,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from service.contract import Preprocessing
-from service.feedback import FeedbackStore
+from service.feedback.store import FeedbackStore
 from training import pipeline, retrain
 from training.data import Dataset, load_dataset, resolve_data_dir
 from training.feedback import model_input

@@ -7,7 +7,7 @@
    cannot load (a missing cuDNN, no driver, the CPU wheel): the session then simply lists only
    ``CPUExecutionProvider``. So a CUDA session must list CUDA first, and a profiled run must place the
    model's compute nodes (Conv, Gemm, MatMul, ...) on ``CUDAExecutionProvider``. Otherwise: exit 3, saying
-   which check failed and why CUDA is unusable (:func:`service.runtime.cuda_unusable_reason`).
+   which check failed and why CUDA is unusable (:func:`service.core.runtime.cuda_unusable_reason`).
 2. **Raw onnxruntime CUDA**, in process, at each batch size of ``--batches``: samples per second; the
    best is the ceiling.
 3. **The service** (``python -m service`` with ``SERVE_PROVIDERS=CUDAExecutionProvider``, free ports),
@@ -105,7 +105,7 @@ def cuda_session(model: Path, providers: list[str] | None = None) -> Any:
     session = ort.InferenceSession(str(model), providers=asked)
     got = session.get_providers()
     if not got or got[0] != CUDA:
-        from service.runtime import cuda_unusable_reason
+        from service.core.providers import cuda_unusable_reason
 
         why = cuda_unusable_reason() or "onnxruntime gave no reason"
         raise CudaNotUsed(f"asked onnxruntime for {asked}, the session runs on {got}: {why}")

@@ -52,8 +52,8 @@ def child(kind: str, requests: int) -> float:
     """In this process (``sys.path`` set to the tree): CPU microseconds per request."""
     import uvloop
 
-    from service import batching
     from service.app import create_app
+    from service.core import batching
     from service.settings import Settings
 
     outputs = {"probabilities": np.full((1, 10), 0.1, np.float32)}

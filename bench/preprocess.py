@@ -34,8 +34,8 @@ import numpy as np
 from PIL import Image
 
 from service.contract import Preprocessing
-from service.images import open_image
-from service.preprocess import MAX_PIXELS, prepare
+from service.images.decode import open_image
+from service.images.preprocess import MAX_PIXELS, prepare
 from tests.helpers.data import MODELS, load_digits
 from tests.helpers.photos import CLEAN, KINDS, photos, render
 from tests.helpers.server import running_service

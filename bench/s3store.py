@@ -7,7 +7,7 @@ model, times with ``time.perf_counter`` (median of ``--rounds``):
 - ``download``: ``S3Store.local_version`` into an empty cache (metadata, model.onnx streamed and hashed,
   the entry renamed into place);
 - ``cached``: the same call with the entry present (one GET of metadata.json, its sha256, a stat);
-- ``session``: ``service.runtime.load_model`` on the cached directory (hash check, onnxruntime session,
+- ``session``: ``service.core.runtime.load_model`` on the cached directory (hash check, onnxruntime session,
   signature check), what loading costs with any repository;
 - ``scan``: one listing of the repository after ``--versions`` versions were published;
 - ``client``: making a store (a boto3 client), which the others reuse.
@@ -28,10 +28,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from service.contract import METADATA_FILE, MODEL_FILE, read_metadata
-from service.modelcache import ModelCache
-from service.runtime import load_model
-from service.s3store import S3Store
-from service.store import open_store
+from service.core.runtime import load_model
+from service.storage import open_store
+from service.storage.cache import ModelCache
+from service.storage.s3 import S3Store
 from tests.helpers.data import MODELS
 from tests.helpers.s3server import moto_server
 from training.publish import publish

@@ -51,7 +51,7 @@ def child(mode: str, model: str, requests: int, concurrency: int) -> float:
 
     from service.app import create_app
     from service.settings import Settings
-    from service.tracing import Tracing
+    from service.telemetry.tracing import Tracing
 
     class Drop(SpanExporter):
         def export(self, spans: Any) -> SpanExportResult:

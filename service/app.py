@@ -31,9 +31,9 @@ from service.http.openapi import install_docs, refine
 from service.http.rollout import router as rollout_router
 from service.http.routes import router
 from service.http.tracing import RequestContext
-from service.metrics import Metrics
 from service.settings import Settings
-from service.tracing import Tracing
+from service.telemetry.metrics import Metrics
+from service.telemetry.tracing import Tracing
 
 STATIC = Path(__file__).parent / "static"
 
@@ -41,34 +41,34 @@ STATIC = Path(__file__).parent / "static"
 def create_app(
     settings: Settings,
     *,
-    registry: CollectorRegistry | None = None,
+    metrics_registry: CollectorRegistry | None = None,
     background_load: bool = False,
     fast_path: bool = True,
     grpc_host: str | None = None,
     grpc_reuse_port: bool = False,
     tracing: Tracing | None = None,
 ) -> FastAPI:
-    """Build the service. ``registry`` defaults to a fresh one with process metrics.
+    """Build the service. ``metrics_registry`` (Prometheus) defaults to a fresh one with process metrics.
 
     With ``background_load`` the server answers (live, not ready) while models load, as a process under
     an orchestrator should; without it start-up waits for the initial load, as tests and embedders want.
     Without ``fast_path`` infer requests go through FastAPI's own route (same answers, slower).
     With ``grpc_host`` the lifespan serves gRPC on ``grpc_host:settings.grpc_port`` too (unless that is 0;
     ``grpc_reuse_port`` for ``--workers``); the bound port is ``app.state.grpc_port``.
-    With ``tracing`` (:func:`service.tracing.from_env`) requests are traced; it is shut down (its spans
-    exported) after the core stops. Without it, and without JSON logs, no tracing code runs.
+    With ``tracing`` (:func:`service.telemetry.tracing.from_env`) requests are traced; it is shut down
+    (its spans exported) after the core stops. Without it, and without JSON logs, no tracing code runs.
     """
-    if registry is None:
-        registry = CollectorRegistry()
-        ProcessCollector(registry=registry)
-        PlatformCollector(registry=registry)
-        GCCollector(registry=registry)
-    core = InferenceService(settings, Metrics(registry), tracing)
+    if metrics_registry is None:
+        metrics_registry = CollectorRegistry()
+        ProcessCollector(registry=metrics_registry)
+        PlatformCollector(registry=metrics_registry)
+        GCCollector(registry=metrics_registry)
+    core = InferenceService(settings, Metrics(metrics_registry), tracing)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await core.start(background=background_load)
-        app.state.registry = core.registry
+        app.state.models = core.registry
         grpc_server = None
         try:
             if grpc_host is not None and settings.grpc_port:

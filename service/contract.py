@@ -11,6 +11,9 @@ Layout (documented in ``docs/repository.md``)::
 (:func:`parse_version`). Any other entry (``.tmp-*``, ``07``, ``notes``) is not a version, which is what
 lets publishers write under a temporary name and rename into place. ``metadata.json`` is described by
 :class:`Metadata`, whose JSON schema (``docs/metadata.schema.json``) is the documented contract.
+
+One module of this size on purpose: the whole repository contract, shared with the trainer, in
+one file that both sides import.
 """
 
 from __future__ import annotations

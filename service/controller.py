@@ -5,10 +5,10 @@ their evidence in ``rollout_evidence_total{model,rollout,kind}`` and ``rollout_l
 decide nothing. This process, every ``--interval`` seconds, for every model whose record has an active
 rollout: adds up the evidence of every replica through Prometheus' HTTP API (``sum by (kind)``, and the
 p99 of each role from the histogram), applies the same rule as a single replica
-(:func:`service.rollout.next_step`), and writes the record (through :mod:`service.rolloutstore`) when the
-evidence or the state changed. Each replica follows within its ``SERVE_ROLLOUT_INTERVAL_S``. The
-repository is a directory or ``s3://bucket/prefix`` (:mod:`service.store`; the record lives beside the
-model either way).
+(:func:`service.rollout.policy.next_step`), and writes the record (through
+:mod:`service.rollout.records`) when the evidence or the state changed. Each replica follows within its
+``SERVE_ROLLOUT_INTERVAL_S``. The repository is a directory or ``s3://bucket/prefix``
+(:mod:`service.storage.store`; the record lives beside the model either way).
 
     python -m service.controller --repository /models --prometheus http://prometheus:9090 [--interval 2]
 
@@ -28,9 +28,16 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from service.rollout import Evidence, RolloutRecord, VersionEvidence, apply_decision, mcnemar, next_step
-from service.rolloutstore import RecordError, read_record, write_record
-from service.store import Location, ModelStore, StoreError, open_store, parse_location
+from service.rollout.policy import (
+    Evidence,
+    RolloutRecord,
+    VersionEvidence,
+    apply_decision,
+    mcnemar,
+    next_step,
+)
+from service.rollout.records import RecordError, read_record, write_record
+from service.storage import Location, ModelStore, StoreError, open_store, parse_location
 
 log = logging.getLogger("service.controller")
 

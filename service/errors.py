@@ -15,7 +15,7 @@ the tree reads as the HTTP API documents it::
     ├── UnsupportedMedia            unsupported_media   415  content encoding or image type not handled
     ├── InferenceFailed             internal            500  the runtime raised; message stays generic
     ├── InsufficientStorage         resource_exhausted  507  feedback quota or disk full
-    │   └── QuotaFull               resource_exhausted  507  (service.feedback) a model's quota is used up
+    │   └── QuotaFull               resource_exhausted  507  (service.feedback.store) a model's quota is full
     ├── Unavailable                 unavailable         503  model not ready, server draining (retry after)
     │   └── Overloaded              overloaded          503  queue full (retry after)
     └── DeadlineExceeded            deadline_exceeded   504  the request's deadline passed before compute

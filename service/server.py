@@ -37,12 +37,12 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from service import logs, tracing
 from service.app import create_app
 from service.core import InferenceService
 from service.http.connection import ConnectionLimits, core_of, guarded_protocol
 from service.settings import Settings
-from service.store import StoreError, is_remote, open_store
+from service.storage import StoreError, is_remote, open_store
+from service.telemetry import logs, tracing
 
 log = logging.getLogger("service")
 
@@ -85,7 +85,7 @@ class DrainingServer(uvicorn.Server):
             if core is not None and self._flush is None:
                 # Queued requests are computed now: no new rows will come to fill their batches, and
                 # waiting out max_queue_delay_us could outlast the drain.
-                self._flush = asyncio.create_task(core.flush())
+                self._flush = asyncio.create_task(core.stop_admitting_and_flush())
             idle = core is None or core.pending() == 0
             if idle or time.monotonic() >= self._drain_deadline:
                 log.info("drained (%s); stopping", "queues empty" if idle else "drain time over")
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         log_level=settings.log_level,
-        # JSON logs: uvicorn's loggers go through the root handler that service.logs configured.
+        # JSON logs: uvicorn's loggers go through the root handler that service.telemetry.logs configured.
         log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         access_log=False,
         loop="uvloop",

@@ -12,9 +12,11 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.batchwait import WaitName
-from service.repository import VersionPolicy
-from service.store import parse_location
+from service.storage import parse_location
+from service.storage.discovery import VersionPolicy
+
+#: The batch-wait policies ``SERVE_BATCH_WAIT`` names (:mod:`service.core.batchwait`).
+WaitName = Literal["adaptive", "fixed"]
 
 
 def _split_list(value: Any) -> Any:

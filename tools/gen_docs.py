@@ -5,8 +5,8 @@
 
 - ``docs/reference/settings.md``: one row per field of ``service.settings.Settings``: its ``SERVE_*``
   variable, default, bounds and the ``Field(description=...)`` text.
-- ``docs/reference/metrics.md``: one row per collector that ``service.metrics.Metrics`` registers on a fresh
-  registry: name, type, labels and help text.
+- ``docs/reference/metrics.md``: one row per collector that ``service.telemetry.metrics.Metrics``
+  registers on a fresh registry: name, type, labels and help text.
 
 Change a description in the code, then run ``make docs-gen``; never edit the generated pages by hand.
 """
@@ -23,8 +23,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 from pydantic.fields import FieldInfo
 
-from service.metrics import Metrics
 from service.settings import Settings
+from service.telemetry.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS_PAGE = ROOT / "docs" / "reference" / "settings.md"
@@ -111,7 +111,7 @@ def metrics_page() -> str:
     if registered != listed:
         raise SystemExit(f"collectors registered outside Metrics attributes: {sorted(registered - listed)}")
     lines = [
-        _HEADER.format(source="service/metrics.py"),
+        _HEADER.format(source="service/telemetry/metrics.py"),
         "# Metrics\n\n",
         "`GET /metrics` on the HTTP port exports these, plus the standard `process_*`, `python_*` and "
         "`python_gc_*` collectors. Counters are exported with a `_total` suffix, histograms as "

@@ -19,9 +19,9 @@ import numpy as np
 
 from service.contract import METADATA_FILE, Preprocessing
 from service.errors import ServiceError
-from service.feedback import FeedbackItem, log_path, read_log
-from service.preprocess import prepare
-from service.store import StoreError, open_store
+from service.feedback.store import FeedbackItem, log_path, read_log
+from service.images.preprocess import prepare
+from service.storage import StoreError, open_store
 from training.errors import DataError
 from training.publish import versions
 
@@ -93,7 +93,7 @@ def assign_part(item_id: str, seed: int, holdout: float, validation: float) -> P
 
 def model_input(data: bytes, preprocessing: Preprocessing) -> np.ndarray:
     """One stored file as the model's input ``(H, W, C)`` float32: exactly what ``/classify`` computes
-    (the version's ``preprocessing`` entry, through :func:`service.preprocess.prepare`)."""
+    (the version's ``preprocessing`` entry, through :func:`service.images.preprocess.prepare`)."""
     return prepare(data, preprocessing, max_pixels=MAX_PIXELS)
 
 

@@ -1,8 +1,8 @@
 """Image files to model input, decoded once into a uint8 cache on disk and read back a batch at a time.
 
-Every file goes through the service's guarded decoder (:func:`service.images.decode_image`: PNG and JPEG
-only, the pixel limit checked from the header before a pixel is allocated, corrupt files refused) at its
-own size, and is then brought to the model's input as its ``preprocessing`` entry says: ``stretch`` is a
+Every file goes through the service's guarded decoder (:func:`service.images.decode.decode_image`: PNG
+and JPEG only, the pixel limit checked from the header before a pixel is allocated, corrupt files refused) at
+its own size, and is then brought to the model's input as its ``preprocessing`` entry says: ``stretch`` is a
 PIL bilinear resize of the whole image, ``center_crop`` resizes so the image covers HxW and crops the
 centre, ``digit`` takes images that are already HxW (digit-style data comes fitted, as MNIST does; the
 fit itself is done when serving).
@@ -34,7 +34,7 @@ from PIL import Image, JpegImagePlugin, PngImagePlugin
 
 from service.contract import Preprocessing
 from service.errors import ServiceError
-from service.images import decode_image, stretch
+from service.images.decode import decode_image, stretch
 from training.diskimages import DiskImages, npy_header
 from training.errors import DataError, UnreadableImage
 

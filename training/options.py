@@ -88,7 +88,7 @@ def labels(text: str) -> tuple[str, ...]:
 
 def repository(text: str) -> Path | str:
     """A model repository: a directory, or ``s3://bucket/prefix`` (kept as text: a path folds ``//``)."""
-    from service.store import parse_location
+    from service.storage import parse_location
 
     try:
         return parse_location(text)

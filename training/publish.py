@@ -8,7 +8,7 @@ Names, versions and the layout are the repository contract (:mod:`service.contra
     <repository>/<name>/<version>/report/*.png
     <repository>/<name>/<version>/train/model.keras    the Keras model, for retraining; never served
 
-The repository is a directory or ``s3://bucket/prefix``; both are a :class:`service.store.ModelStore`.
+The repository is a directory or ``s3://bucket/prefix``; both are a :class:`service.storage.store.ModelStore`.
 A version is written in full into a staging directory, its ``metadata.json`` records every file's
 sha256 (``files``), and the store commits it onto the next number: a directory is renamed into place
 (``rename`` onto an existing non-empty directory fails), an S3 version is claimed with a conditional
@@ -34,7 +34,7 @@ from service.contract import (
     metadata_json,
     valid_model_name,
 )
-from service.store import Location, ModelStore, StoreError, is_remote, open_store
+from service.storage import Location, ModelStore, StoreError, is_remote, open_store
 from training.errors import PromotionRefused, PublishError, UsageError
 
 #: What ``metadata.json`` is written from: a :class:`Metadata` (validated, what the pipeline writes) or a

@@ -35,7 +35,7 @@ from service.contract import (
     Preprocessing,
     read_metadata,
 )
-from service.store import StoreError, open_store
+from service.storage import StoreError, open_store
 from training import feedback as fb
 from training.compare import decide, probabilities, scores, session_of
 from training.config import HyperParameters

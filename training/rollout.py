@@ -3,8 +3,8 @@
 ``retrain`` fine-tunes the *serving champion* (not a candidate under test, nor a rolled-back version),
 publishes the challenger as a candidate, and starts its rollout by writing the model's rollout record;
 every service replica polling the repository follows it. The repository is a directory or an
-``s3://`` bucket (a :class:`service.store.ModelStore`); the record is read and written only through
-:mod:`service.rolloutstore`, beside the model in that store.
+``s3://`` bucket (a :class:`service.storage.store.ModelStore`); the record is read and written only through
+:mod:`service.rollout.records`, beside the model in that store.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import time
 from datetime import UTC, datetime
 
 from service.contract import CANDIDATE_FILE
-from service.rollout import Options, RolloutRecord, begin, eligible_champions
-from service.rolloutstore import read_record, write_record
-from service.store import Location, ModelStore, open_store
+from service.rollout.policy import Options, RolloutRecord, begin, eligible_champions
+from service.rollout.records import read_record, write_record
+from service.storage import Location, ModelStore, open_store
 
 
 def _store(repository: Location | ModelStore) -> ModelStore:

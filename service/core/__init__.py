@@ -21,7 +21,7 @@ says otherwise, ``docs/rollout.md``; deadlines are ``time.monotonic()`` seconds)
     core.statistics(name=None, version=None) -> list[VersionStatistics]
 
     async with core.call(name, version, routing_key=None) as call:  # NotFound / Unavailable before it
-        request = decode(wire, call.signature, call.limits) # the transport's work, counted and timed
+        request = decode(wire, call.signature, call.settings) # the transport's work, counted and timed
         response = await call.infer(request)                # InferRequest -> InferResponse
         # InferRequest(inputs={name: ndarray}, id=None, outputs=None, deadline=None, checked=False,
         #              timeout=None, binary=frozenset())  # checked: decoded with signature.RequestCheck
@@ -41,7 +41,7 @@ says otherwise, ``docs/rollout.md``; deadlines are ``time.monotonic()`` seconds)
     core.authorize_admin("Bearer <token>" | None)          # Unauthorized / Forbidden
     await core.load(name) -> list[int];  await core.unload(name)
 
-    core.begin_drain() -> deadline;  core.draining;  core.pending();  await core.flush()
+    core.begin_drain() -> deadline;  core.draining;  core.pending();  await core.stop_admitting_and_flush()
 
     core.rollout_state(name) -> dict                        # GET /v2/models/{m}/rollout
     await core.start_rollout(name, candidate, Options(...)) # NotFound / Conflict / InvalidInput

@@ -12,10 +12,12 @@ from types import TracebackType
 
 import numpy as np
 
-from service.batching import Batcher
 from service.contract import Preprocessing
+from service.core.batching import Batcher
 from service.core.lifecycle import Lifecycle
 from service.core.prepare import PreparePool
+from service.core.served import ServedVersion
+from service.core.signature import RequestCheck
 from service.core.types import (
     ClassifyRequest,
     ClassifyResponse,
@@ -32,11 +34,9 @@ from service.errors import (
     ServiceError,
     Unavailable,
 )
-from service.preprocess import prepare_all, request_pixels
-from service.registry import ServedVersion
+from service.images.preprocess import prepare_all, request_pixels
 from service.settings import Settings
-from service.signature import RequestCheck
-from service.tracing import RequestTrace, Tracing
+from service.telemetry.tracing import RequestTrace, Tracing
 
 
 def status_label(exc: BaseException) -> str:
@@ -66,13 +66,13 @@ _CLIENT_ERRORS = frozenset(
 class ModelCall:
     """One request to one served version (see :meth:`InferenceService.call`).
 
-    ``name``, ``version`` and ``signature`` say what the transport decodes against; ``limits`` are
-    the service's settings (body bytes, rows, image pixels). The request is counted under the
-    transport's ``protocol`` label. One cancelled after its deadline (a gRPC deadline the transport
-    passed on) counts as a timeout; one cancelled before it (the client went away) is not counted.
+    ``name``, ``version`` and ``signature`` say what the transport decodes against; ``settings`` are
+    the service's (the transport reads its limits there: body bytes, rows, image pixels). The request is
+    counted under the transport's ``protocol`` label. One cancelled after its deadline (a gRPC deadline the
+    transport passed on) counts as a timeout; one cancelled before it (the client went away) is not counted.
 
-    ``trace`` is the request's span (:class:`~service.tracing.RequestTrace`) when tracing is on and the
-    request is sampled, else None; the call adds the model, version and rows to it, and the transport
+    ``trace`` is the request's span (:class:`~service.telemetry.tracing.RequestTrace`) when tracing is on
+    and the request is sampled, else None; the call adds the model, version and rows to it, and the transport
     opens its ``decode`` and ``encode`` children through it.
     """
 
@@ -86,9 +86,9 @@ class ModelCall:
         "_shadow",
         "_started",
         "_tap",
-        "limits",
         "name",
         "protocol",
+        "settings",
         "signature",
         "trace",
         "tracing",
@@ -114,7 +114,7 @@ class ModelCall:
         self.name = served.name
         self.version = served.version
         self.signature = served.runtime.signature
-        self.limits = settings
+        self.settings = settings
         self.protocol = protocol
         self._started = 0.0
         self._deadline_at: float | None = None
@@ -175,7 +175,7 @@ class ModelCall:
     def _deadline(self, timeout: float | None, cap: float | None) -> float:
         """The one place a request's deadline is made: ``timeout`` seconds from now (None: the
         configured default), no later than ``cap`` (a monotonic time, e.g. a gRPC deadline)."""
-        deadline = time.monotonic() + (self.limits.default_timeout_s if timeout is None else timeout)
+        deadline = time.monotonic() + (self.settings.default_timeout_s if timeout is None else timeout)
         self._deadline_at = deadline if cap is None or cap > deadline else cap
         return self._deadline_at
 
@@ -185,8 +185,8 @@ class ModelCall:
         if request.checked:
             inputs = request.inputs if isinstance(request.inputs, dict) else dict(request.inputs)
         else:
-            inputs = signature.check_inputs(request.inputs, max_rows=self.limits.max_request_rows)
-            RequestCheck(signature, self.limits.max_request_rows).outputs(request.outputs or ())
+            inputs = signature.check_inputs(request.inputs, max_rows=self.settings.max_request_rows)
+            RequestCheck(signature, self.settings.max_request_rows).outputs(request.outputs or ())
         if self.trace is not None:
             self.trace.span.set_attribute("inference.rows", len(next(iter(inputs.values()))))
         specs = signature.outputs
@@ -217,7 +217,7 @@ class ModelCall:
         # Milliseconds of decoding and numpy per image (bench/preprocess.py): kept off the event loop,
         # on the bounded preprocessing pool (service/core/prepare.py) when the core has one.
         preprocessing = self._served.runtime.metadata.preprocessing
-        pixels = request_pixels(files, self.limits.max_request_pixels)  # headers only: 413 before decoding
+        pixels = request_pixels(files, self.settings.max_request_pixels)  # headers only: 413 before decoding
         if self.trace is None:
             batch = await self._prepare(files, preprocessing, pixels, deadline)
         else:
@@ -262,12 +262,12 @@ class ModelCall:
             return await self._preparer.prepare(
                 files,
                 preprocessing,
-                max_pixels=self.limits.max_image_pixels,
+                max_pixels=self.settings.max_image_pixels,
                 pixels=pixels,
                 deadline=deadline,
             )
         return await asyncio.to_thread(
-            prepare_all, files, preprocessing, max_pixels=self.limits.max_image_pixels
+            prepare_all, files, preprocessing, max_pixels=self.settings.max_image_pixels
         )
 
     def _files(self, request: ClassifyRequest) -> list[tuple[str | None, bytes]]:
@@ -275,8 +275,8 @@ class ModelCall:
         images, names = request.images, request.filenames
         if not images:
             raise InvalidInput("no image")
-        if len(images) > self.limits.max_request_rows:
-            raise PayloadTooLarge(f"more than {self.limits.max_request_rows} images in one request")
+        if len(images) > self.settings.max_request_rows:
+            raise PayloadTooLarge(f"more than {self.settings.max_request_rows} images in one request")
         if names is None:
             names = [None] * len(images)
         elif len(names) != len(images):

@@ -2,7 +2,7 @@
 
 :class:`Live` holds what this process counted for one rollout (per version: requests, errors, a window
 of latencies, labelled and correct items; shadow comparisons; discordant pairs) since it last folded
-them into the model's :class:`service.rollout.RolloutRecord` (:func:`fold`). ``docs/rollout.md``.
+them into the model's :class:`service.rollout.policy.RolloutRecord` (:func:`fold`). ``docs/rollout.md``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.rollout import RolloutRecord
+from service.rollout.policy import RolloutRecord
 
 #: Latencies kept per version for the p99 (the newest; older ones fall out).
 LATENCY_WINDOW = 2000

@@ -3,14 +3,14 @@
 A transport uses it like :meth:`InferenceService.call`::
 
     async with core.explain_call(name, version) as call:     # NotFound / Unavailable now
-        image = await read_the_body(call.limits.max_body_bytes)
+        image = await read_the_body(call.settings.max_body_bytes)
         explanation = await call.explain(ExplainRequest(image=image, method="rise"))
 
 In order: the model must have one image input and class scores as its first output (400 otherwise);
 the parameters must be in range (400) and the explanation within ``SERVE_EXPLAIN_MAX_ROWS`` rows (413),
 both checked before the body is decoded; the image is prepared exactly as ``/classify`` prepares it
 (415, 413, 400). Then every row, the unperturbed input's first, goes through the version's batcher as
-ordinary work in its *background* lane (:mod:`service.batching`): predictions are always taken first,
+ordinary work in its *background* lane (:mod:`service.core.batching`): predictions are always taken first,
 explanation rows compute only while no prediction is queued, computing or being answered, in batches
 of their own of at most ``SERVE_EXPLAIN_JOB_ROWS`` rows. An explanation keeps :data:`WINDOW` jobs in
 the batcher (one computing, the next queued), so it never holds more of the queue than that. The
@@ -30,15 +30,15 @@ from types import TracebackType
 
 import numpy as np
 
+from service.core.attribution import Explainer, baseline_value, make_explainer
 from service.core.call import status_label
 from service.core.lifecycle import Lifecycle
+from service.core.served import ServedVersion
 from service.core.types import ExplainRequest, Explanation
 from service.errors import InvalidInput, Unavailable
-from service.explain import Explainer, baseline_value, make_explainer
-from service.metrics import Metrics
-from service.preprocess import prepare_all
-from service.registry import ServedVersion
+from service.images.preprocess import prepare_all
 from service.settings import Settings
+from service.telemetry.metrics import Metrics
 
 #: Jobs of one explanation in the batcher at once.
 WINDOW = 2
@@ -53,7 +53,7 @@ class ExplainCall:
         self, served: ServedVersion, settings: Settings, lifecycle: Lifecycle, metrics: Metrics
     ) -> None:
         self._served, self._lifecycle, self._metrics = served, lifecycle, metrics
-        self.name, self.version, self.limits = served.name, served.version, settings
+        self.name, self.version, self.settings = served.name, served.version, settings
         self.signature = served.runtime.signature
         self._method = "occlusion"
         self._rows = 0
@@ -96,13 +96,13 @@ class ExplainCall:
         self._input_values = pre.height * pre.width * pre.channels
         baseline = baseline_value(pre)
         # Parameters and the row limit are checked on a stand-in before the body is decoded.
-        _explainer(request, np.zeros(shape, np.float32), baseline, self.limits.explain_max_rows)
+        _explainer(request, np.zeros(shape, np.float32), baseline, self.settings.explain_max_rows)
         deadline = request.deadline
         if deadline is None:
-            deadline = time.monotonic() + self.limits.default_timeout_s
+            deadline = time.monotonic() + self.settings.default_timeout_s
         self._deadline_at = deadline
         image = await self._input(request, shape)
-        explainer = _explainer(request, image, baseline, self.limits.explain_max_rows)
+        explainer = _explainer(request, image, baseline, self.settings.explain_max_rows)
         scores = (await self._score(image[None], deadline))[0]
         self._rows += 1
         class_id = self._class_id(request.label, scores)
@@ -138,7 +138,7 @@ class ExplainCall:
             prepare_all,
             [(None, request.image)],
             self._served.runtime.metadata.preprocessing,
-            max_pixels=self.limits.max_image_pixels,
+            max_pixels=self.settings.max_image_pixels,
         )
         return batch[0]
 
@@ -167,7 +167,7 @@ class ExplainCall:
 
     async def _run(self, explainer: Explainer, class_id: int, deadline: float) -> None:
         """Score every row of ``explainer`` for ``class_id``, a window of jobs at a time."""
-        job, window = self.limits.explain_job_rows, WINDOW
+        job, window = self.settings.explain_job_rows, WINDOW
         inline = job * self._input_values <= _INLINE_VALUES
         running: dict[asyncio.Future[np.ndarray], int] = {}
         start = 0

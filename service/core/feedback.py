@@ -4,14 +4,15 @@ Feedback is on only when ``SERVE_FEEDBACK_DIR`` and ``SERVE_FEEDBACK_TOKEN`` are
 uses it like :meth:`InferenceService.call`::
 
     async with core.feedback_call(name, version, authorization, label) as call:  # 404, 401/403, 400 now
-        image = await read_the_body(call.limits.max_body_bytes)                   # the transport's work
+        image = await read_the_body(call.settings.max_body_bytes)                   # the transport's work
         receipt = await call.submit(image)                                        # FeedbackReceipt
 
 In order: feedback must be on and the model served (404), the bearer token right (401 without one,
 403 wrong; constant-time compare, never logged), the label one of the model's (400); then, in
 ``submit``, the image must be PNG or JPEG (415) and is classified by the serving version exactly as
 ``/classify`` would (413, 400), so the record says which version served it and what it answered; only
-then is it stored durably (:class:`service.feedback.FeedbackStore`; 507 when a quota or the disk is full).
+then is it stored durably (:class:`service.feedback.store.FeedbackStore`; 507 when a quota or the disk
+is full).
 Every outcome for a served model is counted in ``feedback_items_total`` by label and result.
 """
 
@@ -23,9 +24,10 @@ import hmac
 import logging
 import os
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from service.core.types import ClassifyRequest, ClassifyResponse, FeedbackReceipt
+from service.core.rollout import RolloutDesk
+from service.core.types import ClassifyRequest, ClassifyResponse, FeedbackReceipt, ModelInfo
 from service.errors import (
     DeadlineExceeded,
     Forbidden,
@@ -38,13 +40,11 @@ from service.errors import (
     Unavailable,
     UnsupportedMedia,
 )
-from service.feedback import LOG_SUFFIX, FeedbackStore, QuotaFull
-from service.metrics import Metrics
-from service.rollout import RolloutRecord
+from service.feedback.store import LOG_SUFFIX, FeedbackStore, QuotaFull
+from service.rollout.policy import RolloutRecord
 from service.settings import Settings
-
-if TYPE_CHECKING:
-    from service.core.service import InferenceService
+from service.telemetry.metrics import Metrics
+from service.telemetry.tracing import Tracing
 
 log = logging.getLogger("service")
 
@@ -56,59 +56,62 @@ class UnknownLabel(InvalidInput):
     """The label is not one of the model's labels."""
 
 
-class FeedbackDesk:
-    """The feedback store of one process, opened at start-up when feedback is on."""
+class FeedbackHost(Protocol):
+    """What a feedback call needs of the core (:class:`service.core.service.InferenceService`)."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        self.settings = settings
-        self.metrics = metrics
-        self.store: FeedbackStore | None = None
+    settings: Settings
+    metrics: Metrics
+    tracing: Tracing | None
+    rollout: RolloutDesk
+    feedback_store: FeedbackStore | None
 
     @property
-    def enabled(self) -> bool:
-        return self.store is not None
+    def draining(self) -> bool: ...
 
-    def open(self) -> None:
-        """Open the store (its directory must be writable: RuntimeError otherwise) and start the stored
-        items and bytes gauges from the logs on disk. Off without a directory and a token."""
-        settings, directory = self.settings, self.settings.feedback_dir
-        if directory is None:
-            return
-        if not settings.feedback_enabled:
-            log.warning("SERVE_FEEDBACK_DIR is set but SERVE_FEEDBACK_TOKEN is not: the feedback API is off")
-            return
+    def model_info(self, name: str, version: int | None = None) -> ModelInfo: ...
+
+    async def classify(
+        self, name: str, request: ClassifyRequest, version: int | None = None, *, protocol: str = "http"
+    ) -> ClassifyResponse: ...
+
+
+def open_feedback_store(settings: Settings, metrics: Metrics) -> FeedbackStore | None:
+    """The process's feedback store when feedback is on (``SERVE_FEEDBACK_DIR`` and
+    ``SERVE_FEEDBACK_TOKEN``), else None. The directory must be writable (RuntimeError otherwise); the
+    stored items and bytes gauges start from the logs on disk."""
+    directory = settings.feedback_dir
+    if directory is None:
+        return None
+    if not settings.feedback_enabled:
+        log.warning("SERVE_FEEDBACK_DIR is set but SERVE_FEEDBACK_TOKEN is not: the feedback API is off")
+        return None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RuntimeError(f"cannot create the feedback directory {directory}: {exc.strerror}") from exc
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise RuntimeError(f"the feedback directory {directory} is not writable by this process")
+    store = FeedbackStore(
+        directory, max_items=settings.feedback_max_items, max_bytes=settings.feedback_max_bytes
+    )
+    for log_file in sorted(directory.glob(f"*{LOG_SUFFIX}")):
+        model = log_file.name.removesuffix(LOG_SUFFIX)
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RuntimeError(f"cannot create the feedback directory {directory}: {exc.strerror}") from exc
-        if not os.access(directory, os.W_OK | os.X_OK):
-            raise RuntimeError(f"the feedback directory {directory} is not writable by this process")
-        store = FeedbackStore(
-            directory, max_items=settings.feedback_max_items, max_bytes=settings.feedback_max_bytes
-        )
-        for log_file in sorted(directory.glob(f"*{LOG_SUFFIX}")):
-            model = log_file.name.removesuffix(LOG_SUFFIX)
-            try:
-                usage = store.usage(model)
-            except (ValueError, OSError) as exc:  # a damaged log: refused at the next write, reported now
-                log.error("feedback log %s: %s", log_file, exc)
-                continue
-            self.metrics.set_feedback_usage(model, usage.items, usage.bytes)
-        log.info("feedback API on, storing into %s", directory)
-        self.store = store
-
-    def close(self) -> None:
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+            usage = store.usage(model)
+        except (ValueError, OSError) as exc:  # a damaged log: refused at the next write, reported now
+            log.error("feedback log %s: %s", log_file, exc)
+            continue
+        metrics.set_feedback_usage(model, usage.items, usage.bytes)
+    log.info("feedback API on, storing into %s", directory)
+    return store
 
 
 class FeedbackCall:
-    """One feedback request (see the module docstring); ``limits`` are the service's settings."""
+    """One feedback request (see the module docstring); ``settings`` are the service's."""
 
     def __init__(
         self,
-        core: InferenceService,
+        core: FeedbackHost,
         name: str,
         version: int | None,
         authorization: str | None,
@@ -117,17 +120,17 @@ class FeedbackCall:
         protocol: str = "http",
         routing_key: str | None = None,
     ) -> None:
-        desk, settings = core.feedback, core.settings
+        settings = core.settings
         self._protocol = protocol
-        if desk.store is None or settings.feedback_token is None:
+        if core.feedback_store is None or settings.feedback_token is None:
             raise NotFound(
                 "feedback is not enabled on this server (SERVE_FEEDBACK_DIR, SERVE_FEEDBACK_TOKEN)"
             )
         self._core = core
-        self._store = desk.store
-        self._metrics = desk.metrics
+        self._store = core.feedback_store
+        self._metrics = core.metrics
         info = core.model_info(name, version)  # NotFound for a model or version not served
-        self.name, self.version, self.limits = info.name, info.version, settings
+        self.name, self.version, self.settings = info.name, info.version, settings
         self.label = label
         self._known = label if label in info.labels else None
         self._token = settings.feedback_token

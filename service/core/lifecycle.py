@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from service.registry import ModelRegistry
+from service.core.registry import ModelRegistry
 
 log = logging.getLogger("service")
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from service.contract import Preprocessing
 from service.errors import DeadlineExceeded, Overloaded
-from service.preprocess import prepare_all
+from service.images.preprocess import prepare_all
 
 T = TypeVar("T")
 
@@ -115,8 +115,8 @@ class PreparePool:
         pixels: int,
         deadline: float,
     ) -> np.ndarray:
-        """:func:`service.preprocess.prepare_all` on the pool, given up between images as above;
-        ``pixels``: the images' pixels in all (:func:`service.preprocess.request_pixels`)."""
+        """:func:`service.images.preprocess.prepare_all` on the pool, given up between images as above;
+        ``pixels``: the images' pixels in all (:func:`service.images.preprocess.request_pixels`)."""
 
         def work(check: Callable[[], None]) -> np.ndarray:
             return prepare_all(images, preprocessing, max_pixels=max_pixels, check=check)

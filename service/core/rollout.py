@@ -1,7 +1,7 @@
 """The core's rollouts: routing unversioned requests, gathering live evidence, deciding, operating.
 
-A model's plan is its :class:`service.rollout.RolloutRecord`, held by the registry and stored by
-:mod:`service.rolloutstore`. This desk reads it on every unversioned request (:meth:`RolloutDesk.route`):
+A model's plan is its :class:`service.rollout.policy.RolloutRecord`, held by the registry and stored by
+:mod:`service.rollout.records`. This desk reads it on every unversioned request (:meth:`RolloutDesk.route`):
 
 * **shadow**: the champion answers; a share of requests is then computed on the candidate too, in a
   task of its own, at most ``rollout_shadow_max_pending`` at once (beyond it the comparison is skipped,
@@ -13,7 +13,7 @@ A model's plan is its :class:`service.rollout.RolloutRecord`, held by the regist
 
 Labelled feedback during a rollout is scored by both versions on the same image
 (:meth:`RolloutDesk.on_paired`). With ``rollout_decider="local"`` this process folds its evidence into
-the record every ``rollout_interval_s`` and applies :func:`service.rollout.next_step`; with
+the record every ``rollout_interval_s`` and applies :func:`service.rollout.policy.next_step`; with
 ``"controller"`` it only follows the record that ``python -m service.controller`` writes from
 Prometheus (``docs/rollout.md``).
 """
@@ -34,12 +34,13 @@ from datetime import UTC, datetime
 import numpy as np
 
 from service.core.evidence import Live, counts_of, fold, subtract
+from service.core.registry import ModelRegistry
+from service.core.served import ServedVersion
 from service.errors import Conflict, DeadlineExceeded, Unavailable
-from service.metrics import Metrics
-from service.registry import ModelRegistry, ServedVersion
-from service.rollout import RolloutRecord, apply_decision, mcnemar, next_step
+from service.rollout.policy import RolloutRecord, apply_decision, mcnemar, next_step
 from service.settings import Settings
-from service.tracing import Tracing
+from service.telemetry.metrics import Metrics
+from service.telemetry.tracing import Tracing
 
 log = logging.getLogger("service")
 

@@ -15,11 +15,11 @@ from typing import Any
 from service.contract import METADATA_FILE, parse_metadata
 from service.core.evidence import fold
 from service.core.rollout import RolloutDesk, now_iso
+from service.core.served import ServedVersion
+from service.core.signature import ModelSignature
 from service.errors import Conflict, InvalidInput, NotFound, Unavailable
-from service.registry import ServedVersion
-from service.rollout import Options, RolloutRecord, begin, mcnemar
-from service.signature import ModelSignature
-from service.store import StoreError, StoreUnavailable
+from service.rollout.policy import Options, RolloutRecord, begin, mcnemar
+from service.storage import StoreError, StoreUnavailable
 
 
 class RolloutOperator:

@@ -14,11 +14,14 @@ from service import __version__
 from service.contract import PLATFORM
 from service.core.call import ModelCall
 from service.core.explain import ExplainCall
-from service.core.feedback import FeedbackCall, FeedbackDesk
+from service.core.feedback import FeedbackCall, open_feedback_store
 from service.core.lifecycle import Lifecycle
 from service.core.prepare import PreparePool
+from service.core.providers import select_providers
+from service.core.registry import ModelRegistry
 from service.core.rollout import RolloutDesk
 from service.core.rolloutops import RolloutOperator
+from service.core.served import ServedVersion
 from service.core.types import (
     ClassifyRequest,
     ClassifyResponse,
@@ -38,12 +41,11 @@ from service.errors import (
     Unavailable,
     echo,
 )
-from service.metrics import Metrics
-from service.registry import ModelRegistry, ServedVersion
-from service.rollout import Options
-from service.runtime import select_providers
+from service.feedback.store import FeedbackStore
+from service.rollout.policy import Options
 from service.settings import Settings
-from service.tracing import Tracing
+from service.telemetry.metrics import Metrics
+from service.telemetry.tracing import Tracing
 
 log = logging.getLogger("service")
 
@@ -55,12 +57,13 @@ class InferenceService:
     """The models of one process and everything a client can ask of them. See :mod:`service.core`."""
 
     def __init__(self, settings: Settings, metrics: Metrics, tracing: Tracing | None = None) -> None:
-        """``tracing``: the process's tracers when tracing is on (:func:`service.tracing.from_env`)."""
+        """``tracing``: the process's tracers when tracing is on
+        (:func:`service.telemetry.tracing.from_env`)."""
         self.settings = settings
         self.metrics = metrics
         self.tracing = tracing
         self.lifecycle = Lifecycle(settings.poll_interval_s)
-        self.feedback = FeedbackDesk(settings, metrics)
+        self.feedback_store: FeedbackStore | None = None  # from start() to stop(), when feedback is on
         self._registry: ModelRegistry | None = None
         self.preparer: PreparePool | None = None  # /classify's image pool, from start() to stop()
         self._loader: asyncio.Task[None] | None = None
@@ -81,7 +84,7 @@ class InferenceService:
         """Load the models (in the background: answer live, not ready, meanwhile) and watch the repository."""
         providers = select_providers(self.settings.providers)
         log.info("settings: %s", self.settings.describe())
-        self.feedback.open()
+        self.feedback_store = open_feedback_store(self.settings, self.metrics)
         log.info("execution providers: %s", ", ".join(providers))
         self._registry = registry = ModelRegistry(self.settings, self.metrics, providers, self.tracing)
         threads = self.settings.preprocess_threads or min(2, registry.threads)
@@ -107,7 +110,9 @@ class InferenceService:
             await self._registry.stop(self.lifecycle.time_left(self.settings.drain_seconds))
         if self.preparer is not None:
             self.preparer.close()
-        self.feedback.close()
+        if self.feedback_store is not None:
+            self.feedback_store.close()
+            self.feedback_store = None
 
     def begin_drain(self) -> float:
         """Start draining (readiness 503, new requests refused) for at most ``settings.drain_seconds``;
@@ -123,8 +128,9 @@ class InferenceService:
         """Requests queued or computing, over every served version."""
         return 0 if self._registry is None else self._registry.pending()
 
-    async def flush(self) -> None:
-        """Compute everything queued now, without waiting for batches to fill (the drain calls this)."""
+    async def stop_admitting_and_flush(self) -> None:
+        """Stop admitting, and compute everything queued now without waiting for batches to fill (the
+        drain calls this; new requests get 503)."""
         if self._registry is not None:
             await self._registry.drain(self.lifecycle.time_left(self.settings.drain_seconds))
 
@@ -143,6 +149,18 @@ class InferenceService:
     def server_info(self) -> ServerInfo:
         return ServerInfo(SERVER_NAME, __version__, EXTENSIONS)
 
+    def models(self) -> list[ModelInfo]:
+        """Every model that answers unversioned requests now, by name: the metadata of the version that
+        answers (models configured but not loaded, or with no version allowed to answer, are left out;
+        :meth:`repository_index` lists every version with its state)."""
+        found = []
+        for name in self.registry.names():
+            try:
+                found.append(self.model_info(name))
+            except (NotFound, Unavailable):
+                continue
+        return found
+
     def model_info(self, name: str, version: int | None = None) -> ModelInfo:
         """Metadata of a served version (newest when ``version`` is None)."""
         served = self._get(name, version)
@@ -157,7 +175,7 @@ class InferenceService:
             preprocessing=runtime.metadata.preprocessing,
             provider=runtime.provider,
             max_batch_size=self.settings.max_batch_size,
-            feedback=self.feedback.enabled,
+            feedback=self.feedback_store is not None,
         )
 
     def check_model_ready(self, name: str, version: int | None = None) -> tuple[str, int]:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.contract import Preprocessing
-from service.metrics import VersionStats
-from service.signature import ModelSignature, TensorSpec
+from service.core.signature import ModelSignature, TensorSpec
+from service.telemetry.metrics import VersionStats
 
 
 @dataclass(slots=True)  # not frozen: built on every request, and frozen costs a microsecond each
@@ -30,7 +30,7 @@ class InferRequest:
     always answers raw); the core carries it to the encoder untouched.
     ``checked`` says the transport has already checked ``inputs`` and ``outputs`` against
     ``call.signature`` of the :class:`~service.core.ModelCall` it decoded for, with
-    :class:`~service.signature.RequestCheck` as every decoder does: the core then skips the same checks.
+    :class:`~service.core.signature.RequestCheck` as every decoder does: the core then skips the same checks.
     Leave it False otherwise.
     """
 
@@ -166,7 +166,7 @@ class ExplainRequest:
 
     ``method`` is ``occlusion`` (``patch``, ``stride``: None picks defaults) or ``rise`` (``masks``,
     ``grid``, ``seed``); ``label`` (a label of the model, or a class index) picks the class explained,
-    None the top-1. See :mod:`service.explain`.
+    None the top-1. See :mod:`service.core.attribution`.
     """
 
     image: bytes | None = None

@@ -8,8 +8,8 @@ convention when ``max_batch_size`` > 0).
 from __future__ import annotations
 
 from service.core import ModelInfo
+from service.core.signature import TensorSpec
 from service.grpc.generated import model_config_pb2 as mc
-from service.signature import TensorSpec
 
 
 def config_of(info: ModelInfo, max_queue_delay_us: int) -> mc.ModelConfig:

@@ -3,7 +3,7 @@
 ``ModelInferResponse``.
 
 :func:`parse_infer_request` checks a request against the model's signature with the checks every
-transport shares (:class:`~service.signature.RequestCheck`): names, datatypes (UINT8 accepted for FP32
+transport shares (:class:`~service.core.signature.RequestCheck`): names, datatypes (UINT8 accepted for FP32
 inputs), shapes, the row limit, then sizes, then values; nothing is allocated from a client's claim
 before the bytes or values are there (see :mod:`service.grpc.tensors` for where a tensor's values
 travel). Responses are always raw, as Triton answers and as ``tritonclient.grpc`` reads them.
@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from service.core import InferRequest, InferResponse
+from service.core.signature import ModelSignature, RequestCheck, reject_extensions
 from service.errors import InvalidInput
 from service.grpc.generated import grpc_service_pb2 as pb
 from service.grpc.tensors import from_contents, from_raw, has_contents, to_raw
-from service.signature import ModelSignature, RequestCheck, reject_extensions
 
 _MAX_TIMEOUT_US = 2**63 - 1
 

@@ -30,7 +30,7 @@ from service.grpc.generated import grpc_service_pb2 as pb
 from service.grpc.health import HealthServicer
 from service.grpc.servicer import InferenceServicer, Malformed, server_ready
 from service.grpc.tracing import in_context
-from service.tracing import Tracing
+from service.telemetry.tracing import Tracing
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = (

@@ -237,16 +237,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async with self._core.call(
             request.model_name, version, protocol=PROTOCOL, routing_key=routing_key
         ) as call:
-            limits = call.limits
+            settings = call.settings
             deadline = None if grpc_remaining is None else time.monotonic() + grpc_remaining
             if call.trace is None:  # tracing off or this request not sampled
                 parsed = parse_infer_request(
-                    request, signature=call.signature, max_rows=limits.max_request_rows, deadline=deadline
+                    request, signature=call.signature, max_rows=settings.max_request_rows, deadline=deadline
                 )
             else:
                 with call.trace.child("decode"):
                     parsed = parse_infer_request(
-                        request, signature=call.signature, max_rows=limits.max_request_rows, deadline=deadline
+                        request,
+                        signature=call.signature,
+                        max_rows=settings.max_request_rows,
+                        deadline=deadline,
                     )
             response = await call.infer(parsed)
             if call.trace is None:

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from service.core.signature import DATATYPES, TensorSpec
 from service.errors import InvalidInput
 from service.grpc.generated import grpc_service_pb2 as pb
-from service.signature import DATATYPES, TensorSpec
 
 #: Every V2 datatype this module reads and writes: the numeric ones, and BYTES as an object array.
 WIRE_DTYPES: dict[str, np.dtype[Any]] = {**DATATYPES, "BYTES": np.dtype(object)}

@@ -2,7 +2,7 @@
 
 :func:`in_context` wraps a method of ``inference.GRPCInferenceService`` only when tracing or JSON logs
 are on (:class:`service.grpc.server.GrpcServer`); otherwise the methods are registered as they are and
-calls do no work for it. Per call it sets :data:`service.logs.request_id` from the ``x-request-id``
+calls do no work for it. Per call it sets :data:`service.telemetry.logs.request_id` from the ``x-request-id``
 metadata (or a new one; answered back in the trailing metadata) and, with tracing, opens a SERVER span named
 ``inference.GRPCInferenceService/<Method>`` that continues the caller's ``traceparent`` metadata, with
 ``rpc.*`` attributes and the status code; a failed call's span status carries the status details the
@@ -19,8 +19,8 @@ from typing import Any
 import grpc
 from grpc.aio import ServicerContext as Context
 
-from service.logs import pick_request_id, request_id
-from service.tracing import Tracing, current, error_status
+from service.telemetry.logs import pick_request_id, request_id
+from service.telemetry.tracing import Tracing, current, error_status
 
 SERVICE = "inference.GRPCInferenceService"
 _CARRIED = frozenset({"traceparent", "tracestate", "x-request-id"})

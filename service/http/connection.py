@@ -21,6 +21,9 @@ returns a subclass of uvicorn's ``HttpToolsProtocol`` (passed as ``http=`` to ``
 A refused connection is closed gracefully: the answer is written, the write side shut, what the client
 still sends is read and dropped for at most :data:`LINGER_S`, then the socket closes, so the client
 reads the answer instead of a reset. Every refusal is counted in ``http_connections_closed_total{reason}``.
+
+One module of this size on purpose: one subclass of uvicorn's protocol, whose limits work together
+on the same connection state.
 """
 
 from __future__ import annotations

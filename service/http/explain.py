@@ -4,7 +4,7 @@ The body is one image as ``/classify`` takes it (a raw PNG or JPEG, or the multi
 a V2 infer request holding one image tensor ``[1, H, W, C]`` (``Content-Type: application/json``, or
 ``application/octet-stream`` with Triton's binary tensor header), whose ``parameters.timeout`` is the
 explanation's deadline. The query names the method and its parameters; JSON answers, or with
-``?format=png`` the heat map over the image (:mod:`service.heatmap`). The rules are the core's
+``?format=png`` the heat map over the image (:mod:`service.images.heatmap`). The rules are the core's
 (:mod:`service.core.explain`); the method's description is docs/explain.md.
 
 The explanation runs as a task beside a watcher on the connection: a client that goes away cancels it,
@@ -26,12 +26,12 @@ from starlette.types import Receive
 
 from service.core import ExplainCall, ExplainRequest, Explanation
 from service.errors import InvalidInput
-from service.heatmap import overlay_png
 from service.http.body import decode_body, read_body, read_images
 from service.http.openapi import IMAGE_BODY, INFER_BODY, errors
 from service.http.paths import url_version
+from service.http.protocol import parse_infer_request
 from service.http.routes import CoreDep, json_response
-from service.protocol import parse_infer_request
+from service.images.heatmap import overlay_png
 
 _CONTENT: dict[str, Any] = {**IMAGE_BODY["requestBody"]["content"], **INFER_BODY["requestBody"]["content"]}  # type: ignore[dict-item]
 EXPLAIN_BODY = {"requestBody": {"required": True, "content": _CONTENT}}
@@ -167,19 +167,19 @@ async def explain(
 
 async def _request(request: Request, call: ExplainCall, options: dict[str, Any]) -> ExplainRequest:
     """The core's request from the body: a V2 infer request (JSON or binary) or one image."""
-    limits = call.limits
+    settings = call.settings
     call.check_explainable()
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith(("application/json", "application/octet-stream")):
-        ((_, image),) = await read_images(request, limits.max_body_bytes, max_files=1)
+        ((_, image),) = await read_images(request, settings.max_body_bytes, max_files=1)
         return ExplainRequest(image=image, **options)
-    body = await read_body(request, limits.max_body_bytes)
-    body = decode_body(body, request.headers.get("content-encoding"), max_bytes=limits.max_body_bytes)
+    body = await read_body(request, settings.max_body_bytes)
+    body = decode_body(body, request.headers.get("content-encoding"), max_bytes=settings.max_body_bytes)
     parsed = parse_infer_request(
         body,
         header_length=request.headers.get("inference-header-content-length"),
         signature=call.signature,
-        max_rows=limits.max_request_rows,
+        max_rows=settings.max_request_rows,
     )
     tensor = parsed.inputs[call.signature.inputs[0].name]
     if len(tensor) != 1:

@@ -49,7 +49,7 @@ async def feedback(
     async with core.feedback_call(
         model_name, url_version(version), authorization, label, routing_key=x_routing_key
     ) as call:
-        ((_, image),) = await read_images(request, call.limits.max_body_bytes, max_files=1)
+        ((_, image),) = await read_images(request, call.settings.max_body_bytes, max_files=1)
         receipt = await call.submit(image)
     return json_response(
         {

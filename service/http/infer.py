@@ -2,7 +2,7 @@
 
 Both the fast path (:mod:`service.http.dispatch`) and the documented FastAPI route
 (:mod:`service.http.routes`) answer through :func:`answer_infer`, so the two answer identically. The
-body is decoded straight into the core's :class:`~service.core.InferRequest` (:mod:`service.protocol`);
+body is decoded straight into the core's :class:`~service.core.InferRequest` (:mod:`service.http.protocol`);
 the core picks the outputs and makes the deadline, the encoder writes what the core returned.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from service.core import InferenceService, InferRequest, ModelCall
 from service.http.body import decode_body
 from service.http.paths import MAX_ROUTING_KEY, url_version
-from service.protocol import encode_infer_response, parse_infer_request
+from service.http.protocol import encode_infer_response, parse_infer_request
 
 
 async def answer_infer(
@@ -45,12 +45,12 @@ async def answer_infer(
 async def _decode(
     call: ModelCall, headers: Mapping[str, str], read: Callable[[int], Awaitable[bytes]]
 ) -> InferRequest:
-    limits = call.limits
-    body = await read(limits.max_body_bytes)
-    body = decode_body(body, headers.get("content-encoding"), max_bytes=limits.max_body_bytes)
+    settings = call.settings
+    body = await read(settings.max_body_bytes)
+    body = decode_body(body, headers.get("content-encoding"), max_bytes=settings.max_body_bytes)
     return parse_infer_request(
         body,
         header_length=headers.get("inference-header-content-length"),
         signature=call.signature,
-        max_rows=limits.max_request_rows,
+        max_rows=settings.max_request_rows,
     )

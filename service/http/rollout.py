@@ -19,7 +19,7 @@ from service.http.body import read_body
 from service.http.openapi import errors
 from service.http.paths import url_version
 from service.http.routes import AdminDep, CoreDep, json_response
-from service.rollout import Options, Stage
+from service.rollout.policy import Options, Stage
 
 router = APIRouter()
 

@@ -95,6 +95,26 @@ async def all_stats(core: CoreDep) -> Response:
     return _stats(core)
 
 
+@router.get("/v2/models")
+async def list_models(core: CoreDep) -> Response:
+    """The models served now: name, the version that answers unversioned requests, every served version."""
+    return json_response(
+        {
+            "models": [
+                {
+                    "name": info.name,
+                    "version": str(info.version),
+                    "versions": [str(v) for v in info.versions],
+                    "platform": info.platform,
+                    "inputs": [spec.name for spec in info.signature.inputs],
+                    "outputs": [spec.name for spec in info.signature.outputs],
+                }
+                for info in core.models()
+            ]
+        }
+    )
+
+
 @router.get("/v2/models/{model_name}", responses=errors(400, 404, 503))
 @router.get("/v2/models/{model_name}/versions/{version}", responses=errors(400, 404, 503))
 async def get_model(core: CoreDep, model_name: str, version: str | None = None) -> Response:
@@ -152,7 +172,7 @@ async def classify(
     ``results`` answers each image in order (with the model's ``input`` when ``return_input``); a single
     image is also answered by ``predictions`` at the top level."""
     async with core.call(model_name, url_version(version), routing_key=x_routing_key) as call:
-        files = await read_images(request, call.limits.max_body_bytes, call.limits.max_request_rows)
+        files = await read_images(request, call.settings.max_body_bytes, call.settings.max_request_rows)
         request_ = ClassifyRequest(
             [data for _, data in files],
             top_k,

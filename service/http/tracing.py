@@ -2,7 +2,7 @@
 
 :class:`RequestContext` is added to the app (outside every other middleware but Starlette's error
 handling) only when tracing or JSON logs are on (:func:`service.app.create_app`); with both off it does
-not exist and requests do no work for it. Per request it sets :data:`service.logs.request_id` (the
+not exist and requests do no work for it. Per request it sets :data:`service.telemetry.logs.request_id` (the
 client's ``X-Request-ID`` or a new one, answered back in the same header) and, with tracing, opens the
 SERVER span that continues the caller's W3C ``traceparent``. The span is named ``METHOD route``
 (``POST /v2/models/{model_name}/infer``) and carries the method, path, route, status code and request
@@ -19,8 +19,8 @@ from opentelemetry.trace import Span
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.http.paths import INFER_PATH
-from service.logs import pick_request_id, request_id
-from service.tracing import Tracing, current, error_status
+from service.telemetry.logs import pick_request_id, request_id
+from service.telemetry.tracing import Tracing, current, error_status
 
 _CARRIED = {b"traceparent", b"tracestate", b"x-request-id"}
 _MAX_ERROR_BODY = 16 * 1024  # error bodies are {"error": message}; never buffer a large one

@@ -2,7 +2,7 @@
  * MNIST-style preprocessing of a digit, drawn on the canvas or photographed: RGBA pixels in, the
  * model's 28x28 input out (light ink, 0..255, on black).
  *
- * This is the same algorithm, step for step, as `digit()` in `service/preprocess.py`, which the
+ * This is the same algorithm, step for step, as `digit()` in `service/images/preprocess.py`, which the
  * service runs on uploaded images; that module's docstring describes the steps. Both must give the
  * same 28x28 input within one grey level on the shared vectors in `tests/web/vectors/`, so change
  * both or neither. In short:

@@ -324,6 +324,10 @@ def test_dockerignore_keeps_models_and_sources_only(tmp_path: Path) -> None:
         "training/fixtures/sample.npz",
         "bench/results/serving.json",
         "test-artifacts/log.txt",
+        "models/mnist-cnn/2/model.onnx",  # a user's own versions and models (docs/getting-started.md)
+        "models/my-digits/1/model.onnx",
+        "models/mnist-cnn/rollout.json",
+        "models/mnist-cnn/.staging-x/model.onnx",
     ]
     needed = [
         "pyproject.toml",
@@ -334,6 +338,8 @@ def test_dockerignore_keeps_models_and_sources_only(tmp_path: Path) -> None:
         "models/mnist-cnn/1/model.onnx",
         "models/mnist-cnn/1/metadata.json",
         "models/mnist-cnn/1/report/confusion.png",
+        "models/cifar10-cnn/1/model.onnx",
+        "models/README.md",
     ]
     for name in ignored + needed:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ CUDA_CHECK = r"""
 import ctypes, json, pathlib, re, subprocess, sys
 import onnxruntime as ort
 from onnxruntime.capi import build_and_package_info as info
-from service import runtime
+from service.core import providers as runtime
 
 capi = pathlib.Path(ort.__file__).parent / "capi"
 site = capi.parent.parent
@@ -29,7 +29,7 @@ def missing(lib):
     return sorted(set(re.findall(r"^\s*(\S+) => not found", out, re.M)))
 wheel_libs = sorted(str(p) for p in site.glob("nvidia/*/lib/*.so*"))
 session = subprocess.run(
-    [sys.executable, "-c", "import onnxruntime as ort; from service.runtime import _PROBE_MODEL as m; "
+    [sys.executable, "-c", "import onnxruntime as ort; from service.core.runtime import _PROBE_MODEL as m; "
      "providers = ['CUDAExecutionProvider', 'CPUExecutionProvider']; "
      "print(ort.InferenceSession(m, providers=providers).get_providers())"],
     capture_output=True, text=True)

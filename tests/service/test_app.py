@@ -117,7 +117,7 @@ def test_lifespan_starts_and_stops_the_core(model: tuple[Path, WrittenModel]) ->
     with TestClient(app) as client:
         assert client.get("/v2/health/ready").status_code == 200
         runtime = core.registry.get("tiny").runtime
-        assert app.state.registry is core.registry and app.state.lifecycle is core.lifecycle
+        assert app.state.models is core.registry and app.state.lifecycle is core.lifecycle
     assert core.draining
     with pytest.raises(RuntimeError, match="closed"):
         runtime.run({"image": IMAGES})

@@ -23,7 +23,7 @@ from service.contract import (
     valid_model_name,
     version_dir,
 )
-from service.signature import DATATYPES
+from service.core.signature import DATATYPES
 from tests.helpers.data import MODELS, ROOT
 from tests.helpers.modelfactory import write_model_version
 

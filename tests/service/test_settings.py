@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from service import settings as settings_module
-from service.repository import VersionPolicy
 from service.settings import Settings
+from service.storage.discovery import VersionPolicy
 
 
 def test_defaults() -> None:

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from service.contract import Preprocessing
-from service.feedback import FeedbackStore, log_path, new_id
-from service.preprocess import prepare_all
+from service.feedback.store import FeedbackStore, log_path, new_id
+from service.images.preprocess import prepare_all
 from tests.helpers.modelfactory import write_model_version
 from training.errors import DataError
 from training.feedback import FeedbackSet, assign_part, load_feedback, new_since_newest, oversample

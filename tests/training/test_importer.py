@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from service.runtime import load_model
+from service.core.runtime import load_model
 from training.errors import PromotionRefused, UnsupportedModel, UsageError
 from training.export import MAX_ABS_DIFF, PARITY_MIN_IMAGES
 from training.importer import ImportConfig, detect_format, import_model

@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from service.contract import CANDIDATE_FILE, KERAS_FILE, Preprocessing
-from service.feedback import FeedbackStore
-from service.rolloutstore import read_record, write_record
+from service.feedback.store import FeedbackStore
+from service.rollout.records import read_record, write_record
 from tests.helpers.modelfactory import DROP, write_model_version
 from tests.helpers.s3server import moto_server
 from training import pipeline

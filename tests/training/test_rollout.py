@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.contract import CANDIDATE_FILE
-from service.rolloutstore import read_record, write_record
+from service.rollout.records import read_record, write_record
 from tests.helpers.data import MODELS
 from tests.helpers.variants import publish_variant
 from tests.training.test_publish import MODEL, metadata_for

@@ -2,9 +2,9 @@
 
 ``tests/web/vectors/`` holds RGBA inputs (``<name>.png``: canvas drawings and photo-like images of real
 MNIST test digits, lossless, JPEG artefacts and all baked in), the 28x28 output the Python
-implementation (``service.preprocess.digit``) gives for each (``<name>.expected.png``, rounded to whole
+implementation (``service.images.digit.digit``) gives for each (``<name>.expected.png``, rounded to whole
 grey levels) and ``vectors.json`` (what each input is, its label, its expected file or null for "no
-digit found"). ``tests/service/test_preprocess.py`` checks the Python against them and
+digit found"). ``tests/service/images/test_preprocess.py`` checks the Python against them and
 ``tests/web/test_vectors.py`` checks ``service/static/preprocess.js`` against both, within one grey level.
 
 Run it after a deliberate change to the algorithm, made in both implementations; the inputs come out
@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from service.errors import InvalidInput
-from service.preprocess import digit
+from service.images.digit import digit
 from tests.helpers.data import load_digits
 from tests.helpers.photos import KINDS, render
 

@@ -17,7 +17,7 @@ from PIL import Image
 from playwright.sync_api import Page, expect
 
 from service.contract import Preprocessing
-from service.preprocess import prepare
+from service.images.preprocess import prepare
 from tests.helpers.data import MODELS, load_digits
 from tests.helpers.photos import photos
 from tests.web.conftest import MAX_IMAGE_PIXELS, Visit

@@ -1,5 +1,5 @@
 """One algorithm, two implementations: ``service/static/preprocess.js`` in Chromium against the Python
-``service.preprocess.digit`` on the same drawings and photos, within one grey level.
+``service.images.digit.digit`` on the same drawings and photos, within one grey level.
 
 The shared vectors (``tests/web/vectors/``, written by ``python -m tests.web.make_vectors``) pin both to
 the recorded outputs; freshly generated photos of every kind check them against each other.
@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 from playwright.sync_api import Page
 
 from service.errors import InvalidInput
-from service.preprocess import digit
+from service.images.digit import digit
 from tests.helpers.data import load_digits
 from tests.helpers.photos import KINDS, render
 from tests.web.conftest import Visit

@@ -39,7 +39,7 @@ def test_decoding_inside_a_call_is_counted_and_timed(tmp_path: Path) -> None:
             async with core.call("tiny") as call:
                 assert (call.name, call.version) == ("tiny", 1)
                 assert call.signature.inputs[0].shape == (-1, 28, 28, 1)
-                assert call.limits is core.settings
+                assert call.settings is core.settings
                 raise InvalidInput("bad wire format")
         with pytest.raises(RuntimeError):
             async with core.call("tiny"):

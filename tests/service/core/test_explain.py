@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.batching import Batcher
 from service.core import ExplainRequest, InferenceService, InferRequest
+from service.core.batching import Batcher
 from service.errors import DeadlineExceeded, InvalidInput
-from service.metrics import Metrics
 from service.settings import Settings
+from service.telemetry.metrics import Metrics
 from tests.helpers.modelfactory import WrittenModel, write_model_version
 
 GUARD_S = 10.0  # only reached when something is broken

@@ -26,9 +26,9 @@ from service.errors import (
     Unavailable,
     UnsupportedMedia,
 )
-from service.feedback import FeedbackStore, QuotaFull, log_path, read_log
-from service.metrics import Metrics
+from service.feedback.store import FeedbackStore, QuotaFull, log_path, read_log
 from service.settings import Settings
+from service.telemetry.metrics import Metrics
 from tests.helpers.modelfactory import write_model_version
 
 T = TypeVar("T")

@@ -11,9 +11,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.core import Lifecycle
-from service.metrics import Metrics
-from service.registry import ModelRegistry
+from service.core.registry import ModelRegistry
 from service.settings import Settings
+from service.telemetry.metrics import Metrics
 from tests.helpers.modelfactory import write_model_version
 from tests.helpers.waiting import eventually
 

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from service.core.prepare import SMALL_PIXELS, PreparePool
 from service.errors import DeadlineExceeded, Overloaded, PayloadTooLarge, UnsupportedMedia
-from service.preprocess import request_pixels
+from service.images.preprocess import request_pixels
 from tests.helpers.data import load_digits
 from tests.helpers.server import running_service
 

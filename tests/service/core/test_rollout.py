@@ -14,8 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.feedback import log_path, read_log
-from service.rolloutstore import read_record
+from service.feedback.store import log_path, read_log
+from service.rollout.records import read_record
 from service.settings import Settings
 from tests.helpers.data import MODELS, load_digits
 from tests.helpers.modelfactory import write_model_version

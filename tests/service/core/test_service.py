@@ -27,8 +27,8 @@ from service.errors import (
     Unauthorized,
     Unavailable,
 )
-from service.metrics import Metrics
 from service.settings import Settings
+from service.telemetry.metrics import Metrics
 from tests.helpers.modelfactory import WrittenModel, write_model_version
 from tests.helpers.waiting import eventually
 
@@ -153,7 +153,7 @@ def test_draining_refuses_new_requests_and_readiness(tmp_path: Path) -> None:
             core.check_model_ready("tiny")
         assert requests(core, "rejected") == 1
         assert core.pending() == 0
-        await core.flush()
+        await core.stop_admitting_and_flush()
 
     run(test, tmp_path)
 

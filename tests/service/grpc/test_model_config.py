@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from service.contract import Preprocessing
 from service.core import ModelInfo
+from service.core.signature import ModelSignature, TensorSpec
 from service.grpc.generated import model_config_pb2 as mc
 from service.grpc.model_config import config_of
-from service.signature import ModelSignature, TensorSpec
 
 
 def info(signature: ModelSignature) -> ModelInfo:

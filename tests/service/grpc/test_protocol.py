@@ -14,13 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as triton_pb
 
-from service import protocol
 from service.core import InferRequest, InferResponse
+from service.core.signature import DATATYPES, ModelSignature, TensorSpec
 from service.errors import InvalidInput, PayloadTooLarge
 from service.grpc.generated import grpc_service_pb2 as pb
 from service.grpc.protocol import encode_infer_response, parse_infer_request
 from service.grpc.tensors import CONTENTS_FIELD, WIRE_DTYPES, build_infer_request, response_arrays
-from service.signature import DATATYPES, ModelSignature, TensorSpec
+from service.http import protocol
 
 SIG = ModelSignature(
     inputs=(TensorSpec("image", "FP32", (-1, 28, 28, 1)),),

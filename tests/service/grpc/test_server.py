@@ -18,8 +18,8 @@ from service.grpc.generated import grpc_service_pb2 as pb
 from service.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from service.grpc.server import GrpcServer
 from service.grpc.tensors import build_infer_request, response_arrays
-from service.metrics import Metrics
 from service.settings import Settings
+from service.telemetry.metrics import Metrics
 from tests.helpers.modelfactory import WrittenModel, write_model_version
 from tests.helpers.server import free_port
 from tests.reliability.support import images

@@ -316,7 +316,7 @@ def test_a_grpc_and_an_http_request_share_one_batch() -> None:
     with serving(
         models=["mnist-mlp"], max_batch_size=2, max_queue_delay_us=10_000_000, batch_wait="fixed"
     ) as (http, stub, app):
-        batcher = app.state.registry.get("mnist-mlp").batcher
+        batcher = app.state.models.get("mnist-mlp").batcher
         before = http.get("/metrics").text
         pending = stub.ModelInfer.future(request(rows=1))
         wait_for(lambda: batcher.queue_rows == 1)
@@ -347,7 +347,7 @@ def test_overload_is_unavailable_and_the_timeout_parameter_a_deadline() -> None:
         "batch_wait": "fixed",
     }
     with serving(**settings) as (http, stub, app):
-        batcher = app.state.registry.get("mnist-mlp").batcher
+        batcher = app.state.models.get("mnist-mlp").batcher
         waiting = stub.ModelInfer.future(request(rows=5, timeout_us=300_000))
         wait_for(lambda: batcher.queue_rows == 5)
         assert batcher.queue_rows == 5
@@ -374,7 +374,7 @@ def test_the_grpc_deadline_drops_the_queued_request() -> None:
         stub,
         app,
     ):
-        batcher = app.state.registry.get("mnist-mlp").batcher
+        batcher = app.state.models.get("mnist-mlp").batcher
         error = rpc_error(stub.ModelInfer, request(rows=2), timeout=0.3)
         assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         wait_for(lambda: batcher.queue_rows == 0 and batcher.pending == 0)

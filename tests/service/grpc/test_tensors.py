@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 
+from service.core.signature import DATATYPES
 from service.errors import InvalidInput
 from service.grpc.generated import grpc_service_pb2 as pb
 from service.grpc.tensors import (
@@ -21,7 +22,6 @@ from service.grpc.tensors import (
     response_arrays,
     to_raw,
 )
-from service.signature import DATATYPES
 
 NUMERIC = sorted(DATATYPES)
 

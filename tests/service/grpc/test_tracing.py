@@ -21,9 +21,9 @@ from service.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from service.grpc.server import GrpcServer, inference_handlers
 from service.grpc.servicer import InferenceServicer
 from service.grpc.tensors import build_infer_request
-from service.metrics import Metrics
 from service.settings import Settings
-from service.tracing import Tracing
+from service.telemetry.metrics import Metrics
+from service.telemetry.tracing import Tracing
 from tests.helpers.modelfactory import write_model_version
 from tests.reliability.support import images
 

@@ -19,8 +19,8 @@ from service.core import InferenceService
 from service.http import infer
 from service.http.dispatch import CloseWhileDraining, FastPath
 from service.http.paths import MAX_ROUTING_KEY
-from service.metrics import Metrics
 from service.settings import Settings
+from service.telemetry.metrics import Metrics
 from tests.helpers.modelfactory import WrittenModel, write_model_version
 
 IMAGES = np.random.default_rng(5).uniform(0, 50, (3, 28, 28, 1)).astype(np.float32)

@@ -17,7 +17,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
-from service.feedback import log_path, read_log
+from service.feedback.store import log_path, read_log
 from service.settings import Settings
 from tests.helpers.data import MODELS, load_digits
 from tests.helpers.filesystems import tiny_filesystem

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service import registry as registry_module
 from service.app import create_app
+from service.core import registry as registry_module
 from service.settings import Settings
 from tests.helpers.data import MODELS
 from tests.helpers.modelfactory import write_model_version

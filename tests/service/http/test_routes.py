@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from service.contract import Preprocessing
-from service.preprocess import prepare
+from service.images.preprocess import prepare
 from service.settings import Settings
 from tests.helpers.data import MODELS, load_digits
 from tests.helpers.photos import photos
@@ -378,7 +378,7 @@ def test_queue_full_is_503_and_deadline_is_504() -> None:
             )
         )
         first.start()
-        served = c.app.state.registry.get("mnist-mlp")  # type: ignore[attr-defined]
+        served = c.app.state.models.get("mnist-mlp")  # type: ignore[attr-defined]
         for _ in range(2000):
             if served.batcher.queue_rows == 5:
                 break
@@ -457,6 +457,26 @@ def test_metrics_move_by_exactly_what_happened() -> None:
         assert {b["batch_size"] for b in stats["batch_stats"]} == {1, 3, 5}
         assert c.get("/v2/models/stats").json()["model_stats"] == [stats]
         assert_error(c.get("/v2/models/nope/stats"), 404, "unknown model")
+
+
+def test_model_list_names_every_served_model(client: TestClient) -> None:
+    listed = {m["name"]: m for m in client.get("/v2/models").json()["models"]}
+    assert sorted(listed) == sorted(SHIPPED)
+    assert listed["mnist-cnn"] == {
+        "name": "mnist-cnn",
+        "version": "1",
+        "versions": ["1"],
+        "platform": "onnxruntime_onnx",
+        "inputs": ["image"],
+        "outputs": ["probabilities"],
+    }
+
+
+def test_model_list_leaves_out_a_configured_model_that_is_not_served(tmp_path: Path) -> None:
+    shutil.copytree(MODELS / "mnist-mlp", tmp_path / "mnist-mlp")
+    with TestClient(create_app(settings(model_repository=tmp_path, models=["mnist-mlp", "ghost"]))) as c:
+        assert [m["name"] for m in c.get("/v2/models").json()["models"]] == ["mnist-mlp"]
+        assert_error(c.get("/v2/models/ghost"), 503, "ghost")
 
 
 def test_repository_index(client: TestClient) -> None:
