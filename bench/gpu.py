@@ -7,7 +7,7 @@
    cannot load (a missing cuDNN, no driver, the CPU wheel): the session then simply lists only
    ``CPUExecutionProvider``. So a CUDA session must list CUDA first, and a profiled run must place the
    model's compute nodes (Conv, Gemm, MatMul, ...) on ``CUDAExecutionProvider``. Otherwise: exit 3, saying
-   which check failed and why CUDA is unusable (:func:`service.core.runtime.cuda_unusable_reason`).
+   which check failed and why CUDA is unusable (:func:`service.core.providers.cuda_unusable_reason`).
 2. **Raw onnxruntime CUDA**, in process, at each batch size of ``--batches``: samples per second; the
    best is the ceiling.
 3. **The service** (``python -m service`` with ``SERVE_PROVIDERS=CUDAExecutionProvider``, free ports),

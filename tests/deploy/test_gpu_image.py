@@ -20,7 +20,7 @@ CUDA_CHECK = r"""
 import ctypes, json, pathlib, re, subprocess, sys
 import onnxruntime as ort
 from onnxruntime.capi import build_and_package_info as info
-from service.core import providers as runtime
+from service.core import providers
 
 capi = pathlib.Path(ort.__file__).parent / "capi"
 site = capi.parent.parent
@@ -29,7 +29,7 @@ def missing(lib):
     return sorted(set(re.findall(r"^\s*(\S+) => not found", out, re.M)))
 wheel_libs = sorted(str(p) for p in site.glob("nvidia/*/lib/*.so*"))
 session = subprocess.run(
-    [sys.executable, "-c", "import onnxruntime as ort; from service.core.runtime import _PROBE_MODEL as m; "
+    [sys.executable, "-c", "import onnxruntime as ort; from service.core.providers import _PROBE_MODEL as m; "
      "providers = ['CUDAExecutionProvider', 'CPUExecutionProvider']; "
      "print(ort.InferenceSession(m, providers=providers).get_providers())"],
     capture_output=True, text=True)
@@ -42,7 +42,7 @@ print(json.dumps({
     "cudnn": ctypes.CDLL("libcudnn.so.9") is not None,
     "session_providers": session.stdout.strip(),
     "session_unopened": sorted(set(re.findall(r"(\S+): cannot open shared object file", session.stderr))),
-    "reason": runtime.cuda_unusable_reason(),
+    "reason": providers.cuda_unusable_reason(),
 }))
 """
 
