@@ -83,7 +83,7 @@ def test_default_providers_are_decided_silently() -> None:
 def test_cuda_probe_is_silent_even_when_it_fails() -> None:
     # Skips the driver check and asks onnxruntime directly: without a GPU (or without the CUDA libraries)
     # this is exactly the session that would print a red error with default logging.
-    proc = _python("from service import runtime; print(providers._session_starts(providers.CUDA))")
+    proc = _python("from service.core import providers; print(providers._session_starts(providers.CUDA))")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     if not _cuda_driver_present():

@@ -17,7 +17,7 @@ from PIL import Image, ImageFilter
 
 from service.contract import Preprocessing
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
-from service.images import preprocess
+from service.images import digit as digit_fit
 from service.images.digit import _max_filter, digit
 from service.images.preprocess import prepare, prepare_all
 from tests.helpers.data import load_digits
@@ -165,7 +165,7 @@ def test_thin_pen_strokes_are_thickened_to_mnist_width(monkeypatch: pytest.Monke
     thickened = digit(pen)
     assert similar(thickened, clean) > 0.9
     assert np.count_nonzero(thickened > 127) >= 0.8 * np.count_nonzero(clean > 127)
-    monkeypatch.setattr(preprocess, "_STROKE", 0.0)  # the same digit without the step
+    monkeypatch.setattr(digit_fit, "_STROKE", 0.0)  # the same digit without the step
     assert similar(digit(pen), clean) < 0.8
 
 
