@@ -42,6 +42,7 @@ from service import logs, tracing
 from service.app import create_app
 from service.core import InferenceService
 from service.http.connection import ConnectionLimits, core_of, guarded_protocol
+from service.http.dispatch import outermost
 from service.settings import Settings
 from service.store import StoreError, is_remote, open_store
 
@@ -57,6 +58,15 @@ def app_from_env() -> FastAPI:
 
 def _core(app: Any) -> InferenceService | None:
     return core_of(app)
+
+
+class ServiceConfig(uvicorn.Config):
+    """uvicorn's configuration, with infer requests answered ahead of every middleware layer that does
+    nothing for them (:func:`service.http.dispatch.outermost`) when the app allows it."""
+
+    def load(self) -> None:
+        super().load()
+        self.loaded_app = outermost(self.loaded_app, core_of(self.loaded_app))
 
 
 class DrainingServer(uvicorn.Server):
@@ -264,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         grpc_reuse_port=args.reuse_port,
         tracing=traces,
     )
-    config = uvicorn.Config(
+    config = ServiceConfig(
         factory,
         factory=True,
         host=args.host,
