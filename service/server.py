@@ -75,6 +75,9 @@ class DrainingServer(uvicorn.Server):
     drain_seconds: float = 10.0
     _drain_deadline: float | None = None
     _flush: asyncio.Task[None] | None = None
+    #: Freeze what is alive and raise the collector's thresholds once the models serve (:func:`_settle_gc`);
+    #: ``python -m service`` sets it, a process that embeds the server decides for itself.
+    settle_gc = False
     _gc_settled = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -92,7 +95,7 @@ class DrainingServer(uvicorn.Server):
         return 0.0 if self._drain_deadline is None else max(0.0, self._drain_deadline - time.monotonic())
 
     async def on_tick(self, counter: int) -> bool:
-        if not self._gc_settled:
+        if self.settle_gc and not self._gc_settled:
             self._gc_settled = _settle_gc(_core(self.config.loaded_app))
         if self._drain_deadline is not None and not self.should_exit:
             core = _core(self.config.loaded_app)
@@ -294,5 +297,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     server = DrainingServer(config)
     server.drain_seconds = settings.drain_seconds
+    server.settle_gc = True
     server.run(sockets=[_reuse_port_socket(args.host, args.port)] if args.reuse_port else None)
     return 0
