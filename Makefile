@@ -86,7 +86,7 @@ format: $(DEV_STAMP)
 protos: $(DEV_STAMP)
 	$(BIN)/python tools/gen_protos.py
 
-## system-deps: install the system programs the tests drive (Prometheus, Chromium, hey, wrk; root)
+## system-deps: install the system programs the tests drive (Prometheus, Chromium, hey, wrk, h2load; root)
 system-deps:
 	bash tools/system-deps.sh
 

@@ -209,3 +209,60 @@ def report(target: str, concurrency: int, r: dict[str, float]) -> None:
     if "rows_per_batch" in r:
         line += f"  {r['rows_per_batch']:5.1f} rows/batch, held {r['held_us_per_batch']:4.0f} us/batch"
     print(line, flush=True)
+
+
+def h2load(
+    url: str,
+    body: Path,
+    headers: dict[str, str],
+    concurrency: int,
+    seconds: float,
+    *,
+    http1: bool = False,
+    ok_data_bytes: int | None = None,
+    server_pid: int | None = None,
+) -> dict[str, float]:
+    """Like :func:`hey`, with ``h2load`` (nghttp2's C load generator, one thread): ``concurrency``
+    connections with one request in flight each, over HTTP/1.1 (``http1``) or HTTP/2 without TLS (h2c).
+
+    gRPC calls are HTTP/2 POSTs whose status travels in trailers, which h2load does not read: an answer
+    counts as OK only when ``ok_data_bytes`` is given and the DATA bytes received add up to that many
+    per answer (an OK ``ModelInferResponse`` has one fixed size for a fixed request; a failed call has
+    no message). Latencies (p50, p99) come from h2load's per-request log.
+    """
+    log = body.with_name(f"h2load-{os.getpid()}.log")
+    cmd = ["h2load", "-D", f"{seconds:g}", "-c", str(concurrency), "-m", "1", "-d", str(body)]
+    cmd += ["--log-file", str(log)] + ["--h1"] * http1
+    for key, value in headers.items():
+        cmd += ["-H", f"{key.lower()}: {value}"]
+    server_before = cpu_seconds(server_pid) if server_pid is not None else 0.0
+    client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        out = subprocess.run(
+            [*cmd, url], capture_output=True, text=True, timeout=seconds + 60, check=True
+        ).stdout
+        client_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        server_s = cpu_seconds(server_pid) - server_before if server_pid is not None else float("nan")
+        durations = np.loadtxt(log, usecols=2, ndmin=1) if log.stat().st_size else np.zeros(0)
+    finally:
+        log.unlink(missing_ok=True)
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    elapsed = re.search(r"finished in ([\d.]+)(m?s)", out)
+    data = re.search(r"headers \([^)]*\), ([\d.]+\w*) \((\d+)\) data", out)
+    if done is None or elapsed is None or data is None:
+        raise RuntimeError(f"unexpected h2load output:\n{out}")
+    total, succeeded = int(done[1]), int(done[2])
+    if ok_data_bytes is not None:  # gRPC: OK answers are those whose message arrived
+        succeeded = min(succeeded, int(data[2]) // ok_data_bytes)
+    seconds_taken = float(elapsed[1]) / (1000 if elapsed[2] == "ms" else 1)
+    p50, p99 = (np.percentile(durations, [50, 99]) / 1000).tolist() if len(durations) else (float("nan"),) * 2
+    client_s = sum(getattr(client_after, f) - getattr(client_before, f) for f in ("ru_utime", "ru_stime"))
+    return {
+        "rps": succeeded / seconds_taken,
+        "server_cpu_us": 1e6 * server_s / max(total, 1),
+        "client_cpu_us": 1e6 * client_s / max(total, 1),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "responses": total,
+        "non_2xx": total - succeeded,
+    }

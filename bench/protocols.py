@@ -1,12 +1,21 @@
 """gRPC beside HTTP: one service process, both listeners, the same single-image requests, side by side.
 
 ``python -m bench.protocols`` starts ``python -m service`` with gRPC on, then at each concurrency level
-drives it with:
+drives it with ``h2load`` (nghttp2's load generator, C, one thread; ``make system-deps`` installs it),
+``c`` connections with one request in flight each, for every target alike:
 
-- ``http-json`` and ``http-binary``: ``hey`` (Go), as ``bench.serving`` does;
-- ``http-binary-py`` and ``grpc-raw`` / ``grpc-typed``: the Python closed-loop generator of
-  :mod:`bench.grpc_load`, so HTTP and gRPC are also compared with the same client costs (``grpc-raw``
-  sends ``raw_input_contents`` as ``tritonclient.grpc`` does; ``grpc-typed`` sends ``fp32_contents``).
+- ``http-json`` and ``http-binary``: HTTP/1.1 (``h2load --h1``);
+- ``grpc-raw`` / ``grpc-typed``: ``ModelInfer`` as HTTP/2 POSTs (h2c) of a gRPC-framed serialized request
+  (``grpc-raw`` sends ``raw_input_contents`` as ``tritonclient.grpc`` does; ``grpc-typed`` sends
+  ``fp32_contents``). h2load does not read trailers, so a call counts as OK when its answer's message
+  arrived with the size of the OK answer that one real gRPC call got before the load (a failed call has
+  no message); that call also checks the probabilities.
+
+On a 2-core machine the client's own CPU decides much of a comparison: a Python gRPC client costs several
+times what the server spends per call, and it runs on the server's cores. Without ``h2load`` the bench
+falls back to what it did before, and says so: ``hey`` (Go) for HTTP, and the Python closed-loop
+generator of :mod:`bench.grpc_load` for gRPC and for ``http-binary-py``, so that HTTP and gRPC are still
+compared with the same client costs.
 
 Each answer of each kind is checked once before the load (same probabilities over every protocol). At each
 level the targets take turns, ``--rounds`` times, so that a burst of other work on the machine hits them
@@ -23,6 +32,7 @@ import json
 import os
 import platform
 import shutil
+import struct
 import sys
 from typing import Any
 
@@ -31,6 +41,7 @@ import httpx
 import numpy as np
 
 from bench.grpc_load import CHANNEL_OPTIONS, closed_loop, infer_request_bytes
+from bench.harness import h2load
 from bench.serving import RESULTS, first_test_image, free_port, hey, process, write_bodies
 from service.grpc.generated import grpc_service_pb2 as pb
 from service.grpc.tensors import response_arrays
@@ -38,8 +49,10 @@ from service.grpc.tensors import response_arrays
 
 def check_answers(
     url: str, grpc_address: str, model: str, image: np.ndarray, grpc_bodies: dict[str, bytes]
-) -> None:
-    """Every protocol answers the benchmark's request with the same probabilities."""
+) -> dict[str, int]:
+    """Every protocol answers the benchmark's request with the same probabilities; returns the size of
+    each gRPC kind's OK answer as it travels (message and 5-byte gRPC frame prefix)."""
+    sizes = {}
     tensor = {"name": "image", "datatype": "FP32", "shape": list(image.shape), "data": image.ravel().tolist()}
     answer = httpx.post(f"{url}/v2/models/{model}/infer", json={"inputs": [tensor]}, timeout=30)
     answer.raise_for_status()
@@ -47,15 +60,24 @@ def check_answers(
     with grpc.insecure_channel(grpc_address, options=CHANNEL_OPTIONS) as channel:
         infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
         for kind, body in grpc_bodies.items():
-            got = response_arrays(pb.ModelInferResponse.FromString(infer(body, timeout=30)))["probabilities"]
+            answer_bytes = infer(body, timeout=30)
+            got = response_arrays(pb.ModelInferResponse.FromString(answer_bytes))["probabilities"]
             np.testing.assert_allclose(got.ravel(), expected, atol=1e-6, err_msg=kind)
+            sizes[kind] = 5 + len(answer_bytes)
+    return sizes
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """``message`` as one gRPC length-prefixed message (not compressed), the body of a unary call."""
+    return b"\x00" + struct.pack(">I", len(message)) + message
 
 
 def line(target: str, concurrency: int, r: dict[str, Any]) -> None:
     failed = r.get("failed", r.get("non_2xx", 0))
+    cpu = r.get("server_cpu_us")
     print(
         f"{target:15} c={concurrency:3}: {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.1f} ms  "
-        f"p99 {r['p99_ms']:6.1f} ms  failed {failed:.0f}",
+        f"p99 {r['p99_ms']:6.1f} ms  failed {failed:.0f}" + (f"  cpu/req {cpu:4.0f} us" if cpu else ""),
         flush=True,
     )
 
@@ -68,9 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-processes", type=int, default=1, help="processes of the Python generator")
     parser.add_argument("--rounds", type=int, default=3, help="turns each target takes at each level")
     args = parser.parse_args(argv)
-    if shutil.which("hey") is None:
-        print("error: hey not found (make system-deps installs it)", file=sys.stderr)
+    if shutil.which("h2load") is None and shutil.which("hey") is None:
+        print("error: neither h2load nor hey found (make system-deps installs them)", file=sys.stderr)
         return 2
+    use_h2load = shutil.which("h2load") is not None
+    if not use_h2load:
+        print(
+            "h2load not found (make system-deps installs it): falling back to hey for HTTP and the Python "
+            "generator for gRPC, which shares the service's cores",
+            flush=True,
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     image = first_test_image()
     bodies = write_bodies(image, RESULTS)
@@ -84,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     path = f"/v2/models/{args.model}/infer"
     env = {"SERVE_MODELS": args.model, "SERVE_LOG_LEVEL": "warning", "SERVE_GRPC_PORT": str(grpc_port)}
     binary_body, binary_headers = bodies["binary"]
-    targets: dict[str, dict[str, Any]] = {
+    python_targets: dict[str, dict[str, Any]] = {
         "http-binary-py": {
             "protocol": "http",
             "address": f"127.0.0.1:{port}",
@@ -94,18 +123,44 @@ def main(argv: list[str] | None = None) -> int:
         },
         **{k: {"protocol": "grpc", "address": grpc_address, "body": v} for k, v in grpc_bodies.items()},
     }
+    grpc_files = {}
+    for kind, message in grpc_bodies.items():
+        grpc_files[kind] = RESULTS / f"body-{kind}.grpc"
+        grpc_files[kind].write_bytes(grpc_frame(message))
+    grpc_headers = {"content-type": "application/grpc", "te": "trailers"}
+    grpc_url = f"http://{grpc_address}/inference.GRPCInferenceService/ModelInfer"
     runs: list[dict[str, Any]] = []
     cmd = [sys.executable, "-m", "service", "--port", str(port)]
-    with process(cmd, env, f"{url}/v2/health/ready", RESULTS / "protocols-service.log"):
-        check_answers(url, grpc_address, args.model, image, grpc_bodies)
+    with process(cmd, env, f"{url}/v2/health/ready", RESULTS / "protocols-service.log") as service:
+        ok_sizes = check_answers(url, grpc_address, args.model, image, grpc_bodies)
         for c in levels:
             rounds: dict[str, list[dict[str, Any]]] = {}
             for _ in range(args.rounds):
                 for kind in ("json", "binary"):
                     body, headers = bodies[kind]
-                    r = hey(f"{url}{path}", body, headers, c, args.seconds)
-                    rounds.setdefault(f"http-{kind}", []).append({"client": "hey", **r})
-                for name, target in targets.items():
+                    if use_h2load:
+                        r = h2load(
+                            f"{url}{path}", body, headers, c, args.seconds, http1=True, server_pid=service.pid
+                        )
+                    else:
+                        r = hey(f"{url}{path}", body, headers, c, args.seconds, server_pid=service.pid)
+                    rounds.setdefault(f"http-{kind}", []).append(
+                        {"client": "h2load" if use_h2load else "hey", **r}
+                    )
+                if use_h2load:
+                    for kind, file in grpc_files.items():
+                        r = h2load(
+                            grpc_url,
+                            file,
+                            grpc_headers,
+                            c,
+                            args.seconds,
+                            ok_data_bytes=ok_sizes[kind],
+                            server_pid=service.pid,
+                        )
+                        rounds.setdefault(kind, []).append({"client": "h2load", **r})
+                    continue
+                for name, target in python_targets.items():
                     r = closed_loop(
                         target, concurrency=c, seconds=args.seconds, processes=args.client_processes
                     )
@@ -118,22 +173,26 @@ def main(argv: list[str] | None = None) -> int:
                 line(name, c, median)
 
     by = {(r["target"], r["concurrency"]): r["rps"] for r in runs}
-    ratios = {
-        f"c{c}": {
-            "grpc_raw_vs_http_binary_same_client": by[("grpc-raw", c)] / by[("http-binary-py", c)],
-            "grpc_raw_vs_http_binary_hey": by[("grpc-raw", c)] / by[("http-binary", c)],
-            "grpc_raw_vs_http_json_hey": by[("grpc-raw", c)] / by[("http-json", c)],
+    ratios: dict[str, dict[str, float]] = {}
+    for c in levels:
+        values = {
+            "grpc_raw_vs_http_binary": by[("grpc-raw", c)] / by[("http-binary", c)],
+            "grpc_raw_vs_http_json": by[("grpc-raw", c)] / by[("http-json", c)],
             "grpc_typed_vs_grpc_raw": by[("grpc-typed", c)] / by[("grpc-raw", c)],
         }
-        for c in levels
-    }
+        if not use_h2load:
+            values["grpc_raw_vs_http_binary_same_client"] = by[("grpc-raw", c)] / by[("http-binary-py", c)]
+        ratios[f"c{c}"] = values
     for level, values in ratios.items():
         print(level, "  ".join(f"{k} {v:.2f}x" for k, v in values.items()))
+    client = "h2load for every target" if use_h2load else "hey (HTTP) and the Python generator (fallback)"
+    print(f"clients: {client}")
     results = {
         "date": dt.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared with other work while measured)",
         "model": args.model,
         "seconds": args.seconds,
+        "client": client,
         "client_processes": args.client_processes,
         "rounds": args.rounds,
         "runs": runs,

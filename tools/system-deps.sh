@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the system programs the tests and benchmarks drive for real:
-# Prometheus, Chromium, docker-compose (config validation, and the stack in the deployment test), hey and wrk.
+# Prometheus, Chromium, docker-compose (config validation, and the stack in the deployment test), hey, wrk
+# and h2load (nghttp2-client: gRPC and HTTP load from one C client, bench.protocols).
 # `tools/system-deps.sh deploy` adds what the deployment test (make test-deploy) needs on top: Debian's
 # Docker engine (docker.io) and debootstrap, for the local base image.
 set -euo pipefail
@@ -10,6 +11,7 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v hey >/dev/null || need+=(hey)
 command -v wrk >/dev/null || need+=(wrk)
+command -v h2load >/dev/null || need+=(nghttp2-client)
 if [ "${1:-}" = deploy ]; then
     command -v dockerd >/dev/null || need+=(docker.io)
     command -v debootstrap >/dev/null || need+=(debootstrap)

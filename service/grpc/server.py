@@ -33,6 +33,7 @@ from service.grpc.tracing import in_context
 from service.telemetry.tracing import Tracing
 
 log = logging.getLogger(__name__)
+INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -56,8 +57,13 @@ class GrpcServer:
         )
         # The request id and span wrapper exists only when tracing or JSON logs are on.
         wrap = core.tracing is not None or core.settings.log_format == "json"
-        handlers = inference_handlers(InferenceServicer(core), core.tracing if wrap else None, wrap=wrap)
-        self._server.add_generic_rpc_handlers((handlers,))
+        methods = inference_methods(InferenceServicer(core), core.tracing if wrap else None, wrap=wrap)
+        # Registered methods are matched by grpcio's core when a call arrives, without the per-call search
+        # of the generic handlers in Python; the generic handler stays as grpcio's fallback.
+        self._server.add_registered_method_handlers(INFERENCE_SERVICE, methods)
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(INFERENCE_SERVICE, methods),)
+        )
         health = HealthServicer(lambda: server_ready(core))
         health_pb2_grpc.add_HealthServicer_to_server(health, self._server)
         reflection.enable_server_reflection(SERVICE_NAMES, self._server)
@@ -83,6 +89,15 @@ def inference_handlers(
 ) -> grpc.GenericRpcHandler:
     """Every method of ``inference.GRPCInferenceService``, bound to ``servicer``; with ``wrap``, each
     runs with its request id and (with ``tracing``) its server span (:mod:`service.grpc.tracing`)."""
+    return grpc.method_handlers_generic_handler(
+        INFERENCE_SERVICE, inference_methods(servicer, tracing, wrap=wrap)
+    )
+
+
+def inference_methods(
+    servicer: InferenceServicer, tracing: Tracing | None = None, *, wrap: bool = False
+) -> dict[str, grpc.RpcMethodHandler]:
+    """The handlers of :func:`inference_handlers`, by method name."""
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     handlers = {}
     for method in service.methods:
@@ -103,7 +118,7 @@ def inference_handlers(
             request_deserializer=_parser(request_class),
             response_serializer=response_class.SerializeToString,
         )
-    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+    return handlers
 
 
 def _parser(message_class: Any) -> Callable[[bytes], Any]:

@@ -10,12 +10,23 @@ the hot route included; only routing and dependency injection are skipped. The e
 answered through :mod:`service.http.errors`, as FastAPI's handlers answer them.
 
 :class:`CloseWhileDraining` adds ``Connection: close`` to every answer while the server drains.
+
+:func:`outermost` is what ``python -m service`` hands to uvicorn: the same exchange answered *before*
+uvicorn's proxy-header layer and Starlette's middleware stack (error middleware, FastAPI's body limit and
+telemetry layers, :class:`CloseWhileDraining`), which cost about a twentieth of the event loop at c=64 and
+do nothing for this route: its errors are answered as JSON by :func:`~service.http.errors.asgi_error`
+either way, it reads no client address or scheme, and it says ``Connection: close`` itself while
+draining. It is used only when the app has no middleware of its own around the fast path that must see
+every request (:class:`~service.http.tracing.RequestContext`, for tracing and JSON logs, and anything an
+embedder added); then the inner :class:`FastPath` answers, as before.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.core import InferenceService
@@ -28,11 +39,15 @@ _WANTED = {b"content-length", b"content-encoding", b"inference-header-content-le
 
 
 class FastPath:
-    """ASGI middleware that answers V2 infer requests itself and passes everything else on."""
+    """ASGI middleware that answers V2 infer requests itself and passes everything else on.
 
-    def __init__(self, app: ASGIApp, core: InferenceService) -> None:
+    With ``closes_while_draining`` its answers carry ``Connection: close`` while the server drains (what
+    :class:`CloseWhileDraining` adds when it wraps this layer)."""
+
+    def __init__(self, app: ASGIApp, core: InferenceService, *, closes_while_draining: bool = False) -> None:
         self.app = app
         self.core = core
+        self.closes_while_draining = closes_while_draining
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -55,6 +70,8 @@ class FastPath:
             status, body, extra = asgi_error(exc, scope["path"])
         raw: list[tuple[bytes, bytes]] = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
         raw.append((b"content-length", str(len(body)).encode()))
+        if self.closes_while_draining and self.core.draining:
+            raw.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": int(status), "headers": raw})
         await send({"type": "http.response.body", "body": body})
 
@@ -78,3 +95,35 @@ class CloseWhileDraining:
             await send(message)
 
         await self.app(scope, receive, send_closing)
+
+
+#: The app's middleware (outermost first) that :func:`outermost` may answer infer requests ahead of:
+#: Starlette's error middleware, FastAPI's telemetry (off, see :mod:`service.app`) and body-limit layers
+#: (no limit set; the exchange enforces ``SERVE_MAX_BODY_BYTES`` itself) and :class:`CloseWhileDraining`.
+_SKIPPABLE = frozenset(
+    {"ServerErrorMiddleware", "ExceptionTelemetryMiddleware", "AppBodyLimitMiddleware", "CloseWhileDraining"}
+)
+
+
+def outermost(app: ASGIApp, core: InferenceService | None) -> ASGIApp:
+    """``app`` (what uvicorn serves, its own middleware included) behind a :class:`FastPath` that answers
+    infer requests first, when nothing of the app's own stands between Starlette's error middleware and
+    the app's :class:`FastPath`; else ``app`` unchanged. The app's middleware stack is built here, so
+    no middleware can be added to it afterwards (Starlette refuses, as it does once an app started)."""
+    if core is None:
+        return app
+    inner = app
+    while not isinstance(inner, FastAPI) and hasattr(inner, "app"):
+        inner = inner.app
+    if not isinstance(inner, FastAPI) or getattr(inner, "max_body_size", None) is not None:
+        return app
+    if inner.middleware_stack is None:
+        inner.middleware_stack = inner.build_middleware_stack()
+    stack: Any = inner.middleware_stack
+    seen: list[str] = []
+    while stack is not None and not isinstance(stack, FastPath):
+        seen.append(type(stack).__name__)
+        stack = getattr(stack, "app", None)
+    if stack is None or any(name not in _SKIPPABLE for name in seen):
+        return app
+    return FastPath(app, core, closes_while_draining=True)

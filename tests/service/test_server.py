@@ -276,3 +276,30 @@ def test_workers_share_the_port_and_each_drains(tmp_path: Path) -> None:
         for child in children:
             assert not Path(f"/proc/{child}").exists()  # reaped by the supervisor
         assert svc.log().count("draining (readiness now 503") == 2
+
+
+def test_the_collector_is_settled_once_the_models_serve() -> None:
+    import gc
+
+    from service.errors import Unavailable
+    from service.server import GC_THRESHOLDS, _settle_gc
+
+    class Core:
+        ready = False
+
+        def check_ready(self) -> None:
+            if not self.ready:
+                raise Unavailable("loading")
+
+    core = Core()
+    before = gc.get_threshold()
+    assert not _settle_gc(None)
+    assert not _settle_gc(core)  # type: ignore[arg-type]
+    assert gc.get_threshold() == before
+    core.ready = True
+    try:
+        assert _settle_gc(core)  # type: ignore[arg-type]
+        assert gc.get_threshold() == GC_THRESHOLDS and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

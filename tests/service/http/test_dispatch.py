@@ -142,3 +142,63 @@ def test_an_unexpected_failure_is_a_generic_logged_500(
     with caplog.at_level(logging.ERROR, logger="service"):
         serve(tmp_path, test)
     assert "unhandled error on POST /v2/models/tiny/infer" in caplog.text
+
+
+# ---- outermost: what python -m service hands to uvicorn ----------------------------------------------
+
+
+def _layers(app: Any) -> list[str]:
+    names = []
+    while app is not None and type(app).__name__ != "FastAPI":
+        names.append(type(app).__name__)
+        app = getattr(app, "app", None)
+    return names
+
+
+def test_outermost_answers_infer_ahead_of_the_app_only_when_nothing_must_see_it(tmp_path: Path) -> None:
+    from starlette.middleware.gzip import GZipMiddleware
+
+    from service.app import create_app
+    from service.http.dispatch import outermost
+
+    settings = Settings(model_repository=tmp_path)
+    plain = create_app(settings, registry=CollectorRegistry())
+    served = outermost(plain, plain.state.core)
+    assert isinstance(served, FastPath) and served.closes_while_draining and served.app is plain
+
+    logged = create_app(settings.model_copy(update={"log_format": "json"}), registry=CollectorRegistry())
+    assert outermost(logged, logged.state.core) is logged  # RequestContext must see every request
+
+    embedded = create_app(settings, registry=CollectorRegistry())
+    embedded.add_middleware(GZipMiddleware)
+    assert outermost(embedded, embedded.state.core) is embedded
+    without_fast_path = create_app(settings, registry=CollectorRegistry(), fast_path=False)
+    assert outermost(without_fast_path, without_fast_path.state.core) is without_fast_path
+    assert _layers(served) == ["FastPath"]
+
+
+def test_the_outermost_fast_path_says_connection_close_while_draining(tmp_path: Path) -> None:
+    write_model_version(tmp_path, "tiny", 1)
+
+    async def main() -> None:
+        core = InferenceService(
+            Settings(model_repository=tmp_path, max_queue_delay_us=0), Metrics(CollectorRegistry())
+        )
+        await core.start()
+
+        async def downstream(scope: Scope, receive: Receive, send: Send) -> None:
+            raise AssertionError("infer must not be passed on")
+
+        app = FastPath(downstream, core, closes_while_draining=True)
+        try:
+            async with Client(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+                answer = await client.post("/v2/models/tiny/infer", content=BODY)
+                assert answer.status_code == 200 and "connection" not in answer.headers
+                core.begin_drain()
+                answer = await client.post("/v2/models/tiny/infer", content=BODY)
+                assert answer.status_code == 503 and answer.headers["connection"] == "close"
+                assert "error" in answer.json()
+        finally:
+            await core.stop()
+
+    asyncio.run(main())
