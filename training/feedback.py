@@ -19,7 +19,7 @@ import numpy as np
 
 from service.contract import METADATA_FILE, Preprocessing
 from service.errors import ServiceError
-from service.feedback.store import FeedbackItem, log_path, read_log
+from service.feedback.log import FeedbackItem, log_path, read_log
 from service.images.preprocess import prepare
 from service.storage import StoreError, open_store
 from training.errors import DataError

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, expect
 
-from service.feedback.store import FeedbackItem, log_path, read_log
+from service.feedback.log import FeedbackItem, log_path, read_log
 from tests.helpers.data import load_digits
 from tests.helpers.server import RunningService, running_service
 from tests.web.conftest import Visit
