@@ -1,0 +1,115 @@
+"""What HTTP/2 framing alone costs per unary gRPC call in Python, beside HTTP/1.1 parsing in C.
+
+``python -m bench.grpc_framing`` answers the question behind the gRPC target of ``docs/hotpath.md``:
+could a gRPC front end that does its own HTTP/2 framing in Python (the ``h2`` library, the only
+maintained pure-Python HTTP/2 stack), instead of grpcio's server, beat the HTTP path? It measures, in
+process and in CPU time, the server side of one unary ``ModelInfer`` exchange done by ``h2`` (receive the
+HEADERS and DATA frames of a one-image request, answer HEADERS, DATA and trailers, with flow-control
+acknowledgements), beside ``httptools`` parsing the same request as HTTP/1.1 (what uvicorn pays before
+the application runs). No model, no protobuf: framing only. Medians of ``--rounds`` alternating rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import h2.config
+import h2.connection
+import h2.events
+import httptools
+
+PAYLOAD = 3200  # a 28x28 FP32 image as raw input contents, about what a one-image request carries
+REQUEST_HEADERS = [
+    (":method", "POST"),
+    (":scheme", "http"),
+    (":path", "/inference.GRPCInferenceService/ModelInfer"),
+    (":authority", "127.0.0.1:8001"),
+    ("content-type", "application/grpc"),
+    ("te", "trailers"),
+    ("user-agent", "grpc-python/1.85"),
+]
+MESSAGE = b"\0" + PAYLOAD.to_bytes(4, "big") + b"\1" * PAYLOAD
+ANSWER = b"\0" + (88).to_bytes(4, "big") + b"\2" * 88  # an OK ModelInferResponse's size here
+HTTP1 = (
+    b"POST /v2/models/mnist-cnn/infer HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: hey/0.0.1\r\n"
+    b"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: 164\r\n"
+    b"Content-Length: " + str(PAYLOAD).encode() + b"\r\n\r\n" + b"\1" * PAYLOAD
+)
+
+
+def h2_round(calls: int, seen: list[h2.events.Event] | None = None) -> float:
+    """CPU seconds per call spent by the server side of ``calls`` exchanges on one connection; the
+    client's events are appended to ``seen`` when given (the test checks the exchange is a real one)."""
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    server = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, validate_inbound_headers=False)
+    )
+    client.initiate_connection()
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    spent = 0.0
+    for _ in range(calls):
+        stream = client.get_next_available_stream_id()
+        client.send_headers(stream, REQUEST_HEADERS)
+        client.send_data(stream, MESSAGE, end_stream=True)
+        wire = client.data_to_send()
+        started = time.process_time()
+        for event in server.receive_data(wire):
+            if isinstance(event, h2.events.DataReceived):
+                server.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                server.send_headers(
+                    event.stream_id, [(":status", "200"), ("content-type", "application/grpc")]
+                )
+                server.send_data(event.stream_id, ANSWER)
+                server.send_headers(event.stream_id, [("grpc-status", "0")], end_stream=True)
+        answer = server.data_to_send()
+        spent += time.process_time() - started
+        for event in client.receive_data(answer):
+            if seen is not None:
+                seen.append(event)
+            if isinstance(event, h2.events.DataReceived):
+                client.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+    return spent / calls
+
+
+class _Sink:
+    def on_url(self, url: bytes) -> None:
+        self.url = url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        pass
+
+    def on_body(self, body: bytes) -> None:
+        pass
+
+
+def http1_round(calls: int) -> float:
+    """CPU seconds per request for httptools to parse ``calls`` keep-alive requests."""
+    parser = httptools.HttpRequestParser(_Sink())
+    started = time.process_time()
+    for _ in range(calls):
+        parser.feed_data(HTTP1)
+    return (time.process_time() - started) / calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    h2_costs, http1_costs = [], []
+    for _ in range(args.rounds):
+        h2_costs.append(h2_round(args.calls))
+        http1_costs.append(http1_round(args.calls))
+    h2_us, http1_us = statistics.median(h2_costs) * 1e6, statistics.median(http1_costs) * 1e6
+    print(f"h2, server side of a unary gRPC exchange: {h2_us:.1f} us per call")
+    print(f"httptools, parsing the same request as HTTP/1.1: {http1_us:.1f} us per request")
+    print(f"framing alone: h2 costs {h2_us / http1_us:.0f}x httptools")
+
+
+if __name__ == "__main__":
+    main()
