@@ -4,7 +4,10 @@ exists, and the shipped examples they tell a newcomer to send are answered as th
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +31,22 @@ def test_the_readme_is_a_front_door() -> None:
     assert len(lines) <= 250, f"README.md has {len(lines)} lines: move detail into docs/"
     head = "\n".join(lines[:15])
     assert "make run" in head and "make test" in head
+
+
+def test_every_docs_page_has_a_body(tmp_path: Path) -> None:
+    """The site is built as CI builds it; every page says something, and the contributing page is
+    CONTRIBUTING.md itself (included, not copied)."""
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    build = [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-d", str(tmp_path)]
+    result = subprocess.run(build, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        html = (tmp_path / page.relative_to(ROOT / "docs")).with_suffix(".html").read_text(encoding="utf-8")
+        article = html.split('<article class="md-content__inner md-typeset">', 1)[1].split("</article>", 1)[0]
+        assert len(re.sub(r"<[^>]+>|\s+", " ", article).split()) > 30, f"{page} builds an almost empty page"
+    contributing = (tmp_path / "contributing.html").read_text(encoding="utf-8")
+    for heading in re.findall(r"^#+ (.+)$", (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8"), re.M):
+        assert heading.split("`")[0].strip() in contributing, heading
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
