@@ -162,17 +162,19 @@ def test_outermost_answers_infer_ahead_of_the_app_only_when_nothing_must_see_it(
     from service.http.dispatch import outermost
 
     settings = Settings(model_repository=tmp_path)
-    plain = create_app(settings, registry=CollectorRegistry())
+    plain = create_app(settings, metrics_registry=CollectorRegistry())
     served = outermost(plain, plain.state.core)
     assert isinstance(served, FastPath) and served.closes_while_draining and served.app is plain
 
-    logged = create_app(settings.model_copy(update={"log_format": "json"}), registry=CollectorRegistry())
+    logged = create_app(
+        settings.model_copy(update={"log_format": "json"}), metrics_registry=CollectorRegistry()
+    )
     assert outermost(logged, logged.state.core) is logged  # RequestContext must see every request
 
-    embedded = create_app(settings, registry=CollectorRegistry())
+    embedded = create_app(settings, metrics_registry=CollectorRegistry())
     embedded.add_middleware(GZipMiddleware)
     assert outermost(embedded, embedded.state.core) is embedded
-    without_fast_path = create_app(settings, registry=CollectorRegistry(), fast_path=False)
+    without_fast_path = create_app(settings, metrics_registry=CollectorRegistry(), fast_path=False)
     assert outermost(without_fast_path, without_fast_path.state.core) is without_fast_path
     assert _layers(served) == ["FastPath"]
 
