@@ -16,7 +16,13 @@ returns a subclass of uvicorn's ``HttpToolsProtocol`` (passed as ``http=`` to ``
 - frames per RFC 9112: HTTP/1.1 without exactly one ``Host``, or HTTP/1.0 with several, is **400**;
   HTTP/0.9 is **400**; any major version but 1 is **505**;
 - answers parser errors (malformed request line, headers or chunking; request smuggling shapes) as
-  **400**, all of these as ``{"error": ...}`` JSON with ``Connection: close``.
+  **400**, all of these as ``{"error": ...}`` JSON with ``Connection: close``;
+- closes a keep-alive connection idle for uvicorn's ``timeout_keep_alive`` (as uvicorn does), found by the
+  same sweep instead of a timer armed after every response and cancelled by the next request.
+
+All of these clocks are read by one periodic sweep per process (every ``min(0.5, header_timeout_s / 4)``
+seconds, while any connection is open) against the times each connection stores; nothing is armed per
+request, so a limit fires within one sweep interval after it is reached.
 
 A refused connection is closed gracefully: the answer is written, the write side shut, what the client
 still sends is read and dropped for at most :data:`LINGER_S`, then the socket closes, so the client
@@ -195,17 +201,24 @@ class GuardedProtocol(HttpToolsProtocol):
         return min(0.5, cls.limits.header_timeout_s / 4)
 
     def _sweep(self) -> None:
-        """Every fraction of the header timeout: time out header blocks and bodies that took too long."""
+        """Every fraction of the header timeout: time out header blocks and bodies that took too long,
+        and close keep-alive connections idle for ``timeout_keep_alive``."""
         cls = type(self)
         now = monotonic()
         limits = self.limits
         for other in list(self.connections):
             if not isinstance(other, GuardedProtocol) or other._refused:
                 continue
-            if other._headers_since is not None and now - other._headers_since > limits.header_timeout_s:
-                other._header_timed_out()
-            elif other._body_since is not None and now - other._body_since > limits.body_timeout_s:
-                other._body_timed_out()
+            if other._headers_since is not None:
+                if now - other._headers_since > limits.header_timeout_s:
+                    other._header_timed_out()
+            elif other._body_since is not None:
+                if now - other._body_since > limits.body_timeout_s:
+                    other._body_timed_out()
+            elif other._idle_since is not None and now - other._idle_since > other.timeout_keep_alive:
+                other._idle_since = None  # closing: no longer a candidate to evict
+                if not other.transport.is_closing():
+                    other.transport.close()
         cls._sweeper = self.loop.call_later(self._sweep_interval(), self._sweep) if self.connections else None
 
     def _header_timed_out(self) -> None:
@@ -269,8 +282,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self.data_received(view[allowance:])  # type: ignore[arg-type]
 
     def _feed(self, data: bytes | memoryview) -> None:
-        """uvicorn's ``data_received``, with parser errors answered as JSON and logged at debug level."""
-        self._unset_keepalive_if_required()
+        """uvicorn's ``data_received``, with parser errors answered as JSON and logged at debug level (no
+        keep-alive timer to cancel: the sweep keeps that clock)."""
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -312,8 +325,16 @@ class GuardedProtocol(HttpToolsProtocol):
         self._header_bytes = 0
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing() and not self.pipeline:
+        """uvicorn's, except that an idle connection's keep-alive clock is ``_idle_since``, read by the
+        sweep, instead of a timer armed here and cancelled by the next request's first bytes."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:  # a pipelined request waits: start it
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
             self._idle_since = monotonic()
 
     # ---- answers -------------------------------------------------------------------------------

@@ -4,6 +4,17 @@ Names are fixed by the design contract (section 6). Requests, rows and batches a
 separately; time in the queue, time a batch was held open for more rows, and time computing are separate
 histograms. Nothing here is computed per request that can be read when Prometheus scrapes.
 
+The series updated per request or per batch (``inference_requests_total``, ``inference_rows_total``,
+``inference_batches_total`` and the five per-version histograms) are :class:`LoopCounter` and
+:class:`LoopHistogram`: prometheus_client's own classes, exported by its own code, whose children count
+with a plain add (a histogram finds its bucket by ``bisect``) instead of taking a lock per update. They are
+updated only on the event loop's thread (the transports and the batchers' consumers run there; a batch's
+result comes back to the loop before it is counted), so no two updates race; a scrape on another thread
+reads each value whole and at worst one observation early or late between ``_count`` and ``_sum``.
+Anything that would update them from another thread must use a stock :class:`~prometheus_client.Counter`
+or :class:`~prometheus_client.Histogram` instead. They do not support prometheus_client's multiprocess
+mode, which the service does not use (``--workers N`` runs one registry per process).
+
 One module of this size on purpose: every metric is registered here and nowhere else, so
 ``docs/reference/metrics.md`` is generated from one place (``tools/gen_docs.py``).
 """
@@ -12,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from bisect import bisect_left
 from collections import defaultdict
 from typing import Any
 
@@ -54,49 +66,109 @@ EXPLAIN_RESULTS = (*STATUSES, "cancelled")
 PROTOCOLS = ("http", "grpc")
 
 
+class _Value:
+    """One number with the interface prometheus_client's exporting code reads (``get``,
+    ``get_exemplar``), without its lock: see the module docstring for the one-thread rule."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float) -> None:
+        self.value += amount
+
+    def set(self, value: float, timestamp: float | None = None) -> None:
+        self.value = value
+
+    def set_exemplar(self, exemplar: Any) -> None:
+        raise ValueError("exemplars are not kept by this metric")
+
+    def get(self) -> float:
+        return self.value
+
+    def get_exemplar(self) -> None:
+        return None
+
+
+class LoopCounter(Counter):
+    """A :class:`~prometheus_client.Counter` whose children add without a lock (one thread: the event
+    loop's; module docstring). Exported exactly as a ``Counter``, ``_created`` included."""
+
+    def _metric_init(self) -> None:
+        self._value = _Value()
+        self._created = time.time()
+
+    def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
+        if amount < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        if exemplar:
+            raise ValueError("exemplars are not kept by this metric")
+        self._value.value += amount
+
+
+class LoopHistogram(Histogram):
+    """A :class:`~prometheus_client.Histogram` whose children find the bucket by ``bisect`` and add
+    without a lock (one thread: the event loop's; module docstring). Exported exactly as a
+    ``Histogram``: the same cumulative ``_bucket`` series, ``_count``, ``_sum`` and ``_created``."""
+
+    def _metric_init(self) -> None:
+        self._created = time.time()
+        self._sum = _Value()
+        self._buckets = [_Value() for _ in self._upper_bounds]
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        if exemplar:
+            raise ValueError("exemplars are not kept by this metric")
+        self._sum.value += amount
+        if amount == amount:  # NaN is in no bucket, as in prometheus_client
+            # The first upper bound >= amount: the bucket ``amount <= bound`` picks; the last is +Inf.
+            self._buckets[bisect_left(self._upper_bounds, amount)].value += 1
+
+
 class Metrics:
     """Every metric the service exports, registered on ``registry``."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         mv = ["model", "version"]
-        self.requests = Counter(
+        self.requests = LoopCounter(
             "inference_requests_total",
             "Inference requests by outcome and protocol.",
             [*mv, "status", "protocol"],
             registry=registry,
         )
-        self.rows = Counter("inference_rows_total", "Rows (samples) computed.", mv, registry=registry)
-        self.batches = Counter("inference_batches_total", "Batches computed.", mv, registry=registry)
-        self.request_duration = Histogram(
+        self.rows = LoopCounter("inference_rows_total", "Rows (samples) computed.", mv, registry=registry)
+        self.batches = LoopCounter("inference_batches_total", "Batches computed.", mv, registry=registry)
+        self.request_duration = LoopHistogram(
             "inference_request_duration_seconds",
             "End-to-end inference request time, parse to response, by protocol.",
             [*mv, "protocol"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.queue_duration = Histogram(
+        self.queue_duration = LoopHistogram(
             "inference_queue_duration_seconds",
             "Time a request (or chunk) waited in the batch queue.",
             mv,
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.compute_duration = Histogram(
+        self.compute_duration = LoopHistogram(
             "inference_compute_duration_seconds",
             "Time onnxruntime spent on one batch.",
             mv,
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.batch_wait = Histogram(
+        self.batch_wait = LoopHistogram(
             "inference_batch_wait_seconds",
             "Time a batch was held open for more rows before computing (0: it went at once).",
             mv,
             buckets=WAIT_BUCKETS,
             registry=registry,
         )
-        self.batch_size = Histogram(
+        self.batch_size = LoopHistogram(
             "inference_batch_size", "Rows per computed batch.", mv, buckets=BATCH_BUCKETS, registry=registry
         )
         self.queue_rows = Gauge(
@@ -238,7 +310,8 @@ class ModelMetrics:
     """The children of every per-version metric, bound once at load (no label lookups per request).
 
     Also the batcher's observer (``on_batch``, ``on_dequeue``, ``on_queue_rows``, ``on_wait``). The queued
-    rows are remembered and read by the gauge at scrape time, not written into it on every change.
+    rows are remembered and read by the gauge at scrape time, not written into it on every change. Every
+    method is called on the event loop's thread (the children are lock-free: see the module docstring).
     """
 
     def __init__(self, metrics: Metrics, model: str, version: str) -> None:

@@ -981,3 +981,41 @@ def test_a_prediction_wakes_a_consumer_waiting_for_the_prediction_lane_to_go_idl
         await batcher.stop()
 
     run(main)
+
+
+def test_the_observer_is_called_on_the_event_loops_thread_only() -> None:
+    """The per-version metrics count without locks (service/telemetry/metrics.py): every observer call,
+    the batch's included, must come on the loop's thread, never on the compute worker's."""
+
+    class ThreadRecorder(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.threads: set[int] = set()
+
+        def on_batch(self, rows: int, compute_seconds: float) -> None:
+            self.threads.add(threading.get_ident())
+            super().on_batch(rows, compute_seconds)
+
+        def on_dequeue(self, queued_seconds: float) -> None:
+            self.threads.add(threading.get_ident())
+            super().on_dequeue(queued_seconds)
+
+        def on_queue_rows(self, rows: int) -> None:
+            self.threads.add(threading.get_ident())
+            super().on_queue_rows(rows)
+
+        def on_wait(self, seconds: float) -> None:
+            self.threads.add(threading.get_ident())
+            super().on_wait(seconds)
+
+    async def main() -> None:
+        fake = FakeRuntime()
+        recorder = ThreadRecorder()
+        batcher = make_batcher(fake, max_batch_size=4, observer=recorder)
+        rng = np.random.default_rng(18)
+        await answer(asyncio.gather(*(batcher.submit(make_inputs(rng, n, 100 * n)) for n in (1, 3, 6))))
+        await batcher.stop()
+        assert recorder.batches and recorder.waits and recorder.queued_seconds
+        assert recorder.threads == {threading.get_ident()}
+
+    run(main)

@@ -3,9 +3,21 @@ statistics."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry
+import math
+import re
 
-from service.telemetry.metrics import STATUSES, Duration, Metrics, VersionStats
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from service.telemetry.metrics import (
+    LATENCY_BUCKETS,
+    STATUSES,
+    Duration,
+    LoopCounter,
+    LoopHistogram,
+    Metrics,
+    VersionStats,
+)
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
@@ -101,3 +113,82 @@ def test_duration_counts_in_nanoseconds() -> None:
     d.add(1.5)
     d.add(0.25)
     assert d.as_json() == {"count": 2, "ns": 1_750_000_000}
+
+
+def test_loop_metrics_expose_pinned_counts_and_buckets() -> None:
+    metrics = Metrics(CollectorRegistry())
+    version = metrics.for_version("m", 4)
+    r, mv = metrics.registry, {"model": "m", "version": "4"}
+    http = {**mv, "protocol": "http"}
+    # 10 requests: 7 ok, 3 timeouts; durations on, between and beyond the bucket bounds.
+    durations = [0.0004, 0.0005, 0.0007, 0.001, 0.003, 0.003, 0.05, 0.3, 7.0, 12.0]
+    for n, seconds in enumerate(durations):
+        version.observe_request("ok" if n < 7 else "timeout", seconds)
+    assert value(r, "inference_requests_total", **http, status="ok") == 7
+    assert value(r, "inference_requests_total", **http, status="timeout") == 3
+    assert value(r, "inference_request_duration_seconds_count", **http) == 10
+    assert value(r, "inference_request_duration_seconds_sum", **http) == pytest.approx(sum(durations))
+    buckets = {
+        le: value(r, "inference_request_duration_seconds_bucket", **http, le=le)
+        for le in ("0.0005", "0.001", "0.002", "0.005", "0.05", "0.1", "0.5", "5.0", "10.0", "+Inf")
+    }
+    assert buckets == {  # cumulative; a value on a bound is in that bound's bucket
+        "0.0005": 2,
+        "0.001": 4,
+        "0.002": 4,
+        "0.005": 6,
+        "0.05": 7,
+        "0.1": 7,
+        "0.5": 8,
+        "5.0": 8,
+        "10.0": 9,
+        "+Inf": 10,
+    }
+    for rows in (32, 32, 5):
+        version.on_batch(rows, 0.004)
+        version.on_wait(0.0)
+    assert value(r, "inference_rows_total", **mv) == 69
+    assert value(r, "inference_batches_total", **mv) == 3
+    assert value(r, "inference_batch_size_bucket", **mv, le="4.0") == 0
+    assert value(r, "inference_batch_size_bucket", **mv, le="8.0") == 1
+    assert value(r, "inference_batch_size_bucket", **mv, le="32.0") == 3
+    assert value(r, "inference_batch_size_sum", **mv) == 69
+    assert value(r, "inference_batch_wait_seconds_bucket", **mv, le="0.0") == 3
+    assert value(r, "inference_compute_duration_seconds_count", **mv) == 3
+    assert value(r, "inference_requests_total", **http, status="error") == 0
+    # Triton's statistics keep their numbers.
+    assert (version.stats.success.count, version.stats.fail.count) == (7, 3)
+    assert (version.stats.inference_count, version.stats.execution_count) == (69, 3)
+
+
+def test_loop_metrics_export_what_prometheus_clients_own_classes_export() -> None:
+    def exposition(counter: type[Counter], histogram: type[Histogram]) -> str:
+        registry = CollectorRegistry()
+        c = counter("c_total", "A counter.", ["x"], registry=registry)
+        h = histogram("h_seconds", "A histogram.", ["x"], buckets=LATENCY_BUCKETS, registry=registry)
+        for n in range(500):
+            c.labels(str(n % 3)).inc()
+            c.labels("2").inc(2.5)
+            on_a_bound = LATENCY_BUCKETS[n % len(LATENCY_BUCKETS)]
+            h.labels(str(n % 2)).observe((n % 37) / 1000 if n % 5 else on_a_bound)
+        h.labels("1").observe(math.inf)
+        text = generate_latest(registry).decode()
+        return re.sub(r"(_created\{[^}]*\}) \S+", r"\1", text)  # creation times differ
+
+    assert exposition(LoopCounter, LoopHistogram) == exposition(Counter, Histogram)
+
+
+def test_loop_metrics_refuse_what_they_do_not_keep() -> None:
+    registry = CollectorRegistry()
+    counter = LoopCounter("c_total", "A counter.", ["x"], registry=registry).labels("a")
+    histogram = LoopHistogram("h", "A histogram.", registry=registry)
+    with pytest.raises(ValueError, match="non-negative"):
+        counter.inc(-1)
+    with pytest.raises(ValueError, match="exemplar"):
+        counter.inc(1, exemplar={"trace_id": "1"})
+    with pytest.raises(ValueError, match="exemplar"):
+        histogram.observe(1.0, exemplar={"trace_id": "1"})
+    histogram.observe(math.nan)  # in no bucket, as with prometheus_client's Histogram
+    assert registry.get_sample_value("h_count") == 0
+    counter.reset()
+    assert registry.get_sample_value("c_total", {"x": "a"}) == 0
