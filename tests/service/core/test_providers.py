@@ -30,10 +30,6 @@ def _cuda_driver_present() -> bool:
     return True
 
 
-def _images(n: int, shape: tuple[int, ...] = (28, 28, 1), seed: int = 1) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(0, 255, (n, *shape)).astype(np.float32)
-
-
 def _python(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False

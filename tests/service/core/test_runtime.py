@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,25 +14,9 @@ from service.core.providers import CPU
 from service.core.runtime import _CHUNK_BYTES, ModelLoadError, ModelMetadata, load_model
 from tests.helpers.modelfactory import DROP, write_model_version
 
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def _cuda_driver_present() -> bool:
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    return True
-
 
 def _images(n: int, shape: tuple[int, ...] = (28, 28, 1), seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 255, (n, *shape)).astype(np.float32)
-
-
-def _python(code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
-    )
 
 
 # ---- loading and running ----------------------------------------------------------------------------
