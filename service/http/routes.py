@@ -97,22 +97,8 @@ async def all_stats(core: CoreDep) -> Response:
 
 @router.get("/v2/models")
 async def list_models(core: CoreDep) -> Response:
-    """The models served now: name, the version that answers unversioned requests, every served version."""
-    return json_response(
-        {
-            "models": [
-                {
-                    "name": info.name,
-                    "version": str(info.version),
-                    "versions": [str(v) for v in info.versions],
-                    "platform": info.platform,
-                    "inputs": [spec.name for spec in info.signature.inputs],
-                    "outputs": [spec.name for spec in info.signature.outputs],
-                }
-                for info in core.models()
-            ]
-        }
-    )
+    """The models served now, each as ``GET /v2/models/{m}`` describes it (without ``lineage``)."""
+    return json_response({"models": [model_metadata(info) for info in core.models()]})
 
 
 @router.get("/v2/models/{model_name}", responses=errors(400, 404, 503))
