@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from service.storage.location import S3_SCHEME, Location, is_remote, parse_location, split_url
+from service.storage.location import Location, is_remote, parse_location
 from service.storage.store import (
     LocalStore,
     ModelStore,
@@ -21,7 +21,6 @@ from service.storage.store import (
 )
 
 __all__ = [
-    "S3_SCHEME",
     "LocalStore",
     "Location",
     "ModelStore",
@@ -32,7 +31,6 @@ __all__ = [
     "is_remote",
     "open_store",
     "parse_location",
-    "split_url",
 ]
 
 
