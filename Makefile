@@ -17,15 +17,22 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+# The package compiles one C extension (service/grpc/_h2.c, the gRPC front end over libnghttp2): its
+# header and a compiler come first (tools/system-deps.sh build), and editing the C source rebuilds it.
+BUILD_INPUTS := pyproject.toml setup.py service/grpc/_h2.c
+
+$(SERVE_STAMP): $(BUILD_INPUTS) | $(BIN)/python
+	bash tools/system-deps.sh build
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(TRAIN_STAMP): pyproject.toml | $(BIN)/python
+$(TRAIN_STAMP): $(BUILD_INPUTS) | $(BIN)/python
+	bash tools/system-deps.sh build
 	$(BIN)/pip install -q -e '.[train]'
 	touch $@ $(SERVE_STAMP)
 
-$(DEV_STAMP): pyproject.toml | $(BIN)/python
+$(DEV_STAMP): $(BUILD_INPUTS) | $(BIN)/python
+	bash tools/system-deps.sh build
 	$(BIN)/pip install -q -e '.[train,dev]'
 	touch $@ $(SERVE_STAMP) $(TRAIN_STAMP)
 

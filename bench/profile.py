@@ -1,7 +1,8 @@
-"""Where a request's time goes: py-spy samples the real service while ``hey`` loads it.
+"""Where a request's time goes: py-spy samples the real service while ``hey`` (or ``h2load``) loads it.
 
-``python -m bench.profile [--body binary|json] [--concurrency 64] [--seconds 8] [--native]`` starts
-``python -m service`` (``SERVE_*`` variables pass through), drives it with ``hey`` from a separate process,
+``python -m bench.profile [--body binary|json|grpc] [--concurrency 64] [--seconds 8] [--native]`` starts
+``python -m service`` (``SERVE_*`` variables pass through), drives it from a separate process with ``hey``
+(HTTP) or ``h2load`` (``--body grpc``: ``ModelInfer`` calls with raw contents, as ``bench.protocols``),
 and samples the service process with ``py-spy record`` (raw stacks, per thread, idle time left out). It
 prints how busy the event loop and the batch worker thread were, and for the event loop the files and
 functions with the largest shares of its busy samples: *self* (the innermost frame) and *inclusive* (the
@@ -23,7 +24,9 @@ import sys
 import time
 from pathlib import Path
 
+from bench.grpc_load import infer_request_bytes
 from bench.harness import RESULTS, first_test_image, free_port, process, write_bodies
+from bench.protocols import grpc_frame
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*)\)$")
 
@@ -70,7 +73,9 @@ def table(title: str, counts: collections.Counter[str], total: int, top: int, on
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mnist-cnn")
-    parser.add_argument("--body", choices=["binary", "json"], default="binary")
+    parser.add_argument(
+        "--body", choices=["binary", "json", "grpc"], default="binary", help="grpc: ModelInfer, raw contents"
+    )
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=8.0, help="sampling time (load runs 3 s longer)")
     parser.add_argument("--rate", type=int, default=200, help="samples per second")
@@ -79,33 +84,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(spy).exists() or shutil.which("hey") is None:
-        print("error: needs py-spy (pip install py-spy) and hey (make system-deps)", file=sys.stderr)
+    load_tool = "h2load" if args.body == "grpc" else "hey"
+    if not Path(spy).exists() or shutil.which(load_tool) is None:
+        print(f"error: needs py-spy (pip install py-spy) and {load_tool} (make system-deps)", file=sys.stderr)
         return 2
     RESULTS.mkdir(parents=True, exist_ok=True)
-    body, headers = write_bodies(first_test_image(), RESULTS)[args.body]
+    image = first_test_image()
     out = RESULTS / f"profile-{args.body}{'-native' if args.native else ''}.txt"
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "service", "--port", str(port)]
-    env = {"SERVE_MODELS": args.model, "SERVE_LOG_LEVEL": "warning"}
-    load_cmd = [
-        "hey",
-        "-z",
-        f"{args.seconds + 3}s",
-        "-c",
-        str(args.concurrency),
-        "-m",
-        "POST",
-        "-D",
-        str(body),
-    ]
-    for key, value in headers.items():
-        load_cmd += ["-T", value] if key.lower() == "content-type" else ["-H", f"{key}: {value}"]
+    env = {"SERVE_MODELS": args.model, "SERVE_LOG_LEVEL": "warning", "SERVE_GRPC_PORT": str(grpc_port)}
+    if args.body == "grpc":  # h2c, as bench.protocols drives it: c connections, one call in flight each
+        frame = RESULTS / "body-grpc-raw.grpc"
+        frame.write_bytes(grpc_frame(infer_request_bytes(args.model, image, raw=True)))
+        load_cmd = ["h2load", "-D", f"{args.seconds + 3:g}", "-c", str(args.concurrency), "-m", "1"]
+        load_cmd += ["-d", str(frame), "-H", "content-type: application/grpc", "-H", "te: trailers"]
+        target = f"http://127.0.0.1:{grpc_port}/inference.GRPCInferenceService/ModelInfer"
+    else:
+        body, headers = write_bodies(image, RESULTS)[args.body]
+        load_cmd = ["hey", "-z", f"{args.seconds + 3}s", "-c", str(args.concurrency), "-m", "POST"]
+        load_cmd += ["-D", str(body)]
+        for key, value in headers.items():
+            load_cmd += ["-T", value] if key.lower() == "content-type" else ["-H", f"{key}: {value}"]
+        target = f"{url}/v2/models/{args.model}/infer"
     with process(cmd, env, f"{url}/v2/health/ready", RESULTS / "profile-service.log") as service:
-        load_gen = subprocess.Popen(
-            [*load_cmd, f"{url}/v2/models/{args.model}/infer"], stdout=subprocess.PIPE, text=True
-        )
+        load_gen = subprocess.Popen([*load_cmd, target], stdout=subprocess.PIPE, text=True)
         try:
             time.sleep(1.5)  # past connection setup
             record = [spy, "record", "--pid", str(service.pid), "--format", "raw", "--output", str(out)]
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             if load_gen.poll() is None:
                 load_gen.kill()
                 load_gen.wait()
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", summary)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", summary) or re.search(r"([\d.]+) req/s", summary)
     rate = float(rps[1]) if rps else float("nan")
     print(f"{args.body} bodies, c={args.concurrency}: {rate:.0f} req/s under py-spy")
     expected = args.rate * int(args.seconds)

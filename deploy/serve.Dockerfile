@@ -19,13 +19,14 @@
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS base
-# The package versions follow whichever base is chosen, so they cannot be pinned here.
+# The package versions follow whichever base is chosen, so they cannot be pinned here. libnghttp2 is what
+# the gRPC front end (service/grpc/_h2, compiled in the builder) frames HTTP/2 with.
 # hadolint ignore=DL3008
-RUN if ! python3 -c "import ensurepip" 2>/dev/null; then \
-        apt-get update \
-        && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv \
-        && rm -rf /var/lib/apt/lists/*; \
-    fi \
+RUN need="libnghttp2-14" \
+    && if ! python3 -c "import ensurepip" 2>/dev/null; then need="$need python3 python3-venv"; fi \
+    && apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $need \
+    && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /home/app --create-home --shell /usr/sbin/nologin app \
     && install -d -o 10001 -g 10001 /feedback
@@ -33,6 +34,14 @@ RUN if ! python3 -c "import ensurepip" 2>/dev/null; then \
 FROM base AS builder
 ARG ONNXRUNTIME=cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+# A compiler, libnghttp2's header and (where the base lacks them) Python's headers, for service/grpc/_h2.c;
+# none of them reaches the runtime stage.
+# hadolint ignore=DL3008
+RUN need="gcc libc6-dev libnghttp2-dev" \
+    && if ! python3 -c "import os, sysconfig, sys; sys.exit(not os.path.exists(sysconfig.get_paths()['include'] + '/Python.h'))"; then need="$need python3-dev"; fi \
+    && apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $need \
+    && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -46,6 +55,7 @@ RUN case "$ONNXRUNTIME" in \
     esac \
     && python3 -c "import sys, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; bound = next(d for d in deps if d.startswith('onnxruntime-gpu')).split(';')[0].removeprefix('onnxruntime-gpu'); print(*[d for d in deps if not d.startswith('onnxruntime')], sys.argv[1] + bound, sep='\n')" "$wheel" >requirements.txt \
     && /opt/venv/bin/pip install --no-cache-dir -r requirements.txt
+COPY setup.py ./
 COPY service ./service
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps .
 

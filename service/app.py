@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from service.core import InferenceService
-from service.grpc.server import GrpcServer
+from service.grpc.server import open_grpc_server
 from service.http.dispatch import CloseWhileDraining, FastPath
 from service.http.errors import install_error_handlers
 from service.http.explain import router as explain_router
@@ -72,7 +72,7 @@ def create_app(
         grpc_server = None
         try:
             if grpc_host is not None and settings.grpc_port:
-                grpc_server = GrpcServer(core, reuse_port=grpc_reuse_port)
+                grpc_server = open_grpc_server(core, reuse_port=grpc_reuse_port)
                 app.state.grpc_port = await grpc_server.start(grpc_host, settings.grpc_port)
             yield
         finally:

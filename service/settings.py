@@ -174,6 +174,12 @@ class Settings(BaseSettings):
         le=65535,
         description="Port of the KServe V2 gRPC service (Triton's 8001), on the HTTP host; 0 turns gRPC off.",
     )
+    grpc_server: Literal["native", "grpcio"] = Field(
+        "native",
+        description="Which server answers gRPC: native (HTTP/2 framed in C by libnghttp2, the services "
+        "called in the event loop; several times cheaper per call) or grpcio (grpcio's asyncio server). "
+        "Both serve the same services with the same answers.",
+    )
     drain_seconds: float = Field(
         10.0, ge=0, le=3600, description="On SIGTERM: longest to finish queued and running requests."
     )

@@ -1,29 +1,31 @@
-"""The gRPC listener: grpcio's asyncio server, in the event loop (and process) that serves HTTP.
+"""The gRPC listeners, in the event loop (and process) that serves HTTP, and the services they serve.
 
-:class:`GrpcServer` binds ``SERVE_GRPC_PORT`` with three services: ``inference.GRPCInferenceService``
-(:mod:`service.grpc.servicer`), ``grpc.health.v1.Health`` (:mod:`service.grpc.health`) and server
-reflection. Messages above ``SERVE_MAX_BODY_BYTES`` (the HTTP body limit, compressed or not) are refused by
-gRPC itself with RESOURCE_EXHAUSTED. The inference service is registered from its descriptor rather than
-with the generated ``add_..._to_server``, so that a message that does not parse reaches the servicer as
+:func:`services` lists three: ``inference.GRPCInferenceService`` (:mod:`service.grpc.servicer`),
+``grpc.health.v1.Health`` (:mod:`service.grpc.health`) and server reflection. :func:`open_grpc_server`
+binds ``SERVE_GRPC_PORT`` with the server ``SERVE_GRPC_SERVER`` names: the native one
+(:mod:`service.grpc.native`, the default) or grpcio's asyncio server (:class:`GrpcServer`). Both answer
+the same: messages above ``SERVE_MAX_BODY_BYTES`` (the HTTP body limit, compressed or not) are refused
+with RESOURCE_EXHAUSTED. The inference service is registered from its descriptor rather than with the
+generated ``add_..._to_server``, so that a message that does not parse reaches the servicer as
 :class:`~service.grpc.servicer.Malformed` and is answered INVALID_ARGUMENT (grpcio would answer INTERNAL
 and log a traceback).
 
-It is started and stopped by the app's lifespan, beside the core. Draining needs no call here, since
-every RPC asks the core (readiness false, new calls UNAVAILABLE); :meth:`GrpcServer.stop` closes the
-port and gives the calls in flight until the drain deadline to finish.
+A listener is started and stopped by the app's lifespan, beside the core. Draining needs no call here,
+since every RPC asks the core (readiness false, new calls UNAVAILABLE); ``stop`` closes the port and gives
+the calls in flight until the drain deadline to finish.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from service.core import InferenceService
 from service.grpc.generated import grpc_service_pb2 as pb
@@ -41,8 +43,17 @@ SERVICE_NAMES = (
 )
 
 
+class GrpcListener(Protocol):
+    """What the app's lifespan needs of a gRPC listener, grpcio's or the native one."""
+
+    async def start(self, host: str, port: int) -> int: ...
+
+    async def stop(self, grace: float) -> None: ...
+
+
 class GrpcServer:
-    """One ``grpc.aio`` server over the core; create it inside the running event loop."""
+    """One ``grpc.aio`` server over the core (``SERVE_GRPC_SERVER=grpcio``); create it inside the running
+    event loop."""
 
     def __init__(self, core: InferenceService, *, reuse_port: bool = False) -> None:
         settings = core.settings
@@ -55,18 +66,11 @@ class GrpcServer:
                 ("grpc.so_reuseport", int(reuse_port)),
             ]
         )
-        # The request id and span wrapper exists only when tracing or JSON logs are on.
-        wrap = core.tracing is not None or core.settings.log_format == "json"
-        methods = inference_methods(InferenceServicer(core), core.tracing if wrap else None, wrap=wrap)
-        # Registered methods are matched by grpcio's core when a call arrives, without the per-call search
-        # of the generic handlers in Python; the generic handler stays as grpcio's fallback.
-        self._server.add_registered_method_handlers(INFERENCE_SERVICE, methods)
-        self._server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(INFERENCE_SERVICE, methods),)
-        )
-        health = HealthServicer(lambda: server_ready(core))
-        health_pb2_grpc.add_HealthServicer_to_server(health, self._server)
-        reflection.enable_server_reflection(SERVICE_NAMES, self._server)
+        for service, methods in services(core).items():
+            # Registered methods are matched by grpcio's core when a call arrives, without the per-call
+            # search of the generic handlers in Python; the generic handler stays as grpcio's fallback.
+            self._server.add_registered_method_handlers(service, methods)
+            self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, methods),))
 
     async def start(self, host: str, port: int) -> int:
         """Bind ``host:port`` (0: any free port) and start serving; returns the bound port."""
@@ -82,6 +86,55 @@ class GrpcServer:
     async def stop(self, grace: float) -> None:
         """Close the port now; calls in flight get ``grace`` seconds, then are cancelled."""
         await self._server.stop(grace)
+
+
+def open_grpc_server(core: InferenceService, *, reuse_port: bool = False) -> GrpcListener:
+    """The gRPC listener ``SERVE_GRPC_SERVER`` names, over every service :func:`services` lists."""
+    if core.settings.grpc_server == "grpcio":
+        return GrpcServer(core, reuse_port=reuse_port)
+    try:
+        from service.grpc.native import NativeGrpcServer
+    except ImportError as exc:  # the C extension was not built (pip install builds it)
+        raise RuntimeError(
+            f"SERVE_GRPC_SERVER=native needs the compiled service.grpc._h2 ({exc}); install the package "
+            "(pip install -e ., which needs libnghttp2-dev) or set SERVE_GRPC_SERVER=grpcio"
+        ) from None
+    table = {
+        f"/{service}/{name}": handler
+        for service, methods in services(core).items()
+        for name, handler in methods.items()
+    }
+    return NativeGrpcServer(table, max_message_bytes=core.settings.max_body_bytes, reuse_port=reuse_port)
+
+
+def services(core: InferenceService) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
+    """The handlers of every service served, by service and method name: inference, health, reflection."""
+    # The request id and span wrapper exists only when tracing or JSON logs are on.
+    wrap = core.tracing is not None or core.settings.log_format == "json"
+    table = {
+        INFERENCE_SERVICE: inference_methods(
+            InferenceServicer(core), core.tracing if wrap else None, wrap=wrap
+        )
+    }
+    collector = _Collector(table)
+    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(lambda: server_ready(core)), collector)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(SERVICE_NAMES), collector
+    )
+    return table
+
+
+class _Collector:
+    """Takes the handlers that generated ``add_*Servicer_to_server`` functions register with a server."""
+
+    def __init__(self, table: dict[str, dict[str, grpc.RpcMethodHandler]]) -> None:
+        self._table = table
+
+    def add_registered_method_handlers(self, service: str, methods: dict[str, grpc.RpcMethodHandler]) -> None:
+        self._table[service] = dict(methods)
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        """The same methods as a generic handler: already taken from the call above."""
 
 
 def inference_handlers(

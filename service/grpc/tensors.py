@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -65,7 +65,7 @@ def to_raw(array: np.ndarray, datatype: str) -> bytes:
     return np.ascontiguousarray(array, dtype=WIRE_DTYPES[datatype].newbyteorder("<")).tobytes()
 
 
-def from_raw(raw: bytes, datatype: str, shape: list[int], what: str) -> np.ndarray:
+def from_raw(raw: bytes, datatype: str, shape: Sequence[int], what: str) -> np.ndarray:
     """``raw`` as an array of ``datatype`` and ``shape``; InvalidInput when the size does not match."""
     count = math.prod(shape)
     if datatype == "BYTES":
@@ -116,7 +116,9 @@ def fill_contents(contents: pb.InferTensorContents, array: np.ndarray, datatype:
         getattr(contents, field).extend(values.tolist())
 
 
-def from_contents(contents: pb.InferTensorContents, datatype: str, shape: list[int], what: str) -> np.ndarray:
+def from_contents(
+    contents: pb.InferTensorContents, datatype: str, shape: Sequence[int], what: str
+) -> np.ndarray:
     """The typed contents as an array of ``datatype`` and ``shape``; InvalidInput when the field, the
     count or a value's range is wrong."""
     field = CONTENTS_FIELD.get(datatype)
@@ -186,8 +188,8 @@ def response_arrays(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
 
 
 def has_contents(contents: pb.InferTensorContents) -> bool:
-    """Whether any typed field holds a value."""
-    return any(len(getattr(contents, f)) for f in _FIELDS)
+    """Whether any typed field holds a value (every field is a repeated one: a value has a size)."""
+    return contents.ByteSize() != 0
 
 
 def fmt(shape: Any) -> str:

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from service.core import InferenceService
 from service.grpc.generated import grpc_service_pb2 as pb
 from service.grpc.generated import grpc_service_pb2_grpc as pb_grpc
-from service.grpc.server import GrpcServer, inference_handlers
+from service.grpc.server import inference_handlers, open_grpc_server
 from service.grpc.servicer import InferenceServicer
 from service.grpc.tensors import build_infer_request
 from service.settings import Settings
@@ -32,16 +32,25 @@ TRACEPARENT = f"00-{TRACE_ID}-{SPAN_ID}-01"
 METHOD = "inference.GRPCInferenceService/ModelInfer"
 
 
+SERVERS = pytest.mark.parametrize("kind", ["native", "grpcio"])
+
+
 def serve(
-    test: Callable[[str], Awaitable[None]], tmp_path: Path, tracing: Tracing | None, log_format: str = "text"
+    test: Callable[[str], Awaitable[None]],
+    tmp_path: Path,
+    tracing: Tracing | None,
+    kind: str,
+    log_format: str = "text",
 ) -> None:
     write_model_version(tmp_path, "tiny", 1)
 
     async def main() -> None:
-        settings = Settings(model_repository=tmp_path, max_queue_delay_us=0, log_format=log_format)
+        settings = Settings(
+            model_repository=tmp_path, max_queue_delay_us=0, log_format=log_format, grpc_server=kind
+        )
         core = InferenceService(settings, Metrics(CollectorRegistry()), tracing)
         await core.start()
-        server = GrpcServer(core)
+        server = open_grpc_server(core)
         port = await server.start("127.0.0.1", 0)
         try:
             await test(f"127.0.0.1:{port}")
@@ -61,7 +70,10 @@ def named(spans: tuple[ReadableSpan, ...], name: str) -> list[ReadableSpan]:
     return [s for s in spans if s.name == name]
 
 
-def test_model_infer_continues_the_callers_trace_and_answers_the_request_id(tmp_path: Path) -> None:
+@SERVERS
+def test_model_infer_continues_the_callers_trace_and_answers_the_request_id(
+    tmp_path: Path, kind: str
+) -> None:
     tracing, exporter = traced()
     trailers: list[tuple[str, str]] = []
 
@@ -75,7 +87,7 @@ def test_model_infer_continues_the_callers_trace_and_answers_the_request_id(tmp_
             await call
             trailers.extend((k, v) for k, v in await call.trailing_metadata() or ())
 
-    serve(test, tmp_path, tracing)
+    serve(test, tmp_path, tracing, kind)
     assert ("x-request-id", "abc-1") in trailers
     spans = exporter.get_finished_spans()
     (server,) = named(spans, METHOD)
@@ -94,7 +106,8 @@ def test_model_infer_continues_the_callers_trace_and_answers_the_request_id(tmp_
     assert [link.context.span_id for link in batch.links] == [server.context.span_id]
 
 
-def test_a_failed_call_has_the_clients_details_as_its_status(tmp_path: Path) -> None:
+@SERVERS
+def test_a_failed_call_has_the_clients_details_as_its_status(tmp_path: Path, kind: str) -> None:
     tracing, exporter = traced()
     details: list[str] = []
     trailers: list[tuple[str, str]] = []
@@ -111,7 +124,7 @@ def test_a_failed_call_has_the_clients_details_as_its_status(tmp_path: Path) -> 
             details.append(failed.value.details() or "")
             trailers.extend(failed.value.trailing_metadata() or ())
 
-    serve(test, tmp_path, tracing)
+    serve(test, tmp_path, tracing, kind)
     (server,) = named(exporter.get_finished_spans(), METHOD)
     assert server.status.status_code is StatusCode.ERROR
     assert server.status.description == details[0] and "shape" in details[0]
@@ -119,7 +132,8 @@ def test_a_failed_call_has_the_clients_details_as_its_status(tmp_path: Path) -> 
     assert ("x-request-id", "bad-1") in trailers  # the error's trailers keep it
 
 
-def test_each_request_of_a_stream_is_a_span_under_the_streams(tmp_path: Path) -> None:
+@SERVERS
+def test_each_request_of_a_stream_is_a_span_under_the_streams(tmp_path: Path, kind: str) -> None:
     tracing, exporter = traced()
     answers: list[pb.ModelStreamInferResponse] = []
 
@@ -134,7 +148,7 @@ def test_each_request_of_a_stream_is_a_span_under_the_streams(tmp_path: Path) ->
             call = stub.ModelStreamInfer(iter(requests), metadata=(("traceparent", TRACEPARENT),))
             answers.extend([a async for a in call])
 
-    serve(test, tmp_path, tracing)
+    serve(test, tmp_path, tracing, kind)
     spans = exporter.get_finished_spans()
     (stream,) = named(spans, "inference.GRPCInferenceService/ModelStreamInfer")
     assert format(stream.context.trace_id, "032x") == TRACE_ID
@@ -154,7 +168,8 @@ def test_each_request_of_a_stream_is_a_span_under_the_streams(tmp_path: Path) ->
     assert requests["bad"].status.description == bad.error_message == "unknown model 'nope'"
 
 
-def test_json_logs_alone_give_request_ids_without_any_span(tmp_path: Path) -> None:
+@SERVERS
+def test_json_logs_alone_give_request_ids_without_any_span(tmp_path: Path, kind: str) -> None:
     trailers: list[tuple[str, str]] = []
 
     async def test(address: str) -> None:
@@ -163,7 +178,7 @@ def test_json_logs_alone_give_request_ids_without_any_span(tmp_path: Path) -> No
             await call
             trailers.extend((k, v) for k, v in await call.trailing_metadata() or ())
 
-    serve(test, tmp_path, None, log_format="json")
+    serve(test, tmp_path, None, kind, log_format="json")
     ids = [v for k, v in trailers if k == "x-request-id"]
     assert len(ids) == 1 and len(ids[0]) == 16  # made up: 8 random bytes in hex
 

@@ -1,0 +1,321 @@
+"""The native gRPC listener (:mod:`service.grpc.native`) on its own, against grpcio's own client.
+
+The methods here are small handlers written for the test (echo, sleep, stream), registered as grpcio
+servers take them, so that each property of the listener (deadlines, cancellation, streaming, metadata,
+compression, limits, draining) is checked against the client every user of the service runs. The real
+services over the real core are checked in ``test_servicer.py`` and ``test_server.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+import uvloop
+
+from service.grpc.native import NativeGrpcServer
+
+LIMIT = 64 * 1024
+SERVICE = "test.Echo"
+
+
+class Recorder:
+    """What the handlers saw: the cancellations and the metadata of the last call."""
+
+    def __init__(self) -> None:
+        self.cancelled = asyncio.Event()
+        self.metadata: tuple[Any, ...] = ()
+        self.remaining: float | None = None
+        self.started = asyncio.Event()
+
+
+def methods(seen: Recorder) -> dict[str, grpc.RpcMethodHandler]:
+    async def echo(request: bytes, context: Any) -> bytes:
+        seen.metadata = tuple(context.invocation_metadata())
+        seen.remaining = context.time_remaining()
+        context.set_trailing_metadata((("x-echo", "yes"), ("x-raw-bin", b"\x00\xff")))
+        return request
+
+    async def sleep(request: bytes, context: Any) -> bytes:
+        seen.started.set()
+        try:
+            await asyncio.sleep(float(request.decode()))
+        except asyncio.CancelledError:
+            seen.cancelled.set()
+            raise
+        return b"slept"
+
+    async def fail(request: bytes, context: Any) -> bytes:
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "nope: ünïcode % and\nnewline")
+        raise AssertionError("unreachable")
+
+    async def crash(request: bytes, context: Any) -> bytes:
+        raise RuntimeError("a bug")
+
+    async def count(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        for i in range(int(request.decode())):
+            yield str(i).encode()
+
+    async def chat(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        async for request in requests:
+            yield request.upper()
+
+    async def total(requests: AsyncIterator[bytes], context: Any) -> bytes:
+        return str(sum([len(r) async for r in requests])).encode()
+
+    return {
+        f"/{SERVICE}/Echo": grpc.unary_unary_rpc_method_handler(echo),
+        f"/{SERVICE}/Sleep": grpc.unary_unary_rpc_method_handler(sleep),
+        f"/{SERVICE}/Fail": grpc.unary_unary_rpc_method_handler(fail),
+        f"/{SERVICE}/Crash": grpc.unary_unary_rpc_method_handler(crash),
+        f"/{SERVICE}/Count": grpc.unary_stream_rpc_method_handler(count),
+        f"/{SERVICE}/Chat": grpc.stream_stream_rpc_method_handler(chat),
+        f"/{SERVICE}/Total": grpc.stream_unary_rpc_method_handler(total),
+    }
+
+
+Test = Callable[[NativeGrpcServer, str, Recorder], Awaitable[None]]
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Callable[[Test], None]:
+    """Runs a test against a started listener, on each loop the service runs on (uvloop under
+    ``python -m service``, whose transports are not asyncio's classes)."""
+    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
+
+    def run_test(test: Test) -> None:
+        async def main() -> None:
+            seen = Recorder()
+            server = NativeGrpcServer(methods(seen), max_message_bytes=LIMIT)
+            port = await server.start("127.0.0.1", 0)
+            try:
+                await asyncio.wait_for(test(server, f"127.0.0.1:{port}", seen), 30)
+            finally:
+                await server.stop(0)
+
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(main())
+
+    return run_test
+
+
+def unary(channel: grpc.aio.Channel, name: str) -> Any:
+    return channel.unary_unary(f"/{SERVICE}/{name}")
+
+
+async def status_of(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    return info.value
+
+
+def test_unary_calls_carry_metadata_both_ways(run: Callable[[Test], None]) -> None:
+    async def test(server: NativeGrpcServer, address: str, seen: Recorder) -> None:
+        async with grpc.aio.insecure_channel(address) as channel:
+            call = unary(channel, "Echo")(
+                b"hello", metadata=(("routing-key", "abc"), ("x-id-bin", b"\x01\x02"))
+            )
+            assert await call == b"hello"
+            trailing = dict(await call.trailing_metadata())
+            assert trailing["x-echo"] == "yes" and trailing["x-raw-bin"] == b"\x00\xff"
+            assert await call.code() == grpc.StatusCode.OK
+        metadata = dict(seen.metadata)
+        assert metadata["routing-key"] == "abc" and metadata["x-id-bin"] == b"\x01\x02"
+        assert "content-type" not in metadata and "grpc-timeout" not in metadata
+        assert seen.remaining is None  # no deadline set
+
+    run(test)
+
+
+def test_every_kind_of_streaming(run: Callable[[Test], None]) -> None:
+    async def test(server: NativeGrpcServer, address: str, seen: Recorder) -> None:
+        async with grpc.aio.insecure_channel(address) as channel:
+            answers = [a async for a in channel.unary_stream(f"/{SERVICE}/Count")(b"5")]
+            assert answers == [b"0", b"1", b"2", b"3", b"4"]
+            chat = channel.stream_stream(f"/{SERVICE}/Chat")()
+            for word in (b"a", b"bc", b"def"):
+                await chat.write(word)
+                assert await chat.read() == word.upper()  # each answer arrives before the stream ends
+            await chat.done_writing()
+            assert await chat.read() == grpc.aio.EOF
+            assert await chat.code() == grpc.StatusCode.OK
+
+            async def parts() -> AsyncIterator[bytes]:
+                for _ in range(100):
+                    yield b"x" * 1000
+
+            assert await channel.stream_unary(f"/{SERVICE}/Total")(parts()) == b"100000"
+
+    run(test)
+
+
+def test_errors_are_statuses_with_their_messages(run: Callable[[Test], None]) -> None:
+    async def test(server: NativeGrpcServer, address: str, seen: Recorder) -> None:
+        async with grpc.aio.insecure_channel(address) as channel:
+            error = await status_of(unary(channel, "Fail")(b""))
+            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert error.details() == "nope: ünïcode % and\nnewline"  # percent-encoded on the wire
+            error = await status_of(unary(channel, "Crash")(b""))
+            assert error.code() == grpc.StatusCode.UNKNOWN
+            assert "a bug" not in error.details()  # internals stay in the log
+            error = await status_of(unary(channel, "Nope")(b""))
+            assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+            error = await status_of(channel.unary_unary("/other.Service/Echo")(b""))
+            assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert await unary(channel, "Echo")(b"still fine") == b"still fine"
+
+    run(test)
+
+
+def test_deadlines_cancel_the_call(run: Callable[[Test], None]) -> None:
+    async def test(server: NativeGrpcServer, address: str, seen: Recorder) -> None:
+        async with grpc.aio.insecure_channel(address) as channel:
+            assert await unary(channel, "Echo")(b"x", timeout=5) == b"x"
+            assert seen.remaining is not None and 4 < seen.remaining <= 5.1  # grpc-timeout is rounded up
+            error = await status_of(unary(channel, "Sleep")(b"10", timeout=0.3))
+            assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            await asyncio.wait_for(seen.cancelled.wait(), 5)
+            assert not server.connections or not any(c.calls for c in server.connections)
+
+    run(test)
+
+
+def test_a_client_cancel_cancels_the_handler(run: Callable[[Test], None]) -> None:
+    async def test(server: NativeGrpcServer, address: str, seen: Recorder) -> None:
+        async with grpc.aio.insecure_channel(address) as channel:
+            call = unary(channel, "Sleep")(b"10")
+            await asyncio.wait_for(seen.started.wait(), 5)
+            call.cancel()
+            await asyncio.wait_for(seen.cancelled.wait(), 5)
+            assert await unary(channel, "Echo")(b"after") == b"after"
+
+    run(test)
+
+
+def test_messages_past_the_limit_are_resource_exhausted_compressed_or_not(
+    run: Callable[[Test], None],
+) -> None:
+    async def test(server: NativeGrpcServer, address: str, seen: Recorder) -> None:
+        async with grpc.aio.insecure_channel(address) as channel:
+            big = bytes(LIMIT + 1)
+            error = await status_of(unary(channel, "Echo")(big))
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert f"larger than max ({LIMIT + 1} vs. {LIMIT})" in error.details()
+            error = await status_of(unary(channel, "Echo")(big, compression=grpc.Compression.Gzip))
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            exact = bytes(range(256)) * (LIMIT // 256)  # at the limit: served, and echoed whole
+            assert await unary(channel, "Echo")(exact) == exact
+            assert await unary(channel, "Echo")(exact, compression=grpc.Compression.Deflate) == exact
+
+    run(test)
+
+
+def test_many_calls_at_once_on_one_connection(run: Callable[[Test], None]) -> None:
+    async def test(server: NativeGrpcServer, address: str, seen: Recorder) -> None:
+        async with grpc.aio.insecure_channel(address) as channel:
+            echo = unary(channel, "Echo")
+            payloads = [bytes([i % 256]) * (i * 97) for i in range(300)]
+            answers = await asyncio.gather(*(echo(p) for p in payloads))
+            assert answers == payloads
+            assert len(server.connections) == 1
+            assert all(not c.calls for c in server.connections)
+
+    run(test)
+
+
+def test_stop_lets_calls_in_flight_finish_and_refuses_new_ones(run: Callable[[Test], None]) -> None:
+    async def test(server: NativeGrpcServer, address: str, seen: Recorder) -> None:
+        async with grpc.aio.insecure_channel(address) as channel:
+            assert await unary(channel, "Echo")(b"warm") == b"warm"
+            slow = asyncio.ensure_future(unary(channel, "Sleep")(b"0.5"))
+            await asyncio.wait_for(seen.started.wait(), 5)
+            stopping = asyncio.ensure_future(server.stop(5))
+            assert await slow == b"slept"
+            await stopping
+            error = await status_of(unary(channel, "Echo")(b"late", timeout=2))
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+    run(test)
+
+
+def test_stop_cancels_what_outlasts_the_grace(run: Callable[[Test], None]) -> None:
+    async def test(server: NativeGrpcServer, address: str, seen: Recorder) -> None:
+        async with grpc.aio.insecure_channel(address) as channel:
+            slow = asyncio.ensure_future(unary(channel, "Sleep")(b"30"))
+            await asyncio.wait_for(seen.started.wait(), 5)
+            await server.stop(0.2)
+            await asyncio.wait_for(seen.cancelled.wait(), 5)
+            error = await status_of(slow)
+            assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+    run(test)
+
+
+def test_a_taken_port_is_an_error_that_names_it() -> None:
+    async def main() -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            server = NativeGrpcServer({}, max_message_bytes=LIMIT)
+            with pytest.raises(OSError, match=f"cannot listen for gRPC on 127.0.0.1:{port}"):
+                await server.start("127.0.0.1", port)
+
+    asyncio.run(main())
+
+
+def h2_exchange(address: str, headers: list[tuple[str, str]], body: bytes = b"") -> dict[str, str]:
+    """One request from the ``h2`` library (a second HTTP/2 implementation): the response's headers."""
+    host, port = address.rsplit(":", 1)
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    stream_id = connection.get_next_available_stream_id()
+    connection.send_headers(stream_id, headers, end_stream=not body)
+    if body:
+        connection.send_data(stream_id, body, end_stream=True)
+    answer: dict[str, str] = {}
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(connection.data_to_send())
+        while True:
+            data = sock.recv(65536)
+            assert data, "the server closed the connection without ending the stream"
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                    answer.update((k.decode(), v.decode()) for k, v in event.headers)
+                if isinstance(event, h2.events.StreamEnded):
+                    return answer
+            sock.sendall(connection.data_to_send())
+
+
+def test_requests_that_are_not_grpc_get_http_errors(run: Callable[[Test], None]) -> None:
+    async def test(server: NativeGrpcServer, address: str, seen: Recorder) -> None:
+        base = [(":scheme", "http"), (":authority", address), (":path", f"/{SERVICE}/Echo")]
+        get = await asyncio.to_thread(h2_exchange, address, [(":method", "GET"), *base])
+        assert get[":status"] == "405"
+        json = [(":method", "POST"), *base, ("content-type", "application/json")]
+        assert (await asyncio.to_thread(h2_exchange, address, json, b"{}"))[":status"] == "415"
+        grpc_headers = [(":method", "POST"), *base, ("content-type", "application/grpc"), ("te", "trailers")]
+        framed = b"\x00\x00\x00\x00\x02hi"
+        answer = await asyncio.to_thread(h2_exchange, address, grpc_headers, framed)
+        assert answer[":status"] == "200" and answer["grpc-status"] == "0"
+        zipped = [*grpc_headers, ("grpc-encoding", "br")]
+        answer = await asyncio.to_thread(h2_exchange, address, zipped, b"\x01\x00\x00\x00\x02hi")
+        assert answer["grpc-status"] == str(grpc.StatusCode.UNIMPLEMENTED.value[0])
+        assert "gzip" in answer["grpc-accept-encoding"]
+        cut = await asyncio.to_thread(h2_exchange, address, grpc_headers, b"\x00\x00\x00\x00\x09hi")
+        assert cut["grpc-status"] == str(grpc.StatusCode.INTERNAL.value[0])
+        two = await asyncio.to_thread(h2_exchange, address, grpc_headers, framed + framed)
+        assert two["grpc-status"] == str(grpc.StatusCode.INTERNAL.value[0])
+        bad_timeout = [*grpc_headers, ("grpc-timeout", "soon")]
+        assert (await asyncio.to_thread(h2_exchange, address, bad_timeout, framed))["grpc-status"] == str(
+            grpc.StatusCode.INTERNAL.value[0]
+        )
+
+    run(test)
