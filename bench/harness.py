@@ -221,9 +221,12 @@ def h2load(
     http1: bool = False,
     ok_data_bytes: int | None = None,
     server_pid: int | None = None,
+    streams: int = 1,
 ) -> dict[str, float]:
     """Like :func:`hey`, with ``h2load`` (nghttp2's C load generator, one thread): ``concurrency``
-    connections with one request in flight each, over HTTP/1.1 (``http1``) or HTTP/2 without TLS (h2c).
+    requests in flight, over HTTP/1.1 (``http1``) or HTTP/2 without TLS (h2c); ``concurrency / streams``
+    connections, each with ``streams`` requests in flight at once (HTTP/2 multiplexes them; HTTP/1.1 only
+    takes 1).
 
     gRPC calls are HTTP/2 POSTs whose status travels in trailers, which h2load does not read: an answer
     counts as OK only when ``ok_data_bytes`` is given and the DATA bytes received add up to that many
@@ -231,7 +234,10 @@ def h2load(
     no message). Latencies (p50, p99) come from h2load's per-request log.
     """
     log = body.with_name(f"h2load-{os.getpid()}.log")
-    cmd = ["h2load", "-D", f"{seconds:g}", "-c", str(concurrency), "-m", "1", "-d", str(body)]
+    if streams < 1 or concurrency % streams or (http1 and streams != 1):
+        raise ValueError(f"{concurrency} requests do not split into connections of {streams} streams")
+    connections = str(concurrency // streams)
+    cmd = ["h2load", "-D", f"{seconds:g}", "-c", connections, "-m", str(streams), "-d", str(body)]
     cmd += ["--log-file", str(log)] + ["--h1"] * http1
     for key, value in headers.items():
         cmd += ["-H", f"{key.lower()}: {value}"]

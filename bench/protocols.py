@@ -10,6 +10,13 @@ drives it with ``h2load`` (nghttp2's load generator, C, one thread; ``make syste
   ``fp32_contents``). h2load does not read trailers, so a call counts as OK when its answer's message
   arrived with the size of the OK answer that one real gRPC call got before the load (a failed call has
   no message); that call also checks the probabilities.
+- ``grpc-raw-mux``: the same calls as a gRPC client sends them, several at once on each connection
+  (``c / --streams`` connections with ``--streams`` calls in flight each; HTTP/1.1 has no such form).
+  A gRPC channel multiplexes every call of its client over one connection: ``tritonclient.grpc`` sends
+  all its concurrent calls on one.
+- ``grpc-raw-grpcio``: the ``grpc-raw`` calls to grpcio's listener (``SERVE_GRPC_SERVER=grpcio``, the
+  server the native one replaced), in a second service process that is idle while the others run
+  (``--no-grpcio`` leaves it out).
 
 On a 2-core machine the client's own CPU decides much of a comparison: a Python gRPC client costs several
 times what the server spends per call, and it runs on the server's cores. Without ``h2load`` the bench
@@ -27,6 +34,7 @@ the service, so compare the rows of one run as ratios, not across machines.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -89,6 +97,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--client-processes", type=int, default=1, help="processes of the Python generator")
     parser.add_argument("--rounds", type=int, default=3, help="turns each target takes at each level")
+    parser.add_argument(
+        "--streams",
+        type=int,
+        default=8,
+        help="calls in flight per connection for grpc-raw-mux (c/streams connections; 1 leaves it out)",
+    )
+    parser.add_argument(
+        "--no-grpcio",
+        dest="grpcio",
+        action="store_false",
+        help="leave out grpc-raw-grpcio (the same calls to grpcio's listener, in a second process)",
+    )
     args = parser.parse_args(argv)
     if shutil.which("h2load") is None and shutil.which("hey") is None:
         print("error: neither h2load nor hey found (make system-deps installs them)", file=sys.stderr)
@@ -131,8 +151,31 @@ def main(argv: list[str] | None = None) -> int:
     grpc_url = f"http://{grpc_address}/inference.GRPCInferenceService/ModelInfer"
     runs: list[dict[str, Any]] = []
     cmd = [sys.executable, "-m", "service", "--port", str(port)]
-    with process(cmd, env, f"{url}/v2/health/ready", RESULTS / "protocols-service.log") as service:
+    # grpcio's listener (SERVE_GRPC_SERVER=grpcio) in a second, otherwise idle process: the same calls
+    # against the server the native one replaced, in the same run.
+    old_port, old_grpc_port = free_port(), free_port()
+    old_env = {**env, "SERVE_GRPC_PORT": str(old_grpc_port), "SERVE_GRPC_SERVER": "grpcio"}
+    old_cmd = [sys.executable, "-m", "service", "--port", str(old_port)]
+    old_url = f"http://127.0.0.1:{old_grpc_port}/inference.GRPCInferenceService/ModelInfer"
+    with contextlib.ExitStack() as stack:
+        service = stack.enter_context(
+            process(cmd, env, f"{url}/v2/health/ready", RESULTS / "protocols-service.log")
+        )
+        grpcio = None
+        if args.grpcio:
+            grpcio = stack.enter_context(
+                process(
+                    old_cmd,
+                    old_env,
+                    f"http://127.0.0.1:{old_port}/v2/health/ready",
+                    RESULTS / "protocols-grpcio.log",
+                )
+            )
         ok_sizes = check_answers(url, grpc_address, args.model, image, grpc_bodies)
+        if grpcio is not None:
+            assert (
+                check_answers(url, f"127.0.0.1:{old_grpc_port}", args.model, image, grpc_bodies) == ok_sizes
+            )
         for c in levels:
             rounds: dict[str, list[dict[str, Any]]] = {}
             for _ in range(args.rounds):
@@ -159,6 +202,29 @@ def main(argv: list[str] | None = None) -> int:
                             server_pid=service.pid,
                         )
                         rounds.setdefault(kind, []).append({"client": "h2load", **r})
+                    if c % args.streams == 0 and args.streams > 1:
+                        r = h2load(
+                            grpc_url,
+                            grpc_files["grpc-raw"],
+                            grpc_headers,
+                            c,
+                            args.seconds,
+                            ok_data_bytes=ok_sizes["grpc-raw"],
+                            server_pid=service.pid,
+                            streams=args.streams,
+                        )
+                        rounds.setdefault("grpc-raw-mux", []).append({"client": "h2load", **r})
+                    if grpcio is not None:
+                        r = h2load(
+                            old_url,
+                            grpc_files["grpc-raw"],
+                            grpc_headers,
+                            c,
+                            args.seconds,
+                            ok_data_bytes=ok_sizes["grpc-raw"],
+                            server_pid=grpcio.pid,
+                        )
+                        rounds.setdefault("grpc-raw-grpcio", []).append({"client": "h2load", **r})
                     continue
                 for name, target in python_targets.items():
                     r = closed_loop(
@@ -180,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
             "grpc_raw_vs_http_json": by[("grpc-raw", c)] / by[("http-json", c)],
             "grpc_typed_vs_grpc_raw": by[("grpc-typed", c)] / by[("grpc-raw", c)],
         }
+        if ("grpc-raw-mux", c) in by:
+            values["grpc_raw_mux_vs_http_binary"] = by[("grpc-raw-mux", c)] / by[("http-binary", c)]
+        if ("grpc-raw-grpcio", c) in by:
+            values["grpc_raw_vs_grpcio"] = by[("grpc-raw", c)] / by[("grpc-raw-grpcio", c)]
         if not use_h2load:
             values["grpc_raw_vs_http_binary_same_client"] = by[("grpc-raw", c)] / by[("http-binary-py", c)]
         ratios[f"c{c}"] = values

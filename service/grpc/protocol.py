@@ -95,6 +95,8 @@ def _requested_outputs(requested: Any, check: RequestCheck) -> list[str] | None:
     wanted = check.outputs(names)
     for item in requested:
         params = item.parameters
+        if not params:
+            continue
         keys = [k for k in params if k != "classification" or _truthy(params[k])]
         reject_extensions(f"output {item.name!r}", keys, output=True)
     return wanted

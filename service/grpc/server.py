@@ -157,7 +157,7 @@ def inference_methods(
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
         behaviour = getattr(servicer, method.name)
-        if not method.client_streaming:
+        if not method.client_streaming and not getattr(behaviour, "refuses_malformed", False):
             behaviour = _refuse_malformed(behaviour)
         if wrap:
             behaviour = in_context(behaviour, method.name, tracing, streaming=method.client_streaming)

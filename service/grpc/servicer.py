@@ -2,7 +2,7 @@
 
 Every RPC decodes its message, calls the typed core (:class:`~service.core.InferenceService`), the same
 one the HTTP adapter calls, and encodes the answer; each failure is a
-:class:`~service.errors.ServiceError`, answered once by :func:`_answer` with the status
+:class:`~service.errors.ServiceError`, answered once by :func:`_rpc` with the status
 :mod:`service.grpc.status` maps its kind to. A ``ModelInfer`` call and an HTTP infer request for the same
 model version go through the same core call into the same batcher, so they can share a batch; gRPC calls
 are counted under ``protocol="grpc"``.
@@ -43,27 +43,29 @@ T = TypeVar("T")
 PROTOCOL = "grpc"
 
 
-async def _answer(context: Context, call: Awaitable[T]) -> T:
-    """Await ``call``; a ServiceError aborts the RPC with its mapped status, anything else with INTERNAL."""
-    try:
-        return await call
-    except ServiceError as exc:
-        code, message, trailers = grpc_status(exc)
-    except (asyncio.CancelledError, grpc.aio.AbortError):
-        raise
-    except Exception:
-        log.exception("unhandled error in a gRPC call")
-        code, message, trailers = grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE, ()
-    await context.abort(code, message, trailing_metadata=trailers)
-    raise AssertionError("unreachable: abort raises")  # pragma: no cover
-
-
 def _rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    @functools.wraps(method)
-    async def wrapper(self: InferenceServicer, request: Any, context: Context) -> T:
-        return await _answer(context, method(self, request, context))
+    """``method`` answered once: a request that did not parse is INVALID_ARGUMENT, a ServiceError aborts
+    the RPC with its mapped status, anything else with INTERNAL (one coroutine around the method, not
+    three: this runs on every call)."""
 
-    return wrapper
+    @functools.wraps(method)
+    async def answer(self: InferenceServicer, request: Any, context: Context) -> T:
+        if isinstance(request, Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        try:
+            return await method(self, request, context)
+        except ServiceError as exc:
+            code, message, trailers = grpc_status(exc)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:
+            log.exception("unhandled error in a gRPC call")
+            code, message, trailers = grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE, ()
+        await context.abort(code, message, trailing_metadata=trailers)
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    answer.refuses_malformed = True  # type: ignore[attr-defined]  # service.grpc.server adds no check
+    return answer
 
 
 def _unimplemented(what: str) -> Callable[..., Awaitable[Any]]:

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton
 import yaml
 
@@ -80,6 +82,7 @@ class Stack:
     api_url: str
     prometheus_url: str
     images: Images
+    grpc_address: str
 
     @property
     def api_address(self) -> str:
@@ -107,7 +110,7 @@ def stack(
     images: Images, run_id: str, tmp_path_factory: pytest.TempPathFactory, measurements: dict[str, Any]
 ) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("compose")
-    api_port, prometheus_port = free_port(), free_port()
+    api_port, grpc_port, prometheus_port = free_port(), free_port(), free_port()
     prometheus_config = workdir / "prometheus"
     shutil.copytree(ROOT / "deploy" / "prometheus", prometheus_config)
     config = (prometheus_config / "prometheus.yml").read_text()
@@ -121,12 +124,19 @@ def stack(
             "DIGITS_TEST_TRAIN_IMAGE": images.train.tag,
             "DIGITS_TEST_PROMETHEUS_IMAGE": images.prometheus.tag,
             "DIGITS_TEST_API_PORT": str(api_port),
+            "DIGITS_TEST_GRPC_PORT": str(grpc_port),
             "DIGITS_TEST_PROMETHEUS_PORT": str(prometheus_port),
             "DIGITS_TEST_PROMETHEUS_CONFIG": str(prometheus_config),
             "DATA_DIR": str(DATA_DIR),
         },
     )
-    running = Stack(compose, f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{prometheus_port}", images)
+    running = Stack(
+        compose,
+        f"http://127.0.0.1:{api_port}",
+        f"http://127.0.0.1:{prometheus_port}",
+        images,
+        f"127.0.0.1:{grpc_port}",
+    )
     try:
         measurements["up_to_healthy_s"] = round(running.up(), 1)
         yield running
@@ -242,6 +252,17 @@ def test_tritonclient_requests_are_served(stack: Stack) -> None:
         assert (predicted == labels[:64]).sum() >= 62, "the shipped mnist-cnn is 99 % accurate"
     finally:
         client.close()
+    # gRPC: the image's listener is the native one (its C extension compiled in the builder stage).
+    grpc_client = triton_grpc.InferenceServerClient(stack.grpc_address)
+    try:
+        assert grpc_client.is_server_ready() and grpc_client.is_model_ready(MODEL)
+        grpc_input = triton_grpc.InferInput("image", [64, 28, 28, 1], "FP32")
+        grpc_input.set_data_from_numpy(images[:64])
+        over_grpc = grpc_client.infer(MODEL, [grpc_input]).as_numpy("probabilities")
+        np.testing.assert_allclose(over_grpc, result.as_numpy("probabilities"), atol=1e-6)
+    finally:
+        grpc_client.close()
+    assert "gRPC listening on" in stack.api_log() and "libnghttp2" in stack.api_log()
 
 
 def test_retrain_publishes_into_the_volume_as_uid_10001(stack: Stack, rollout: Rollout) -> None:
