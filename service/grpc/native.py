@@ -13,6 +13,12 @@ What a client sees follows grpcio's server: unknown methods are UNIMPLEMENTED, a
 accepted (answers are not compressed, as the protocol allows), ``grpc-timeout`` sets the call's deadline
 and a call past it is cancelled and answered DEADLINE_EXCEEDED, a client's RST_STREAM cancels the call.
 Draining sends GOAWAY, lets the calls in flight finish until the grace runs out, then cancels the rest.
+A connection that has not sent the HTTP/2 preface within ``SERVE_HEADER_TIMEOUT_S`` is closed, as
+grpc-core closes one that does not finish its handshake (an idle channel that did is kept: gRPC clients
+hold channels open between calls).
+
+One module of this size on purpose: a connection's events, its timers and its answers all work on the
+session and the table of its calls; split, each part would reach into the other's state.
 """
 
 from __future__ import annotations
@@ -50,11 +56,17 @@ class NativeGrpcServer:
     """The gRPC listener over :class:`_Connection`; create it inside the running event loop."""
 
     def __init__(
-        self, methods: dict[str, grpc.RpcMethodHandler], *, max_message_bytes: int, reuse_port: bool = False
+        self,
+        methods: dict[str, grpc.RpcMethodHandler],
+        *,
+        max_message_bytes: int,
+        preface_timeout: float = 5.0,
+        reuse_port: bool = False,
     ) -> None:
         """``methods``: handlers by full method path (``/package.Service/Method``)."""
         self.methods = {path.encode(): with_codecs(handler) for path, handler in methods.items()}
         self.max_message_bytes = max_message_bytes
+        self.preface_timeout = preface_timeout
         self.connections: set[_Connection] = set()
         self._reuse_port = reuse_port
         self._server: asyncio.Server | None = None
@@ -106,13 +118,23 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._peer = ""
         self.calls: dict[int, Call] = {}
+        # Bytes still to come before the client's preface (24 bytes) and its first frame header (9) are
+        # in: the session raises H2Error on a wrong preface, so those bytes arriving means a real client.
+        self._preface_left = 33
+        self._preface_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # TCP_NODELAY is set by asyncio and uvloop alike; uvloop's transport is not an asyncio.Transport.
         self._transport = cast(asyncio.Transport, transport)
         self._peer = peer_name(transport.get_extra_info("peername"))
         self._server.connections.add(self)
+        self._preface_timer = self._loop.call_later(self._server.preface_timeout, self._preface_expired)
         self._flush()
+
+    def _preface_expired(self) -> None:
+        log.debug("closing a gRPC connection from %s: no HTTP/2 preface in time", self._peer)
+        self._preface_timer = None
+        self.close()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -122,6 +144,11 @@ class _Connection(asyncio.Protocol):
             self._flush()
             self.close()
             return
+        if self._preface_timer is not None:
+            self._preface_left -= len(data)
+            if self._preface_left <= 0:
+                self._preface_timer.cancel()
+                self._preface_timer = None
         for event in events:
             kind = event[0]
             if kind == _h2.MESSAGE:
@@ -137,6 +164,8 @@ class _Connection(asyncio.Protocol):
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._preface_timer is not None:
+            self._preface_timer.cancel()
         self._server.connections.discard(self)
         for stream_id in list(self.calls):
             self._cancel(stream_id)

@@ -104,7 +104,12 @@ def open_grpc_server(core: InferenceService, *, reuse_port: bool = False) -> Grp
         for service, methods in services(core).items()
         for name, handler in methods.items()
     }
-    return NativeGrpcServer(table, max_message_bytes=core.settings.max_body_bytes, reuse_port=reuse_port)
+    return NativeGrpcServer(
+        table,
+        max_message_bytes=core.settings.max_body_bytes,
+        preface_timeout=core.settings.header_timeout_s,
+        reuse_port=reuse_port,
+    )
 
 
 def services(core: InferenceService) -> dict[str, dict[str, grpc.RpcMethodHandler]]:

@@ -319,3 +319,29 @@ def test_requests_that_are_not_grpc_get_http_errors(run: Callable[[Test], None])
         )
 
     run(test)
+
+
+def test_a_connection_without_the_preface_is_closed_and_an_idle_channel_is_kept() -> None:
+    async def main() -> None:
+        server = NativeGrpcServer(methods(Recorder()), max_message_bytes=LIMIT, preface_timeout=0.3)
+        port = await server.start("127.0.0.1", 0)
+        try:
+            silent_reader, silent = await asyncio.open_connection("127.0.0.1", port)
+            partial_reader, partial = await asyncio.open_connection("127.0.0.1", port)
+            partial.write(b"PRI * HTTP/2.0\r\n")  # half a preface, then nothing
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                assert await unary(channel, "Echo")(b"before") == b"before"
+                start = asyncio.get_running_loop().time()
+                for reader in (silent_reader, partial_reader):
+                    while await asyncio.wait_for(reader.read(65536), 5):  # the server's SETTINGS, then EOF
+                        pass
+                assert asyncio.get_running_loop().time() - start < 3
+                await asyncio.sleep(0.5)  # the channel stays open past the timeout, idle
+                assert len(server.connections) == 1
+                assert await unary(channel, "Echo")(b"after") == b"after"
+            silent.close()
+            partial.close()
+        finally:
+            await server.stop(0)
+
+    asyncio.run(main())
