@@ -131,6 +131,15 @@ class _Connection(asyncio.Protocol):
         self._preface_timer = self._loop.call_later(self._server.preface_timeout, self._preface_expired)
         self._flush()
 
+    def pause_writing(self) -> None:
+        """The client is not reading its answers: take no new calls from it until it does."""
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.resume_reading()
+
     def _preface_expired(self) -> None:
         log.debug("closing a gRPC connection from %s: no HTTP/2 preface in time", self._peer)
         self._preface_timer = None

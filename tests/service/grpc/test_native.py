@@ -17,6 +17,7 @@ import grpc
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import pytest
 import uvloop
 
@@ -56,6 +57,9 @@ def methods(seen: Recorder) -> dict[str, grpc.RpcMethodHandler]:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "nope: ünïcode % and\nnewline")
         raise AssertionError("unreachable")
 
+    async def big(request: bytes, context: Any) -> bytes:
+        return bytes(int(request.decode()))
+
     async def crash(request: bytes, context: Any) -> bytes:
         raise RuntimeError("a bug")
 
@@ -75,6 +79,7 @@ def methods(seen: Recorder) -> dict[str, grpc.RpcMethodHandler]:
         f"/{SERVICE}/Sleep": grpc.unary_unary_rpc_method_handler(sleep),
         f"/{SERVICE}/Fail": grpc.unary_unary_rpc_method_handler(fail),
         f"/{SERVICE}/Crash": grpc.unary_unary_rpc_method_handler(crash),
+        f"/{SERVICE}/Big": grpc.unary_unary_rpc_method_handler(big),
         f"/{SERVICE}/Count": grpc.unary_stream_rpc_method_handler(count),
         f"/{SERVICE}/Chat": grpc.stream_stream_rpc_method_handler(chat),
         f"/{SERVICE}/Total": grpc.stream_unary_rpc_method_handler(total),
@@ -341,6 +346,46 @@ def test_a_connection_without_the_preface_is_closed_and_an_idle_channel_is_kept(
                 assert await unary(channel, "Echo")(b"after") == b"after"
             silent.close()
             partial.close()
+        finally:
+            await server.stop(0)
+
+    asyncio.run(main())
+
+
+def test_a_client_that_does_not_read_its_answers_is_not_read_either() -> None:
+    """Backpressure: answers pile up in the socket's buffer, so the listener stops taking new calls."""
+
+    async def main() -> None:
+        server = NativeGrpcServer(methods(Recorder()), max_message_bytes=LIMIT)
+        port = await server.start("127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            client.initiate_connection()
+            # A large window, so that flow control does not hold the answers back before the socket does.
+            client.increment_flow_control_window(2**30)
+            client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+            headers = [(":method", "POST"), (":scheme", "http"), (":authority", "x"),
+                       (":path", f"/{SERVICE}/Big"), ("content-type", "application/grpc")]  # fmt: skip
+            message = b"\x00\x00\x00\x00\x07" + b"1000000"  # a 1 MB answer to a 12-byte call
+            writer.write(client.data_to_send())
+            while not server.connections:
+                await asyncio.sleep(0.01)
+            (connection,) = server.connections
+            for _ in range(400):  # up to 400 MB of answers that are never read
+                stream = client.get_next_available_stream_id()
+                client.send_headers(stream, headers)
+                client.send_data(stream, message, end_stream=True)
+                writer.write(client.data_to_send())  # no drain: the server may stop reading us
+                await asyncio.sleep(0.01)
+                if not connection._transport.is_reading():  # type: ignore[union-attr]
+                    break
+            assert not connection._transport.is_reading()  # type: ignore[union-attr]
+            while await asyncio.wait_for(reader.read(1 << 20), 5):  # the client reads at last
+                if connection._transport.is_reading():  # type: ignore[union-attr]
+                    break
+            assert connection._transport.is_reading()  # type: ignore[union-attr]
+            writer.close()
         finally:
             await server.stop(0)
 
