@@ -22,10 +22,10 @@ FROM ${BASE_IMAGE} AS base
 # The package versions follow whichever base is chosen, so they cannot be pinned here. libnghttp2 is what
 # the gRPC front end (service/grpc/_h2, compiled in the builder) frames HTTP/2 with.
 # hadolint ignore=DL3008
-RUN need="libnghttp2-14" \
-    && if ! python3 -c "import ensurepip" 2>/dev/null; then need="$need python3 python3-venv"; fi \
+RUN set -- libnghttp2-14 \
+    && if ! python3 -c "import ensurepip" 2>/dev/null; then set -- "$@" python3 python3-venv; fi \
     && apt-get update \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $need \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /home/app --create-home --shell /usr/sbin/nologin app \
@@ -37,10 +37,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 # A compiler, libnghttp2's header and (where the base lacks them) Python's headers, for service/grpc/_h2.c;
 # none of them reaches the runtime stage.
 # hadolint ignore=DL3008
-RUN need="gcc libc6-dev libnghttp2-dev" \
-    && if ! python3 -c "import os, sysconfig, sys; sys.exit(not os.path.exists(sysconfig.get_paths()['include'] + '/Python.h'))"; then need="$need python3-dev"; fi \
+RUN set -- gcc libc6-dev libnghttp2-dev \
+    && if ! python3 -c "import os, sysconfig, sys; sys.exit(not os.path.exists(sysconfig.get_paths()['include'] + '/Python.h'))"; then set -- "$@" python3-dev; fi \
     && apt-get update \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $need \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" \
     && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv
 WORKDIR /src

@@ -328,9 +328,12 @@ def test_dockerignore_keeps_models_and_sources_only(tmp_path: Path) -> None:
         "models/my-digits/1/model.onnx",
         "models/mnist-cnn/rollout.json",
         "models/mnist-cnn/.staging-x/model.onnx",
+        "service/grpc/_h2.cpython-311-x86_64-linux-gnu.so",  # built here; the image builds its own
     ]
     needed = [
         "pyproject.toml",
+        "setup.py",
+        "service/grpc/_h2.c",
         "README.md",
         "service/app.py",
         "service/static/index.html",
