@@ -22,7 +22,7 @@
 #include <string.h>
 
 /* Event kinds: the first item of each tuple feed() returns. */
-enum { EV_HEADERS = 1, EV_MESSAGE, EV_END, EV_TOO_LARGE, EV_CLOSED, EV_COUNT };
+enum { EV_HEADERS = 1, EV_MESSAGE, EV_END, EV_TOO_LARGE, EV_CLOSED, EV_BUSY, EV_COUNT };
 
 /* A gRPC message's prefix: 1 flag byte (bit 0: compressed), 4 bytes of big-endian length. */
 #define PREFIX_LEN 5
@@ -35,6 +35,9 @@ enum { EV_HEADERS = 1, EV_MESSAGE, EV_END, EV_TOO_LARGE, EV_CLOSED, EV_COUNT };
 /* The first allocation for a message whose body has not arrived yet; it grows as bytes arrive, so
  * that a prefix declaring a large length costs memory only once the client sends the bytes. */
 #define FIRST_CHUNK 65536
+
+/* The least default for max_buffered_bytes (whose default is otherwise 4 * max_message_bytes). */
+#define MIN_BUFFERED (1 << 20)
 
 /* data_to_send() keeps its assembly buffer for the next call unless it grew past this. */
 #define OUT_KEEP (1 << 20)
@@ -66,6 +69,7 @@ typedef struct Stream {
     PyObject *msg;   /* the bytes being filled (allocated size <= msg_size), or NULL */
     size_t msg_size; /* the length the prefix declared */
     size_t msg_fill;
+    size_t held; /* what this stream adds to the Session's `buffered`: msg_fill while msg is unfinished */
 
     /* The response: messages queued for the data provider, and the trailers to follow them. */
     PyObject **outq;
@@ -77,6 +81,8 @@ typedef struct Stream {
 
     unsigned compressed : 1; /* the message being assembled is compressed */
     unsigned too_large : 1;  /* TOO_LARGE was reported: the rest of the request is discarded */
+    unsigned dropped : 1;    /* BUSY was reported (or the session ended): the rest of the request is
+                              * discarded, and no END follows */
     unsigned announced : 1;  /* its HEADERS event was emitted: Python knows the stream */
     unsigned finished : 1;   /* the server ended its response: nothing more to report or accept */
     unsigned responding : 1; /* response HEADERS submitted with a data provider */
@@ -91,6 +97,9 @@ typedef struct {
     Stream *streams;
     Py_ssize_t nstreams;
     uint32_t max_message;
+    /* The bytes held in unfinished inbound messages, over all streams (the sum of their `held`), and
+     * the most it may reach before a stream is refused with BUSY. */
+    uint64_t buffered, max_buffered;
     PyObject *events; /* events not yet returned by feed(), or NULL */
 
     /* What mem_send produced and data_to_send() has not returned yet. */
@@ -162,6 +171,7 @@ stream_free(Session *self, Stream *st)
     if (st->next != NULL)
         st->next->prev = st->prev;
     self->nstreams--;
+    self->buffered -= st->held;
 
     Py_DECREF(st->py_id);
     Py_XDECREF(st->method);
@@ -174,6 +184,37 @@ stream_free(Session *self, Stream *st)
         PyMem_Free(st->outq);
     PyMem_Free(st->trailers);
     PyMem_Free(st);
+}
+
+/* Frees the stream's unfinished inbound message, giving its bytes back to the Session's total. */
+static void
+release(Session *self, Stream *st)
+{
+    self->buffered -= st->held;
+    st->held = 0;
+    Py_CLEAR(st->msg);
+    st->prefix_len = 0;
+}
+
+/* The server ended its response: the rest of the request will not be read, so its buffer goes now. */
+static void
+mark_finished(Session *self, Stream *st)
+{
+    st->finished = 1;
+    release(self, st);
+}
+
+/* Once the session reads no more (a GOAWAY went or is queued, or nghttp2 failed), no message it holds
+ * can complete: their buffers go at once rather than with the Session. */
+static void
+release_if_done(Session *self)
+{
+    if (!self->broken && nghttp2_session_want_read(self->ng))
+        return;
+    for (Stream *st = self->streams; st != NULL; st = st->next) {
+        release(self, st);
+        st->dropped = 1;
+    }
 }
 
 /* The stream Python may still respond on: known to it, and not yet ended by the server. */
@@ -365,17 +406,28 @@ take_data(Session *self, Stream *st, const uint8_t *data, size_t len)
             st->compressed = st->prefix[0] & 1;
             st->msg_size = size;
             st->msg_fill = 0;
-            /* Sized for what has arrived rather than for what the prefix claims (see FIRST_CHUNK);
-             * a message within this chunk gets its exact size at once. */
-            size_t first = len > FIRST_CHUNK ? len : FIRST_CHUNK;
-            st->msg = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(size < first ? size : first));
-            if (st->msg == NULL)
-                return -1;
         }
 
         take = st->msg_size - st->msg_fill;
         if (take > len)
             take = len;
+        if (st->msg_fill + take < st->msg_size && self->buffered + take > self->max_buffered) {
+            /* The message stays unfinished past this chunk, and the connection cannot hold its bytes
+             * too: the stream gives up its buffer and the rest of its request, the others go on. */
+            uint64_t would = self->buffered + take;
+            release(self, st);
+            st->dropped = 1;
+            PyObject *fields[] = {PyLong_FromUnsignedLongLong(would)};
+            return emit(self, EV_BUSY, st, 1, fields);
+        }
+        if (st->msg == NULL) {
+            /* Sized for what has arrived rather than for what the prefix claims (see FIRST_CHUNK);
+             * a message within this chunk gets its exact size at once. */
+            size_t first = len > FIRST_CHUNK ? len : FIRST_CHUNK;
+            st->msg = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(st->msg_size < first ? st->msg_size : first));
+            if (st->msg == NULL)
+                return -1;
+        }
         size_t cap = (size_t)PyBytes_GET_SIZE(st->msg);
         if (st->msg_fill + take > cap) {
             size_t want = cap * 2 > st->msg_fill + take ? cap * 2 : st->msg_fill + take;
@@ -391,8 +443,14 @@ take_data(Session *self, Stream *st, const uint8_t *data, size_t len)
         if (st->msg_fill == st->msg_size) {
             PyObject *fields[] = {st->msg, PyBool_FromLong(st->compressed)};
             st->msg = NULL;
+            self->buffered -= st->held;
+            st->held = 0;
             if (emit(self, EV_MESSAGE, st, 2, fields) < 0)
                 return -1;
+        }
+        else {
+            st->held += take;
+            self->buffered += take;
         }
     }
     return 0;
@@ -406,7 +464,7 @@ on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t stream_id, const 
     Stream *st = nghttp2_session_get_stream_user_data(ng, stream_id);
 
     /* Discarded data still counts as consumed: nghttp2's automatic WINDOW_UPDATE reopens the windows. */
-    if (st == NULL || !st->announced || st->finished || st->too_large)
+    if (st == NULL || !st->announced || st->finished || st->too_large || st->dropped)
         return 0;
     return take_data(user_data, st, data, len) == 0 ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
 }
@@ -415,8 +473,7 @@ static int
 end_request(Session *self, Stream *st)
 {
     int truncated = !st->too_large && (st->prefix_len > 0 || st->msg != NULL);
-    Py_CLEAR(st->msg);
-    st->prefix_len = 0;
+    release(self, st);
     PyObject *fields[] = {PyBool_FromLong(truncated)};
     return emit(self, EV_END, st, 1, fields);
 }
@@ -443,7 +500,7 @@ on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *user_data)
         if (emit(self, EV_HEADERS, st, 3, fields) < 0)
             return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
-    if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && st->announced && end_request(self, st) < 0)
+    if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && st->announced && !st->dropped && end_request(self, st) < 0)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     return 0;
 }
@@ -711,7 +768,7 @@ finish_response(Session *self, Stream *st, nghttp2_nv *nv, size_t n)
         st->trailers = nv;
         st->ntrailers = n;
         st->ending = 1;
-        st->finished = 1;
+        mark_finished(self, st);
         resume(self, st);
         return 0;
     }
@@ -720,7 +777,7 @@ finish_response(Session *self, Stream *st, nghttp2_nv *nv, size_t n)
     PyMem_Free(nv);
     if (rv != 0)
         return submit_error(rv);
-    st->finished = 1;
+    mark_finished(self, st);
     return 0;
 }
 
@@ -863,12 +920,14 @@ Session_dealloc(Session *self)
 static PyObject *
 Session_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"max_message_bytes", "max_concurrent_streams", "window_bytes", NULL};
-    long long max_message, max_streams = 1024, window = 16 * 1024 * 1024;
+    static char *kwlist[] = {"max_message_bytes", "max_concurrent_streams", "window_bytes", "max_buffered_bytes",
+                             NULL};
+    long long max_message, max_streams = 1024, window = 16 * 1024 * 1024, max_buffered = 0;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "L|LL:Session", kwlist, &max_message, &max_streams, &window))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "L|LLL:Session", kwlist, &max_message, &max_streams, &window,
+                                     &max_buffered))
         return NULL;
-    if (max_message < 0 || max_streams < 0 || window < 0) {
+    if (max_message < 0 || max_streams < 0 || window < 0 || max_buffered < 0) {
         PyErr_SetString(PyExc_ValueError, "Session() arguments must not be negative");
         return NULL;
     }
@@ -882,6 +941,12 @@ Session_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     /* A prefix cannot declare more than 2^32 - 1 bytes, so a larger limit is no limit. */
     self->max_message = max_message > UINT32_MAX ? UINT32_MAX : (uint32_t)max_message;
+    if (max_buffered == 0) {
+        max_buffered = 4 * (long long)self->max_message;
+        if (max_buffered < MIN_BUFFERED)
+            max_buffered = MIN_BUFFERED;
+    }
+    self->max_buffered = (uint64_t)max_buffered;
 
     int rv = nghttp2_session_server_new(&self->ng, callbacks, self);
     if (rv != 0) {
@@ -919,6 +984,7 @@ fail_connection(Session *self, int rv)
         self->ng, rv == NGHTTP2_ERR_CALLBACK_FAILURE ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_PROTOCOL_ERROR);
     if (drain(self) < 0)
         PyErr_Clear();
+    release_if_done(self);
     Py_CLEAR(self->events);
     if (type != NULL)
         PyErr_Restore(type, value, tb);
@@ -956,7 +1022,9 @@ Session_feed(Session *self, PyObject *const *args, Py_ssize_t nargs, PyObject *k
     /* Sending now what the input asked for (SETTINGS ACK, WINDOW_UPDATE, PING ACK, RST_STREAM, or the
      * GOAWAY of a connection error) lets on_frame_send see a GOAWAY nghttp2 queued for a peer's error,
      * and closes the streams it reset while their events can still join this call's. */
-    if (drain(self) < 0)
+    int drained = drain(self);
+    release_if_done(self);
+    if (drained < 0)
         return NULL;
     if (self->peer_error != NULL) {
         PyErr_SetObject(H2Error, self->peer_error);
@@ -974,8 +1042,10 @@ Session_data_to_send(Session *self, PyObject *Py_UNUSED(ignored))
      * stream.  want_read() and want_write() are False by now, so the caller closes. */
     if (self->broken)
         return PyBytes_FromStringAndSize(NULL, 0);
-    if (drain(self) < 0)
+    if (drain(self) < 0) {
+        release_if_done(self);
         return NULL;
+    }
     PyObject *out = PyBytes_FromStringAndSize(self->out, (Py_ssize_t)self->out_len);
     if (out == NULL)
         return NULL;
@@ -1124,7 +1194,7 @@ Session_reject(Session *self, PyObject *const *args, Py_ssize_t nargs, PyObject 
         submit_error(rv);
         return NULL;
     }
-    st->finished = 1;
+    mark_finished(self, st);
     Py_RETURN_NONE;
 }
 
@@ -1149,7 +1219,7 @@ Session_reset(Session *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
         return NULL;
     }
     st->rst_sent = 1;
-    st->finished = 1;
+    mark_finished(self, st);
     Py_RETURN_NONE;
 }
 
@@ -1181,6 +1251,7 @@ Session_goaway(Session *self, PyObject *const *args, Py_ssize_t nargs, PyObject 
         submit_error(rv);
         return NULL;
     }
+    release_if_done(self);
     Py_RETURN_NONE;
 }
 
@@ -1188,6 +1259,12 @@ static PyObject *
 Session_get_open_streams(Session *self, void *Py_UNUSED(closure))
 {
     return PyLong_FromSsize_t(self->nstreams);
+}
+
+static PyObject *
+Session_get_buffered_bytes(Session *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(self->buffered);
 }
 
 #define FAST (METH_FASTCALL | METH_KEYWORDS)
@@ -1220,6 +1297,8 @@ static PyMethodDef Session_methods[] = {
 
 static PyGetSetDef Session_getset[] = {
     {"open_streams", (getter)Session_get_open_streams, NULL, "streams with live state", NULL},
+    {"buffered_bytes", (getter)Session_get_buffered_bytes, NULL,
+     "bytes held in unfinished request messages, over all streams (bounded by max_buffered_bytes)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1229,8 +1308,10 @@ static PyTypeObject SessionType = {
     .tp_basicsize = sizeof(Session),
     .tp_dealloc = (destructor)Session_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Session(max_message_bytes, max_concurrent_streams=1024, window_bytes=16 MiB): "
-              "the server side of one HTTP/2 connection carrying gRPC calls.",
+    .tp_doc = "Session(max_message_bytes, max_concurrent_streams=1024, window_bytes=16 MiB, "
+              "max_buffered_bytes=0): the server side of one HTTP/2 connection carrying gRPC calls; "
+              "max_buffered_bytes (0: 4 * max_message_bytes, at least 1 MiB) bounds the bytes of "
+              "unfinished request messages it holds over all its streams.",
     .tp_methods = Session_methods,
     .tp_getset = Session_getset,
     .tp_new = Session_new,
@@ -1262,7 +1343,7 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__h2(void)
 {
-    static const char *const kind_names[EV_COUNT] = {NULL, "HEADERS", "MESSAGE", "END", "TOO_LARGE", "CLOSED"};
+    static const char *const kind_names[EV_COUNT] = {NULL, "HEADERS", "MESSAGE", "END", "TOO_LARGE", "CLOSED", "BUSY"};
 
     if (PyType_Ready(&SessionType) < 0)
         return NULL;
