@@ -10,6 +10,16 @@
  * stream; it is reachable from nghttp2 through the stream user data and from the Session through a
  * linked list, so that dealloc can free what nghttp2_session_del() does not report.
  *
+ * nghttp2's automatic WINDOW_UPDATE reopens the flow-control windows as soon as DATA is copied into a
+ * stream's message buffer, so flow control alone would let one connection make us hold up to
+ * max_concurrent_streams x max_message_bytes of unfinished messages.  The Session therefore counts
+ * the bytes of unfinished inbound messages over all its streams (`buffered`, the bytes filled so far,
+ * not the lengths declared) against max_buffered_bytes: a DATA chunk that would leave the total above
+ * it gets its stream a BUSY event instead, and that stream is then treated like one after TOO_LARGE
+ * (its buffer freed, the rest of its request consumed and discarded) except that no END follows.  A
+ * stream gives its bytes back when its message completes, when it ends its request, when the server
+ * ends its response, when it closes, and when the session stops reading (GOAWAY, fatal error).
+ *
  * Nothing here calls back into Python code: every object this module holds or releases is an exact
  * bytes, int, tuple or list, so no __del__ can run from inside an nghttp2 callback and re-enter the
  * session.  The module is not thread-safe; all calls come from one event loop.
@@ -21,7 +31,9 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Event kinds: the first item of each tuple feed() returns. */
+/* Event kinds: the first item of each tuple feed() returns (_h2.pyi lists the tuples).  BUSY is
+ * (BUSY, stream id, the connection's total of unfinished-message bytes the refused chunk would have
+ * made, which exceeds max_buffered_bytes). */
 enum { EV_HEADERS = 1, EV_MESSAGE, EV_END, EV_TOO_LARGE, EV_CLOSED, EV_BUSY, EV_COUNT };
 
 /* A gRPC message's prefix: 1 flag byte (bit 0: compressed), 4 bytes of big-endian length. */
@@ -204,8 +216,9 @@ mark_finished(Session *self, Stream *st)
     release(self, st);
 }
 
-/* Once the session reads no more (a GOAWAY went or is queued, or nghttp2 failed), no message it holds
- * can complete: their buffers go at once rather than with the Session. */
+/* Once the session reads no more (its final GOAWAY went out, or it broke), no message it holds can
+ * complete: their buffers go at once rather than with the Session.  nghttp2_session_mem_recv() ignores
+ * all input from then on, and `dropped` would discard any that came. */
 static void
 release_if_done(Session *self)
 {
@@ -863,7 +876,7 @@ error_code_arg(PyObject *obj, uint32_t dflt, uint32_t *code)
 
 /* Moves everything nghttp2 can send now into self->out. */
 static int
-drain(Session *self)
+drain_output(Session *self)
 {
     for (;;) {
         const uint8_t *data;
@@ -894,6 +907,16 @@ drain(Session *self)
         memcpy(self->out + self->out_len, data, (size_t)n);
         self->out_len += (size_t)n;
     }
+}
+
+/* drain_output(), then what sending changed: once the GOAWAY that ends the session is out (nghttp2 reads
+ * nothing more then) or the session broke, the messages still unfinished are freed. */
+static int
+drain(Session *self)
+{
+    int rc = drain_output(self);
+    release_if_done(self);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -984,7 +1007,6 @@ fail_connection(Session *self, int rv)
         self->ng, rv == NGHTTP2_ERR_CALLBACK_FAILURE ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_PROTOCOL_ERROR);
     if (drain(self) < 0)
         PyErr_Clear();
-    release_if_done(self);
     Py_CLEAR(self->events);
     if (type != NULL)
         PyErr_Restore(type, value, tb);
@@ -1022,9 +1044,7 @@ Session_feed(Session *self, PyObject *const *args, Py_ssize_t nargs, PyObject *k
     /* Sending now what the input asked for (SETTINGS ACK, WINDOW_UPDATE, PING ACK, RST_STREAM, or the
      * GOAWAY of a connection error) lets on_frame_send see a GOAWAY nghttp2 queued for a peer's error,
      * and closes the streams it reset while their events can still join this call's. */
-    int drained = drain(self);
-    release_if_done(self);
-    if (drained < 0)
+    if (drain(self) < 0)
         return NULL;
     if (self->peer_error != NULL) {
         PyErr_SetObject(H2Error, self->peer_error);
@@ -1042,10 +1062,8 @@ Session_data_to_send(Session *self, PyObject *Py_UNUSED(ignored))
      * stream.  want_read() and want_write() are False by now, so the caller closes. */
     if (self->broken)
         return PyBytes_FromStringAndSize(NULL, 0);
-    if (drain(self) < 0) {
-        release_if_done(self);
+    if (drain(self) < 0)
         return NULL;
-    }
     PyObject *out = PyBytes_FromStringAndSize(self->out, (Py_ssize_t)self->out_len);
     if (out == NULL)
         return NULL;
@@ -1251,7 +1269,6 @@ Session_goaway(Session *self, PyObject *const *args, Py_ssize_t nargs, PyObject 
         submit_error(rv);
         return NULL;
     }
-    release_if_done(self);
     Py_RETURN_NONE;
 }
 

@@ -170,6 +170,8 @@ class _Connection(asyncio.Protocol):
                 self._too_large(event[1], event[2])
             elif kind == _h2.CLOSED:
                 self._cancel(event[1])
+            elif kind == _h2.BUSY:
+                self._busy(event[1], event[2])
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -292,6 +294,15 @@ class _Connection(asyncio.Protocol):
         if call is not None:
             limit = f"({length} vs. {self._server.max_message_bytes})"
             self._fail(call, grpc.StatusCode.RESOURCE_EXHAUSTED, f"Received message larger than max {limit}")
+
+    def _busy(self, stream_id: int, held: int) -> None:
+        call = self.calls.get(stream_id)
+        if call is not None:  # the connection's unfinished messages would hold more than the session's cap
+            self._fail(
+                call,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this connection holds too many unfinished messages ({held} bytes); send fewer at once",
+            )
 
     def _cancel(self, stream_id: int) -> None:
         call = self.calls.pop(stream_id, None)

@@ -548,6 +548,315 @@ def test_interleaved_streams() -> None:
     assert pair.server.open_streams == 0
 
 
+BUSY_STATUS = [(b"grpc-status", b"8"), (b"grpc-message", b"busy")]
+RESPONSE_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+
+
+def send(pair: Pair, stream: int, data: bytes, end: bool = False) -> None:
+    """``data`` on ``stream`` in DATA frames as large as the client may send (the window permitting)."""
+    frame = pair.client.max_outbound_frame_size
+    for at in range(0, len(data), frame):
+        pair.client.send_data(stream, data[at : at + frame], end_stream=end and at + frame >= len(data))
+    if end and not data:
+        pair.client.end_stream(stream)
+
+
+def upload(pair: Pair, stream: int, data: bytes, end: bool = False) -> list[tuple[Any, ...]]:
+    """Sends ``data`` on ``stream`` as fast as flow control allows, passing the session's WINDOW_UPDATEs
+    back to the client; the session's events meanwhile."""
+    events: list[tuple[Any, ...]] = []
+    sent = 0
+    for _ in range(1000):
+        room = min(pair.client.local_flow_control_window(stream), len(data) - sent)
+        if room > 0:
+            send(pair, stream, data[sent : sent + room], end=end and sent + room == len(data))
+            sent += room
+        elif end and not data:
+            pair.client.end_stream(stream)
+        events += pair.to_server()
+        pair.to_client()
+        if sent == len(data):
+            return events
+    raise AssertionError("the windows never reopened")
+
+
+def test_busy_refuses_the_stream_that_crosses_the_cap() -> None:
+    pair = Pair(max_message_bytes=100_000, max_buffered_bytes=150_000)
+    assert pair.client.max_outbound_frame_size == 16384
+    first, second = random.Random(7).randbytes(100_000), random.Random(8).randbytes(100_000)
+    a = pair.request(grpc(first)[:90_005], end=False)
+    assert pair.to_server() == [(_h2.HEADERS, a, b"POST", PATH, METADATA)]
+    assert pair.server.buffered_bytes == 90_000  # what arrived, not the 100_000 declared
+    b = pair.request(grpc(second)[:90_005], end=False)
+    # b's DATA frames bring 16_379 (after the prefix), then 16_384 bytes each: the fourth would make the
+    # connection hold 155_531 > 150_000 bytes.
+    assert pair.to_server() == [
+        (_h2.HEADERS, b, b"POST", PATH, METADATA),
+        (_h2.BUSY, b, 90_000 + 16_379 + 3 * 16_384),
+    ]
+    assert pair.server.buffered_bytes == 90_000  # b gave back what it held
+    # The rest of both messages: a's completes, b's is discarded, and b ends without END.
+    send(pair, b, grpc(second)[90_005:], end=True)
+    send(pair, a, grpc(first)[90_005:], end=True)
+    assert pair.to_server() == [(_h2.MESSAGE, a, first, False), (_h2.END, a, False)]
+    assert pair.server.buffered_bytes == 0
+    pair.server.finish(b, BUSY_STATUS)
+    assert pair.response(b) == (RESPONSE_HEADERS + BUSY_STATUS, b"", [])
+    pair.server.unary(a, b"ok", OK)
+    assert pair.response(a) == (RESPONSE_HEADERS, grpc(b"ok"), OK)
+    assert (pair.server.open_streams, pair.server.buffered_bytes) == (0, 0)
+
+
+def test_messages_that_complete_never_make_busy() -> None:
+    """Only what waits in unfinished messages counts: 50 x 90 KB through a 150 KB cap, each held a while."""
+    pair = Pair(max_message_bytes=100_000, max_buffered_bytes=150_000)
+    rng = random.Random(9)
+    messages = [rng.randbytes(90_000) for _ in range(50)]
+    stream = pair.request(end=False)
+    pair.to_server()
+    for message in messages[:40]:
+        send(pair, stream, grpc(message)[:50_005])
+        assert pair.to_server() == []
+        assert pair.server.buffered_bytes == 50_000
+        send(pair, stream, grpc(message)[50_005:])
+        assert pair.to_server() == [(_h2.MESSAGE, stream, message, False)]
+        assert pair.server.buffered_bytes == 0
+        pair.to_client()
+    # Ten in one go, with frames that end one message and start the next.
+    send(pair, stream, b"".join(grpc(m) for m in messages[40:]), end=True)
+    assert pair.to_server() == [
+        *[(_h2.MESSAGE, stream, m, False) for m in messages[40:]],
+        (_h2.END, stream, False),
+    ]
+    assert pair.server.buffered_bytes == 0
+
+
+def test_busy_stream_is_discarded_and_the_windows_stay_open() -> None:
+    """With 64 KiB windows, a refused stream's DATA keeps being consumed: its own window, the connection's
+    and the other calls go on."""
+    pair = Pair(max_message_bytes=1 << 20, max_buffered_bytes=150_000, window_bytes=65535)
+    big = random.Random(10).randbytes(140_000)
+    a = pair.request(end=False)
+    assert upload(pair, a, grpc(big)[:100_005])[1:] == []
+    assert pair.server.buffered_bytes == 100_000
+    b = pair.request(end=False)
+    events = upload(pair, b, grpc(big)[:60_005])
+    assert [e[:2] for e in events] == [(_h2.HEADERS, b), (_h2.BUSY, b)]
+    assert events[1][2] > 150_000
+    assert pair.server.buffered_bytes == 100_000
+    # 1 MiB more on b, many windows' worth: all of it discarded, nothing reported.
+    assert upload(pair, b, grpc(b"\x00" * 500_000) * 2, end=True) == []
+    assert pair.server.buffered_bytes == 100_000
+    assert upload(pair, a, grpc(big)[100_005:], end=True) == [
+        (_h2.MESSAGE, a, big, False),
+        (_h2.END, a, False),
+    ]
+    # A new call, larger than the windows, goes through whole.
+    c = pair.request(end=False)
+    payload = random.Random(11).randbytes(140_000)
+    events = upload(pair, c, grpc(payload), end=True)
+    assert events == [
+        (_h2.HEADERS, c, b"POST", PATH, METADATA),
+        (_h2.MESSAGE, c, payload, False),
+        (_h2.END, c, False),
+    ]
+    pair.server.finish(b, BUSY_STATUS)
+    assert pair.response(b)[0] == RESPONSE_HEADERS + BUSY_STATUS
+    for stream in (a, c):
+        pair.server.unary(stream, b"ok", OK)
+        assert pair.response(stream)[1:] == (grpc(b"ok"), OK)
+    assert (pair.server.open_streams, pair.server.buffered_bytes) == (0, 0)
+
+
+def test_default_cap_is_four_messages_and_at_least_one_mib() -> None:
+    with pytest.raises(ValueError):
+        _h2.Session(1000, max_buffered_bytes=-1)
+    pair = Pair(max_message_bytes=400_000)  # 1_600_000 bytes
+    streams = [pair.request(grpc(b"x" * 400_000)[:400_004], end=False) for _ in range(4)]
+    assert [e[:2] for e in pair.to_server()] == [(_h2.HEADERS, s) for s in streams]
+    assert pair.server.buffered_bytes == 4 * 399_999
+    last = pair.request(grpc(b"y" * 10)[:9], end=False)
+    assert [e[0] for e in pair.to_server()] == [_h2.HEADERS]
+    assert pair.server.buffered_bytes == 1_600_000  # the cap itself is allowed
+    pair.client.send_data(last, b"y")
+    assert pair.to_server() == [(_h2.BUSY, last, 1_600_001)]
+    assert pair.server.buffered_bytes == 4 * 399_999
+    # 4 x 100_000 is less than 1 MiB: five streams of 99_999 bytes fit.
+    pair = Pair(max_message_bytes=100_000)
+    for _ in range(5):
+        pair.request(grpc(b"x" * 100_000)[:100_004], end=False)
+    assert {e[0] for e in pair.to_server()} == {_h2.HEADERS}
+    assert pair.server.buffered_bytes == 5 * 99_999
+
+
+def _held(pair: Pair) -> int:
+    """A new stream on ``pair`` holding 30_000 bytes of a 100_000-byte message."""
+    before = pair.server.buffered_bytes
+    stream = pair.request(grpc(b"x" * 100_000)[:30_005], end=False)
+    assert [e[0] for e in pair.to_server()] == [_h2.HEADERS]
+    assert pair.server.buffered_bytes == before + 30_000
+    return stream
+
+
+def test_buffered_bytes_come_back_however_a_stream_ends() -> None:
+    pair = Pair(max_message_bytes=100_000)
+    stream = _held(pair)  # the client resets it
+    pair.client.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
+    assert pair.to_server() == [(_h2.CLOSED, stream, 8)]
+    assert pair.server.buffered_bytes == 0
+    stream = _held(pair)  # the server answers while the client still sends
+    pair.server.finish(stream, BUSY_STATUS)
+    assert pair.server.buffered_bytes == 0
+    pair.to_client()
+    stream = _held(pair)
+    pair.server.unary(stream, b"", OK)
+    assert pair.server.buffered_bytes == 0
+    pair.to_client()
+    stream = _held(pair)
+    pair.server.reset(stream)
+    assert pair.server.buffered_bytes == 0
+    pair.to_client()
+    stream = _held(pair)
+    pair.server.reject(stream, 503)
+    assert pair.server.buffered_bytes == 0
+    pair.to_client()
+    stream = _held(pair)  # the client half-closes inside the message
+    pair.client.end_stream(stream)
+    assert pair.to_server() == [(_h2.END, stream, True)]
+    assert pair.server.buffered_bytes == 0
+    pair.server.finish(stream, OK)
+    pair.to_client()
+    assert pair.server.open_streams == 0
+    # The connection ends with two streams holding parts of messages.
+    stream, _ = _held(pair), _held(pair)
+    assert pair.server.buffered_bytes == 60_000
+    pair.server.goaway()
+    assert frames(pair.server.data_to_send())[-1].type == GoAwayFrame.type
+    assert pair.server.buffered_bytes == 0  # nothing more is read once the GOAWAY is out
+    pair.client.send_data(stream, b"x")
+    assert pair.server.feed(pair.client.data_to_send()) == []
+    assert pair.server.buffered_bytes == 0
+    # A connection error does the same, and dealloc frees what is still held.
+    pair = Pair(max_message_bytes=100_000)
+    _held(pair)
+    with pytest.raises(_h2.H2Error):
+        pair.server.feed(b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x")  # DATA on stream 0
+    assert pair.server.buffered_bytes == 0
+    pair = Pair(max_message_bytes=100_000)
+    _held(pair), _held(pair)
+    del pair
+
+
+class _Stream:
+    """The model of one stream in test_random_streams_match_a_model: what its client has queued to send,
+    and the message the session assembles."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.prefix = b""
+        self.body: bytearray | None = None  # the unfinished message's bytes, once its prefix is in
+        self.size = 0
+        self.compressed = False
+        self.ended = False  # the client half-closed
+        self.dropped = False  # BUSY: nothing more to report
+
+
+def _expect_data(model: dict[int, _Stream], stream: int, chunk: bytes, cap: int) -> list[tuple[Any, ...]]:
+    """The events a DATA chunk gives, by the rules in _h2.pyi."""
+    st = model[stream]
+    events: list[tuple[Any, ...]] = []
+    while chunk and not st.dropped:
+        if st.body is None:
+            need = 5 - len(st.prefix)
+            st.prefix, chunk = st.prefix + chunk[:need], chunk[need:]
+            if len(st.prefix) < 5:
+                break
+            st.size, st.compressed = int.from_bytes(st.prefix[1:], "big"), bool(st.prefix[0] & 1)
+            st.prefix, st.body = b"", bytearray()
+        take = min(st.size - len(st.body), len(chunk))
+        held = sum(len(s.body) for s in model.values() if s.body is not None)
+        if len(st.body) + take < st.size and held + take > cap:
+            events.append((_h2.BUSY, stream, held + take))
+            st.body, st.dropped = None, True
+            break
+        st.body += chunk[:take]
+        chunk = chunk[take:]
+        if len(st.body) == st.size:
+            events.append((_h2.MESSAGE, stream, bytes(st.body), st.compressed))
+            st.body = None
+    return events
+
+
+def test_random_streams_match_a_model() -> None:
+    """Random interleavings of parts of messages, half-closes, resets and answers on up to 12 streams: the
+    events and buffered_bytes are those of a model of the rules, after every feed and every answer."""
+    rng = random.Random(12)
+    cap, limit = 100_000, 60_000
+    pair = Pair(max_message_bytes=limit, max_buffered_bytes=cap)
+    model: dict[int, _Stream] = {}
+    seen: set[int] = set()
+
+    def held() -> int:
+        return sum(len(s.body) for s in model.values() if s.body is not None)
+
+    for _ in range(1500):
+        expected: list[tuple[Any, ...]] = []
+        for _ in range(rng.randrange(1, 6)):
+            op = rng.random()
+            sending = [s for s in model if not model[s].ended]
+            if (op < 0.1 and len(model) < 12) or not model:
+                stream = pair.request(end=False)
+                model[stream] = _Stream()
+                expected.append((_h2.HEADERS, stream, b"POST", PATH, METADATA))
+            elif op < 0.93 and sending:
+                stream = rng.choice(sending)
+                st = model[stream]
+                size = rng.choice([1, 3, 5, 100, 3000, 16384, 16384])
+                while len(st.out) < size:
+                    st.out += grpc(
+                        rng.randbytes(rng.choice([0, 10, 1000, 30_000, limit])), rng.random() < 0.2
+                    )
+                if pair.client.local_flow_control_window(stream) < size:
+                    continue
+                chunk = bytes(st.out[:size])
+                del st.out[:size]
+                pair.client.send_data(stream, chunk)
+                expected += _expect_data(model, stream, chunk, cap)
+            elif op < 0.97 and sending:
+                stream = rng.choice(sending)
+                st = model[stream]
+                pair.client.end_stream(stream)
+                st.ended = True
+                if not st.dropped:
+                    expected.append((_h2.END, stream, bool(st.prefix) or st.body is not None))
+                st.prefix, st.body = b"", None
+            else:
+                stream = rng.choice(list(model))
+                pair.client.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
+                expected.append((_h2.CLOSED, stream, 8))
+                del model[stream]
+        assert pair.to_server() == expected
+        seen.update(e[0] for e in expected)
+        assert pair.server.buffered_bytes == held()
+        for stream in list(model):
+            answer = rng.randrange(40)
+            if answer == 0:
+                pair.server.finish(stream, BUSY_STATUS if model[stream].dropped else OK)
+            elif answer == 1:
+                pair.server.reset(stream)
+            else:
+                continue
+            del model[stream]
+            assert pair.server.buffered_bytes == held()
+        pair.to_client()
+        assert pair.server.open_streams >= len(model)
+    assert seen == {_h2.HEADERS, _h2.MESSAGE, _h2.END, _h2.CLOSED, _h2.BUSY}
+    for stream in list(model):
+        pair.server.reset(stream)
+    pair.to_client()
+    assert (pair.server.open_streams, pair.server.buffered_bytes) == (0, 0)
+
+
 def _conversation() -> bytes:
     """Everything a client sends over a connection with several kinds of calls, as one byte string."""
     pair = Pair(max_message_bytes=4096)
@@ -595,11 +904,14 @@ def test_any_split_of_the_input_gives_the_same_events() -> None:
         assert events == whole
 
 
-def test_random_bytes_never_crash() -> None:
-    """Corrupted conversations, fed in random pieces, end in events or H2Error, never worse."""
+@pytest.mark.parametrize("max_buffered", [0, 1], ids=["default-cap", "busy-at-once"])
+def test_random_bytes_never_crash(max_buffered: int) -> None:
+    """Corrupted conversations, fed in random pieces, end in events or H2Error, never worse; with a cap
+    of 1 byte, any message cut between two pieces makes BUSY."""
     rng = random.Random(6)
     wire = _conversation()
     preface = wire[:24]
+    kinds: set[int] = set()
     for _ in range(1000):
         data = bytearray(wire[: rng.randrange(len(wire))])
         for _ in range(rng.randrange(1, 20)):
@@ -613,12 +925,17 @@ def test_random_bytes_never_crash() -> None:
                 del data[at : at + rng.randrange(1, 12)]
         if rng.random() < 0.3:
             data = bytearray(preface + rng.randbytes(rng.randrange(2000)))
-        session = _h2.Session(rng.choice([0, 100, 1 << 20]), window_bytes=rng.choice([0, 65535, 1 << 24]))
+        session = _h2.Session(
+            rng.choice([0, 100, 1 << 20]),
+            window_bytes=rng.choice([0, 65535, 1 << 24]),
+            max_buffered_bytes=max_buffered,
+        )
         at = 0
         while at < len(data):
             size = rng.choice([1, 7, 100, 5000, 70000])
             with contextlib.suppress(_h2.H2Error):
-                session.feed(bytes(data[at : at + size]))
+                kinds.update(e[0] for e in session.feed(bytes(data[at : at + size])))
+            assert max_buffered == 0 or session.buffered_bytes <= max_buffered
             at += size
             for stream in range(1, 40, 2):  # answers at random, on known streams or not
                 answer = rng.randrange(6)
@@ -631,6 +948,7 @@ def test_random_bytes_never_crash() -> None:
                 elif answer == 3:
                     session.reset(stream)
             session.data_to_send()
+    assert (_h2.BUSY in kinds) == (max_buffered == 1)
 
 
 def _recorded_calls(count: int) -> list[bytes]:

@@ -390,3 +390,47 @@ def test_a_client_that_does_not_read_its_answers_is_not_read_either() -> None:
             await server.stop(0)
 
     asyncio.run(main())
+
+
+def test_unfinished_messages_past_the_connections_cap_are_resource_exhausted(
+    run: Callable[[Test], None],
+) -> None:
+    def exchange(address: str) -> dict[int, str]:
+        """20 calls that each send 60 KB of a 64 KB message and stop: 1.2 MB held, over the 1 MiB cap."""
+        host, port = address.rsplit(":", 1)
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+        headers = [(":method", "POST"), (":scheme", "http"), (":authority", address),
+                   (":path", f"/{SERVICE}/Echo"), ("content-type", "application/grpc")]  # fmt: skip
+        statuses: dict[int, str] = {}
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(client.data_to_send())
+            while client.outbound_flow_control_window < 2 * 1024 * 1024:  # the server's 16 MiB windows
+                client.receive_data(sock.recv(65536))
+                sock.sendall(client.data_to_send())
+            for _ in range(20):
+                stream = client.get_next_available_stream_id()
+                client.send_headers(stream, headers)
+                part = b"\x00" + (LIMIT - 100).to_bytes(4, "big") + bytes(60_000)
+                for i in range(0, len(part), 16384):
+                    client.send_data(stream, part[i : i + 16384])
+                sock.sendall(client.data_to_send())
+            while not statuses:
+                data = sock.recv(65536)
+                assert data, "closed without an answer"
+                for event in client.receive_data(data):
+                    if isinstance(event, h2.events.TrailersReceived | h2.events.ResponseReceived):
+                        found = dict(event.headers).get(b"grpc-status")
+                        if found is not None:
+                            statuses[event.stream_id] = found.decode()
+                sock.sendall(client.data_to_send())
+        return statuses
+
+    async def test(server: NativeGrpcServer, address: str, seen: Recorder) -> None:
+        statuses = await asyncio.to_thread(exchange, address)
+        assert set(statuses.values()) == {str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])}, statuses
+        assert min(statuses) == 2 * 18 - 1  # the 18th call is the first over 1 MiB (17 x 60 KB is 1.02 MB)
+        async with grpc.aio.insecure_channel(address) as channel:  # a new connection is served as usual
+            assert await unary(channel, "Echo")(b"fine") == b"fine"
+
+    run(test)
