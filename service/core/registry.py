@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import logging
 import time
 from collections.abc import Iterable
@@ -38,7 +39,7 @@ from service.contract import CANDIDATE_FILE, valid_model_name
 from service.core.runtime import ModelLoadError
 from service.core.served import IndexRow, ServedVersion, load_and_warm, serve, stop_served
 from service.core.signature import ModelSignature
-from service.errors import NotFound, ServiceError, Unavailable, echo
+from service.errors import Conflict, NotFound, Unavailable, echo
 from service.rollout.policy import RolloutRecord, eligible_champions
 from service.rollout.records import RecordError, read_record, remove_record, write_record
 from service.settings import Settings
@@ -203,10 +204,16 @@ class ModelRegistry:
             self._choose_champion(name)
             await self.sync([name])
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise ServiceError(
-                f"cannot write the rollout record of '{name}' ({why}): the repository is read-only for "
-                "this process or unreachable; the rollout controller or the trainer writes it "
-                "(docs/rollout.md)"
+            if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                # This process's configuration, not a fault: the compose and Kubernetes replicas mount
+                # the repository read-only, and the rollout controller or the trainer writes records.
+                raise Conflict(
+                    f"cannot write the rollout record of '{name}' ({why}): the repository is read-only "
+                    "for this process; the rollout controller or the trainer writes it (docs/rollout.md)"
+                ) from exc
+            raise Unavailable(
+                f"cannot write the rollout record of '{name}' ({why}): the repository did not take "
+                "the write; try again"
             ) from exc
         self._remember(name, None if remove else record)
         await self.sync([name])

@@ -116,8 +116,30 @@ def test_a_read_only_repository_answers_why_it_cannot_start(
     settings = Settings(model_repository=root, models=[NAME], grpc_port=0, admin_token=TOKEN)
     with TestClient(create_app(settings)) as client:
         answer = client.post(START, json={"candidate": "2"}, headers=ADMIN)
-        assert answer.status_code == 500, answer.text
+        assert answer.status_code == 409, answer.text  # the process's configuration, not a fault
         assert "Read-only file system" in answer.json()["error"]
         assert "read-only for this process" in answer.json()["error"]
         assert client.get(f"/v2/models/{NAME}/rollout").json()["state"] == "idle"
         assert client.post(f"/v2/models/{NAME}/infer", json=infer_body(0)).json()["model_version"] == "1"
+
+
+def test_a_repository_that_fails_the_write_answers_503_and_keeps_the_old_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "models"
+    publish_variant(MODELS / NAME / "1", root, NAME, 1)
+    publish_variant(MODELS / NAME / "1", root, NAME, 2, candidate=True)
+
+    def full(*_: object) -> None:  # a disk that fills up, or a share that drops, for a moment
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(registry_module, "write_record", full)
+    settings = Settings(model_repository=root, models=[NAME], grpc_port=0, admin_token=TOKEN)
+    with TestClient(create_app(settings)) as client:
+        answer = client.post(START, json={"candidate": "2"}, headers=ADMIN)
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["retry-after"] == "1"
+        assert "No space left on device" in answer.json()["error"]
+        assert client.get(f"/v2/models/{NAME}/rollout").json()["state"] == "idle"
+        monkeypatch.undo()  # the repository takes writes again: the same call now starts the rollout
+        assert client.post(START, json={"candidate": "2"}, headers=ADMIN).status_code == 200
