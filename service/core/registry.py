@@ -81,8 +81,10 @@ class ModelRegistry:
         self._unloaded: set[str] = set()
         # Per model: its rollout record, the champion's version, the versions on disk.
         self._records: dict[str, RolloutRecord] = {}
-        # Per model, its rollout record as last read from or written to the store.
+        # Per model, its rollout record as last read from or written to the store, and how many times
+        # this process wrote it: a read that a write overtook is older than what the write left.
         self._stored: dict[str, RolloutRecord] = {}
+        self._writes: dict[str, int] = {}
         self._champion: dict[str, int] = {}
         self._available: dict[str, list[int]] = {}
         self._marked: dict[str, set[int]] = {}
@@ -160,8 +162,13 @@ class ModelRegistry:
         """The model's rollout record as the store holds it now (None when it has none, or it is damaged:
         logged). While the store cannot be read, the record last read: every replica keeps following the
         plan it knows until the store answers again."""
+        writes = self._writes.get(name, 0)
         try:
             data = await asyncio.to_thread(read_record, self.store, name)
+            if self._writes.get(name, 0) != writes:
+                # apply_record wrote while this read was in flight: the bytes read may be the record
+                # before that write, and the one written is the newer.
+                return self._stored.get(name)
             record = None if data is None else RolloutRecord.model_validate(data)
         except (RecordError, ValueError) as exc:
             log.error("rollout record of %s ignored: %s", name, exc)
@@ -215,6 +222,7 @@ class ModelRegistry:
                 f"cannot write the rollout record of '{name}' ({why}): the repository did not take "
                 "the write; try again"
             ) from exc
+        self._writes[name] = self._writes.get(name, 0) + 1
         self._remember(name, None if remove else record)
         await self.sync([name])
 

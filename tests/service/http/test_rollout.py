@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,3 +144,39 @@ def test_a_repository_that_fails_the_write_answers_503_and_keeps_the_old_record(
         assert client.get(f"/v2/models/{NAME}/rollout").json()["state"] == "idle"
         monkeypatch.undo()  # the repository takes writes again: the same call now starts the rollout
         assert client.post(START, json={"candidate": "2"}, headers=ADMIN).status_code == 200
+
+
+def test_a_record_read_that_a_write_overtakes_does_not_bring_back_the_older_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "models"
+    publish_variant(MODELS / NAME / "1", root, NAME, 1)
+    publish_variant(MODELS / NAME / "1", root, NAME, 2, candidate=True)
+    real_read, real_write = registry_module.read_record, registry_module.write_record
+    read_started, written = threading.Event(), threading.Event()
+
+    def slow_read(store: object, name: str) -> object:
+        data = real_read(store, name)  # the store before the write: no record yet
+        read_started.set()
+        assert written.wait(10)
+        return data
+
+    def write(store: object, name: str, data: object) -> None:
+        real_write(store, name, data)
+        written.set()
+
+    # No follower polls of its own during the test: the read below is the only one.
+    settings = Settings(
+        model_repository=root, models=[NAME], grpc_port=0, admin_token=TOKEN, rollout_interval_s=3600
+    )
+    with TestClient(create_app(settings)) as client:
+        registry = client.app.state.models  # type: ignore[attr-defined]
+        monkeypatch.setattr(registry_module, "read_record", slow_read)
+        monkeypatch.setattr(registry_module, "write_record", write)
+        assert client.portal is not None
+        fetch = client.portal.start_task_soon(registry.fetch_record, NAME)
+        assert read_started.wait(10)
+        assert client.post(START, json={"candidate": "2"}, headers=ADMIN).status_code == 200
+        fetched = fetch.result(10)
+        assert fetched is not None and fetched.candidate == 2  # the record written, not the read's
+        assert client.get(f"/v2/models/{NAME}/rollout").json()["candidate"] == 2
