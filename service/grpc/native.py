@@ -48,6 +48,7 @@ from service.grpc.calls import (
     with_codecs,
 )
 from service.grpc.status import INTERNAL_MESSAGE
+from service.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,12 @@ class NativeGrpcServer:
         max_message_bytes: int,
         preface_timeout: float = 5.0,
         reuse_port: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
-        """``methods``: handlers by full method path (``/package.Service/Method``)."""
+        """``methods``: handlers by full method path (``/package.Service/Method``); ``metrics``, where
+        the connections and refusals are counted (``grpc_connections_open``, ``grpc_refused_total``)."""
         self.methods = {path.encode(): with_codecs(handler) for path, handler in methods.items()}
+        self.metrics = metrics
         self.max_message_bytes = max_message_bytes
         self.preface_timeout = preface_timeout
         self.connections: set[_Connection] = set()
@@ -102,6 +106,10 @@ class NativeGrpcServer:
         if self._server is not None:
             await self._server.wait_closed()
 
+    def refused(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.grpc_refused.labels(reason).inc()
+
     def call_ended(self) -> None:
         if not self._idle.is_set() and not any(c.calls for c in self.connections):
             self._idle.set()
@@ -128,6 +136,8 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         self._peer = peer_name(transport.get_extra_info("peername"))
         self._server.connections.add(self)
+        if self._server.metrics is not None:
+            self._server.metrics.grpc_connections.inc()
         self._preface_timer = self._loop.call_later(self._server.preface_timeout, self._preface_expired)
         self._flush()
 
@@ -142,6 +152,7 @@ class _Connection(asyncio.Protocol):
 
     def _preface_expired(self) -> None:
         log.debug("closing a gRPC connection from %s: no HTTP/2 preface in time", self._peer)
+        self._server.refused("preface_timeout")
         self._preface_timer = None
         self.close()
 
@@ -150,6 +161,7 @@ class _Connection(asyncio.Protocol):
             events = self._session.feed(data)
         except _h2.H2Error as exc:
             log.debug("closing a gRPC connection from %s: %s", self._peer, exc)
+            self._server.refused("protocol_error")
             self._flush()
             self.close()
             return
@@ -177,6 +189,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._preface_timer is not None:
             self._preface_timer.cancel()
+        if self in self._server.connections and self._server.metrics is not None:
+            self._server.metrics.grpc_connections.dec()
         self._server.connections.discard(self)
         for stream_id in list(self.calls):
             self._cancel(stream_id)
@@ -212,6 +226,7 @@ class _Connection(asyncio.Protocol):
         self, stream_id: int, method: bytes, path: bytes, headers: list[tuple[bytes, bytes]]
     ) -> None:
         if method != b"POST":
+            self._server.refused("not_grpc")
             self._session.reject(stream_id, 405)
             return
         try:
@@ -222,6 +237,7 @@ class _Connection(asyncio.Protocol):
             )
             return
         if not content_type.startswith(b"application/grpc"):
+            self._server.refused("not_grpc")
             self._session.reject(stream_id, 415)
             return
         handler = self._methods.get(path)
@@ -249,6 +265,8 @@ class _Connection(asyncio.Protocol):
             try:
                 payload = inflate(payload, call.encoding, self._server.max_message_bytes)
             except Refused as refused:
+                if refused.code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    self._server.refused("too_large")
                 self._fail(call, refused.code, refused.message)
                 return
         if call.requests is None:
@@ -292,12 +310,14 @@ class _Connection(asyncio.Protocol):
     def _too_large(self, stream_id: int, length: int) -> None:
         call = self.calls.get(stream_id)
         if call is not None:
+            self._server.refused("too_large")
             limit = f"({length} vs. {self._server.max_message_bytes})"
             self._fail(call, grpc.StatusCode.RESOURCE_EXHAUSTED, f"Received message larger than max {limit}")
 
     def _busy(self, stream_id: int, held: int) -> None:
         call = self.calls.get(stream_id)
         if call is not None:  # the connection's unfinished messages would hold more than the session's cap
+            self._server.refused("connection_busy")
             self._fail(
                 call,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -109,6 +109,7 @@ def open_grpc_server(core: InferenceService, *, reuse_port: bool = False) -> Grp
         max_message_bytes=core.settings.max_body_bytes,
         preface_timeout=core.settings.header_timeout_s,
         reuse_port=reuse_port,
+        metrics=core.metrics,
     )
 
 

@@ -48,6 +48,15 @@ FEEDBACK_REASONS = (
     "storage_error",
     "unavailable",  # draining, queue full, deadline
 )
+#: Why the native gRPC listener closed a connection or refused a call itself
+#: (``grpc_refused_total{reason}``; service/grpc/native.py).
+GRPC_REFUSAL_REASONS = (
+    "preface_timeout",  # a connection that sent no HTTP/2 preface within header_timeout_s (closed)
+    "protocol_error",  # a connection that broke HTTP/2 (closed with GOAWAY)
+    "too_large",  # a call whose message is over max_body_bytes (RESOURCE_EXHAUSTED)
+    "connection_busy",  # a call that would pass the connection's cap on unfinished messages
+    "not_grpc",  # a request that is not a gRPC call (405 or 415)
+)
 #: Why the HTTP server closed a connection itself (``http_connections_closed_total{reason}``).
 CONNECTION_REASONS = (
     "idle_timeout",  # no byte of a request within header_timeout_s
@@ -231,6 +240,19 @@ class Metrics:
         )
         for reason in CONNECTION_REASONS:
             self.connections_closed.labels(reason)
+        self.grpc_connections = Gauge(
+            "grpc_connections_open",
+            "Client connections open on the native gRPC listener (SERVE_GRPC_SERVER=native).",
+            registry=registry,
+        )
+        self.grpc_refused = Counter(
+            "grpc_refused_total",
+            "Connections the native gRPC listener closed, and calls it refused, by itself, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in GRPC_REFUSAL_REASONS:
+            self.grpc_refused.labels(reason)
 
         self.rollout_state = Gauge(
             "rollout_state",

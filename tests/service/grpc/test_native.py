@@ -20,8 +20,10 @@ import h2.events
 import h2.settings
 import pytest
 import uvloop
+from prometheus_client import CollectorRegistry
 
 from service.grpc.native import NativeGrpcServer
+from service.telemetry.metrics import Metrics
 
 LIMIT = 64 * 1024
 SERVICE = "test.Echo"
@@ -98,7 +100,8 @@ def run(request: pytest.FixtureRequest) -> Callable[[Test], None]:
     def run_test(test: Test) -> None:
         async def main() -> None:
             seen = Recorder()
-            server = NativeGrpcServer(methods(seen), max_message_bytes=LIMIT)
+            metrics = Metrics(CollectorRegistry())
+            server = NativeGrpcServer(methods(seen), max_message_bytes=LIMIT, metrics=metrics)
             port = await server.start("127.0.0.1", 0)
             try:
                 await asyncio.wait_for(test(server, f"127.0.0.1:{port}", seen), 30)
@@ -109,6 +112,17 @@ def run(request: pytest.FixtureRequest) -> Callable[[Test], None]:
             runner.run(main())
 
     return run_test
+
+
+def refused(server: NativeGrpcServer, reason: str) -> float:
+    assert server.metrics is not None
+    value: float | None = server.metrics.registry.get_sample_value("grpc_refused_total", {"reason": reason})
+    return value or 0.0
+
+
+def open_connections(server: NativeGrpcServer) -> float:
+    assert server.metrics is not None
+    return server.metrics.registry.get_sample_value("grpc_connections_open") or 0.0
 
 
 def unary(channel: grpc.aio.Channel, name: str) -> Any:
@@ -215,6 +229,7 @@ def test_messages_past_the_limit_are_resource_exhausted_compressed_or_not(
             assert f"larger than max ({LIMIT + 1} vs. {LIMIT})" in error.details()
             error = await status_of(unary(channel, "Echo")(big, compression=grpc.Compression.Gzip))
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert refused(server, "too_large") == 2
             exact = bytes(range(256)) * (LIMIT // 256)  # at the limit: served, and echoed whole
             assert await unary(channel, "Echo")(exact) == exact
             assert await unary(channel, "Echo")(exact, compression=grpc.Compression.Deflate) == exact
@@ -229,8 +244,13 @@ def test_many_calls_at_once_on_one_connection(run: Callable[[Test], None]) -> No
             payloads = [bytes([i % 256]) * (i * 97) for i in range(300)]
             answers = await asyncio.gather(*(echo(p) for p in payloads))
             assert answers == payloads
-            assert len(server.connections) == 1
+            assert len(server.connections) == 1 and open_connections(server) == 1
             assert all(not c.calls for c in server.connections)
+        for _ in range(100):  # the channel's close reaches the server a moment later
+            if not open_connections(server):
+                break
+            await asyncio.sleep(0.02)
+        assert open_connections(server) == 0
 
     run(test)
 
@@ -306,6 +326,7 @@ def test_requests_that_are_not_grpc_get_http_errors(run: Callable[[Test], None])
         assert get[":status"] == "405"
         json = [(":method", "POST"), *base, ("content-type", "application/json")]
         assert (await asyncio.to_thread(h2_exchange, address, json, b"{}"))[":status"] == "415"
+        assert refused(server, "not_grpc") == 2
         grpc_headers = [(":method", "POST"), *base, ("content-type", "application/grpc"), ("te", "trailers")]
         framed = b"\x00\x00\x00\x00\x02hi"
         answer = await asyncio.to_thread(h2_exchange, address, grpc_headers, framed)
@@ -328,12 +349,17 @@ def test_requests_that_are_not_grpc_get_http_errors(run: Callable[[Test], None])
 
 def test_a_connection_without_the_preface_is_closed_and_an_idle_channel_is_kept() -> None:
     async def main() -> None:
-        server = NativeGrpcServer(methods(Recorder()), max_message_bytes=LIMIT, preface_timeout=0.3)
+        metrics = Metrics(CollectorRegistry())
+        server = NativeGrpcServer(
+            methods(Recorder()), max_message_bytes=LIMIT, preface_timeout=0.3, metrics=metrics
+        )
         port = await server.start("127.0.0.1", 0)
         try:
             silent_reader, silent = await asyncio.open_connection("127.0.0.1", port)
             partial_reader, partial = await asyncio.open_connection("127.0.0.1", port)
             partial.write(b"PRI * HTTP/2.0\r\n")  # half a preface, then nothing
+            http1_reader, http1 = await asyncio.open_connection("127.0.0.1", port)
+            http1.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # not HTTP/2: closed at once
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 assert await unary(channel, "Echo")(b"before") == b"before"
                 start = asyncio.get_running_loop().time()
@@ -343,9 +369,14 @@ def test_a_connection_without_the_preface_is_closed_and_an_idle_channel_is_kept(
                 assert asyncio.get_running_loop().time() - start < 3
                 await asyncio.sleep(0.5)  # the channel stays open past the timeout, idle
                 assert len(server.connections) == 1
+                assert refused(server, "preface_timeout") == 2 and open_connections(server) == 1
+                while await asyncio.wait_for(http1_reader.read(65536), 5):
+                    pass
+                assert refused(server, "protocol_error") == 1
                 assert await unary(channel, "Echo")(b"after") == b"after"
             silent.close()
             partial.close()
+            http1.close()
         finally:
             await server.stop(0)
 
@@ -430,6 +461,7 @@ def test_unfinished_messages_past_the_connections_cap_are_resource_exhausted(
         statuses = await asyncio.to_thread(exchange, address)
         assert set(statuses.values()) == {str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])}, statuses
         assert min(statuses) == 2 * 18 - 1  # the 18th call is the first over 1 MiB (17 x 60 KB is 1.02 MB)
+        assert refused(server, "connection_busy") >= 1
         async with grpc.aio.insecure_channel(address) as channel:  # a new connection is served as usual
             assert await unary(channel, "Echo")(b"fine") == b"fine"
 
