@@ -1,4 +1,4 @@
-"""What HTTP/2 framing alone costs per unary gRPC call in Python, beside HTTP/1.1 parsing in C.
+"""What HTTP/2 framing alone costs per unary gRPC call, in Python and in C, beside HTTP/1.1 parsing in C.
 
 ``python -m bench.grpc_framing`` answers the question behind the gRPC target of ``docs/hotpath.md``:
 could a gRPC front end that does its own HTTP/2 framing in Python (the ``h2`` library, the only
@@ -6,7 +6,9 @@ maintained pure-Python HTTP/2 stack), instead of grpcio's server, beat the HTTP 
 process and in CPU time, the server side of one unary ``ModelInfer`` exchange done by ``h2`` (receive the
 HEADERS and DATA frames of a one-image request, answer HEADERS, DATA and trailers, with flow-control
 acknowledgements), beside ``httptools`` parsing the same request as HTTP/1.1 (what uvicorn pays before
-the application runs). No model, no protobuf: framing only. Medians of ``--rounds`` alternating rounds.
+the application runs), and beside the service's own session (``service.grpc._h2`` over libnghttp2, what
+the native gRPC listener runs). No model, no protobuf: framing only. Medians of ``--rounds`` alternating
+rounds.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import h2.config
 import h2.connection
 import h2.events
 import httptools
+
+from service.grpc import _h2
 
 PAYLOAD = 3200  # a 28x28 FP32 image as raw input contents, about what a one-image request carries
 REQUEST_HEADERS = [
@@ -76,6 +80,41 @@ def h2_round(calls: int, seen: list[h2.events.Event] | None = None) -> float:
     return spent / calls
 
 
+def native_round(calls: int, seen: list[h2.events.Event] | None = None) -> float:
+    """As :func:`h2_round`, with the service's own session (``service.grpc._h2``, libnghttp2) as the
+    server: feed the request's bytes, answer the call, take the bytes to send. The ``h2`` client around
+    it is not measured."""
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    server = _h2.Session(4 << 20)
+    client.initiate_connection()
+    server.feed(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.feed(client.data_to_send())  # the client's SETTINGS acknowledgement
+    server.data_to_send()
+    end, trailers = _h2.END, [(b"grpc-status", b"0")]
+    payload = ANSWER[5:]  # the session writes the 5-byte prefix itself
+    spent = 0.0
+    for _ in range(calls):
+        stream = client.get_next_available_stream_id()
+        client.send_headers(stream, REQUEST_HEADERS)
+        client.send_data(stream, MESSAGE, end_stream=True)
+        wire = client.data_to_send()
+        started = time.process_time()
+        for event in server.feed(wire):
+            if event[0] == end:
+                server.unary(event[1], payload, trailers)
+        answer = server.data_to_send()
+        spent += time.process_time() - started
+        for event in client.receive_data(answer):
+            if seen is not None:
+                seen.append(event)
+            if isinstance(event, h2.events.DataReceived):
+                client.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        server.feed(client.data_to_send())  # the client's WINDOW_UPDATEs, outside the measurement
+        server.data_to_send()
+    return spent / calls
+
+
 class _Sink:
     def on_url(self, url: bytes) -> None:
         self.url = url
@@ -101,14 +140,18 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    h2_costs, http1_costs = [], []
+    h2_costs, native_costs, http1_costs = [], [], []
     for _ in range(args.rounds):
         h2_costs.append(h2_round(args.calls))
+        native_costs.append(native_round(args.calls))
         http1_costs.append(http1_round(args.calls))
     h2_us, http1_us = statistics.median(h2_costs) * 1e6, statistics.median(http1_costs) * 1e6
+    native_us = statistics.median(native_costs) * 1e6
     print(f"h2, server side of a unary gRPC exchange: {h2_us:.1f} us per call")
+    print(f"service.grpc._h2 (libnghttp2), the same exchange: {native_us:.1f} us per call")
     print(f"httptools, parsing the same request as HTTP/1.1: {http1_us:.1f} us per request")
-    print(f"framing alone: h2 costs {h2_us / http1_us:.0f}x httptools")
+    print(f"framing alone: h2 costs {h2_us / http1_us:.0f}x httptools, ", end="")
+    print(f"the service's session {native_us / http1_us:.1f}x")
 
 
 if __name__ == "__main__":
