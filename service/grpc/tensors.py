@@ -48,6 +48,10 @@ CONTENTS_FIELD: dict[str, str] = {
     "BYTES": "bytes_contents",
 }
 _FIELDS = tuple(sorted(set(CONTENTS_FIELD.values())))
+#: Datatypes whose typed field is packed fixed-width floats on the wire (numpy reads those bytes as they are).
+_PACKED_FLOATS = frozenset({"FP32", "FP64"})
+#: Each contents field's tag as a length-delimited (packed) field: field number << 3 | 2.
+_FIELD_TAGS = {f: (pb.InferTensorContents.DESCRIPTOR.fields_by_name[f].number << 3) | 2 for f in _FIELDS}
 _LENGTH = struct.Struct("<I")
 
 
@@ -122,7 +126,7 @@ def from_contents(
     """The typed contents as an array of ``datatype`` and ``shape``; InvalidInput when the field, the
     count or a value's range is wrong."""
     field = CONTENTS_FIELD.get(datatype)
-    used = [f for f in _FIELDS if len(getattr(contents, f))]
+    used = sorted(descriptor.name for descriptor, _ in contents.ListFields())  # the fields with values
     if field is None:
         raise InvalidInput(f"{what}: {datatype} has no typed contents field; send it in raw_input_contents")
     if any(f != field for f in used):
@@ -144,7 +148,39 @@ def from_contents(
         if count and (wide.min() < info.min or wide.max() > info.max):
             raise InvalidInput(f"{what}: {datatype} data must be integers in {info.min}..{info.max}")
         return wide.astype(dtype).reshape(shape)
+    if datatype in _PACKED_FLOATS and count:
+        array = _packed_floats(contents, field, dtype, count)
+        if array is not None:
+            return array.reshape(shape)
     return np.fromiter(values, dtype, count).reshape(shape)
+
+
+def _packed_floats(
+    contents: pb.InferTensorContents, field: str, dtype: np.dtype[Any], count: int
+) -> np.ndarray | None:
+    """The values of ``field`` (FP32 or FP64, the only field set) read from the message's own bytes.
+
+    Serialized, such a message is the field's tag, the varint length of its values, then the values as
+    little-endian IEEE floats, which is what numpy reads directly: no Python float per value, as iterating
+    the field makes. None when the bytes are not exactly that (unknown fields kept from the wire, say).
+    """
+    wire = contents.SerializeToString()
+    size = count * dtype.itemsize
+    head = len(wire) - size
+    if head < 2 or wire[0] != _FIELD_TAGS[field]:
+        return None
+    length, shift, i = 0, 0, 1
+    while i < head:
+        byte = wire[i]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        i += 1
+        if not byte & 0x80:
+            break
+    if i != head or length != size:
+        return None
+    array = np.frombuffer(wire, dtype.newbyteorder("<"), count, head)
+    return array if array.flags.aligned else array.copy()
 
 
 # ---- client side: requests and responses as a client writes and reads them --------------------

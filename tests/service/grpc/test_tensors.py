@@ -10,6 +10,7 @@ import tritonclient.grpc as triton_grpc
 
 from service.core.signature import DATATYPES
 from service.errors import InvalidInput
+from service.grpc import tensors
 from service.grpc.generated import grpc_service_pb2 as pb
 from service.grpc.tensors import (
     CONTENTS_FIELD,
@@ -55,6 +56,36 @@ def test_raw_and_typed_decoders_agree(datatype: str) -> None:
         typed = from_contents(contents, datatype, [2, 3], "t")
         np.testing.assert_array_equal(typed, values)
         assert typed.dtype == raw.dtype
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP64"])
+@pytest.mark.parametrize("count", [1, 31, 784, 5000])  # 1- and 2-byte length varints, and a 3-byte one
+def test_typed_floats_are_read_from_the_messages_bytes_as_iterating_reads_them(
+    datatype: str, count: int
+) -> None:
+    values = sample(datatype, (count,), seed=count)
+    values[: min(count, 3)] = [np.nan, np.inf, -0.0][: min(count, 3)]  # non-finite values pass through
+    wire = pb.InferTensorContents()
+    fill_contents(wire, values, datatype)
+    contents = pb.InferTensorContents.FromString(wire.SerializeToString())  # as a request carries them
+    assert (
+        tensors._packed_floats(contents, CONTENTS_FIELD[datatype], WIRE_DTYPES[datatype], count) is not None
+    )
+    read = from_contents(contents, datatype, [count], "t")
+    expected = np.fromiter(getattr(contents, CONTENTS_FIELD[datatype]), WIRE_DTYPES[datatype], count)
+    np.testing.assert_array_equal(read, expected)
+    assert read.dtype == WIRE_DTYPES[datatype] and read.flags.aligned
+    assert np.signbit(read[2]) if count >= 3 else True  # -0.0 kept bit for bit
+
+
+def test_typed_floats_with_unknown_fields_fall_back_to_iterating() -> None:
+    values = np.arange(10, dtype=np.float32)
+    wire = pb.InferTensorContents()
+    fill_contents(wire, values, "FP32")
+    unknown = b"\xf8\x06\x01"  # field 111, varint 1: kept by the parser and serialized after the floats
+    contents = pb.InferTensorContents.FromString(wire.SerializeToString() + unknown)
+    assert tensors._packed_floats(contents, "fp32_contents", WIRE_DTYPES["FP32"], 10) is None
+    np.testing.assert_array_equal(from_contents(contents, "FP32", [10], "t"), values)
 
 
 def test_bytes_raw_layout_is_tritonclients() -> None:
