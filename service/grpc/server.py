@@ -163,8 +163,6 @@ def inference_methods(
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
         behaviour = getattr(servicer, method.name)
-        if not method.client_streaming and not getattr(behaviour, "refuses_malformed", False):
-            behaviour = _refuse_malformed(behaviour)
         if wrap:
             behaviour = in_context(behaviour, method.name, tracing, streaming=method.client_streaming)
         make = (
@@ -188,12 +186,3 @@ def _parser(message_class: Any) -> Callable[[bytes], Any]:
             return Malformed(f"the request is not a valid {message_class.DESCRIPTOR.full_name} message")
 
     return parse
-
-
-def _refuse_malformed(behaviour: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if isinstance(request, Malformed):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-        return await behaviour(request, context)
-
-    return call

@@ -45,8 +45,9 @@ PROTOCOL = "grpc"
 
 def _rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     """``method`` answered once: a request that did not parse is INVALID_ARGUMENT, a ServiceError aborts
-    the RPC with its mapped status, anything else with INTERNAL (one coroutine around the method, not
-    three: this runs on every call)."""
+    the RPC with its mapped status, anything else with INTERNAL. Every unary method of the service is
+    wrapped in it, so no other layer checks for undecodable requests (one coroutine around the method,
+    not three: this runs on every call)."""
 
     @functools.wraps(method)
     async def answer(self: InferenceServicer, request: Any, context: Context) -> T:
@@ -64,11 +65,11 @@ def _rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         await context.abort(code, message, trailing_metadata=trailers)
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
-    answer.refuses_malformed = True  # type: ignore[attr-defined]  # service.grpc.server adds no check
     return answer
 
 
 def _unimplemented(what: str) -> Callable[..., Awaitable[Any]]:
+    @_rpc
     async def method(self: InferenceServicer, request: Any, context: Context) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not supported by this server")
 
@@ -90,9 +91,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # ---- health and metadata ------------------------------------------------------------------------
 
+    @_rpc
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
+    @_rpc
     async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=server_ready(self._core))
 
@@ -105,6 +108,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
+    @_rpc
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: Context
     ) -> pb.ServerMetadataResponse:
