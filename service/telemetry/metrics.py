@@ -135,6 +135,16 @@ class LoopHistogram(Histogram):
             self._buckets[bisect_left(self._upper_bounds, amount)].value += 1
 
 
+def _by_reason(
+    name: str, documentation: str, reasons: tuple[str, ...], registry: CollectorRegistry
+) -> Counter:
+    """A counter labelled ``reason``, every reason's series exported from the start (at 0)."""
+    counter = Counter(name, documentation, ["reason"], registry=registry)
+    for reason in reasons:
+        counter.labels(reason)
+    return counter
+
+
 class Metrics:
     """Every metric the service exports, registered on ``registry``."""
 
@@ -232,27 +242,23 @@ class Metrics:
             registry=registry,
         )
 
-        self.connections_closed = Counter(
+        self.connections_closed = _by_reason(
             "http_connections_closed_total",
             "HTTP connections the server closed or refused before answering a request, by reason.",
-            ["reason"],
-            registry=registry,
+            CONNECTION_REASONS,
+            registry,
         )
-        for reason in CONNECTION_REASONS:
-            self.connections_closed.labels(reason)
         self.grpc_connections = Gauge(
             "grpc_connections_open",
             "Client connections open on the native gRPC listener (SERVE_GRPC_SERVER=native).",
             registry=registry,
         )
-        self.grpc_refused = Counter(
+        self.grpc_refused = _by_reason(
             "grpc_refused_total",
             "Connections the native gRPC listener closed, and calls it refused, by itself, by reason.",
-            ["reason"],
-            registry=registry,
+            GRPC_REFUSAL_REASONS,
+            registry,
         )
-        for reason in GRPC_REFUSAL_REASONS:
-            self.grpc_refused.labels(reason)
 
         self.rollout_state = Gauge(
             "rollout_state",
