@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import h2.config
 import h2.connection
@@ -46,21 +47,15 @@ HTTP1 = (
 def h2_round(calls: int, seen: list[h2.events.Event] | None = None) -> float:
     """CPU seconds per call spent by the server side of ``calls`` exchanges on one connection; the
     client's events are appended to ``seen`` when given (the test checks the exchange is a real one)."""
-    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client = _client()
     server = h2.connection.H2Connection(
         h2.config.H2Configuration(client_side=False, validate_inbound_headers=False)
     )
-    client.initiate_connection()
     server.initiate_connection()
     server.receive_data(client.data_to_send())
     client.receive_data(server.data_to_send())
-    spent = 0.0
-    for _ in range(calls):
-        stream = client.get_next_available_stream_id()
-        client.send_headers(stream, REQUEST_HEADERS)
-        client.send_data(stream, MESSAGE, end_stream=True)
-        wire = client.data_to_send()
-        started = time.process_time()
+
+    def serve(wire: bytes) -> bytes:
         for event in server.receive_data(wire):
             if isinstance(event, h2.events.DataReceived):
                 server.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
@@ -70,29 +65,44 @@ def h2_round(calls: int, seen: list[h2.events.Event] | None = None) -> float:
                 )
                 server.send_data(event.stream_id, ANSWER)
                 server.send_headers(event.stream_id, [("grpc-status", "0")], end_stream=True)
-        answer = server.data_to_send()
-        spent += time.process_time() - started
-        for event in client.receive_data(answer):
-            if seen is not None:
-                seen.append(event)
-            if isinstance(event, h2.events.DataReceived):
-                client.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-    return spent / calls
+        return server.data_to_send()
+
+    return _exchanges(calls, client, serve, seen)
 
 
 def native_round(calls: int, seen: list[h2.events.Event] | None = None) -> float:
     """As :func:`h2_round`, with the service's own session (``service.grpc._h2``, libnghttp2) as the
-    server: feed the request's bytes, answer the call, take the bytes to send. The ``h2`` client around
-    it is not measured."""
-    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    server: feed the request's bytes, answer the call, take the bytes to send."""
+    client = _client()
     server = _h2.Session(4 << 20)
-    client.initiate_connection()
     server.feed(client.data_to_send())
     client.receive_data(server.data_to_send())
-    server.feed(client.data_to_send())  # the client's SETTINGS acknowledgement
-    server.data_to_send()
     end, trailers = _h2.END, [(b"grpc-status", b"0")]
     payload = ANSWER[5:]  # the session writes the 5-byte prefix itself
+
+    def serve(wire: bytes) -> bytes:
+        for event in server.feed(wire):
+            if event[0] == end:
+                server.unary(event[1], payload, trailers)
+        return server.data_to_send()
+
+    return _exchanges(calls, client, serve, seen)
+
+
+def _client() -> h2.connection.H2Connection:
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    return client
+
+
+def _exchanges(
+    calls: int,
+    client: h2.connection.H2Connection,
+    serve: Callable[[bytes], bytes],
+    seen: list[h2.events.Event] | None,
+) -> float:
+    """``calls`` unary exchanges: the client's bytes (its flow-control acknowledgements of the last
+    answer included) go to ``serve``, whose CPU time alone is measured, and its answer back."""
     spent = 0.0
     for _ in range(calls):
         stream = client.get_next_available_stream_id()
@@ -100,18 +110,13 @@ def native_round(calls: int, seen: list[h2.events.Event] | None = None) -> float
         client.send_data(stream, MESSAGE, end_stream=True)
         wire = client.data_to_send()
         started = time.process_time()
-        for event in server.feed(wire):
-            if event[0] == end:
-                server.unary(event[1], payload, trailers)
-        answer = server.data_to_send()
+        answer = serve(wire)
         spent += time.process_time() - started
         for event in client.receive_data(answer):
             if seen is not None:
                 seen.append(event)
             if isinstance(event, h2.events.DataReceived):
                 client.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-        server.feed(client.data_to_send())  # the client's WINDOW_UPDATEs, outside the measurement
-        server.data_to_send()
     return spent / calls
 
 
