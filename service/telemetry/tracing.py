@@ -164,14 +164,8 @@ class Tracing:
     def child(self, name: str, attributes: dict[str, Any] | None = None) -> Iterator[Span]:
         """An INTERNAL span under the current one, current while the block runs; an exception sets its
         status to the error's client message."""
-        with self.tracer.start_as_current_span(
-            name, attributes=attributes, record_exception=False, set_status_on_exception=False
-        ) as span:
-            try:
-                yield span
-            except BaseException as exc:
-                set_error(span, exc)
-                raise
+        with _current(self.tracer, name, attributes, record_exception=False) as span:
+            yield span
 
     def request(self, attributes: dict[str, Any]) -> RequestTrace | None:
         """The current request's span with ``attributes`` added, when it is sampled; None otherwise."""
@@ -191,14 +185,24 @@ class Tracing:
     def lifecycle(self, name: str, attributes: dict[str, Any]) -> Iterator[Span]:
         """A model lifecycle span (``model.load``, ``model.retire``, ``model.unload``): under the current
         request if there is one, otherwise a trace of its own, always sampled."""
-        with self.always.start_as_current_span(
-            name, attributes=attributes, record_exception=True, set_status_on_exception=False
-        ) as span:
-            try:
-                yield span
-            except BaseException as exc:
-                set_error(span, exc)
-                raise
+        with _current(self.always, name, attributes, record_exception=True) as span:
+            yield span
+
+
+@contextmanager
+def _current(
+    tracer: Any, name: str, attributes: dict[str, Any] | None, *, record_exception: bool
+) -> Iterator[Span]:
+    """A span of ``tracer``, current while the block runs; an exception sets its status to the error's
+    client message (:func:`set_error`), never to OpenTelemetry's own description."""
+    with tracer.start_as_current_span(
+        name, attributes=attributes, record_exception=record_exception, set_status_on_exception=False
+    ) as span:
+        try:
+            yield span
+        except BaseException as exc:
+            set_error(span, exc)
+            raise
 
 
 class RequestTrace:
