@@ -17,9 +17,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# The package compiles one C extension (service/grpc/_h2.c, the gRPC front end over libnghttp2): its
-# header and a compiler come first (tools/system-deps.sh build), and editing the C source rebuilds it.
-BUILD_INPUTS := pyproject.toml setup.py service/grpc/_h2.c
+# The package compiles two C extensions (service/grpc/_h2.c, the gRPC front end over libnghttp2, and
+# service/http/_leaves.c, JSON tensor numbers packed in one pass): nghttp2's header and a compiler come
+# first (tools/system-deps.sh build), and editing either C source rebuilds them.
+BUILD_INPUTS := pyproject.toml setup.py service/grpc/_h2.c service/http/_leaves.c
 
 $(SERVE_STAMP): $(BUILD_INPUTS) | $(BIN)/python
 	bash tools/system-deps.sh build

@@ -21,7 +21,7 @@ RUN if ! python3 -c "import ensurepip" 2>/dev/null; then \
     && groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /home/app --create-home --shell /usr/sbin/nologin app \
     && install -d -o 10001 -g 10001 /models /data /feedback
-# The trainer serves no gRPC, so the package is installed without its C extension (and no compiler).
+# The trainer serves nothing, so the package is installed without its C extensions (and no compiler).
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DIGITS_SERVING_BUILD_H2=0
 RUN python3 -m venv /opt/venv

@@ -3,11 +3,17 @@
 :func:`from_json` checks the nesting, the leaf types (no booleans for numbers, no floats for integers),
 the value count and the datatype's range, and raises :class:`~service.errors.InvalidInput` saying which
 input and what was wrong. It flattens with C-level iteration, never a per-element Python loop.
+
+Floating-point data that is well formed (numbers only, evenly nested, as many as the shape needs) is
+packed by the C extension ``service.http._leaves`` in one pass, which checks every leaf's type as it
+converts it; anything else, and every install without the extension, takes the checks below, which
+say what is wrong. Both give the values ``np.asarray`` gives.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from itertools import chain
 from typing import Any
 
@@ -16,12 +22,30 @@ import orjson
 
 from service.errors import InvalidInput
 
+_packed: Callable[[object, int, bool], bytes | None] | None
+try:
+    from service.http._leaves import floats as _packed
+except ImportError:  # installed without the C extensions (DIGITS_SERVING_BUILD_H2=0): the checks below
+    _packed = None
+
 #: Python types a JSON ``data`` leaf may have, by numpy kind of the tensor's datatype.
 LEAF_TYPES: dict[str, set[type]] = {"f": {int, float}, "i": {int}, "u": {int}, "b": {bool}}
 
 
 def from_json(name: str, data: Any, wire: np.dtype[Any], shape: list[int]) -> np.ndarray:
     """Turn JSON ``data`` (flat or nested lists) into an array of ``wire`` dtype and ``shape``."""
+    if wire.kind == "f" and _packed is not None:
+        single = wire == _FP32
+        try:
+            packed = _packed(data, math.prod(shape), single)
+        except OverflowError:  # an int beyond any double, as np.asarray says below
+            raise InvalidInput(f"input {name!r}: data holds non-finite values (NaN or infinity)") from None
+        if packed is not None:
+            values = np.frombuffer(packed, _FP32 if single else _FP64)
+            if not single and wire != _FP64:
+                with np.errstate(over="ignore"):  # past FP16's range: infinity, as below
+                    values = values.astype(wire)
+            return values.reshape(shape)
     if not isinstance(data, list):
         raise InvalidInput(f"input {name!r}: 'data' must be a list of numbers, got {show(data)}")
     leaves = data
@@ -56,6 +80,9 @@ def from_json(name: str, data: Any, wire: np.dtype[Any], shape: list[int]) -> np
         if wire.kind == "f":
             raise InvalidInput(f"input {name!r}: data holds non-finite values (NaN or infinity)") from None
         raise InvalidInput(f"input {name!r}: {_leaf_rule(wire)}") from None
+
+
+_FP32, _FP64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
 def _leaf_rule(wire: np.dtype[Any]) -> str:

@@ -329,11 +329,13 @@ def test_dockerignore_keeps_models_and_sources_only(tmp_path: Path) -> None:
         "models/mnist-cnn/rollout.json",
         "models/mnist-cnn/.staging-x/model.onnx",
         "service/grpc/_h2.cpython-311-x86_64-linux-gnu.so",  # built here; the image builds its own
+        "service/http/_leaves.cpython-311-x86_64-linux-gnu.so",
     ]
     needed = [
         "pyproject.toml",
         "setup.py",
         "service/grpc/_h2.c",
+        "service/http/_leaves.c",
         "README.md",
         "service/app.py",
         "service/static/index.html",
