@@ -29,6 +29,11 @@ level the targets take turns, ``--rounds`` times, so that a burst of other work 
 alike; a target's row is its median round (requests/s, and that round's p50 and p99). The table goes to
 stdout and ``bench/results/protocols.json``. On a small machine the load generators share the cores with
 the service, so compare the rows of one run as ratios, not across machines.
+
+Each ratio is printed as the ratio of the two medians, with the spread of the per-round ratios (each
+round's pair measured seconds apart, so a burst of other work moves both) beside it. The machine's load
+average and steal are recorded before and after, and a run that began on a busy machine is marked so.
+The last lines hold the issue's target, gRPC raw at least 1.2x HTTP binary at the highest level.
 """
 
 from __future__ import annotations
@@ -49,10 +54,21 @@ import httpx
 import numpy as np
 
 from bench.grpc_load import CHANNEL_OPTIONS, closed_loop, infer_request_bytes
-from bench.harness import h2load
+from bench.harness import h2load, load_report, machine_load
 from bench.serving import RESULTS, first_test_image, free_port, hey, process, write_bodies
 from service.grpc.generated import grpc_service_pb2 as pb
 from service.grpc.tensors import response_arrays
+
+#: The ratios whose per-round values are kept: name -> (numerator target, denominator target).
+RATIOS = {
+    "grpc_raw_vs_http_binary": ("grpc-raw", "http-binary"),
+    "grpc_raw_vs_http_json": ("grpc-raw", "http-json"),
+    "grpc_typed_vs_grpc_raw": ("grpc-typed", "grpc-raw"),
+    "grpc_raw_mux_vs_http_binary": ("grpc-raw-mux", "http-binary"),
+    "grpc_raw_vs_grpcio": ("grpc-raw", "grpc-raw-grpcio"),
+}
+#: Issue 20's bar: gRPC raw calls at least this many times HTTP binary requests at the highest level.
+TARGET = 1.2
 
 
 def check_answers(
@@ -150,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     grpc_headers = {"content-type": "application/grpc", "te": "trailers"}
     grpc_url = f"http://{grpc_address}/inference.GRPCInferenceService/ModelInfer"
     runs: list[dict[str, Any]] = []
+    round_ratios: dict[str, dict[str, list[float]]] = {}
     cmd = [sys.executable, "-m", "service", "--port", str(port)]
     # grpcio's listener (SERVE_GRPC_SERVER=grpcio) in a second, otherwise idle process: the same calls
     # against the server the native one replaced, in the same run.
@@ -176,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             assert (
                 check_answers(url, f"127.0.0.1:{old_grpc_port}", args.model, image, grpc_bodies) == ok_sizes
             )
+        load_before = machine_load()
         for c in levels:
             rounds: dict[str, list[dict[str, Any]]] = {}
             for _ in range(args.rounds):
@@ -237,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
                     {"target": name, "concurrency": c, **median, "rps_rounds": [r["rps"] for r in tries]}
                 )
                 line(name, c, median)
+            round_ratios[f"c{c}"] = {
+                ratio: [a["rps"] / b["rps"] for a, b in zip(rounds[top], rounds[bottom], strict=True)]
+                for ratio, (top, bottom) in RATIOS.items()
+                if top in rounds and bottom in rounds
+            }
+        load = load_report(load_before, machine_load())
 
     by = {(r["target"], r["concurrency"]): r["rps"] for r in runs}
     ratios: dict[str, dict[str, float]] = {}
@@ -254,9 +278,27 @@ def main(argv: list[str] | None = None) -> int:
             values["grpc_raw_vs_http_binary_same_client"] = by[("grpc-raw", c)] / by[("http-binary-py", c)]
         ratios[f"c{c}"] = values
     for level, values in ratios.items():
-        print(level, "  ".join(f"{k} {v:.2f}x" for k, v in values.items()))
+        spreads = round_ratios[level]
+        print(
+            level,
+            "  ".join(
+                f"{k} {v:.2f}x" + (f" ({min(spreads[k]):.2f}..{max(spreads[k]):.2f})" if k in spreads else "")
+                for k, v in values.items()
+            ),
+        )
     client = "h2load for every target" if use_h2load else "hey (HTTP) and the Python generator (fallback)"
     print(f"clients: {client}")
+    top = f"c{max(levels)}"
+    measured = ratios[top]["grpc_raw_vs_http_binary"]
+    print(
+        f"target: {top} gRPC raw / HTTP binary {measured:.2f}x, bar >= {TARGET:.1f}x: "
+        + ("met" if measured >= TARGET else "NOT MET")
+    )
+    print(
+        f"machine: load {load['load1_before']:.2f} before, {load['load1_after']:.2f} after, "
+        f"steal {100 * load['steal']:.1f} %"
+        + ("  BUSY MACHINE: ratios only, not absolute figures" if load["busy"] else "")
+    )
     results = {
         "date": dt.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared with other work while measured)",
@@ -267,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "runs": runs,
         "ratios": ratios,
+        "ratio_rounds": round_ratios,
+        "target": {"ratio": f"{top} grpc_raw_vs_http_binary", "measured": measured, "bar": TARGET},
+        "load": load,
     }
     out = RESULTS / "protocols.json"
     out.write_text(json.dumps(results, indent=2))
