@@ -48,6 +48,8 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.core import InferenceService
+from service.http.dispatch import FastPath
+from service.http.exchange import DirectExchange, begin
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -139,6 +141,9 @@ class GuardedProtocol(HttpToolsProtocol):
     _sweeper: ClassVar[asyncio.TimerHandle | None] = None
     _metrics: ClassVar[Any] = None
     _warned_at: ClassVar[float] = float("-inf")
+    #: The FastPath uvicorn serves, when it serves one directly (found on the first request): then plain
+    #: infer requests are answered from the parser callbacks (:mod:`service.http.exchange`).
+    _fast: ClassVar[FastPath | bool | None] = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -150,6 +155,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._headers_since: float | None = None  # the current header block's clock started then
         self._idle_since: float | None = None  # no request in progress since then (None: one is)
         self._body_since: float | None = None  # the current request's body has been awaited since then
+        self._exchange: DirectExchange | None = None  # the infer request read without an ASGI cycle
 
     # ---- connection ------------------------------------------------------------------------------
 
@@ -312,14 +318,38 @@ class GuardedProtocol(HttpToolsProtocol):
             if problem is not None:
                 self._refuse(*problem)
                 raise _Refused
+        fast = self._fast
+        if fast is False:
+            fast = type(self)._fast = self.app if isinstance(self.app, FastPath) else None
+        if fast is not None:
+            exchange = begin(self, fast)  # type: ignore[arg-type]
+            if exchange is not None:
+                self.cycle = exchange  # type: ignore[assignment]  # stands in for uvicorn's cycle
+                self._exchange = exchange
+                self._body_since = monotonic()
+                return
         super().on_headers_complete()
         self._body_since = monotonic()
         if self.parser.should_upgrade() and not self._should_upgrade():
             # The parser stops at an upgrade request: answer it as plain HTTP, then close.
             self.cycle.keep_alive = False
 
+    def on_body(self, body: bytes) -> None:
+        exchange = self._exchange
+        if exchange is not None and exchange.more_body:
+            exchange.chunks.append(body)
+        else:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        exchange = self._exchange
+        if exchange is not None and exchange.more_body:
+            exchange.more_body = False
+            task = self.loop.create_task(exchange.run())
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
+        else:
+            super().on_message_complete()
         self._body_since = None
         self._in_headers = True
         self._header_bytes = 0
@@ -336,6 +366,18 @@ class GuardedProtocol(HttpToolsProtocol):
             self._start_asgi_task(cycle, app)
         else:
             self._idle_since = monotonic()
+
+    def exchange_done(self, exchange: DirectExchange) -> None:
+        """``exchange`` answered: close the connection if it may not be kept, else go on as after any
+        response (a pipelined request waiting behind it starts now)."""
+        if self._exchange is exchange:
+            self._exchange = None
+        if not exchange.keep_alive:
+            self.server_state.total_requests += 1
+            if not self.transport.is_closing():
+                self.transport.close()
+            return
+        self.on_response_complete()
 
     # ---- answers -------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ embedder added); then the inner :class:`FastPath` answers, as before.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -35,7 +36,10 @@ from service.http.errors import asgi_error
 from service.http.infer import answer_infer
 from service.http.paths import INFER_PATH
 
-_WANTED = {b"content-length", b"content-encoding", b"inference-header-content-length", b"x-routing-key"}
+#: The request headers the infer exchange reads.
+WANTED = frozenset(
+    {b"content-length", b"content-encoding", b"inference-header-content-length", b"x-routing-key"}
+)
 
 
 class FastPath:
@@ -58,22 +62,34 @@ class FastPath:
         await self.app(scope, receive, send)
 
     async def _infer(self, match: re.Match[str], scope: Scope, receive: Receive, send: Send) -> None:
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in _WANTED}
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in WANTED}
 
         async def read(limit: int) -> bytes:
             return await read_asgi_body(receive, headers.get("content-length"), limit)
 
+        status, raw, body = await self.respond(match, scope["path"], headers, read)
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
+
+    async def respond(
+        self,
+        match: re.Match[str],
+        path: str,
+        headers: Mapping[str, str],
+        read: Callable[[int], Awaitable[bytes]],
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """One infer exchange, whatever carries it: status, response headers and body. Here through ASGI;
+        through the connection's own parser callbacks in :mod:`service.http.exchange`."""
         try:
             body, extra = await answer_infer(self.core, match[1], match[2], headers, read)
             status = 200
         except Exception as exc:
-            status, body, extra = asgi_error(exc, scope["path"])
+            status, body, extra = asgi_error(exc, path)
         raw: list[tuple[bytes, bytes]] = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
         raw.append((b"content-length", str(len(body)).encode()))
         if self.closes_while_draining and self.core.draining:
             raw.append((b"connection", b"close"))
-        await send({"type": "http.response.start", "status": int(status), "headers": raw})
-        await send({"type": "http.response.body", "body": body})
+        return int(status), raw, body
 
 
 class CloseWhileDraining:
