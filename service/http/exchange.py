@@ -52,6 +52,8 @@ def begin(protocol: GuardedProtocol, fast: FastPath) -> DirectExchange | None:
     parser = protocol.parser
     if parser.get_method() != b"POST" or protocol.expect_100_continue or protocol.root_path:
         return None
+    if parser.get_http_version() != "1.1":  # uvicorn keeps no HTTP/1.0 connection alive: its cycle's rule
+        return None
     cycle = protocol.cycle
     if (cycle is not None and not cycle.response_complete) or protocol.pipeline or parser.should_upgrade():
         return None

@@ -192,6 +192,10 @@ def test_other_requests_take_uvicorns_cycle(monkeypatch: pytest.MonkeyPatch) -> 
             "declared over the limit": request(b"{}", extra={"content-length": "70000"}),
             "two lengths": request(JSON_BODY, extra={"Content-Length": str(len(JSON_BODY))}),
             "not infer": request(b"", method="GET", path="/v2/health/ready"),
+            "HTTP/1.0 keep-alive": request(JSON_BODY, extra={"connection": "keep-alive"}).replace(
+                b"HTTP/1.1", b"HTTP/1.0", 1
+            ),
+            "Expect": request(JSON_BODY, extra={"expect": "100-continue"}),
         }
         for name, raw in cases.items():
             if name == "two lengths":  # httptools itself refuses it: either way a 400 answers it
