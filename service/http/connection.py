@@ -143,7 +143,8 @@ class GuardedProtocol(HttpToolsProtocol):
     _warned_at: ClassVar[float] = float("-inf")
     #: The FastPath uvicorn serves, when it serves one directly (found on the first request): then plain
     #: infer requests are answered from the parser callbacks (:mod:`service.http.exchange`).
-    _fast: ClassVar[FastPath | bool | None] = False
+    _fast: ClassVar[FastPath | None] = None
+    _fast_found: ClassVar[bool] = False  # whether _fast was looked for
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -318,11 +319,13 @@ class GuardedProtocol(HttpToolsProtocol):
             if problem is not None:
                 self._refuse(*problem)
                 raise _Refused
-        fast = self._fast
-        if fast is False:
-            fast = type(self)._fast = self.app if isinstance(self.app, FastPath) else None
+        cls = type(self)
+        if not cls._fast_found:
+            cls._fast = self.app if isinstance(self.app, FastPath) else None
+            cls._fast_found = True
+        fast = cls._fast
         if fast is not None:
-            exchange = begin(self, fast)  # type: ignore[arg-type]
+            exchange = begin(self, fast)
             if exchange is not None:
                 self.cycle = exchange  # type: ignore[assignment]  # stands in for uvicorn's cycle
                 self._exchange = exchange

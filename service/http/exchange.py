@@ -23,21 +23,39 @@ clears its ``keep_alive`` so the connection closes after the answer, and a lost 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from typing import Any, Protocol
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
+from uvicorn.server import ServerState
 
 from service.errors import PayloadTooLarge
 from service.http.dispatch import WANTED, FastPath
 from service.http.paths import INFER_PATH
 
-if TYPE_CHECKING:
-    from service.http.connection import GuardedProtocol
-
 log = logging.getLogger("service")
+
+
+class Connection(Protocol):
+    """What an exchange reads of the connection it runs on: uvicorn's httptools protocol's state as
+    :class:`~service.http.connection.GuardedProtocol` keeps it, and the call that hands it back."""
+
+    parser: httptools.HttpRequestParser
+    url: bytes
+    headers: list[tuple[bytes, bytes]]
+    expect_100_continue: bool
+    root_path: str
+    cycle: Any
+    pipeline: deque[Any]
+    transport: asyncio.Transport
+    server_state: ServerState
+
+    def exchange_done(self, exchange: DirectExchange) -> None: ...
+
 
 _CLOSE = b"connection: close\r\n"
 _FAILED = (
@@ -46,7 +64,7 @@ _FAILED = (
 )
 
 
-def begin(protocol: GuardedProtocol, fast: FastPath) -> DirectExchange | None:
+def begin(protocol: Connection, fast: FastPath) -> DirectExchange | None:
     """A :class:`DirectExchange` for the request whose header block the parser just finished, or None
     when it is not the plain form the module docstring lists (uvicorn's cycle then takes it)."""
     parser = protocol.parser
@@ -104,7 +122,7 @@ class DirectExchange:
 
     def __init__(
         self,
-        protocol: GuardedProtocol,
+        protocol: Connection,
         fast: FastPath,
         match: re.Match[str],
         path: str,

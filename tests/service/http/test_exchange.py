@@ -87,11 +87,12 @@ class Served:
         before = len(self.direct)
         (served,) = await self.exchange(raw)
         went_direct = len(self.direct) == before + 1
+        fast = self.protocol._fast
         self.protocol._fast = None
         try:
             (asgi,) = await self.exchange(raw)
         finally:
-            self.protocol._fast = False  # found again on the next request
+            self.protocol._fast = fast
         assert len(self.direct) == before + went_direct
         return served, asgi, went_direct
 
