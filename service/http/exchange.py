@@ -11,9 +11,9 @@ checks of every header uvicorn's send makes, and a second write for the body.
 
 Only the plain form goes this way (:func:`begin`): POST to an infer path without percent-escapes,
 HTTP/1.1, exactly one ``Content-Length`` within ``SERVE_MAX_BODY_BYTES``, no ``Transfer-Encoding``, no
-``Expect``, no upgrade, and nothing else in flight on the connection. Everything else takes uvicorn's cycle
-and the ASGI fast path, as before, and the answers are the same either way (the status, the headers
-uvicorn would add, the body).
+``Expect``, no upgrade, nothing else in flight on the connection, and a client that reads its answers
+(writes not paused). Everything else takes uvicorn's cycle and the ASGI fast path, as before, and the
+answers are the same either way (the status, the headers uvicorn would add, the body).
 
 While it runs, the exchange stands in the protocol's ``cycle``, unfinished: a pipelined request behind it
 then waits in uvicorn's queue (its answer must come after this one), a drain (uvicorn's ``shutdown``)
@@ -30,6 +30,7 @@ from collections import deque
 from typing import Any, Protocol
 
 import httptools
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 from uvicorn.server import ServerState
 
@@ -52,6 +53,7 @@ class Connection(Protocol):
     cycle: Any
     pipeline: deque[Any]
     transport: asyncio.Transport
+    flow: FlowControl
     server_state: ServerState
 
     def exchange_done(self, exchange: DirectExchange) -> None: ...
@@ -74,6 +76,8 @@ def begin(protocol: Connection, fast: FastPath) -> DirectExchange | None:
         return None
     cycle = protocol.cycle
     if (cycle is not None and not cycle.response_complete) or protocol.pipeline or parser.should_upgrade():
+        return None
+    if protocol.flow.write_paused:  # a client that does not read: uvicorn's cycle waits for it to drain
         return None
     try:
         raw_path = httptools.parse_url(protocol.url).path

@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import gzip
 import socket
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 from typing import Any
 
+import httptools
 import numpy as np
 import orjson
 import pytest
@@ -19,7 +22,7 @@ import uvicorn
 from service.app import create_app
 from service.http import connection
 from service.http.connection import ConnectionLimits, GuardedProtocol, core_of, guarded_protocol
-from service.http.exchange import DirectExchange
+from service.http.exchange import DirectExchange, begin
 from service.server import ServiceConfig
 from service.settings import Settings
 from tests.helpers.data import MODELS
@@ -274,3 +277,71 @@ def test_a_client_gone_before_its_answer_leaves_the_server_serving(monkeypatch: 
         assert len(served.direct) >= before + 1
 
     run(monkeypatch, test)
+
+
+class Parsed:
+    """A connection as :func:`begin` sees it: a real httptools parser calls it, inside the header block's
+    last callback as the server's protocol does (the parser's keep-alive flags are reset once the
+    message ends)."""
+
+    def __init__(self, raw: bytes, change: Callable[[Parsed], object] = lambda _: None) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.expect_100_continue = False
+        self.root_path = ""
+        self.cycle: Any = None
+        self.pipeline: deque[Any] = deque()
+        self.flow = SimpleNamespace(write_paused=False)
+        self.parser = httptools.HttpRequestParser(self)
+        self.began: list[DirectExchange | None] = []
+        change(self)
+        self.parser.feed_data(raw)
+        assert len(self.began) == 1
+
+    @property
+    def exchange(self) -> DirectExchange | None:
+        return self.began[0]
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+        if name.lower() == b"expect":
+            self.expect_100_continue = True
+
+    def on_headers_complete(self) -> None:
+        self.began.append(begin(self, FAST))  # type: ignore[arg-type]
+
+
+FAST: Any = SimpleNamespace(core=SimpleNamespace(settings=SimpleNamespace(max_body_bytes=65536)))
+
+
+def test_begin_takes_the_plain_form_only() -> None:
+    exchange = Parsed(request(JSON_BODY)).exchange
+    assert exchange is not None and exchange.keep_alive
+    assert exchange.headers == {"content-length": str(len(JSON_BODY))}
+    assert exchange.match[1] == "mnist-cnn" and exchange.match[2] is None
+    versioned = Parsed(request(b"{}", path="/v2/models/m/versions/3/infer?x=1")).exchange
+    assert versioned is not None and (versioned.match[1], versioned.match[2]) == ("m", "3")
+    closing = Parsed(request(b"{}", extra={"connection": "close"})).exchange
+    assert closing is not None and not closing.keep_alive
+
+    for raw in (
+        request(b"", method="GET", path="/v2/health/ready"),
+        request(b"{}", path="/v2/models/m/metadata"),
+        request(b"{}", path="/v2/models/m%2D1/infer"),
+        request(b"{}", extra={"content-length": "65537"}),
+        request(b"{}", extra={"expect": "100-continue"}),
+        request(b"{}", extra={"x-routing-key": "a", "X-Routing-Key": "b"}),
+        request(b"{}").replace(b"HTTP/1.1", b"HTTP/1.0", 1),
+        f"POST {PATH} HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n".encode(),
+    ):
+        assert Parsed(raw).exchange is None, raw[:80]
+    for change in (
+        lambda c: setattr(c.flow, "write_paused", True),  # the client is not reading its answers
+        lambda c: setattr(c, "cycle", SimpleNamespace(response_complete=False)),  # one in flight
+        lambda c: c.pipeline.append(object()),  # one waiting
+        lambda c: setattr(c, "root_path", "/api"),
+    ):
+        assert Parsed(request(JSON_BODY), change).exchange is None
