@@ -5,39 +5,33 @@
 # `tools/system-deps.sh deploy` adds what the deployment test (make test-deploy) needs on top: Debian's
 # Docker engine (docker.io) and debootstrap, for the local base image.
 # `tools/system-deps.sh build` installs only what building the package needs: a C compiler and
-# libnghttp2's header for the gRPC front end (service/grpc/_h2.c; Python's own headers come with CPython).
+# libnghttp2's header for the C extensions (service/grpc/_h2.c, service/http/_leaves.c; Python's own headers
+# come with CPython).
 set -euo pipefail
 need=()
 if [ "${1:-}" = build ]; then
     command -v cc >/dev/null || need+=(gcc libc6-dev)
     [ -f /usr/include/nghttp2/nghttp2.h ] || need+=(libnghttp2-dev)
-    if [ ${#need[@]} -eq 0 ]; then exit 0; fi
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "building the package needs: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2
-        exit 1
+    what="build packages" missing="building the package needs"
+else
+    command -v prometheus >/dev/null || need+=(prometheus)
+    command -v chromium >/dev/null || need+=(chromium)
+    command -v docker-compose >/dev/null || need+=(docker-compose)
+    command -v hey >/dev/null || need+=(hey)
+    command -v wrk >/dev/null || need+=(wrk)
+    command -v h2load >/dev/null || need+=(nghttp2-client)
+    if [ "${1:-}" = deploy ]; then
+        command -v dockerd >/dev/null || need+=(docker.io)
+        command -v debootstrap >/dev/null || need+=(debootstrap)
     fi
-    echo "installing build packages: ${need[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
-    apt-get install -y -q --no-install-recommends "${need[@]}"
-    exit 0
-fi
-command -v prometheus >/dev/null || need+=(prometheus)
-command -v chromium >/dev/null || need+=(chromium)
-command -v docker-compose >/dev/null || need+=(docker-compose)
-command -v hey >/dev/null || need+=(hey)
-command -v wrk >/dev/null || need+=(wrk)
-command -v h2load >/dev/null || need+=(nghttp2-client)
-if [ "${1:-}" = deploy ]; then
-    command -v dockerd >/dev/null || need+=(docker.io)
-    command -v debootstrap >/dev/null || need+=(debootstrap)
+    what="system packages" missing="missing system packages"
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
-    echo "missing system packages: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2
+    echo "$missing: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2
     exit 1
 fi
-echo "installing system packages: ${need[*]}"
+echo "installing $what: ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 apt-get install -y -q --no-install-recommends "${need[@]}"

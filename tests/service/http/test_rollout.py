@@ -25,11 +25,26 @@ NAME = "mnist-mlp"
 START = f"/v2/repository/models/{NAME}/rollout"
 
 
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
+def candidate_repository(tmp_path: Path) -> Path:
+    """A repository with version 1 of the model and version 2 as a candidate."""
     root = tmp_path / "models"
     publish_variant(MODELS / NAME / "1", root, NAME, 1)
     publish_variant(MODELS / NAME / "1", root, NAME, 2, candidate=True)
+    return root
+
+
+def fail_record_writes(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """Every rollout-record write raises OSError ``code``, as the repository's filesystem would."""
+
+    def fail(*_: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(registry_module, "write_record", fail)
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    root = candidate_repository(tmp_path)
     # Version 3 classifies 32x32 RGB images: another signature.
     write_model_version(root, NAME, 3, input_shape=(32, 32, 3))
     (root / NAME / "3" / "candidate").write_text("")
@@ -106,14 +121,8 @@ def test_one_rollout_at_a_time_and_the_operator_steers_it(client: TestClient) ->
 def test_a_read_only_repository_answers_why_it_cannot_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = tmp_path / "models"
-    publish_variant(MODELS / NAME / "1", root, NAME, 1)
-    publish_variant(MODELS / NAME / "1", root, NAME, 2, candidate=True)
-
-    def read_only(*_: object) -> None:  # what a read-only mount answers (tests run as root in CI)
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-
-    monkeypatch.setattr(registry_module, "write_record", read_only)
+    root = candidate_repository(tmp_path)
+    fail_record_writes(monkeypatch, errno.EROFS)  # what a read-only mount answers (tests run as root in CI)
     settings = Settings(model_repository=root, models=[NAME], grpc_port=0, admin_token=TOKEN)
     with TestClient(create_app(settings)) as client:
         answer = client.post(START, json={"candidate": "2"}, headers=ADMIN)
@@ -127,14 +136,8 @@ def test_a_read_only_repository_answers_why_it_cannot_start(
 def test_a_repository_that_fails_the_write_answers_503_and_keeps_the_old_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = tmp_path / "models"
-    publish_variant(MODELS / NAME / "1", root, NAME, 1)
-    publish_variant(MODELS / NAME / "1", root, NAME, 2, candidate=True)
-
-    def full(*_: object) -> None:  # a disk that fills up, or a share that drops, for a moment
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(registry_module, "write_record", full)
+    root = candidate_repository(tmp_path)
+    fail_record_writes(monkeypatch, errno.ENOSPC)  # a disk that fills up, or a share that drops, for a moment
     settings = Settings(model_repository=root, models=[NAME], grpc_port=0, admin_token=TOKEN)
     with TestClient(create_app(settings)) as client:
         answer = client.post(START, json={"candidate": "2"}, headers=ADMIN)
@@ -149,9 +152,7 @@ def test_a_repository_that_fails_the_write_answers_503_and_keeps_the_old_record(
 def test_a_record_read_that_a_write_overtakes_does_not_bring_back_the_older_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = tmp_path / "models"
-    publish_variant(MODELS / NAME / "1", root, NAME, 1)
-    publish_variant(MODELS / NAME / "1", root, NAME, 2, candidate=True)
+    root = candidate_repository(tmp_path)
     real_read, real_write = registry_module.read_record, registry_module.write_record
     read_started, written = threading.Event(), threading.Event()
 
