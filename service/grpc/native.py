@@ -382,9 +382,7 @@ class _Connection(asyncio.Protocol):
                 )
                 self._answered()
             return
-        if self._done(call):
-            self._session.finish(call.stream_id, status_trailers(code, message, context.trailing_metadata()))
-            self._answered()
+        self._end_with(call, code, message)
 
     async def _run_streaming(self, call: Call, request: Any) -> None:
         context = call.context
@@ -408,8 +406,14 @@ class _Connection(asyncio.Protocol):
         except Exception:
             log.exception("unhandled error in a gRPC stream")
             code, message = grpc.StatusCode.UNKNOWN, INTERNAL_MESSAGE
+        self._end_with(call, code, message)
+
+    def _end_with(self, call: Call, code: grpc.StatusCode, message: str) -> None:
+        """End ``call``'s stream with a status, unless it was ended meanwhile (cancelled, expired)."""
         if self._done(call):
-            self._session.finish(call.stream_id, status_trailers(code, message, context.trailing_metadata()))
+            self._session.finish(
+                call.stream_id, status_trailers(code, message, call.context.trailing_metadata())
+            )
             self._answered()
 
     def _answered(self) -> None:
