@@ -81,9 +81,10 @@ def begin(protocol: Connection, fast: FastPath) -> DirectExchange | None:
         return None
     try:
         raw_path = httptools.parse_url(protocol.url).path
-        match = None if b"%" in raw_path else INFER_PATH.fullmatch(raw_path.decode("ascii"))
+        path = raw_path.decode("ascii")
     except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
         return None  # uvicorn's cycle answers it as it always has
+    match = None if "%" in path else INFER_PATH.fullmatch(path)
     if match is None:
         return None
     headers: dict[str, str] = {}
@@ -101,7 +102,7 @@ def begin(protocol: Connection, fast: FastPath) -> DirectExchange | None:
     if int(declared) > fast.core.settings.max_body_bytes:
         return None  # the ASGI path answers 413 before reading, as it always has
     keep_alive = parser.should_keep_alive()
-    return DirectExchange(protocol, fast, match, raw_path.decode("ascii"), headers, keep_alive)
+    return DirectExchange(protocol, fast, match, path, headers, keep_alive)
 
 
 class DirectExchange:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from service.core.signature import DATATYPES
 from service.errors import InvalidInput
 
 _packed: Callable[[object, int, bool], bytes | None] | None
@@ -82,7 +83,7 @@ def from_json(name: str, data: Any, wire: np.dtype[Any], shape: list[int]) -> np
         raise InvalidInput(f"input {name!r}: {_leaf_rule(wire)}") from None
 
 
-_FP32, _FP64 = np.dtype(np.float32), np.dtype(np.float64)
+_FP32, _FP64 = DATATYPES["FP32"], DATATYPES["FP64"]
 
 
 def _leaf_rule(wire: np.dtype[Any]) -> str:
