@@ -18,10 +18,19 @@ from typing import Any
 import numpy as np
 
 from service.core import InferRequest, InferResponse
-from service.core.signature import ModelSignature, RequestCheck, reject_extensions
+from service.core.signature import ModelSignature, RequestCheck, TensorSpec, reject_extensions
 from service.errors import InvalidInput
 from service.grpc.generated import grpc_service_pb2 as pb
 from service.grpc.tensors import from_contents, from_raw, has_contents, to_raw
+
+try:
+    from service.grpc import _wire
+except ImportError:  # installed without the C extensions: only grpcio's listener serves, which never calls
+    _wire = None  # type: ignore[assignment]  # decode_plain or encode_infer_bytes
+
+#: A ``ModelInferRequest`` of the plain form as :func:`decode_plain` reads it: model name, model version,
+#: request id, the inputs (name, datatype, shape), the output names asked for, and the raw input contents.
+Plain = tuple[str, str, str, list[tuple[str, str, list[int]]], list[str], list[bytes]]
 
 _MAX_TIMEOUT_US = 2**63 - 1
 
@@ -34,16 +43,10 @@ def parse_infer_request(
     Triton's ``parameters.timeout`` becomes the request's ``timeout``.
     """
     timeout = _timeout(request.parameters)
-    if not request.inputs:
-        raise InvalidInput("the request has no inputs")
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidInput(
-            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; "
-            "send every input raw, or none"
-        )
-    check = RequestCheck(signature, max_rows)
     tensors = request.inputs
+    raw = request.raw_input_contents
+    _check_counts(len(tensors), len(raw))
+    check = RequestCheck(signature, max_rows)
     for tensor in tensors:
         # A list, once: the checks index and slice the shape, which a message's container does slowly.
         check.input(tensor.name, tensor.datatype, list(tensor.shape))
@@ -65,16 +68,66 @@ def parse_infer_request(
             raise InvalidInput(f"{what}: no data; send it in raw_input_contents or contents")
         else:
             array = from_contents(tensor.contents, tensor.datatype, dims, what)
-        array = check.values(spec, array)
-        array.flags.writeable = False
-        inputs[spec.name] = array
+        inputs[spec.name] = _checked_values(check, spec, array)
+    return _infer_request(inputs, request.id, outputs, deadline, timeout)
+
+
+def decode_plain(payload: bytes) -> Plain | None:
+    """``payload``, a serialized ``ModelInferRequest``, read without protobuf when it is of the plain form
+    (``service/grpc/_wire.c``: no parameters, no typed contents, every input raw; what ``tritonclient``
+    sends); None for any other message, which protobuf then parses."""
+    return _wire.decode_infer(payload)
+
+
+def parse_plain_request(
+    plain: Plain, *, signature: ModelSignature, max_rows: int, deadline: float | None = None
+) -> InferRequest:
+    """:func:`parse_infer_request` for a request :func:`service.grpc._wire.decode_infer` read: one of the
+    plain form (no parameters, no typed contents, every input raw), so the checks that only the other
+    fields need have nothing to check; the rest run in the same order, with the same messages."""
+    _, _, request_id, tensors, names, raw = plain
+    _check_counts(len(tensors), len(raw))
+    check = RequestCheck(signature, max_rows)
+    for name, datatype, shape in tensors:
+        check.input(name, datatype, shape)
+    check.done()
+    outputs = check.outputs(names) if names else None
+    inputs: dict[str, np.ndarray] = {}
+    for data, (_, datatype, _), spec, dims in zip(raw, tensors, check.specs, check.shapes, strict=True):
+        array = from_raw(data, datatype, dims, f"input {spec.name!r}")
+        inputs[spec.name] = _checked_values(check, spec, array)
+    return _infer_request(inputs, request_id, outputs, deadline, None)
+
+
+def _check_counts(inputs: int, raw: int) -> None:
+    if not inputs:
+        raise InvalidInput("the request has no inputs")
+    if raw and raw != inputs:
+        raise InvalidInput(
+            f"raw_input_contents has {raw} entries for {inputs} inputs; send every input raw, or none"
+        )
+
+
+def _checked_values(check: RequestCheck, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+    array = check.values(spec, array)
+    array.flags.writeable = False
+    return array
+
+
+def _infer_request(
+    inputs: dict[str, np.ndarray],
+    request_id: str,
+    outputs: list[str] | None,
+    deadline: float | None,
+    timeout_us: int | None,
+) -> InferRequest:
     return InferRequest(
         inputs,
-        request.id or None,
+        request_id or None,
         outputs,
         deadline,
         checked=True,
-        timeout=None if timeout is None else timeout / 1e6,
+        timeout=None if timeout_us is None else timeout_us / 1e6,
     )
 
 
@@ -88,6 +141,16 @@ def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
         message.outputs.add(name=spec.name, datatype=spec.datatype, shape=array.shape)
         message.raw_output_contents.append(to_raw(array, spec.datatype))
     return message
+
+
+def encode_infer_bytes(response: InferResponse) -> bytes:
+    """:func:`encode_infer_response`, serialized, written by :func:`service.grpc._wire.encode_infer`
+    (the same bytes, without building the message)."""
+    outputs = []
+    for spec in response.specs:
+        array = np.asarray(response.outputs[spec.name])
+        outputs.append((spec.name, spec.datatype, array.shape, to_raw(array, spec.datatype)))
+    return _wire.encode_infer(response.model, str(response.version), response.id or "", outputs)
 
 
 def _requested_outputs(requested: Any, check: RequestCheck) -> list[str] | None:

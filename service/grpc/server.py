@@ -18,19 +18,17 @@ the calls in flight until the drain deadline to finish.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
 from google.protobuf import message_factory
-from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from service.core import InferenceService
 from service.grpc.generated import grpc_service_pb2 as pb
 from service.grpc.health import HealthServicer
-from service.grpc.servicer import InferenceServicer, Malformed, server_ready
+from service.grpc.servicer import InferenceServicer, message_parser, server_ready
 from service.grpc.tracing import in_context
 from service.telemetry.tracing import Tracing
 
@@ -101,7 +99,7 @@ def open_grpc_server(core: InferenceService, *, reuse_port: bool = False) -> Grp
         ) from None
     table = {
         f"/{service}/{name}": handler
-        for service, methods in services(core).items()
+        for service, methods in services(core, wire=True).items()
         for name, handler in methods.items()
     }
     return NativeGrpcServer(
@@ -113,13 +111,14 @@ def open_grpc_server(core: InferenceService, *, reuse_port: bool = False) -> Grp
     )
 
 
-def services(core: InferenceService) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
-    """The handlers of every service served, by service and method name: inference, health, reflection."""
+def services(core: InferenceService, *, wire: bool = False) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
+    """The handlers of every service served, by service and method name: inference, health, reflection.
+    ``wire``: ``ModelInfer`` takes and returns wire bytes where it can (see :func:`inference_methods`)."""
     # The request id and span wrapper exists only when tracing or JSON logs are on.
     wrap = core.tracing is not None or core.settings.log_format == "json"
     table = {
         INFERENCE_SERVICE: inference_methods(
-            InferenceServicer(core), core.tracing if wrap else None, wrap=wrap
+            InferenceServicer(core), core.tracing if wrap else None, wrap=wrap, wire=wire
         )
     }
     collector = _Collector(table)
@@ -154,12 +153,19 @@ def inference_handlers(
 
 
 def inference_methods(
-    servicer: InferenceServicer, tracing: Tracing | None = None, *, wrap: bool = False
+    servicer: InferenceServicer, tracing: Tracing | None = None, *, wrap: bool = False, wire: bool = False
 ) -> dict[str, grpc.RpcMethodHandler]:
-    """The handlers of :func:`inference_handlers`, by method name."""
+    """The handlers of :func:`inference_handlers`, by method name. With ``wire`` and without ``wrap``,
+    ``ModelInfer`` is :meth:`InferenceServicer.ModelInferBytes`, bytes in and bytes out: the native
+    listener's handlers (it calls no (de)serializer then); the request id and span wrapper reads the
+    request's message, so with ``wrap`` every method takes messages."""
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     handlers = {}
+    if wire and not wrap:
+        handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(servicer.ModelInferBytes)
     for method in service.methods:
+        if method.name in handlers:
+            continue
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
         behaviour = getattr(servicer, method.name)
@@ -172,17 +178,7 @@ def inference_methods(
         )
         handlers[method.name] = make(
             behaviour,
-            request_deserializer=_parser(request_class),
+            request_deserializer=message_parser(request_class),
             response_serializer=response_class.SerializeToString,
         )
     return handlers
-
-
-def _parser(message_class: Any) -> Callable[[bytes], Any]:
-    def parse(data: bytes) -> Any:
-        try:
-            return message_class.FromString(data)
-        except DecodeError:
-            return Malformed(f"the request is not a valid {message_class.DESCRIPTOR.full_name} message")
-
-    return parse

@@ -26,15 +26,22 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from grpc.aio import ServicerContext as Context
 
 from service.contract import parse_version
-from service.core import InferenceService
+from service.core import InferenceService, InferRequest, InferResponse
 from service.errors import InvalidInput, NotFound, ServiceError, Unavailable
 from service.grpc import model_config
 from service.grpc.generated import grpc_service_pb2 as pb
 from service.grpc.generated import grpc_service_pb2_grpc as pb_grpc
-from service.grpc.protocol import encode_infer_response, parse_infer_request
+from service.grpc.protocol import (
+    decode_plain,
+    encode_infer_bytes,
+    encode_infer_response,
+    parse_infer_request,
+    parse_plain_request,
+)
 from service.grpc.status import INTERNAL_MESSAGE, grpc_status
 from service.grpc.tracing import stream_request
 
@@ -81,6 +88,22 @@ class Malformed:
     """A request whose bytes did not parse as its message type (see :mod:`service.grpc.server`)."""
 
     message: str
+
+
+def message_parser(message_class: Any) -> Callable[[bytes], Any]:
+    """A request deserializer for ``message_class`` that answers :class:`Malformed` for bytes that do not
+    parse, rather than raising (grpcio would answer INTERNAL and log a traceback)."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError:
+            return Malformed(f"the request is not a valid {message_class.DESCRIPTOR.full_name} message")
+
+    return parse
+
+
+parse_model_infer = message_parser(pb.ModelInferRequest)
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -184,6 +207,30 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         return await self._infer(request, context.time_remaining(), _metadata(context, "routing-key"))
 
+    @_rpc
+    async def ModelInferBytes(self, payload: bytes, context: Context) -> bytes:
+        """``ModelInfer`` from the request's wire bytes to the answer's, for the native listener
+        (:func:`service.grpc.server.inference_methods` with ``wire=True``). A request of the plain form is
+        read and answered by :mod:`service.grpc._wire` without message objects; any other is parsed by
+        protobuf and answered as :meth:`ModelInfer` answers it. Either way the checks are the same
+        (:mod:`service.grpc.protocol`), and so are the answers, byte for byte."""
+        plain = decode_plain(payload)
+        if plain is None:
+            request = parse_model_infer(payload)
+            if isinstance(request, Malformed):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            response = await self._infer(request, context.time_remaining(), _metadata(context, "routing-key"))
+            return response.SerializeToString()
+        model, version, _, _, _, _ = plain
+        return await self._call(
+            model,
+            version,
+            context.time_remaining(),
+            _metadata(context, "routing-key"),
+            lambda check, deadline: parse_plain_request(plain, **check, deadline=deadline),
+            encode_infer_bytes,
+        )
+
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest | Malformed], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
@@ -239,29 +286,40 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         The deadline is the earlier of the gRPC deadline and ``parameters.timeout``; ``routing_key``
         (metadata ``routing-key``) keeps a client on one version during a rollout's canary.
         """
-        version = _version(request.model_version)
-        async with self._core.call(
-            request.model_name, version, protocol=PROTOCOL, routing_key=routing_key
-        ) as call:
-            settings = call.settings
+        return await self._call(
+            request.model_name,
+            request.model_version,
+            grpc_remaining,
+            routing_key,
+            lambda check, deadline: parse_infer_request(request, **check, deadline=deadline),
+            encode_infer_response,
+        )
+
+    async def _call(
+        self,
+        model: str,
+        version_text: str,
+        grpc_remaining: float | None,
+        routing_key: str | None,
+        decode: Callable[[dict[str, Any], float | None], InferRequest],
+        encode: Callable[[InferResponse], T],
+    ) -> T:
+        """The core call of one inference: ``decode`` (given the version's signature and row limit, and
+        the deadline) checks the request, the core answers it, ``encode`` writes the answer."""
+        version = _version(version_text)
+        async with self._core.call(model, version, protocol=PROTOCOL, routing_key=routing_key) as call:
             deadline = None if grpc_remaining is None else time.monotonic() + grpc_remaining
+            check = {"signature": call.signature, "max_rows": call.settings.max_request_rows}
             if call.trace is None:  # tracing off or this request not sampled
-                parsed = parse_infer_request(
-                    request, signature=call.signature, max_rows=settings.max_request_rows, deadline=deadline
-                )
+                parsed = decode(check, deadline)
             else:
                 with call.trace.child("decode"):
-                    parsed = parse_infer_request(
-                        request,
-                        signature=call.signature,
-                        max_rows=settings.max_request_rows,
-                        deadline=deadline,
-                    )
+                    parsed = decode(check, deadline)
             response = await call.infer(parsed)
             if call.trace is None:
-                return encode_infer_response(response)
+                return encode(response)
             with call.trace.child("encode"):
-                return encode_infer_response(response)
+                return encode(response)
 
     SystemSharedMemoryStatus = _unimplemented("system shared memory")
     SystemSharedMemoryRegister = _unimplemented("system shared memory")
