@@ -130,6 +130,7 @@ class _Connection(asyncio.Protocol):
         # in: the session raises H2Error on a wrong preface, so those bytes arriving means a real client.
         self._preface_left = 33
         self._preface_timer: asyncio.TimerHandle | None = None
+        self._flush_soon = False  # a flush is scheduled for the end of this turn of the loop
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # TCP_NODELAY is set by asyncio and uvloop alike; uvloop's transport is not an asyncio.Transport.
@@ -417,6 +418,16 @@ class _Connection(asyncio.Protocol):
             self._answered()
 
     def _answered(self) -> None:
+        if self.calls:
+            # Other calls are in flight on this connection (a channel multiplexes its client's calls):
+            # those answered in this turn of the loop, often one batch's, go out in one write after it.
+            if not self._flush_soon:
+                self._flush_soon = True
+                self._loop.call_soon(self._flush_deferred)
+            return
         self._flush()
-        if not self.calls:
-            self._server.call_ended()
+        self._server.call_ended()
+
+    def _flush_deferred(self) -> None:
+        self._flush_soon = False
+        self._flush()

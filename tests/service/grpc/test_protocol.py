@@ -16,9 +16,15 @@ from tritonclient.grpc import service_pb2 as triton_pb
 
 from service.core import InferRequest, InferResponse
 from service.core.signature import DATATYPES, ModelSignature, TensorSpec
-from service.errors import InvalidInput, PayloadTooLarge
+from service.errors import InvalidInput, PayloadTooLarge, ServiceError
 from service.grpc.generated import grpc_service_pb2 as pb
-from service.grpc.protocol import encode_infer_response, parse_infer_request
+from service.grpc.protocol import (
+    decode_plain,
+    encode_infer_bytes,
+    encode_infer_response,
+    parse_infer_request,
+    parse_plain_request,
+)
 from service.grpc.tensors import CONTENTS_FIELD, WIRE_DTYPES, build_infer_request, response_arrays
 from service.http import protocol
 
@@ -51,10 +57,42 @@ def one_input(datatype: str) -> ModelSignature:
     return ModelSignature(inputs=(TensorSpec("x", datatype, (-1, 3)),), outputs=SIG.outputs)
 
 
+PLAIN_PARSED: list[InferRequest] = []  # what parse() also read through the plain path
+
+
 def parse(request: pb.ModelInferRequest, sig: ModelSignature = SIG, max_rows: int = 64) -> InferRequest:
-    parsed = parse_infer_request(request, signature=sig, max_rows=max_rows)
+    """``request`` parsed with protobuf's message; when it is of the plain form (what the native listener
+    reads with service.grpc._wire), also through that path, which must give the same request or the
+    same error with the same message."""
+    plain = decode_plain(request.SerializeToString())
+    try:
+        parsed = parse_infer_request(request, signature=sig, max_rows=max_rows)
+    except ServiceError as exc:
+        if plain is not None:
+            with pytest.raises(type(exc)) as same:
+                parse_plain_request(plain, signature=sig, max_rows=max_rows)
+            assert same.value.message == exc.message
+        raise
     assert parsed.checked and parsed.deadline is None  # no gRPC deadline given
+    if plain is not None:
+        assert_same_request(parse_plain_request(plain, signature=sig, max_rows=max_rows), parsed)
+        PLAIN_PARSED.append(parsed)
     return parsed
+
+
+def assert_same_request(got: InferRequest, expected: InferRequest) -> None:
+    assert (got.id, got.outputs, got.deadline, got.timeout, got.checked, got.binary) == (
+        expected.id,
+        expected.outputs,
+        expected.deadline,
+        expected.timeout,
+        expected.checked,
+        expected.binary,
+    )
+    assert list(got.inputs) == list(expected.inputs)
+    for name, array in expected.inputs.items():
+        assert got.inputs[name].dtype == array.dtype and not got.inputs[name].flags.writeable
+        np.testing.assert_array_equal(got.inputs[name], array)
 
 
 def timeout_of(request: pb.ModelInferRequest) -> int | None:
@@ -311,7 +349,9 @@ def test_request_id_passes_through() -> None:
 
 def test_response_is_raw_in_signature_order_and_tritonclient_reads_it() -> None:
     outputs = {"x": np.array([[0.5, 1.5], [2.5, 3.5]], np.float32), "y": np.array([7, -8], np.int64)}
-    response = encode_infer_response(InferResponse("m", 3, "q", outputs, SIG2.outputs))
+    answer = InferResponse("m", 3, "q", outputs, SIG2.outputs)
+    response = encode_infer_response(answer)
+    assert encode_infer_bytes(answer) == response.SerializeToString()  # the native listener's encoder
     assert [o.name for o in response.outputs] == ["x", "y"]
     assert [list(o.shape) for o in response.outputs] == [[2, 2], [2]]
     assert len(response.raw_output_contents) == 2
@@ -326,8 +366,27 @@ def test_response_is_raw_in_signature_order_and_tritonclient_reads_it() -> None:
 
 def test_response_holds_only_the_outputs_the_core_picked() -> None:
     outputs = {"y": np.zeros(1, np.int64)}
-    response = encode_infer_response(InferResponse("m", 1, None, outputs, (SIG2.outputs[1],)))
+    answer = InferResponse("m", 1, None, outputs, (SIG2.outputs[1],))
+    response = encode_infer_response(answer)
     assert [o.name for o in response.outputs] == ["y"] and response.id == ""
+    assert encode_infer_bytes(answer) == response.SerializeToString()
+
+
+@pytest.mark.parametrize("datatype", [*NUMERIC, "BYTES"])
+@pytest.mark.parametrize("shape", [(2, 3), (1,), (0, 4), (3, 0)])
+def test_response_bytes_are_protobufs_for_every_datatype_and_shape(
+    datatype: str, shape: tuple[int, ...]
+) -> None:
+    if datatype == "BYTES":
+        values = np.array([b"a", "\u00e9t\u00e9", b""] * 4, dtype=object)[: int(np.prod(shape))].reshape(
+            shape
+        )
+    else:
+        values = sample(datatype, shape) if np.prod(shape) else np.zeros(shape, WIRE_DTYPES[datatype])
+    spec = TensorSpec("out \u2713", datatype, tuple(-1 for _ in shape))
+    for model, version, request_id in (("m", 1, None), ("m\u00e9", 12345678901, "id \u2603"), ("", 7, "")):
+        answer = InferResponse(model, version, request_id, {spec.name: values}, (spec,))
+        assert encode_infer_bytes(answer) == encode_infer_response(answer).SerializeToString()
 
 
 def test_tritonclient_requests_parse_to_the_http_parsers_arrays() -> None:
@@ -344,6 +403,8 @@ def test_tritonclient_requests_parse_to_the_http_parsers_arrays() -> None:
     body, length = triton_http.InferenceServerClient.generate_request_body([http_input])
     over_http = protocol.parse_infer_request(body, header_length=length, signature=SIG, max_rows=64)
     np.testing.assert_array_equal(parse(request).inputs["image"], over_http.inputs["image"])
+    assert PLAIN_PARSED and PLAIN_PARSED[-1].inputs["image"] is not None  # tritonclient's form is plain
+    assert decode_plain(request.SerializeToString()) is not None
 
 
 # ---- hostile requests --------------------------------------------------------------------------------
