@@ -12,10 +12,12 @@ travel). Responses are always raw, as Triton answers and as ``tritonclient.grpc`
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from service.core import InferRequest, InferResponse
 from service.core.signature import ModelSignature, RequestCheck, TensorSpec, reject_extensions
@@ -33,6 +35,29 @@ except ImportError:  # installed without the C extensions: only grpcio's listene
 Plain = tuple[str, str, str, list[tuple[str, str, list[int]]], list[str], list[bytes]]
 
 _MAX_TIMEOUT_US = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A request whose bytes did not parse as its message type (answered INVALID_ARGUMENT by the servicer)."""
+
+    message: str
+
+
+def message_parser(message_class: Any) -> Callable[[bytes], Any]:
+    """A request deserializer for ``message_class`` that answers :class:`Malformed` for bytes that do not
+    parse, rather than raising (grpcio would answer INTERNAL and log a traceback)."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError:
+            return Malformed(f"the request is not a valid {message_class.DESCRIPTOR.full_name} message")
+
+    return parse
+
+
+parse_model_infer = message_parser(pb.ModelInferRequest)
 
 
 def parse_infer_request(

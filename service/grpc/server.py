@@ -7,7 +7,7 @@ binds ``SERVE_GRPC_PORT`` with the server ``SERVE_GRPC_SERVER`` names: the nativ
 the same: messages above ``SERVE_MAX_BODY_BYTES`` (the HTTP body limit, compressed or not) are refused
 with RESOURCE_EXHAUSTED. The inference service is registered from its descriptor rather than with the
 generated ``add_..._to_server``, so that a message that does not parse reaches the servicer as
-:class:`~service.grpc.servicer.Malformed` and is answered INVALID_ARGUMENT (grpcio would answer INTERNAL
+:class:`~service.grpc.protocol.Malformed` and is answered INVALID_ARGUMENT (grpcio would answer INTERNAL
 and log a traceback).
 
 A listener is started and stopped by the app's lifespan, beside the core. Draining needs no call here,
@@ -28,7 +28,8 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from service.core import InferenceService
 from service.grpc.generated import grpc_service_pb2 as pb
 from service.grpc.health import HealthServicer
-from service.grpc.servicer import InferenceServicer, message_parser, server_ready
+from service.grpc.protocol import message_parser
+from service.grpc.servicer import InferenceServicer, server_ready
 from service.grpc.tracing import in_context
 from service.telemetry.tracing import Tracing
 

@@ -21,12 +21,10 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError
 from grpc.aio import ServicerContext as Context
 
 from service.contract import parse_version
@@ -36,10 +34,12 @@ from service.grpc import model_config
 from service.grpc.generated import grpc_service_pb2 as pb
 from service.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from service.grpc.protocol import (
+    Malformed,
     decode_plain,
     encode_infer_bytes,
     encode_infer_response,
     parse_infer_request,
+    parse_model_infer,
     parse_plain_request,
 )
 from service.grpc.status import INTERNAL_MESSAGE, grpc_status
@@ -81,29 +81,6 @@ def _unimplemented(what: str) -> Callable[..., Awaitable[Any]]:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not supported by this server")
 
     return method
-
-
-@dataclass(frozen=True)
-class Malformed:
-    """A request whose bytes did not parse as its message type (see :mod:`service.grpc.server`)."""
-
-    message: str
-
-
-def message_parser(message_class: Any) -> Callable[[bytes], Any]:
-    """A request deserializer for ``message_class`` that answers :class:`Malformed` for bytes that do not
-    parse, rather than raising (grpcio would answer INTERNAL and log a traceback)."""
-
-    def parse(data: bytes) -> Any:
-        try:
-            return message_class.FromString(data)
-        except DecodeError:
-            return Malformed(f"the request is not a valid {message_class.DESCRIPTOR.full_name} message")
-
-    return parse
-
-
-parse_model_infer = message_parser(pb.ModelInferRequest)
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):

@@ -18,7 +18,8 @@ from service.app import create_app
 from service.grpc import _wire
 from service.grpc.calls import Context
 from service.grpc.generated import grpc_service_pb2 as pb
-from service.grpc.servicer import InferenceServicer, parse_model_infer
+from service.grpc.protocol import parse_model_infer
+from service.grpc.servicer import InferenceServicer
 from service.grpc.tensors import build_infer_request
 from service.settings import Settings
 from tests.helpers.data import MODELS
