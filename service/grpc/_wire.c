@@ -164,7 +164,8 @@ decode_output(Reader r)
     return s;
 }
 
-/* Appends what decode() returned for one item to list; 1 appended, 0 not plain, -1 a Python error. */
+/* Appends one decoded item (a new reference, Py_None when not plain, NULL on a Python error) to list,
+ * consuming it: 1 appended, 0 not plain, -1 a Python error. */
 static int
 append_decoded(PyObject *list, PyObject *item)
 {
@@ -211,32 +212,20 @@ decode_infer(PyObject *module, PyObject *arg)
             }
             break;
         }
-        case LEN_TAG(5):
-            if (!read_span(&r, &span)) {
-                goto fallback;
-            }
-            if ((rc = append_decoded(inputs, decode_input(span))) <= 0) {
-                goto fallback_or_error;
-            }
-            break;
+        case LEN_TAG(5): /* the repeated fields: inputs, outputs, raw_input_contents */
         case LEN_TAG(6):
-            if (!read_span(&r, &span)) {
-                goto fallback;
-            }
-            if ((rc = append_decoded(outputs, decode_output(span))) <= 0) {
-                goto fallback_or_error;
-            }
-            break;
         case LEN_TAG(7): {
             if (!read_span(&r, &span)) {
                 goto fallback;
             }
-            PyObject *bytes = PyBytes_FromStringAndSize((const char *)span.at, span.end - span.at);
-            if (bytes == NULL || PyList_Append(raw, bytes) < 0) {
-                Py_XDECREF(bytes);
-                goto done;
+            PyObject *list = tag == LEN_TAG(5) ? inputs : tag == LEN_TAG(6) ? outputs : raw;
+            PyObject *item = tag == LEN_TAG(5)   ? decode_input(span)
+                             : tag == LEN_TAG(6) ? decode_output(span)
+                                                 : PyBytes_FromStringAndSize((const char *)span.at,
+                                                                             span.end - span.at);
+            if ((rc = append_decoded(list, item)) <= 0) {
+                goto fallback_or_error;
             }
-            Py_DECREF(bytes);
             break;
         }
         default:
