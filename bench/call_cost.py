@@ -37,11 +37,11 @@ import h2.config
 import h2.connection
 import h2.settings
 import numpy as np
-import orjson
 import uvloop
 from hyperframe.frame import SettingsFrame, WindowUpdateFrame
 from uvicorn.server import ServerState
 
+from bench import hotpath
 from bench.grpc_load import infer_request_bytes
 from bench.protocols import grpc_frame
 from service.app import create_app
@@ -85,20 +85,13 @@ class Transport:
 
 
 def http_request(image: np.ndarray) -> bytes:
-    """A binary infer request for ``image``, as ``tritonclient.http`` sends one."""
-    tensor = {"name": "image", "datatype": "FP32", "shape": list(image.shape)}
-    head = orjson.dumps(
-        {
-            "inputs": [{**tensor, "parameters": {"binary_data_size": image.nbytes}}],
-            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
-        }
-    )
-    body = head + image.tobytes()
-    return (
-        f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n"
-        f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {len(head)}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    """A binary infer request for ``image``, as ``tritonclient.http`` sends one (the body and headers of
+    :func:`bench.hotpath.bodies`)."""
+    body, headers = hotpath.bodies(image)["binary"]
+    head = b"POST /v2/models/%s/infer HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n" % MODEL.encode()
+    head += b"Content-Type: application/octet-stream\r\n"
+    head += b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+    return head + b"\r\n" + body
 
 
 def grpc_calls(image: np.ndarray, calls: int) -> tuple[bytes, list[bytes]]:

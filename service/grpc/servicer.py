@@ -29,6 +29,7 @@ from grpc.aio import ServicerContext as Context
 
 from service.contract import parse_version
 from service.core import InferenceService, InferRequest, InferResponse
+from service.core.signature import ModelSignature
 from service.errors import InvalidInput, NotFound, ServiceError, Unavailable
 from service.grpc import model_config
 from service.grpc.generated import grpc_service_pb2 as pb
@@ -204,7 +205,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             version,
             context.time_remaining(),
             _metadata(context, "routing-key"),
-            lambda check, deadline: parse_plain_request(plain, **check, deadline=deadline),
+            lambda signature, rows, deadline: parse_plain_request(
+                plain, signature=signature, max_rows=rows, deadline=deadline
+            ),
             encode_infer_bytes,
         )
 
@@ -268,7 +271,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             request.model_version,
             grpc_remaining,
             routing_key,
-            lambda check, deadline: parse_infer_request(request, **check, deadline=deadline),
+            lambda signature, rows, deadline: parse_infer_request(
+                request, signature=signature, max_rows=rows, deadline=deadline
+            ),
             encode_infer_response,
         )
 
@@ -278,7 +283,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         version_text: str,
         grpc_remaining: float | None,
         routing_key: str | None,
-        decode: Callable[[dict[str, Any], float | None], InferRequest],
+        decode: Callable[[ModelSignature, int, float | None], InferRequest],
         encode: Callable[[InferResponse], T],
     ) -> T:
         """The core call of one inference: ``decode`` (given the version's signature and row limit, and
@@ -286,12 +291,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         version = _version(version_text)
         async with self._core.call(model, version, protocol=PROTOCOL, routing_key=routing_key) as call:
             deadline = None if grpc_remaining is None else time.monotonic() + grpc_remaining
-            check = {"signature": call.signature, "max_rows": call.settings.max_request_rows}
+            signature, rows = call.signature, call.settings.max_request_rows
             if call.trace is None:  # tracing off or this request not sampled
-                parsed = decode(check, deadline)
+                parsed = decode(signature, rows, deadline)
             else:
                 with call.trace.child("decode"):
-                    parsed = decode(check, deadline)
+                    parsed = decode(signature, rows, deadline)
             response = await call.infer(parsed)
             if call.trace is None:
                 return encode(response)
