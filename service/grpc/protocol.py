@@ -161,21 +161,26 @@ def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
     message = pb.ModelInferResponse(
         model_name=response.model, model_version=str(response.version), id=response.id or ""
     )
-    for spec in response.specs:
-        array = np.asarray(response.outputs[spec.name])
-        message.outputs.add(name=spec.name, datatype=spec.datatype, shape=array.shape)
-        message.raw_output_contents.append(to_raw(array, spec.datatype))
+    for name, datatype, shape, raw in _raw_outputs(response):
+        message.outputs.add(name=name, datatype=datatype, shape=shape)
+        message.raw_output_contents.append(raw)
     return message
 
 
 def encode_infer_bytes(response: InferResponse) -> bytes:
     """:func:`encode_infer_response`, serialized, written by :func:`service.grpc._wire.encode_infer`
     (the same bytes, without building the message)."""
+    outputs = _raw_outputs(response)
+    return _wire.encode_infer(response.model, str(response.version), response.id or "", outputs)
+
+
+def _raw_outputs(response: InferResponse) -> list[tuple[str, str, tuple[int, ...], bytes]]:
+    """Each output the core picked, in signature order: name, datatype, shape and raw bytes."""
     outputs = []
     for spec in response.specs:
         array = np.asarray(response.outputs[spec.name])
         outputs.append((spec.name, spec.datatype, array.shape, to_raw(array, spec.datatype)))
-    return _wire.encode_infer(response.model, str(response.version), response.id or "", outputs)
+    return outputs
 
 
 def _requested_outputs(requested: Any, check: RequestCheck) -> list[str] | None:
