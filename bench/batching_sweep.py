@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from bench.harness import RESULTS, first_test_image, free_port, hey, process, write_bodies
+from bench.harness import RESULTS, first_test_image, hey, service, write_bodies
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,18 +29,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'batch':>5} {'delay_us':>8} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>7}")
     for batch in (int(b) for b in args.batch_sizes.split(",")):
         for delay in (int(d) for d in args.delays_us.split(",")):
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
             env = {
                 "SERVE_MODELS": args.model,
                 "SERVE_LOG_LEVEL": "warning",
-                "SERVE_GRPC_PORT": "0",
                 "SERVE_MAX_BATCH_SIZE": str(batch),
                 "SERVE_MAX_QUEUE_DELAY_US": str(delay),
             }
-            cmd = [sys.executable, "-m", "service", "--port", str(port)]
-            with process(cmd, env, f"{url}/v2/health/ready", RESULTS / "sweep-service.log"):
-                r = hey(f"{url}/v2/models/{args.model}/infer", body, headers, args.concurrency, args.seconds)
+            with service(env, RESULTS / "sweep-service.log", grpc=False) as served:
+                r = hey(
+                    f"{served.url}/v2/models/{args.model}/infer",
+                    body,
+                    headers,
+                    args.concurrency,
+                    args.seconds,
+                )
             rows.append({"max_batch_size": batch, "max_queue_delay_us": delay, **r})
             print(
                 f"{batch:5d} {delay:8d} {r['rps']:8.0f} {r['p50_ms']:7.1f} "

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -29,7 +28,7 @@ import httpx
 import numpy as np
 import orjson
 
-from bench.harness import ROOT, first_test_image, free_port, hey, process, report, write_bodies
+from bench.harness import ROOT, first_test_image, hey, report, service, write_bodies
 
 MODEL = "mnist-cnn"
 
@@ -90,14 +89,12 @@ def main() -> None:
     parser.add_argument("--masks", type=int, default=2000)
     args = parser.parse_args()
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {"SERVE_MODELS": MODEL, "SERVE_GRPC_PORT": "0", "SERVE_MODEL_REPOSITORY": str(ROOT / "models")}
+    env = {"SERVE_MODELS": MODEL, "SERVE_MODEL_REPOSITORY": str(ROOT / "models")}
     print(f"load average before: {Path('/proc/loadavg').read_text().strip()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         bodies = write_bodies(first_test_image(), Path(tmp))
-        cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
-        with process(cmd, env, f"{base}/v2/health/ready", Path(tmp) / "server.log") as server:
+        with service(env, Path(tmp) / "server.log", args=["--host", "127.0.0.1"], grpc=False) as server:
+            base = server.url
             infer = f"{base}/v2/models/{MODEL}/infer"
             path, headers = bodies["binary"]
             hey(infer, path, headers, args.concurrency, 3, server.pid)  # warm-up, not reported

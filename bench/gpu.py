@@ -147,23 +147,16 @@ def measure_service(args: argparse.Namespace, image: np.ndarray) -> dict[str, An
     import httpx
 
     from bench.grpc_load import closed_loop, infer_request_bytes
-    from bench.harness import RESULTS, free_port, process
+    from bench.harness import RESULTS, service
 
-    port, grpc_port = free_port(), free_port()
-    env = {
-        "SERVE_MODELS": args.model,
-        "SERVE_PROVIDERS": CUDA,
-        "SERVE_GRPC_PORT": str(grpc_port),
-        "SERVE_LOG_LEVEL": "warning",
-    }
-    cmd = [sys.executable, "-m", "service", "--port", str(port)]
-    url = f"http://127.0.0.1:{port}"
-    with process(cmd, env, f"{url}/v2/health/ready", RESULTS / "gpu-service.log"):
+    env = {"SERVE_MODELS": args.model, "SERVE_PROVIDERS": CUDA, "SERVE_LOG_LEVEL": "warning"}
+    with service(env, RESULTS / "gpu-service.log") as served:
+        url = served.url
         provider = httpx.get(f"{url}/v2/models/{args.model}", timeout=10).json()["parameters"]["provider"]
         if CUDA not in provider:
             raise CudaNotUsed(f"the service reports provider {provider!r} for {args.model}, not {CUDA}")
         body = infer_request_bytes(args.model, np.repeat(image, args.rows, axis=0), raw=True)
-        target = {"protocol": "grpc", "address": f"127.0.0.1:{grpc_port}", "body": body}
+        target = {"protocol": "grpc", "address": served.grpc_address, "body": body}
         closed_loop(target, concurrency=args.concurrency, seconds=2, processes=args.processes)  # warm-up
         result = closed_loop(
             target, concurrency=args.concurrency, seconds=args.seconds, processes=args.processes

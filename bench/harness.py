@@ -12,9 +12,11 @@ import resource
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,29 +56,103 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class PortTaken(RuntimeError):
+    """A server exited because a port chosen for it was taken between choosing and binding it."""
+
+
+# What uvicorn and the service's gRPC listener log when a port they were given is already bound.
+PORT_TAKEN = ("address already in use", "cannot listen for grpc", "failed to bind")
+
+
+def log_tail(log: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 @contextmanager
 def process(
     cmd: list[str], env: dict[str, str], ready_url: str, log: Path, cwd: Path = ROOT
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``cmd`` (output to ``log``) until the block ends; ready once ``ready_url`` answers 200 or 405."""
+    """Run ``cmd`` (output to ``log``) until the block ends; ready once ``ready_url`` answers 200 or 405.
+
+    A process that exits before it is ready raises :class:`PortTaken` when its log says a port was
+    already bound (another process took it after :func:`free_port` chose it), RuntimeError otherwise;
+    both carry the end of the log."""
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"{cmd[:4]} exited with {proc.returncode}; see {log}")
+                tail = log_tail(log)
+                error = PortTaken if any(m in tail.lower() for m in PORT_TAKEN) else RuntimeError
+                raise error(f"{cmd[:4]} exited with {proc.returncode}; end of {log}:\n{tail}")
             try:
                 if httpx.get(ready_url, timeout=2).status_code in (200, 405):
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{cmd[:4]} not ready")
+                raise TimeoutError(f"{cmd[:4]} not ready; end of {log}:\n{log_tail(log)}")
             time.sleep(0.2)
         yield proc
     finally:
         stop(proc)
+
+
+@dataclass(frozen=True)
+class Served:
+    """A running ``python -m service`` and the ports it listens on (``grpc_port`` 0: gRPC off)."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    grpc_port: int
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+@contextmanager
+def service(
+    env: dict[str, str],
+    log: Path,
+    *,
+    args: Sequence[str] = (),
+    prefix: Sequence[str] = (),
+    cwd: Path = ROOT,
+    grpc: bool = True,
+    attempts: int = 3,
+) -> Iterator[Served]:
+    """``python -m service`` (after ``prefix``, e.g. ``prlimit``) on free loopback ports with ``env``'s
+    settings, ready until the block ends. Ports are chosen here, fresh for each of up to ``attempts``
+    starts: a port taken by another process between choosing and binding it costs a retry, not the run."""
+    for attempt in range(attempts):
+        port, grpc_port = free_port(), free_port() if grpc else 0
+        cmd = [*prefix, sys.executable, "-m", "service", "--port", str(port), *args]
+        full_env = {**env, "SERVE_GRPC_PORT": str(grpc_port)}
+        with ExitStack() as stack:
+            try:
+                proc = stack.enter_context(
+                    process(cmd, full_env, f"http://127.0.0.1:{port}/v2/health/ready", log, cwd)
+                )
+            except PortTaken:
+                if attempt + 1 == attempts:
+                    raise
+                continue
+            yield Served(proc, port, grpc_port)
+            return
+    raise AssertionError("unreachable")
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:

@@ -34,7 +34,8 @@ import httpx
 import numpy as np
 from PIL import Image, ImageDraw
 
-from bench.harness import RESULTS, ROOT, first_test_image, free_port, process
+from bench.harness import RESULTS, first_test_image
+from bench.harness import service as served_by
 
 TOKEN = "feedback-token-for-the-bench"
 ADMIN = "admin-token-for-the-bench"
@@ -343,23 +344,20 @@ def main(argv: list[str] | None = None) -> int:
     digit = png(first_test_image()[0, ..., 0].astype(np.uint8))
     biggest = big_digit()
     rows: list[dict[str, Any]] = []
-    port, grpc_port = free_port(), free_port()
     with tmpfs(256) as (feedback_dir, mounted):
         cases = [(n, c) for n, c in hostile_cases(digit, biggest, mounted) if args.only in n]
         env = {
             "SERVE_MODELS": "mnist-cnn",
-            "SERVE_GRPC_PORT": str(grpc_port),
             "SERVE_LOG_LEVEL": "warning",
             "SERVE_FEEDBACK_DIR": str(feedback_dir),
             "SERVE_FEEDBACK_TOKEN": TOKEN,
             "SERVE_ADMIN_TOKEN": ADMIN,
         }
-        cmd = ["prlimit", f"--nofile={args.nofile}:{args.nofile}", sys.executable, "-m", "service"]
-        cmd += ["--port", str(port)]
+        prlimit = ["prlimit", f"--nofile={args.nofile}:{args.nofile}"]
         RESULTS.mkdir(parents=True, exist_ok=True)
-        ready = f"http://127.0.0.1:{port}/v2/health/ready"
-        with process(cmd, env, ready, RESULTS / "hostile-service.log", cwd=ROOT) as proc:
-            service = Service(proc, port, grpc_port)
+        with served_by(env, RESULTS / "hostile-service.log", prefix=prlimit) as served:
+            proc = served.proc
+            service = Service(proc, served.port, served.grpc_port)
             header = f"{'case':42} | {'answer':60} | probe p50 / max ms, failures | RSS max MB"
             print(header, flush=True)
             for name, case in cases:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from bench.grpc_load import infer_request_bytes
-from bench.harness import RESULTS, first_test_image, free_port, process, write_bodies
+from bench.harness import RESULTS, first_test_image, service, write_bodies
 from bench.protocols import grpc_frame
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*)\)$")
@@ -91,28 +91,26 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     image = first_test_image()
     out = RESULTS / f"profile-{args.body}{'-native' if args.native else ''}.txt"
-    port, grpc_port = free_port(), free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "service", "--port", str(port)]
-    env = {"SERVE_MODELS": args.model, "SERVE_LOG_LEVEL": "warning", "SERVE_GRPC_PORT": str(grpc_port)}
+    env = {"SERVE_MODELS": args.model, "SERVE_LOG_LEVEL": "warning"}
     if args.body == "grpc":  # h2c, as bench.protocols drives it: c connections, one call in flight each
         frame = RESULTS / "body-grpc-raw.grpc"
         frame.write_bytes(grpc_frame(infer_request_bytes(args.model, image, raw=True)))
         load_cmd = ["h2load", "-D", f"{args.seconds + 3:g}", "-c", str(args.concurrency), "-m", "1"]
         load_cmd += ["-d", str(frame), "-H", "content-type: application/grpc", "-H", "te: trailers"]
-        target = f"http://127.0.0.1:{grpc_port}/inference.GRPCInferenceService/ModelInfer"
+        target = "http://{grpc}/inference.GRPCInferenceService/ModelInfer"
     else:
         body, headers = write_bodies(image, RESULTS)[args.body]
         load_cmd = ["hey", "-z", f"{args.seconds + 3}s", "-c", str(args.concurrency), "-m", "POST"]
         load_cmd += ["-D", str(body)]
         for key, value in headers.items():
             load_cmd += ["-T", value] if key.lower() == "content-type" else ["-H", f"{key}: {value}"]
-        target = f"{url}/v2/models/{args.model}/infer"
-    with process(cmd, env, f"{url}/v2/health/ready", RESULTS / "profile-service.log") as service:
+        target = "{http}" + f"/v2/models/{args.model}/infer"
+    with service(env, RESULTS / "profile-service.log") as served:
+        target = target.format(http=served.url, grpc=served.grpc_address)
         load_gen = subprocess.Popen([*load_cmd, target], stdout=subprocess.PIPE, text=True)
         try:
             time.sleep(1.5)  # past connection setup
-            record = [spy, "record", "--pid", str(service.pid), "--format", "raw", "--output", str(out)]
+            record = [spy, "record", "--pid", str(served.pid), "--format", "raw", "--output", str(out)]
             record += ["--duration", str(int(args.seconds)), "--rate", str(args.rate), "--threads"]
             record += ["--nolineno"] + ["--native"] * args.native + ["--nonblocking"] * args.nonblocking
             subprocess.run(record, check=True, capture_output=True, timeout=args.seconds + 60)

@@ -54,8 +54,16 @@ import httpx
 import numpy as np
 
 from bench.grpc_load import CHANNEL_OPTIONS, closed_loop, infer_request_bytes
-from bench.harness import h2load, load_report, machine_load
-from bench.serving import RESULTS, first_test_image, free_port, hey, process, write_bodies
+from bench.harness import (
+    RESULTS,
+    first_test_image,
+    h2load,
+    hey,
+    load_report,
+    machine_load,
+    service,
+    write_bodies,
+)
 from service.grpc.generated import grpc_service_pb2 as pb
 from service.grpc.tensors import response_arrays
 
@@ -145,55 +153,40 @@ def main(argv: list[str] | None = None) -> int:
         "grpc-typed": infer_request_bytes(args.model, image, raw=False),
     }
     levels = [int(c) for c in args.concurrency.split(",")]
-    port, grpc_port = free_port(), free_port()
-    url, grpc_address = f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
     path = f"/v2/models/{args.model}/infer"
-    env = {"SERVE_MODELS": args.model, "SERVE_LOG_LEVEL": "warning", "SERVE_GRPC_PORT": str(grpc_port)}
+    env = {"SERVE_MODELS": args.model, "SERVE_LOG_LEVEL": "warning"}
     binary_body, binary_headers = bodies["binary"]
-    python_targets: dict[str, dict[str, Any]] = {
-        "http-binary-py": {
-            "protocol": "http",
-            "address": f"127.0.0.1:{port}",
-            "path": path,
-            "body": binary_body.read_bytes(),
-            "headers": {k: v for k, v in binary_headers.items() if k.lower() != "content-type"},
-        },
-        **{k: {"protocol": "grpc", "address": grpc_address, "body": v} for k, v in grpc_bodies.items()},
-    }
     grpc_files = {}
     for kind, message in grpc_bodies.items():
         grpc_files[kind] = RESULTS / f"body-{kind}.grpc"
         grpc_files[kind].write_bytes(grpc_frame(message))
     grpc_headers = {"content-type": "application/grpc", "te": "trailers"}
-    grpc_url = f"http://{grpc_address}/inference.GRPCInferenceService/ModelInfer"
+    grpc_path = "/inference.GRPCInferenceService/ModelInfer"
     runs: list[dict[str, Any]] = []
     round_ratios: dict[str, dict[str, list[float]]] = {}
-    cmd = [sys.executable, "-m", "service", "--port", str(port)]
-    # grpcio's listener (SERVE_GRPC_SERVER=grpcio) in a second, otherwise idle process: the same calls
-    # against the server the native one replaced, in the same run.
-    old_port, old_grpc_port = free_port(), free_port()
-    old_env = {**env, "SERVE_GRPC_PORT": str(old_grpc_port), "SERVE_GRPC_SERVER": "grpcio"}
-    old_cmd = [sys.executable, "-m", "service", "--port", str(old_port)]
-    old_url = f"http://127.0.0.1:{old_grpc_port}/inference.GRPCInferenceService/ModelInfer"
     with contextlib.ExitStack() as stack:
-        service = stack.enter_context(
-            process(cmd, env, f"{url}/v2/health/ready", RESULTS / "protocols-service.log")
-        )
+        served = stack.enter_context(service(env, RESULTS / "protocols-service.log"))
+        # grpcio's listener (SERVE_GRPC_SERVER=grpcio) in a second, otherwise idle process: the same calls
+        # against the server the native one replaced, in the same run.
         grpcio = None
         if args.grpcio:
-            grpcio = stack.enter_context(
-                process(
-                    old_cmd,
-                    old_env,
-                    f"http://127.0.0.1:{old_port}/v2/health/ready",
-                    RESULTS / "protocols-grpcio.log",
-                )
-            )
+            old_env = {**env, "SERVE_GRPC_SERVER": "grpcio"}
+            grpcio = stack.enter_context(service(old_env, RESULTS / "protocols-grpcio.log"))
+        url, grpc_address = served.url, served.grpc_address
+        grpc_url = f"http://{grpc_address}{grpc_path}"
+        python_targets: dict[str, dict[str, Any]] = {
+            "http-binary-py": {
+                "protocol": "http",
+                "address": f"127.0.0.1:{served.port}",
+                "path": path,
+                "body": binary_body.read_bytes(),
+                "headers": {k: v for k, v in binary_headers.items() if k.lower() != "content-type"},
+            },
+            **{k: {"protocol": "grpc", "address": grpc_address, "body": v} for k, v in grpc_bodies.items()},
+        }
         ok_sizes = check_answers(url, grpc_address, args.model, image, grpc_bodies)
         if grpcio is not None:
-            assert (
-                check_answers(url, f"127.0.0.1:{old_grpc_port}", args.model, image, grpc_bodies) == ok_sizes
-            )
+            assert check_answers(url, grpcio.grpc_address, args.model, image, grpc_bodies) == ok_sizes
 
         def grpc_load(kind: str, endpoint: str, pid: int, c: int, streams: int = 1) -> dict[str, Any]:
             """One turn of h2load sending ``kind``'s calls to ``endpoint``, ``streams`` to a connection."""
@@ -217,20 +210,21 @@ def main(argv: list[str] | None = None) -> int:
                     body, headers = bodies[kind]
                     if use_h2load:
                         r = h2load(
-                            f"{url}{path}", body, headers, c, args.seconds, http1=True, server_pid=service.pid
+                            f"{url}{path}", body, headers, c, args.seconds, http1=True, server_pid=served.pid
                         )
                     else:
-                        r = hey(f"{url}{path}", body, headers, c, args.seconds, server_pid=service.pid)
+                        r = hey(f"{url}{path}", body, headers, c, args.seconds, server_pid=served.pid)
                     rounds.setdefault(f"http-{kind}", []).append(
                         {"client": "h2load" if use_h2load else "hey", **r}
                     )
                 if use_h2load:
                     for kind in grpc_files:
-                        rounds.setdefault(kind, []).append(grpc_load(kind, grpc_url, service.pid, c))
+                        rounds.setdefault(kind, []).append(grpc_load(kind, grpc_url, served.pid, c))
                     if c % args.streams == 0 and args.streams > 1:
-                        mux = grpc_load("grpc-raw", grpc_url, service.pid, c, args.streams)
+                        mux = grpc_load("grpc-raw", grpc_url, served.pid, c, args.streams)
                         rounds.setdefault("grpc-raw-mux", []).append(mux)
                     if grpcio is not None:
+                        old_url = f"http://{grpcio.grpc_address}{grpc_path}"
                         old = grpc_load("grpc-raw", old_url, grpcio.pid, c)
                         rounds.setdefault("grpc-raw-grpcio", []).append(old)
                     continue

@@ -48,6 +48,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.harness import (
     RESULTS,
     ROOT,
+    PortTaken,
     first_test_image,
     free_port,
     hey,
@@ -64,25 +65,43 @@ Run = dict[str, Any]
 
 @dataclass
 class Target:
+    """A server the bench starts: ``argv`` plus ``--port``, and ``SERVE_GRPC_PORT`` when ``grpc``."""
+
     name: str
-    cmd: list[str]
+    argv: list[str]
     env: dict[str, str]
     ready_path: str
     bodies: tuple[str, ...] = ("json", "binary")
-    port: int = field(default_factory=free_port)
     cwd: Path = ROOT
+    grpc: bool = False
+    port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def start(self, stack: ExitStack, attempts: int = 3) -> int:
+        """Start it until the stack closes; its pid. A port taken between choosing and binding it
+        (the server says so and exits) means new ports and another start, up to ``attempts``."""
+        for attempt in range(attempts):
+            cmd = [*self.argv, "--port", str(self.port)]
+            env = self.env | ({"SERVE_GRPC_PORT": str(self.grpc_port)} if self.grpc else {})
+            try:
+                proc = process(cmd, env, self.url + self.ready_path, RESULTS / f"{self.name}.log", self.cwd)
+                return stack.enter_context(proc).pid
+            except PortTaken:
+                if attempt + 1 == attempts:
+                    raise
+                self.port, self.grpc_port = free_port(), free_port()
+        raise AssertionError("unreachable")
+
 
 def service_target(name: str, model: str, workers: int, env: dict[str, str]) -> Target:
-    port = free_port()
-    cmd = [sys.executable, "-m", "service", "--port", str(port), "--workers", str(workers)]
+    cmd = [sys.executable, "-m", "service", "--workers", str(workers)]
     # Each service gets its own gRPC port too: two on Triton's 8001 would fail the second one's start.
-    base = {"SERVE_MODELS": model, "SERVE_LOG_LEVEL": "warning", "SERVE_GRPC_PORT": str(free_port())}
-    return Target(name, cmd, base | env, "/v2/health/ready", port=port)
+    base = {"SERVE_MODELS": model, "SERVE_LOG_LEVEL": "warning"}
+    return Target(name, cmd, base | env, "/v2/health/ready", grpc=True)
 
 
 def baseline_target(ref: str, model: str, workers: int, name: str = "service-baseline") -> Target:
@@ -103,9 +122,8 @@ def baseline_target(ref: str, model: str, workers: int, name: str = "service-bas
 
 
 def app_target(name: str, factory: str, env: dict[str, str], bodies: tuple[str, ...]) -> Target:
-    port = free_port()
-    cmd = [sys.executable, *UVICORN, "--log-level", "warning", "--port", str(port), "--factory", factory]
-    return Target(name, cmd, env, "/docs", bodies, port)
+    cmd = [sys.executable, *UVICORN, "--log-level", "warning", "--factory", factory]
+    return Target(name, cmd, env, "/docs", bodies)
 
 
 def batch_counters(url: str) -> dict[str, float]:
@@ -327,12 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     samples: list[Run] = []
     load_before = machine_load()
     with ExitStack() as stack:
-        pids = {
-            t.name: stack.enter_context(
-                process(t.cmd, t.env, t.url + t.ready_path, RESULTS / f"{t.name}.log", cwd=t.cwd)
-            ).pid
-            for t in targets
-        }
+        pids = {t.name: t.start(stack) for t in targets}
         for _, c in ((r, c) for r in range(args.rounds) for c in levels):
             for body in ("json", "binary"):
                 for t in (t for t in targets if body in t.bodies):

@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from bench.harness import RESULTS, ROOT, first_test_image, free_port, hey, process, write_bodies
+from bench.harness import RESULTS, ROOT, first_test_image, hey, service, write_bodies
 
 #: In-process modes: SERVE_LOG_FORMAT, and the sampler (None: tracing off).
 MODES: dict[str, tuple[str, tuple[str, str] | None]] = {
@@ -177,18 +177,15 @@ def main(argv: list[str] | None = None) -> int:
         configs["this tree, 100 %"] = (ROOT, {**endpoint, "OTEL_TRACES_SAMPLER": "always_on"})
         for _ in range(args.rounds):
             for name, (tree, env) in configs.items():
-                port = free_port()
                 full_env = {
                     "SERVE_MODEL_REPOSITORY": str(ROOT / "models"),
                     "SERVE_MODELS": args.model,
-                    "SERVE_GRPC_PORT": "0",
                     "OTEL_EXPORTER_OTLP_ENDPOINT": "",
                     **env,
                 }
-                cmd = [sys.executable, "-m", "service", "--port", str(port)]
-                url = f"http://127.0.0.1:{port}"
-                with process(cmd, full_env, f"{url}/v2/health/ready", work / f"{port}.log", cwd=tree) as proc:
-                    url = f"{url}/v2/models/{args.model}/infer"
+                log = work / f"{len(results)}-{sum(map(len, results.values()))}.log"
+                with service(full_env, log, cwd=tree, grpc=False) as proc:
+                    url = f"{proc.url}/v2/models/{args.model}/infer"
                     hey(url, body, headers, args.concurrency, 2, proc.pid)  # warm-up
                     r = hey(url, body, headers, args.concurrency, args.seconds, proc.pid)
                 results.setdefault(name, []).append(r)
