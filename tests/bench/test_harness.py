@@ -1,5 +1,6 @@
-"""The bench harness and the test helper start the service again on other ports when a port they chose
-was bound by another process before the service bound it (the race CI met), and only then."""
+"""The bench harness and the test helpers (the service's, moto's) start their server again on other
+ports when a port they chose was bound by another process before the server bound it (the race CI met
+once), and only then."""
 
 from __future__ import annotations
 
@@ -79,3 +80,17 @@ def test_the_test_helper_restarts_the_service_when_its_http_port_was_taken(
             assert httpx.get(f"{running.url}/v2/health/ready", timeout=5).status_code == 200
         assert len(handed) == 4
         assert "address already in use" in (tmp_path / f"service-{taken}.log").read_text()
+
+
+def test_the_moto_helper_restarts_moto_when_its_port_was_taken(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tests.helpers import s3server
+
+    with taken_port() as taken:
+        handed = first_then_free(monkeypatch, s3server, taken)
+        with s3server.moto_server(tmp_path) as s3:
+            assert s3.direct != f"http://127.0.0.1:{taken}"
+            assert httpx.get(s3.direct, timeout=5).status_code < 500
+        assert s3server.port_taken(tmp_path / f"moto-{taken}.log")
+        assert len(handed) >= 3  # moto's port twice, and the proxy's

@@ -22,7 +22,7 @@ from typing import Any
 import boto3
 import httpx
 
-from tests.helpers.server import free_port, stop_process
+from tests.helpers.server import PortTaken, free_port, port_taken, stop_process
 
 #: boto3's settings for the fake store; moto accepts any key unless authentication is switched on.
 CREDENTIALS = {
@@ -59,11 +59,12 @@ class S3Server:
         )
 
 
-def _wait_up(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+def _wait_up(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"moto_server exited with code {process.returncode}")
+            error = PortTaken if port_taken(log) else RuntimeError
+            raise error(f"moto_server exited with code {process.returncode}; see {log}")
         with contextlib.suppress(httpx.HTTPError):
             httpx.get(url, timeout=1)
             return
@@ -72,27 +73,35 @@ def _wait_up(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0) 
 
 
 @contextlib.contextmanager
-def moto_server(log_dir: Path, *, env: dict[str, str] | None = None) -> Iterator[S3Server]:
-    """``python -m moto.server`` on a free loopback port, with an :class:`Outage` proxy in front."""
-    port = free_port()
+def moto_server(log_dir: Path, *, env: dict[str, str] | None = None, attempts: int = 3) -> Iterator[S3Server]:
+    """``python -m moto.server`` on a free loopback port, with an :class:`Outage` proxy in front; started
+    again on another port when the one chosen was bound by another process first."""
     full_env = {**os.environ, **CREDENTIALS, **(env or {})}
-    log_path = log_dir / f"moto-{port}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            env=full_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    direct = f"http://127.0.0.1:{port}"
-    proxy = Outage(port)
-    try:
-        _wait_up(direct, process)
-        proxy.start()
-        yield S3Server(process, direct, proxy)
-    finally:
-        proxy.stop()
-        stop_process(process)
+    for attempt in range(attempts):
+        port = free_port()
+        log_path = log_dir / f"moto-{port}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        direct = f"http://127.0.0.1:{port}"
+        proxy = Outage(port)
+        try:
+            try:
+                _wait_up(direct, process, log_path)
+            except PortTaken:
+                if attempt + 1 < attempts:
+                    continue
+                raise
+            proxy.start()
+            yield S3Server(process, direct, proxy)
+            return
+        finally:
+            proxy.stop()
+            stop_process(process)
 
 
 class Outage:

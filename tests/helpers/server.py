@@ -56,6 +56,12 @@ class PortTaken(RuntimeError):
     """The service exited because a port chosen for it was bound by another process before it was."""
 
 
+def port_taken(log: Path) -> bool:
+    """Whether a server that exited early says, in ``log``, that a port it was given was in use."""
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]).lower()
+    return any(marker in tail for marker in PORT_TAKEN)
+
+
 def wait_ready(
     url: str, process: subprocess.Popen[bytes], timeout: float = 90.0, log: Path | None = None
 ) -> None:
@@ -63,7 +69,7 @@ def wait_ready(
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]) if log else ""
-            error = PortTaken if any(m in tail.lower() for m in PORT_TAKEN) else RuntimeError
+            error = PortTaken if log and port_taken(log) else RuntimeError
             raise error(f"service exited early with code {process.returncode}:\n{tail}")
         try:
             if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
