@@ -24,7 +24,7 @@ import yaml
 
 from service.settings import Settings
 from tests.helpers.data import MODELS
-from tests.helpers.server import free_port, stop_process, wait_ready
+from tests.helpers.server import PortTaken, free_port, stop_process, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -255,22 +255,34 @@ def test_the_service_starts_as_the_runtime_starts_it(tmp_path: Path) -> None:
     name = find("InferenceService", KSERVE)["metadata"]["name"]
     mnt_models = tmp_path / "mnt" / "models"
     shutil.copytree(MODELS, mnt_models)  # a whole repository, more models than the one asked for
-    http_port, grpc_port = free_port(), free_port()
-
-    def local(value: str) -> str:
-        value = value.replace("{{.Name}}", name).replace("/mnt/models", str(mnt_models))
-        return {"8080": str(http_port), "8081": str(grpc_port), "0.0.0.0": "127.0.0.1"}.get(value, value)
-
     command = [sys.executable if part == "python" else part for part in container["command"]]
-    args = [local(arg) for arg in container["args"]]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_")}
-    env.update({e["name"]: local(e["value"]) for e in container["env"]})
     log = tmp_path / "runtime.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([*command, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
+    for attempt in range(3):  # again on other ports when one chosen was bound by another process first
+        http_port, grpc_port = free_port(), free_port()
+
+        def local(value: str, ports: tuple[int, int] = (http_port, grpc_port)) -> str:
+            value = value.replace("{{.Name}}", name).replace("/mnt/models", str(mnt_models))
+            return {"8080": str(ports[0]), "8081": str(ports[1]), "0.0.0.0": "127.0.0.1"}.get(value, value)
+
+        args = [local(arg) for arg in container["args"]]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_")}
+        env.update({e["name"]: local(e["value"]) for e in container["env"]})
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [*command, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
         url = f"http://127.0.0.1:{http_port}"
-        wait_ready(url, process)
+        try:
+            wait_ready(url, process, log=log)
+            break
+        except PortTaken:
+            stop_process(process)
+            if attempt == 2:
+                raise
+        except BaseException:
+            stop_process(process)
+            raise
+    try:
         index = httpx.post(f"{url}/v2/repository/index", json={"ready": True}, timeout=10).json()
         assert {row["name"] for row in index} == {name}
         assert httpx.get(f"{url}/v2/models/{name}", timeout=10).json()["platform"] == "onnxruntime_onnx"
