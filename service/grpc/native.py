@@ -52,6 +52,12 @@ from service.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+#: How long, at most, a connection closed by the server's final GOAWAY waits for its client to close too
+#: (within what is left of the drain's grace). Closing a socket with unread bytes resets it, and a client
+#: that just sent a call would see "connection reset" instead of the GOAWAY that tells it the call was
+#: not processed (so that it may retry it elsewhere).
+LINGER_S = 1.0
+
 
 class NativeGrpcServer:
     """The gRPC listener over :class:`_Connection`; create it inside the running event loop."""
@@ -76,6 +82,7 @@ class NativeGrpcServer:
         self._server: asyncio.Server | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._gone = asyncio.Event()
 
     async def start(self, host: str, port: int) -> int:
         """Bind ``host:port`` (0: any free port) and start serving; returns the bound port."""
@@ -93,6 +100,8 @@ class NativeGrpcServer:
 
     async def stop(self, grace: float) -> None:
         """Close the port now and tell every client (GOAWAY); calls in flight get ``grace`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(grace, 0.0)
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
@@ -101,14 +110,24 @@ class NativeGrpcServer:
             self._idle.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), timeout=max(grace, 0.0))
+        linger = min(LINGER_S, max(deadline - loop.time(), 0.0))
         for connection in list(self.connections):
-            connection.close()
+            connection.close(linger=linger)
+        if self.connections and linger > 0:  # each closes when its client has, or after ``linger``
+            self._gone.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._gone.wait(), timeout=linger + 0.1)
         if self._server is not None:
             await self._server.wait_closed()
 
     def refused(self, reason: str) -> None:
         if self.metrics is not None:
             self.metrics.grpc_refused.labels(reason).inc()
+
+    def connection_gone(self, connection: _Connection) -> None:
+        self.connections.discard(connection)
+        if not self.connections:
+            self._gone.set()
 
     def call_ended(self) -> None:
         if not self._idle.is_set() and not any(c.calls for c in self.connections):
@@ -131,6 +150,8 @@ class _Connection(asyncio.Protocol):
         self._preface_left = 33
         self._preface_timer: asyncio.TimerHandle | None = None
         self._flush_soon = False  # a flush is scheduled for the end of this turn of the loop
+        self._linger = 0.0  # how long close() lets the client close first, after the final GOAWAY
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # TCP_NODELAY is set by asyncio and uvloop alike; uvloop's transport is not an asyncio.Transport.
@@ -158,6 +179,8 @@ class _Connection(asyncio.Protocol):
         self.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_timer is not None:
+            return  # after the final GOAWAY: the client learns from it that these calls were not taken
         try:
             events = self._session.feed(data)
         except _h2.H2Error as exc:
@@ -190,9 +213,11 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._preface_timer is not None:
             self._preface_timer.cancel()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         if self in self._server.connections and self._server.metrics is not None:
             self._server.metrics.grpc_connections.dec()
-        self._server.connections.discard(self)
+        self._server.connection_gone(self)
         for stream_id in list(self.calls):
             self._cancel(stream_id)
         self._transport = None
@@ -203,23 +228,36 @@ class _Connection(asyncio.Protocol):
         self._session.shutdown_notice()
         self._flush()
 
-    def close(self) -> None:
-        """Cancel what still runs, say GOAWAY and close."""
+    def close(self, linger: float = 0.0) -> None:
+        """Cancel what still runs, say GOAWAY and close; with ``linger`` seconds (a server that stops),
+        close only the sending side and give the client that long to close first."""
         for stream_id in list(self.calls):
             self._cancel(stream_id)
         if self._transport is not None:
+            self._linger = linger
             self._session.goaway()
             self._flush()
-            self._transport.close()
+            self._shut()
 
     def _flush(self) -> None:
-        if self._transport is None:
+        if self._transport is None or self._linger_timer is not None:  # gone, or its sending side closed
             return
         out = self._session.data_to_send()
         if out:
             self._transport.write(out)
         if not self._session.want_read() and not self._session.want_write() and not self.calls:
-            self._transport.close()
+            self._shut()
+
+    def _shut(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._linger_timer is not None:
+            return
+        if self._linger > 0 and transport.can_write_eof():
+            transport.write_eof()  # the client reads the GOAWAY, then an end of stream
+            transport.resume_reading()
+            self._linger_timer = self._loop.call_later(self._linger, transport.close)
+        else:
+            transport.close()
 
     # the session's events
 

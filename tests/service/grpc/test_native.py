@@ -22,7 +22,7 @@ import pytest
 import uvloop
 from prometheus_client import CollectorRegistry
 
-from service.grpc.native import NativeGrpcServer
+from service.grpc.native import LINGER_S, NativeGrpcServer
 from service.telemetry.metrics import Metrics
 
 LIMIT = 64 * 1024
@@ -280,6 +280,94 @@ def test_stop_cancels_what_outlasts_the_grace(run: Callable[[Test], None]) -> No
             await asyncio.wait_for(seen.cancelled.wait(), 5)
             error = await status_of(slow)
             assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+    run(test)
+
+
+class RawClient:
+    """An HTTP/2 client from the ``h2`` library over asyncio streams, making Echo calls by hand."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.h2.initiate_connection()
+
+    def call(self, send: bool = True) -> tuple[int, bytes]:
+        """An Echo call: its stream id and its bytes, written unless ``send`` is False."""
+        headers = [(":method", "POST"), (":scheme", "http"), (":authority", "x"),
+                   (":path", f"/{SERVICE}/Echo"), ("content-type", "application/grpc")]  # fmt: skip
+        stream = self.h2.get_next_available_stream_id()
+        self.h2.send_headers(stream, headers)
+        self.h2.send_data(stream, b"\x00\x00\x00\x00\x02hi", end_stream=True)
+        data = self.h2.data_to_send()
+        if send:
+            self.writer.write(data)
+        return stream, data
+
+    async def until(self, wanted: Callable[[h2.events.Event], bool]) -> h2.events.Event:
+        while True:
+            data = await asyncio.wait_for(self.reader.read(65536), 5)
+            assert data, "the server closed the connection first"
+            for event in self.h2.receive_data(data):
+                if wanted(event):
+                    return event
+            self.writer.write(self.h2.data_to_send())
+
+
+def test_stop_waits_for_the_client_to_read_the_final_goaway(run: Callable[[Test], None]) -> None:
+    """A call the client sends after the server's final GOAWAY is never read. Closing the socket with
+    those bytes unread would reset the connection, and the client would see "connection reset" rather
+    than the GOAWAY that says the call was not taken (and may go elsewhere): the server closes only its
+    sending side, and the socket when the client has closed."""
+
+    async def test(server: NativeGrpcServer, address: str, seen: Recorder) -> None:
+        host, port = address.rsplit(":", 1)
+        client = RawClient(*await asyncio.open_connection(host, int(port)))
+        first, _ = client.call()
+        await client.until(lambda e: isinstance(e, h2.events.StreamEnded) and e.stream_id == first)
+        _, late = client.call(send=False)  # a call that crosses the final GOAWAY on the wire
+        stopping = asyncio.ensure_future(server.stop(5))
+        final = await client.until(
+            lambda e: isinstance(e, h2.events.ConnectionTerminated) and e.last_stream_id == first
+        )
+        assert final.error_code == 0
+        client.writer.write(late)
+        await client.writer.drain()
+        assert await asyncio.wait_for(client.reader.read(), 5) == b""  # an end of stream, not a reset
+        await asyncio.sleep(0.2)
+        assert not stopping.done() and len(server.connections) == 1  # the server waits for the client
+        client.writer.close()
+        await asyncio.wait_for(stopping, 1)
+        assert not server.connections
+
+    run(test)
+
+
+def test_stop_closes_a_connection_whose_client_never_does(run: Callable[[Test], None]) -> None:
+    async def test(server: NativeGrpcServer, address: str, seen: Recorder) -> None:
+        host, port = address.rsplit(":", 1)
+        client = RawClient(*await asyncio.open_connection(host, int(port)))
+        first, _ = client.call()
+        await client.until(lambda e: isinstance(e, h2.events.StreamEnded) and e.stream_id == first)
+        started = asyncio.get_running_loop().time()
+        await server.stop(5)
+        assert asyncio.get_running_loop().time() - started < LINGER_S + 0.5
+        assert not server.connections
+        client.writer.close()
+
+
+def test_stop_with_no_grace_left_closes_at_once(run: Callable[[Test], None]) -> None:
+    """The drain's time is not stretched: with the grace spent, connections close without waiting."""
+
+    async def test(server: NativeGrpcServer, address: str, seen: Recorder) -> None:
+        host, port = address.rsplit(":", 1)
+        client = RawClient(*await asyncio.open_connection(host, int(port)))
+        first, _ = client.call()
+        await client.until(lambda e: isinstance(e, h2.events.StreamEnded) and e.stream_id == first)
+        started = asyncio.get_running_loop().time()
+        await server.stop(0)
+        assert asyncio.get_running_loop().time() - started < 0.3
+        client.writer.close()
 
     run(test)
 
