@@ -11,7 +11,8 @@ import argparse
 import json
 import sys
 
-from bench.harness import RESULTS, first_test_image, hey, service, write_bodies
+from bench.harness import RESULTS, first_test_image, hey, write_bodies
+from bench.processes import service
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,8 @@ import httpx
 import numpy as np
 import orjson
 
-from bench.harness import ROOT, first_test_image, hey, report, service, write_bodies
+from bench.harness import ROOT, first_test_image, hey, report, write_bodies
+from bench.processes import service
 
 MODEL = "mnist-cnn"
 

@@ -147,7 +147,8 @@ def measure_service(args: argparse.Namespace, image: np.ndarray) -> dict[str, An
     import httpx
 
     from bench.grpc_load import closed_loop, infer_request_bytes
-    from bench.harness import RESULTS, service
+    from bench.harness import RESULTS
+    from bench.processes import service
 
     env = {"SERVE_MODELS": args.model, "SERVE_PROVIDERS": CUDA, "SERVE_LOG_LEVEL": "warning"}
     with service(env, RESULTS / "gpu-service.log") as served:

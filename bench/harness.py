@@ -1,7 +1,7 @@
-"""What every HTTP benchmark shares: free ports, server processes, request bodies, and ``hey``.
+"""What every HTTP benchmark shares: request bodies, ``hey`` and ``h2load``, CPU time and machine load.
 
-Servers run as real processes on loopback; ``hey`` is a separate process on the same cores, so numbers
-from one run compare with each other, not with another machine's.
+Servers run as real processes on loopback (:mod:`bench.processes`); ``hey`` is a separate process on the
+same cores, so numbers from one run compare with each other, not with another machine's.
 """
 
 from __future__ import annotations
@@ -9,25 +9,16 @@ from __future__ import annotations
 import os
 import re
 import resource
-import signal
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 DATA_DIR = Path(os.environ.get("DATA_DIR", ROOT.parent / "shared" / "data"))
-READY_TIMEOUT_S = 120
 
 Bodies = dict[str, tuple[Path, dict[str, str]]]
 
@@ -48,123 +39,6 @@ def load_report(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     cpus = os.cpu_count() or 1
     busy = before["load1"] >= 0.25 * cpus or steal > 0.02
     return {"load1_before": before["load1"], "load1_after": after["load1"], "steal": steal, "busy": busy}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class PortTaken(RuntimeError):
-    """A server exited because a port chosen for it was taken between choosing and binding it."""
-
-
-# What uvicorn and the service's gRPC listener log when a port they were given is already bound.
-PORT_TAKEN = ("address already in use", "cannot listen for grpc", "failed to bind")
-
-
-def log_tail(log: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-@contextmanager
-def process(
-    cmd: list[str], env: dict[str, str], ready_url: str, log: Path, cwd: Path = ROOT
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``cmd`` (output to ``log``) until the block ends; ready once ``ready_url`` answers 200 or 405.
-
-    A process that exits before it is ready raises :class:`PortTaken` when its log says a port was
-    already bound (another process took it after :func:`free_port` chose it), RuntimeError otherwise;
-    both carry the end of the log."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                tail = log_tail(log)
-                error = PortTaken if any(m in tail.lower() for m in PORT_TAKEN) else RuntimeError
-                raise error(f"{cmd[:4]} exited with {proc.returncode}; end of {log}:\n{tail}")
-            try:
-                if httpx.get(ready_url, timeout=2).status_code in (200, 405):
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{cmd[:4]} not ready; end of {log}:\n{log_tail(log)}")
-            time.sleep(0.2)
-        yield proc
-    finally:
-        stop(proc)
-
-
-@dataclass(frozen=True)
-class Served:
-    """A running ``python -m service`` and the ports it listens on (``grpc_port`` 0: gRPC off)."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    grpc_port: int
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def grpc_address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-
-@contextmanager
-def service(
-    env: dict[str, str],
-    log: Path,
-    *,
-    args: Sequence[str] = (),
-    prefix: Sequence[str] = (),
-    cwd: Path = ROOT,
-    grpc: bool = True,
-    attempts: int = 3,
-) -> Iterator[Served]:
-    """``python -m service`` (after ``prefix``, e.g. ``prlimit``) on free loopback ports with ``env``'s
-    settings, ready until the block ends. Ports are chosen here, fresh for each of up to ``attempts``
-    starts: a port taken by another process between choosing and binding it costs a retry, not the run."""
-    for attempt in range(attempts):
-        port, grpc_port = free_port(), free_port() if grpc else 0
-        cmd = [*prefix, sys.executable, "-m", "service", "--port", str(port), *args]
-        full_env = {**env, "SERVE_GRPC_PORT": str(grpc_port)}
-        with ExitStack() as stack:
-            try:
-                proc = stack.enter_context(
-                    process(cmd, full_env, f"http://127.0.0.1:{port}/v2/health/ready", log, cwd)
-                )
-            except PortTaken:
-                if attempt + 1 == attempts:
-                    raise
-                continue
-            yield Served(proc, port, grpc_port)
-            return
-    raise AssertionError("unreachable")
-
-
-def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    """SIGTERM a process this benchmark started; SIGKILL it if it outlives ``timeout``."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def first_test_image() -> np.ndarray:

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from bench.harness import RESULTS, first_test_image
-from bench.harness import service as served_by
+from bench.processes import service as served_by
 
 TOKEN = "feedback-token-for-the-bench"
 ADMIN = "admin-token-for-the-bench"

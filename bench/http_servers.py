@@ -25,7 +25,8 @@ from contextlib import ExitStack
 from statistics import median
 from typing import Any
 
-from bench.harness import RESULTS, first_test_image, free_port, hey, process, write_bodies
+from bench.harness import RESULTS, first_test_image, hey, write_bodies
+from bench.processes import free_port, process
 
 POINTS = (("binary", 1), ("binary", 64), ("json", 64))
 

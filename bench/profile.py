@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 from bench.grpc_load import infer_request_bytes
-from bench.harness import RESULTS, first_test_image, service, write_bodies
+from bench.harness import RESULTS, first_test_image, write_bodies
+from bench.processes import service
 from bench.protocols import grpc_frame
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*)\)$")

@@ -54,16 +54,8 @@ import httpx
 import numpy as np
 
 from bench.grpc_load import CHANNEL_OPTIONS, closed_loop, infer_request_bytes
-from bench.harness import (
-    RESULTS,
-    first_test_image,
-    h2load,
-    hey,
-    load_report,
-    machine_load,
-    service,
-    write_bodies,
-)
+from bench.harness import RESULTS, first_test_image, h2load, hey, load_report, machine_load, write_bodies
+from bench.processes import service
 from service.grpc.generated import grpc_service_pb2 as pb
 from service.grpc.tensors import response_arrays
 

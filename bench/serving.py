@@ -36,7 +36,7 @@ import sys
 import tarfile
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +48,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.harness import (
     RESULTS,
     ROOT,
-    PortTaken,
     first_test_image,
-    free_port,
     hey,
     load_report,
     machine_load,
-    process,
     report,
     write_bodies,
 )
+from bench.processes import free_port, started, stop, until_bound
 
 UVICORN = ["-m", "uvicorn", "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
 Run = dict[str, Any]
@@ -74,27 +72,26 @@ class Target:
     bodies: tuple[str, ...] = ("json", "binary")
     cwd: Path = ROOT
     grpc: bool = False
-    port: int = field(default_factory=free_port)
-    grpc_port: int = field(default_factory=free_port)
+    port: int = 0  # chosen by start()
+    grpc_port: int = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, stack: ExitStack, attempts: int = 3) -> int:
-        """Start it until the stack closes; its pid. A port taken between choosing and binding it
-        (the server says so and exits) means new ports and another start, up to ``attempts``."""
-        for attempt in range(attempts):
+    def start(self, stack: ExitStack) -> int:
+        """Start it on free ports (new ones when one was taken: :func:`until_bound`) until the stack
+        closes; its pid."""
+
+        def attempt() -> subprocess.Popen[bytes]:
+            self.port, self.grpc_port = free_port(), free_port() if self.grpc else 0
             cmd = [*self.argv, "--port", str(self.port)]
             env = self.env | ({"SERVE_GRPC_PORT": str(self.grpc_port)} if self.grpc else {})
-            try:
-                proc = process(cmd, env, self.url + self.ready_path, RESULTS / f"{self.name}.log", self.cwd)
-                return stack.enter_context(proc).pid
-            except PortTaken:
-                if attempt + 1 == attempts:
-                    raise
-                self.port, self.grpc_port = free_port(), free_port()
-        raise AssertionError("unreachable")
+            return started(cmd, env, self.url + self.ready_path, RESULTS / f"{self.name}.log", self.cwd)
+
+        proc = until_bound(attempt)
+        stack.callback(stop, proc)
+        return proc.pid
 
 
 def service_target(name: str, model: str, workers: int, env: dict[str, str]) -> Target:

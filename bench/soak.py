@@ -35,8 +35,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.harness import free_port, stop
 from bench.loadgen import DATA_DIR, NO_ANSWER, run_load
+from bench.processes import free_port, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

@@ -29,7 +29,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from bench.harness import RESULTS, ROOT, first_test_image, hey, service, write_bodies
+from bench.harness import RESULTS, ROOT, first_test_image, hey, write_bodies
+from bench.processes import service
 
 #: In-process modes: SERVE_LOG_FORMAT, and the sampler (None: tracing off).
 MODES: dict[str, tuple[str, tuple[str, str] | None]] = {

@@ -24,7 +24,7 @@ import yaml
 
 from service.settings import Settings
 from tests.helpers.data import MODELS
-from tests.helpers.server import PortTaken, free_port, stop_process, wait_ready
+from tests.helpers.server import serve_on_free_ports, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -255,33 +255,20 @@ def test_the_service_starts_as_the_runtime_starts_it(tmp_path: Path) -> None:
     name = find("InferenceService", KSERVE)["metadata"]["name"]
     mnt_models = tmp_path / "mnt" / "models"
     shutil.copytree(MODELS, mnt_models)  # a whole repository, more models than the one asked for
-    command = [sys.executable if part == "python" else part for part in container["command"]]
-    log = tmp_path / "runtime.log"
-    for attempt in range(3):  # again on other ports when one chosen was bound by another process first
-        http_port, grpc_port = free_port(), free_port()
+    program = [sys.executable if part == "python" else part for part in container["command"]]
 
-        def local(value: str, ports: tuple[int, int] = (http_port, grpc_port)) -> str:
+    def command(http_port: int, grpc_port: int) -> tuple[list[str], dict[str, str]]:
+        def local(value: str) -> str:
             value = value.replace("{{.Name}}", name).replace("/mnt/models", str(mnt_models))
-            return {"8080": str(ports[0]), "8081": str(ports[1]), "0.0.0.0": "127.0.0.1"}.get(value, value)
+            return {"8080": str(http_port), "8081": str(grpc_port), "0.0.0.0": "127.0.0.1"}.get(value, value)
 
-        args = [local(arg) for arg in container["args"]]
         env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_")}
         env.update({e["name"]: local(e["value"]) for e in container["env"]})
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [*command, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-        url = f"http://127.0.0.1:{http_port}"
-        try:
-            wait_ready(url, process, log=log)
-            break
-        except PortTaken:
-            stop_process(process)
-            if attempt == 2:
-                raise
-        except BaseException:
-            stop_process(process)
-            raise
+        return [*program, *(local(arg) for arg in container["args"])], env
+
+    log = tmp_path / "runtime.log"
+    runtime = serve_on_free_ports(command, lambda port: log)
+    process, url, grpc_port = runtime.process, runtime.url, runtime.grpc_port
     try:
         index = httpx.post(f"{url}/v2/repository/index", json={"ready": True}, timeout=10).json()
         assert {row["name"] for row in index} == {name}

@@ -7,7 +7,6 @@ service's request counter for both versions.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -23,7 +22,8 @@ import pytest
 import yaml
 
 from tests.helpers.data import DATA_DIR, ROOT, load_digits
-from tests.helpers.server import PortTaken, free_port, port_taken, stop_process, wait_ready
+from tests.helpers.prometheus import start_prometheus as prometheus
+from tests.helpers.server import serve_on_free_ports, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -60,62 +60,12 @@ def run_trainer(repository: Path) -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
 
-def start_api(serve_cmd: list[str], env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """The serving image's command on free HTTP and gRPC ports, ready; started again on other ports when
-    one chosen was bound by another process first."""
-    for attempt in range(3):
-        port, cmd = free_port(), list(serve_cmd)
-        cmd[cmd.index("--port") + 1] = str(port)
-        with log.open("wb") as out:
-            api = subprocess.Popen(
-                cmd,
-                cwd=ROOT,
-                env={**env, "SERVE_GRPC_PORT": str(free_port())},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            wait_ready(f"http://127.0.0.1:{port}", api, log=log)
-            return api, port
-        except PortTaken:
-            stop_process(api)
-            if attempt == 2:
-                raise
-        except BaseException:
-            stop_process(api)
-            raise
-    raise AssertionError("unreachable")
-
-
-def start_prometheus(config_dir: Path, api_address: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """Prometheus with the deployment's configuration, scraping ``api_address``, on a free port; started
-    again on another port when the one chosen was bound by another process first."""
+def start_prometheus(config_dir: Path, api_address: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Prometheus with the deployment's configuration, scraping ``api_address``: its process and URL."""
     config = (config_dir / "prometheus.yml").read_text()
     assert config.count('"api:8000"') == 1
     (config_dir / "prometheus.yml").write_text(config.replace('"api:8000"', f'"{api_address}"'))
-    for _ in range(3):
-        port = free_port()
-        with log.open("wb") as out:
-            prom = subprocess.Popen(
-                [
-                    shutil.which("prometheus") or "prometheus",
-                    f"--config.file={config_dir / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={config_dir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and prom.poll() is None:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/-/ready", timeout=2).status_code == 200:
-                    return prom, port
-            time.sleep(0.2)
-        stop_process(prom)
-        if not port_taken(log):
-            break
-    raise RuntimeError(f"prometheus not ready: {log.read_text(errors='replace')[-2000:]}")
+    return prometheus(config_dir / "prometheus.yml", config_dir / "data", log)
 
 
 def test_retrain_rolls_out_with_zero_failed_requests(tmp_path: Path) -> None:
@@ -132,16 +82,21 @@ def test_retrain_rolls_out_with_zero_failed_requests(tmp_path: Path) -> None:
     api_env = {str(k): str(v) for k, v in compose["services"]["api"]["environment"].items() if v is not None}
     api_env.update({"SERVE_MODEL_REPOSITORY": str(repository), "SERVE_POLL_INTERVAL_S": "0.5"})
     env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_")} | api_env
-    api, api_port = start_api(serve_cmd, env, tmp_path / "api.log")
-    api_url = f"http://127.0.0.1:{api_port}"
+
+    def command(port: int, grpc_port: int) -> tuple[list[str], dict[str, str]]:
+        argv = list(serve_cmd)
+        argv[argv.index("--port") + 1] = str(port)
+        return argv, {**env, "SERVE_GRPC_PORT": str(grpc_port)}
+
+    running = serve_on_free_ports(command, lambda port: tmp_path / "api.log")
+    api, api_port, api_url = running.process, running.port, running.url
     config_dir = tmp_path / "prometheus"
     shutil.copytree(ROOT / "deploy" / "prometheus", config_dir)
     try:
-        prom, prom_port = start_prometheus(config_dir, f"127.0.0.1:{api_port}", tmp_path / "prometheus.log")
+        prom, prom_url = start_prometheus(config_dir, f"127.0.0.1:{api_port}", tmp_path / "prometheus.log")
     except BaseException:
         stop_process(api)
         raise
-    prom_url = f"http://127.0.0.1:{prom_port}"
     try:
         images, _ = load_digits("mnist")
         outcomes: list[list[tuple[int, str]]] = [[], []]

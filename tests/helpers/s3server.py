@@ -22,7 +22,8 @@ from typing import Any
 import boto3
 import httpx
 
-from tests.helpers.server import PortTaken, free_port, port_taken, stop_process
+from bench.processes import exited, until_bound
+from tests.helpers.server import free_port, stop_process
 
 #: boto3's settings for the fake store; moto accepts any key unless authentication is switched on.
 CREDENTIALS = {
@@ -63,8 +64,7 @@ def _wait_up(url: str, process: subprocess.Popen[bytes], log: Path, timeout: flo
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            error = PortTaken if port_taken(log) else RuntimeError
-            raise error(f"moto_server exited with code {process.returncode}; see {log}")
+            raise exited("moto_server", process, log)
         with contextlib.suppress(httpx.HTTPError):
             httpx.get(url, timeout=1)
             return
@@ -73,11 +73,12 @@ def _wait_up(url: str, process: subprocess.Popen[bytes], log: Path, timeout: flo
 
 
 @contextlib.contextmanager
-def moto_server(log_dir: Path, *, env: dict[str, str] | None = None, attempts: int = 3) -> Iterator[S3Server]:
-    """``python -m moto.server`` on a free loopback port, with an :class:`Outage` proxy in front; started
-    again on another port when the one chosen was bound by another process first."""
+def moto_server(log_dir: Path, *, env: dict[str, str] | None = None) -> Iterator[S3Server]:
+    """``python -m moto.server`` on a free loopback port (a new one when the one chosen was taken
+    first: ``until_bound``), with an :class:`Outage` proxy in front."""
     full_env = {**os.environ, **CREDENTIALS, **(env or {})}
-    for attempt in range(attempts):
+
+    def start() -> tuple[subprocess.Popen[bytes], int]:
         port = free_port()
         log_path = log_dir / f"moto-{port}.log"
         with log_path.open("wb") as log:
@@ -87,21 +88,21 @@ def moto_server(log_dir: Path, *, env: dict[str, str] | None = None, attempts: i
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        direct = f"http://127.0.0.1:{port}"
-        proxy = Outage(port)
         try:
-            try:
-                _wait_up(direct, process, log_path)
-            except PortTaken:
-                if attempt + 1 < attempts:
-                    continue
-                raise
-            proxy.start()
-            yield S3Server(process, direct, proxy)
-            return
-        finally:
-            proxy.stop()
+            _wait_up(f"http://127.0.0.1:{port}", process, log_path)
+        except BaseException:
             stop_process(process)
+            raise
+        return process, port
+
+    process, port = until_bound(start)
+    proxy = Outage(port)
+    try:
+        proxy.start()
+        yield S3Server(process, f"http://127.0.0.1:{port}", proxy)
+    finally:
+        proxy.stop()
+        stop_process(process)
 
 
 class Outage:

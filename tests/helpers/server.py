@@ -5,24 +5,21 @@ from __future__ import annotations
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from bench.processes import exited, free_port, until_bound
 from tests.helpers.data import MODELS, ROOT
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+#: What a server's command is, given its HTTP and gRPC ports: its argv and its whole environment.
+Command = Callable[[int, int], tuple[list[str], dict[str, str]]]
 
 
 @dataclass
@@ -48,29 +45,17 @@ class RunningService:
         return self.log_path.read_text(errors="replace")
 
 
-# What uvicorn and the gRPC listener log when a port they were given is already bound.
-PORT_TAKEN = ("address already in use", "cannot listen for grpc", "failed to bind")
-
-
-class PortTaken(RuntimeError):
-    """The service exited because a port chosen for it was bound by another process before it was."""
-
-
-def port_taken(log: Path) -> bool:
-    """Whether a server that exited early says, in ``log``, that a port it was given was in use."""
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]).lower()
-    return any(marker in tail for marker in PORT_TAKEN)
-
-
 def wait_ready(
     url: str, process: subprocess.Popen[bytes], timeout: float = 90.0, log: Path | None = None
 ) -> None:
+    """Until ``url``'s ``/v2/health/ready`` answers 200. A process that exits first raises; given its
+    ``log``, ``bench.processes.PortTaken`` when it says a port it was given was bound."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]) if log else ""
-            error = PortTaken if log and port_taken(log) else RuntimeError
-            raise error(f"service exited early with code {process.returncode}:\n{tail}")
+            if log is not None:
+                raise exited("the service", process, log)
+            raise RuntimeError(f"service exited early with code {process.returncode}")
         try:
             if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
                 return
@@ -78,6 +63,38 @@ def wait_ready(
             pass
         time.sleep(0.1)
     raise TimeoutError(f"service at {url} not ready after {timeout} s")
+
+
+def serve_on_free_ports(
+    command: Command,
+    log: Callable[[int], Path],
+    *,
+    ready: bool = True,
+    preexec_fn: Callable[[], None] | None = None,
+    attempts: int = 3,
+) -> RunningService:
+    """The service as ``command`` runs it on two free ports (output to ``log(http_port)``), ready
+    unless ``ready`` is False; started on new ports when one was taken first (``until_bound``). Its
+    gRPC port is the one ``command``'s environment gives it."""
+
+    def start() -> RunningService:
+        port, grpc_port = free_port(), free_port()
+        argv, env = command(port, grpc_port)
+        log_path = log(port)
+        with log_path.open("wb") as out:
+            process = subprocess.Popen(
+                argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=preexec_fn
+            )
+        service = RunningService(process, port, log_path, int(env.get("SERVE_GRPC_PORT", grpc_port)))
+        if ready:
+            try:
+                wait_ready(service.url, process, log=log_path)
+            except BaseException:
+                stop_process(process)
+                raise
+        return service
+
+    return until_bound(start, attempts)
 
 
 @contextmanager
@@ -88,47 +105,32 @@ def running_service(
     args: list[str] | None = None,
     ready: bool = True,
     nofile: int | None = None,
-    attempts: int = 3,
 ) -> Iterator[RunningService]:
     """``python -m service`` on a free port with ``SERVE_*`` settings from ``env``; gRPC on another free
-    port unless ``env`` sets ``SERVE_GRPC_PORT``; ``nofile``: the process's file-descriptor limit.
-
-    With ``ready``, a start that fails because a port chosen here was taken by another process before
-    the service bound it is retried on new ports, up to ``attempts`` starts."""
+    port unless ``env`` sets ``SERVE_GRPC_PORT``; ``nofile``: the process's file-descriptor limit."""
 
     def limit_fds() -> None:
         if nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-    for attempt in range(attempts):
-        port = free_port()
-        log_path = tmp_path / f"service-{port}.log"
+    def command(port: int, grpc_port: int) -> tuple[list[str], dict[str, str]]:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_")}
         full_env.update({"SERVE_MODEL_REPOSITORY": str(MODELS), "PYTHONUNBUFFERED": "1"})
-        full_env["SERVE_GRPC_PORT"] = str(free_port())
+        full_env["SERVE_GRPC_PORT"] = str(grpc_port)
         full_env.update(env or {})
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), *(args or [])],
-                cwd=ROOT,
-                env=full_env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                preexec_fn=limit_fds if nofile is not None else None,
-            )
-        service = RunningService(process, port, log_path, int(full_env["SERVE_GRPC_PORT"]))
-        try:
-            if ready:
-                try:
-                    wait_ready(service.url, process, log=log_path)
-                except PortTaken:
-                    if attempt + 1 < attempts:
-                        continue
-                    raise
-            yield service
-            return
-        finally:
-            stop_process(process)
+        argv = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), *(args or [])]
+        return argv, full_env
+
+    service = serve_on_free_ports(
+        command,
+        lambda port: tmp_path / f"service-{port}.log",
+        ready=ready,
+        preexec_fn=limit_fds if nofile is not None else None,
+    )
+    try:
+        yield service
+    finally:
+        stop_process(service.process)
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 30) -> None:

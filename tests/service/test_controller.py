@@ -3,7 +3,6 @@ Prometheus scraping both, the controller deciding from what Prometheus adds up, 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -14,8 +13,9 @@ import pytest
 
 from service.controller import Prometheus, PrometheusError, gather, main
 from tests.helpers.data import MODELS, ROOT, load_digits
+from tests.helpers.prometheus import start_prometheus as prometheus
 from tests.helpers.rolloutdrive import Stream, infer_body, wait_state
-from tests.helpers.server import free_port, port_taken, running_service, stop_process
+from tests.helpers.server import free_port, running_service, stop_process
 from tests.helpers.variants import png, publish_variant
 
 NAME = "mnist-mlp"
@@ -36,41 +36,13 @@ def replica_env(tmp_path: Path) -> dict[str, str]:
 
 
 def start_prometheus(tmp_path: Path, targets: list[str]) -> tuple[subprocess.Popen[bytes], str]:
-    """Prometheus scraping ``targets`` on a free port; started again on another port when the one chosen
-    was bound by another process first."""
     config = tmp_path / "prometheus.yml"
     quoted = ", ".join(f'"{t}"' for t in targets)
     config.write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
         f"scrape_configs: [{{job_name: api, static_configs: [{{targets: [{quoted}]}}]}}]\n"
     )
-    for _ in range(3):
-        port = free_port()
-        log_path = tmp_path / f"prometheus-{port}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [
-                    shutil.which("prometheus") or "prometheus",
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                    return process, url
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        stop_process(process)
-        if not port_taken(log_path):
-            break
-    raise RuntimeError(f"prometheus not ready: {log_path.read_text(errors='replace')[-2000:]}")
+    return prometheus(config, tmp_path / "tsdb", tmp_path / "prometheus.log")
 
 
 def test_bad_usage_exits_2(tmp_path: Path) -> None:

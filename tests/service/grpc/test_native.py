@@ -292,6 +292,15 @@ class RawClient:
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         self.h2.initiate_connection()
 
+    @classmethod
+    async def answered_once(cls, address: str) -> tuple[RawClient, int]:
+        """A client connected to ``address`` whose first call was answered; and that call's stream."""
+        host, port = address.rsplit(":", 1)
+        client = cls(*await asyncio.open_connection(host, int(port)))
+        first, _ = client.call()
+        await client.until(lambda e: isinstance(e, h2.events.StreamEnded) and e.stream_id == first)
+        return client, first
+
     def call(self, send: bool = True) -> tuple[int, bytes]:
         """An Echo call: its stream id and its bytes, written unless ``send`` is False."""
         headers = [(":method", "POST"), (":scheme", "http"), (":authority", "x"),
@@ -321,10 +330,7 @@ def test_stop_waits_for_the_client_to_read_the_final_goaway(run: Callable[[Test]
     sending side, and the socket when the client has closed."""
 
     async def test(server: NativeGrpcServer, address: str, seen: Recorder) -> None:
-        host, port = address.rsplit(":", 1)
-        client = RawClient(*await asyncio.open_connection(host, int(port)))
-        first, _ = client.call()
-        await client.until(lambda e: isinstance(e, h2.events.StreamEnded) and e.stream_id == first)
+        client, first = await RawClient.answered_once(address)
         _, late = client.call(send=False)  # a call that crosses the final GOAWAY on the wire
         stopping = asyncio.ensure_future(server.stop(5))
         final = await client.until(
@@ -345,28 +351,24 @@ def test_stop_waits_for_the_client_to_read_the_final_goaway(run: Callable[[Test]
 
 def test_stop_closes_a_connection_whose_client_never_does(run: Callable[[Test], None]) -> None:
     async def test(server: NativeGrpcServer, address: str, seen: Recorder) -> None:
-        host, port = address.rsplit(":", 1)
-        client = RawClient(*await asyncio.open_connection(host, int(port)))
-        first, _ = client.call()
-        await client.until(lambda e: isinstance(e, h2.events.StreamEnded) and e.stream_id == first)
-        started = asyncio.get_running_loop().time()
-        await server.stop(5)
-        assert asyncio.get_running_loop().time() - started < LINGER_S + 0.5
+        client, _ = await RawClient.answered_once(address)
+        await asyncio.wait_for(server.stop(30), LINGER_S + 2)  # the linger ends it, not the grace
         assert not server.connections
+        rest = await asyncio.wait_for(client.reader.read(), 5)  # to the end of stream the close sent
+        assert any(isinstance(e, h2.events.ConnectionTerminated) for e in client.h2.receive_data(rest))
         client.writer.close()
+
+    run(test)
 
 
 def test_stop_with_no_grace_left_closes_at_once(run: Callable[[Test], None]) -> None:
     """The drain's time is not stretched: with the grace spent, connections close without waiting."""
 
     async def test(server: NativeGrpcServer, address: str, seen: Recorder) -> None:
-        host, port = address.rsplit(":", 1)
-        client = RawClient(*await asyncio.open_connection(host, int(port)))
-        first, _ = client.call()
-        await client.until(lambda e: isinstance(e, h2.events.StreamEnded) and e.stream_id == first)
-        started = asyncio.get_running_loop().time()
-        await server.stop(0)
-        assert asyncio.get_running_loop().time() - started < 0.3
+        client, _ = await RawClient.answered_once(address)
+        await asyncio.wait_for(server.stop(0), LINGER_S / 2)  # no linger
+        rest = await asyncio.wait_for(client.reader.read(), 5)  # to the end of stream the close sent
+        assert any(isinstance(e, h2.events.ConnectionTerminated) for e in client.h2.receive_data(rest))
         client.writer.close()
 
     run(test)
