@@ -5,10 +5,21 @@
 jobs to a deque and awaits their futures. Each job carries its own future, created before it is queued.
 
 The consumer task sleeps on an :class:`asyncio.Event` until there is work, takes whole jobs in FIFO order,
-never more than ``max_batch_size`` rows, and computes them in the executor: concatenate, ``run``, check
-every output's row count, slice each job's rows back out. One batch computes at a time; submissions queue
-meanwhile, so batches grow under load. A failed batch fails all of its jobs with a generic
-:class:`InferenceFailed` and is logged once; later batches are unaffected.
+never more than ``max_batch_size`` rows, joins their inputs (on the loop, so that the worker holds the
+interpreter lock as briefly as it can between two runs) and hands the batch to a job in the executor:
+``run``, check every output's row count, slice each job's rows back out, and send the answers to the loop
+(``call_soon_threadsafe``). One batch computes at a time; submissions queue meanwhile, so batches grow
+under load. A failed batch fails all of its jobs with a generic :class:`InferenceFailed`
+and is logged once; later batches are unaffected.
+
+With ``stage`` (``SERVE_BATCH_STAGING``), a full batch of predictions that forms while another computes
+is taken at once and staged behind it: the worker starts it as soon as it is done, without waiting for the
+loop to see the answer first, which it would otherwise do while the loop thread keeps the interpreter lock
+(docs/hotpath.md, "The compute worker and the interpreter lock"). One batch at most is staged; a batch
+that is not full still waits for the answer and grows meanwhile. A staged job whose deadline passes, or
+whose client goes away, before its batch starts is left out of the compute (answered
+:class:`DeadlineExceeded` when the batch starts). Staged rows have left the queue: they no longer count
+in ``queue_rows`` or against ``max_queue_rows``, so the queue holds up to one batch more.
 
 When a batch goes (:mod:`service.core.batchwait`): ``max_batch_size`` queued rows go at once, and so does
 everything while stopping. Fewer rows go when the wait policy says so. ``"adaptive"`` (the default) holds
@@ -33,7 +44,8 @@ pops them, so dropping is O(1); their rows leave ``queue_rows`` at once. Deadlin
 seconds (the batcher's ``clock``), enforced by one timer for the earliest queued deadline (re-armed for
 the next when it fires), so an expired request is answered at its deadline (to the timer tick) without a
 timer per request; a job whose batch has started is always computed and answered. A batcher belongs to
-the event loop that started it.
+the event loop that started it; its worker touches nothing of the loop's but through
+``call_soon_threadsafe`` (and the staged batch, under a lock).
 
 Two lanes: ``submit(..., background=True)`` queues work that must not delay predictions (the rows of
 an explanation, :mod:`service.core.attribution`). Background jobs wait in a deque of their own and
@@ -64,9 +76,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import logging
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -145,6 +159,16 @@ class _Job:
         self.trace = trace  # the tracer's, when tracing is on and the request is traced
 
 
+class _Batch:
+    __slots__ = ("inputs", "jobs", "traced")
+
+    def __init__(self, jobs: list[_Job], traced: Any) -> None:
+        self.jobs = jobs
+        self.traced = traced  # what the tracer's started() returned (tracing on), else None
+        # The jobs' inputs joined into the batch's, on the loop (see _join); None: the worker joins them.
+        self.inputs: Arrays | None = None
+
+
 class Batcher:
     """Dynamic batcher for one model version; see the module docstring for the semantics."""
 
@@ -162,12 +186,14 @@ class Batcher:
         clock: Callable[[], float] | None = None,
         tracer: BatchTracing | None = None,
         max_background_rows: int | None = None,
+        stage: bool = False,
     ) -> None:
         """``wait`` names the policy for batches that are not full (see the module docstring). ``clock``
         gives the seconds that deadlines, waits and compute times are measured in (default:
         ``time.monotonic``, and ``time.perf_counter`` for compute). ``tracer``: only when tracing is on.
         ``max_background_rows`` bounds a batch of background work (default ``max_batch_size``; a larger
-        single job still goes whole)."""
+        single job still goes whole). ``stage``: a full batch may wait behind the one computing, for the
+        worker to start it (see the module docstring)."""
         if max_batch_size < 1 or max_queue_delay_us < 0 or max_queue_rows < 1:
             raise ValueError("need max_batch_size >= 1, max_queue_delay_us >= 0, max_queue_rows >= 1")
         self._run = run
@@ -196,7 +222,13 @@ class Batcher:
         self._holding = False  # the consumer holds a batch open: every arrival wakes it
         self._expiry: asyncio.TimerHandle | None = None  # fires at _expires_at, the earliest deadline
         self._expires_at = math.inf
-        self._inflight: list[_Job] = []
+        # Batches handed to the worker and not yet answered, in order: the one computing, and at most one
+        # full batch staged behind it (see _hand).
+        self._out: deque[_Batch] = deque()
+        self._lock = threading.Lock()  # guards _staged and _working, shared with the worker thread
+        self._stage = stage
+        self._staged: _Batch | None = None
+        self._working = False  # an executor job of this batcher is queued or running
         self._closing = False  # stop() was called: refuse submits, dispatch without waiting for the delay
 
     @property
@@ -315,8 +347,11 @@ class Batcher:
             done, _ = await asyncio.wait({task}, timeout=timeout)
             if not done:
                 self._fail_queued()
-                for job in self._inflight:
-                    self._drop(job, Unavailable(_SHUTTING_DOWN))
+                with self._lock:
+                    self._staged = None  # the worker stops after the batch it computes
+                for batch in self._out:
+                    for job in batch.jobs:
+                        self._drop(job, Unavailable(_SHUTTING_DOWN))
                 task.cancel()
                 await asyncio.wait({task})
         self._fail_queued()  # never started, or the consumer ended early
@@ -378,6 +413,13 @@ class Batcher:
                 queue.popleft()  # tombstones of dropped jobs
             while background and not background[0].queued:
                 background.popleft()
+            if self._out:  # a batch is computing: only a full batch of predictions goes, staged behind it
+                if self._stage and len(self._out) == 1 and self._queue_rows >= self._max_batch_size:
+                    self._hand(loop, self._take(), 0.0)
+                    continue
+                wakeup.clear()  # set by its answer, or by an arrival that fills a batch
+                await wakeup.wait()
+                continue
             if not queue and (not background or (self._pending and not self._closing)):
                 if self._closing:
                     return
@@ -390,21 +432,9 @@ class Batcher:
                 if await self._hold(loop, now):
                     held_since = now if held_since is None else held_since
                     continue
-            batch = self._take()
-            if batch:
-                if self._observer is not None or self._tracer is not None:
-                    held = 0.0 if held_since is None else max(0.0, self._clock() - held_since)
-                    if self._observer is not None:
-                        self._observe(self._observer.on_wait, held)
-                    traced = None if self._tracer is None else self._trace_start(self._tracer, batch, held)
-                else:
-                    traced = None
-                held_since = None
-                self._inflight = batch
-                try:
-                    await self._compute(loop, batch, traced)
-                finally:
-                    self._inflight = []
+            held = 0.0 if held_since is None else max(0.0, self._clock() - held_since)
+            held_since = None
+            self._hand(loop, self._take(), held)
 
     async def _hold(self, loop: asyncio.AbstractEventLoop, now: float) -> bool:
         """Wait while the policy keeps the queued rows open (until an arrival or the timer); False if
@@ -444,11 +474,7 @@ class Batcher:
                     rows += job.rows
                 elif job.queued:  # timer or cancellation callback not run yet
                     self._unqueue(job)
-                    expired = not job.future.done()
-                    if job.trace is not None and self._tracer is not None:
-                        self._tracer.dropped(job.trace, DeadlineExceeded(_EXPIRED) if expired else None)
-                    if expired:
-                        job.future.set_exception(DeadlineExceeded(_EXPIRED))
+                    self._not_computed(job)
                 queue.popleft()
         self._notify_queue_rows()
         if self._observer is not None:
@@ -466,36 +492,105 @@ class Batcher:
             logger.exception("batch tracer failed")
             return None
 
-    async def _compute(self, loop: asyncio.AbstractEventLoop, batch: list[_Job], traced: Any = None) -> None:
-        sizes = [job.rows for job in batch]
-        parts = [job.inputs for job in batch]
+    def _hand(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], held: float) -> None:
+        """Give a batch taken from the queue to the worker: staged behind the batch computing, which the
+        worker runs next without a turn of the event loop, or in a new executor job when none runs."""
+        if not jobs:
+            return
+        traced = None
+        if self._observer is not None:
+            self._observe(self._observer.on_wait, held)
+        if self._tracer is not None:
+            traced = self._trace_start(self._tracer, jobs, held)
+        batch = _Batch(jobs, traced)
+        batch.inputs = _join(jobs)
+        self._out.append(batch)
+        with self._lock:
+            if self._working:
+                self._staged = batch
+                return
+            self._working = True
         try:
-            results, seconds = await loop.run_in_executor(self._executor, self._run_batch, parts, sizes)
+            self._executor.submit(self._work, loop, batch)
         except RuntimeError:  # executor shut down under us; keep the consumer alive
             logger.exception("model '%s': cannot schedule a batch", self._name)
-            results, seconds = None, 0.0
-        self._policy.computed(sum(sizes), seconds)
+            self._working = False
+            self._computed(batch, batch.jobs, None, 0.0)
+
+    def _work(self, loop: asyncio.AbstractEventLoop, batch: _Batch | None) -> None:
+        """Worker thread: compute ``batch``, then the batch staged meanwhile, until none is. The next batch
+        is taken before this one's answer goes to the loop, so the loop, once it has the answer, never
+        finds a staged batch that the worker has not taken (and stages at most one at a time). Jobs
+        that expired or were abandoned while staged are left out of the compute."""
+        while batch is not None:
+            done, now = batch, self._clock()
+            live = [j for j in done.jobs if not j.future.done() and (j.deadline is None or j.deadline > now)]
+            if live:
+                joined = done.inputs if len(live) == len(done.jobs) else None
+                results, seconds = self._run_batch([j.inputs for j in live], [j.rows for j in live], joined)
+            else:
+                results, seconds = [], 0.0
+            with self._lock:
+                batch, self._staged = self._staged, None
+                if batch is None:
+                    self._working = False
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for the answers
+                loop.call_soon_threadsafe(self._computed, done, live, results, seconds)
+
+    def _computed(
+        self, batch: _Batch, live: list[_Job], results: list[Arrays] | None, seconds: float
+    ) -> None:
+        """On the loop: answer a batch's ``live`` jobs, those computed (all with :class:`InferenceFailed`
+        if it failed), and the rest (expired while staged) with :class:`DeadlineExceeded`."""
+        if batch in self._out:
+            self._out.remove(batch)
+        if len(live) < len(batch.jobs):
+            computed = {id(job) for job in live}
+            for job in batch.jobs:
+                if id(job) not in computed:
+                    self._not_computed(job)
+        if not live:
+            self._wakeup.set()
+            return
+        rows = sum(job.rows for job in live)
+        self._policy.computed(rows, seconds)
         if self._observer is not None:
-            self._observe(self._observer.on_batch, sum(sizes), seconds)
-        if traced is not None and self._tracer is not None:
+            self._observe(self._observer.on_batch, rows, seconds)
+        if batch.traced is not None and self._tracer is not None:
             error = None if results is not None else InferenceFailed().message
             try:
-                self._tracer.finished(traced, [job.trace for job in batch], seconds, error)
+                self._tracer.finished(batch.traced, [job.trace for job in live], seconds, error)
             except Exception:
                 logger.exception("batch tracer failed")
-        for i, job in enumerate(batch):
+        # The consumer first, then the answers: it looks at the lanes before the answered requests resume,
+        # as it did when it answered them itself.
+        self._wakeup.set()
+        for i, job in enumerate(live):
             if not job.future.done():
                 if results is None:
                     job.future.set_exception(InferenceFailed())
                 else:
                     job.future.set_result(results[i])
 
-    def _run_batch(self, parts: list[Arrays], sizes: list[int]) -> tuple[list[Arrays] | None, float]:
-        """Worker thread: concatenate, run, check row counts, split. Never raises."""
+    def _not_computed(self, job: _Job) -> None:
+        """A job taken from the queue and not computed: past its deadline, or its client went away."""
+        expired = not job.future.done()
+        if job.trace is not None and self._tracer is not None:
+            self._tracer.dropped(job.trace, DeadlineExceeded(_EXPIRED) if expired else None)
+        if expired:
+            job.future.set_exception(DeadlineExceeded(_EXPIRED))
+
+    def _run_batch(
+        self, parts: list[Arrays], sizes: list[int], joined: Arrays | None = None
+    ) -> tuple[list[Arrays] | None, float]:
+        """Worker thread: concatenate (unless ``joined`` is the parts already joined), run, check row
+        counts, split. Never raises."""
         start = self._stopwatch()
         rows = sum(sizes)
         try:
-            if len(parts) == 1:
+            if joined is not None:
+                inputs = joined
+            elif len(parts) == 1:
                 inputs = parts[0]
             else:
                 inputs = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
@@ -523,3 +618,15 @@ class Batcher:
             method(*args)
         except Exception:  # a broken observer must not stall the queue
             logger.exception("batch observer failed")
+
+
+def _join(jobs: list[_Job]) -> Arrays | None:
+    """The jobs' inputs as one batch, joined on the event loop's thread (the worker's time with the
+    interpreter lock is what the loop waits for). None when they do not join: the worker then tries, and
+    fails the batch as a failed compute, as before."""
+    if len(jobs) == 1:
+        return jobs[0].inputs
+    try:
+        return {k: np.concatenate([job.inputs[k] for job in jobs]) for k in jobs[0].inputs}
+    except Exception:
+        return None

@@ -121,6 +121,7 @@ def serve(
         executor=executor,
         observer=model_metrics,
         wait=settings.batch_wait,
+        stage=settings.batch_staging,
         name=f"{name}/{version}",
         tracer=None
         if tracing is None
