@@ -11,7 +11,7 @@ TRAIN_STAMP := $(VENV)/.train-installed
 DEV_STAMP   := $(VENV)/.dev-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run train-deps docs docs-serve docs-gen models test test-deploy lint format protos train bench bench-gpu bench-grpc bench-tracing bench-soak bench-models bench-preprocess bench-threads schema system-deps clean
+.PHONY: help run train-deps docs docs-serve docs-gen models test test-deploy lint format protos train bench bench-gpu bench-grpc bench-staging bench-tracing bench-soak bench-models bench-preprocess bench-threads schema system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -119,6 +119,10 @@ bench-gpu:
 ## bench-grpc: gRPC beside HTTP JSON and binary, one service process, c = 1, 16, 64
 bench-grpc: $(DEV_STAMP) system-deps
 	$(BIN)/python -m bench.protocols
+
+## bench-staging: SERVE_BATCH_STAGING off and on side by side, two service processes, c=64
+bench-staging: $(DEV_STAMP) system-deps
+	$(BIN)/python -m bench.staging
 
 ## bench-tracing: c=64 with tracing off (and off in BASELINE_TREE when given), at a 1 % sampler and at 100 %
 bench-tracing: $(DEV_STAMP) system-deps

@@ -1,0 +1,159 @@
+"""``SERVE_BATCH_STAGING`` off and on, side by side: the same requests to two service processes.
+
+``python -m bench.staging`` starts ``python -m service`` twice, once as configured by default and once with
+``SERVE_BATCH_STAGING=true`` (a full batch waits behind the one computing and the compute worker starts it
+itself, :mod:`service.core.batching`), each idle while the other is measured. At ``--concurrency`` it
+drives both with ``h2load`` for every target of :mod:`bench.protocols` but grpcio's: HTTP/1.1 JSON and
+binary, gRPC raw and typed with one call per connection, and gRPC raw multiplexed (``--streams`` calls in
+flight on each connection, as a gRPC channel sends them). The two services take turns on each target,
+``--rounds`` times; each row is the median round, and each ratio (staging on over off) the ratio of the
+medians with the spread of the per-round ratios beside it. Besides requests/s, p99 and the server's CPU
+per request, it prints the rows per batch and the compute time per batch that the service's own metrics
+counted meanwhile: the compute time includes the worker's wait for the interpreter lock after
+onnxruntime returns (docs/hotpath.md, "The compute worker and the interpreter lock").
+
+Results go to stdout and ``bench/results/staging.json``, with the machine's load before and after.
+Compare the ratios, not absolute figures across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.grpc_load import infer_request_bytes
+from bench.harness import RESULTS, first_test_image, h2load, load_report, machine_load, write_bodies
+from bench.processes import Served, service
+from bench.protocols import check_answers, grpc_frame
+
+TARGETS = ("http-json", "http-binary", "grpc-raw", "grpc-typed", "grpc-raw-mux")
+GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
+_COUNTERS = (
+    "inference_batches_total",
+    "inference_rows_total",
+    "inference_compute_duration_seconds_sum",
+)
+
+
+def batch_counters(url: str) -> dict[str, float]:
+    """The service's batch counters now, summed over models and versions."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {
+        name: sum(float(v) for v in re.findall(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.M))
+        for name in _COUNTERS
+    }
+
+
+def turn(served: Served, target: str, files: dict[str, tuple[Path, dict[str, str]]], args: Any) -> dict:
+    """One turn of h2load on ``target`` against ``served``, with its batches counted meanwhile."""
+    before = batch_counters(served.url)
+    body, headers = files[target]
+    if target.startswith("http-"):
+        url = f"{served.url}/v2/models/{args.model}/infer"
+        r = h2load(url, body, headers, args.concurrency, args.seconds, http1=True, server_pid=served.pid)
+    else:
+        kind = "grpc-raw" if target == "grpc-raw-mux" else target
+        r = h2load(
+            f"http://{served.grpc_address}{GRPC_PATH}",
+            body,
+            headers,
+            args.concurrency,
+            args.seconds,
+            ok_data_bytes=args.ok_sizes[kind],
+            server_pid=served.pid,
+            streams=args.streams if target == "grpc-raw-mux" else 1,
+        )
+    after = batch_counters(served.url)
+    batches = max(after["inference_batches_total"] - before["inference_batches_total"], 1.0)
+    rows = after["inference_rows_total"] - before["inference_rows_total"]
+    compute = (
+        after["inference_compute_duration_seconds_sum"] - before["inference_compute_duration_seconds_sum"]
+    )
+    return {**r, "rows_per_batch": rows / batches, "compute_us_per_batch": 1e6 * compute / batches}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mnist-cnn")
+    parser.add_argument("--seconds", type=float, default=5.0, help="load duration per turn")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3, help="turns each service takes on each target")
+    parser.add_argument("--streams", type=int, default=8, help="calls in flight per connection, grpc-raw-mux")
+    args = parser.parse_args(argv)
+    if args.streams < 1 or args.concurrency % args.streams:
+        parser.error("--concurrency must be a multiple of --streams")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    image = first_test_image()
+    bodies = write_bodies(image, RESULTS)
+    messages = {kind: infer_request_bytes(args.model, image, raw=kind == "grpc-raw") for kind in TARGETS[2:4]}
+    grpc_headers = {"content-type": "application/grpc", "te": "trailers"}
+    files: dict[str, tuple[Path, dict[str, str]]] = {
+        "http-json": bodies["json"],
+        "http-binary": bodies["binary"],
+    }
+    for kind, message in messages.items():
+        path = RESULTS / f"staging-{kind}.grpc"
+        path.write_bytes(grpc_frame(message))
+        files[kind] = (path, grpc_headers)
+    files["grpc-raw-mux"] = files["grpc-raw"]
+    env = {"SERVE_MODELS": args.model, "SERVE_LOG_LEVEL": "warning"}
+    rounds: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    with contextlib.ExitStack() as stack:
+        services = {
+            "off": stack.enter_context(service(env, RESULTS / "staging-off.log")),
+            "on": stack.enter_context(
+                service({**env, "SERVE_BATCH_STAGING": "true"}, RESULTS / "staging-on.log")
+            ),
+        }
+        sizes = [check_answers(s.url, s.grpc_address, args.model, image, messages) for s in services.values()]
+        assert sizes[0] == sizes[1]
+        args.ok_sizes = sizes[0]
+        load_before = machine_load()
+        for _ in range(args.rounds):
+            for target in TARGETS:
+                for name, served in services.items():
+                    rounds.setdefault((target, name), []).append(turn(served, target, files, args))
+        load = load_report(load_before, machine_load())
+    rows: list[dict[str, Any]] = []
+    ratios: dict[str, dict[str, float]] = {}
+    print(f"c={args.concurrency}, {args.rounds} rounds of {args.seconds:g} s, SERVE_BATCH_STAGING off / on:")
+    for target in TARGETS:
+        for name in ("off", "on"):
+            tries = rounds[(target, name)]
+            r = sorted(tries, key=lambda t: t["rps"])[len(tries) // 2]
+            rows.append({"target": target, "staging": name, **r, "rps_rounds": [t["rps"] for t in tries]})
+            print(
+                f"{target:13} {name:3}: {r['rps']:8.0f} req/s  p99 {r['p99_ms']:5.1f} ms  "
+                f"cpu/req {r['server_cpu_us']:4.0f} us  rows/batch {r['rows_per_batch']:4.1f}  "
+                f"compute/batch {r['compute_us_per_batch']:5.0f} us  failed {r['non_2xx']:.0f}"
+            )
+        on, off = rounds[(target, "on")], rounds[(target, "off")]
+        per_round = [a["rps"] / b["rps"] for a, b in zip(on, off, strict=True)]
+        median = statistics.median(t["rps"] for t in on) / statistics.median(t["rps"] for t in off)
+        ratios[target] = {"median": median, "low": min(per_round), "high": max(per_round)}
+        print(f"{target:13} on/off {median:.2f}x ({min(per_round):.2f}..{max(per_round):.2f})")
+    print(
+        f"machine: load {load['load1_before']:.2f} before, {load['load1_after']:.2f} after, "
+        f"steal {100 * load['steal']:.1f} %" + ("  BUSY MACHINE: ratios only" if load["busy"] else "")
+    )
+    out = RESULTS / "staging.json"
+    results = {
+        "date": dt.date.today().isoformat(),
+        "args": {k: v for k, v in vars(args).items() if k != "ok_sizes"},
+    }
+    out.write_text(json.dumps({**results, "runs": rows, "ratios": ratios, "load": load}, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
