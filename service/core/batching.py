@@ -16,10 +16,11 @@ With ``stage`` (``SERVE_BATCH_STAGING``), a full batch of predictions that forms
 is taken at once and staged behind it: the worker starts it as soon as it is done, without waiting for the
 loop to see the answer first, which it would otherwise do while the loop thread keeps the interpreter lock
 (docs/hotpath.md, "The compute worker and the interpreter lock"). One batch at most is staged; a batch
-that is not full still waits for the answer and grows meanwhile. A staged job whose deadline passes, or
-whose client goes away, before its batch starts is left out of the compute (answered
-:class:`DeadlineExceeded` when the batch starts). Staged rows have left the queue: they no longer count
-in ``queue_rows`` or against ``max_queue_rows``, so the queue holds up to one batch more.
+that is not full still waits for the answer and grows meanwhile. A job whose deadline passes, or whose
+client goes away, after its batch was taken but before the worker starts that batch (staged, or waiting
+for the worker) is left out of the compute (answered :class:`DeadlineExceeded` when the batch starts).
+Staged rows have left the queue: they no longer count in ``queue_rows`` or against ``max_queue_rows``, so
+the queue holds up to one batch more.
 
 When a batch goes (:mod:`service.core.batchwait`): ``max_batch_size`` queued rows go at once, and so does
 everything while stopping. Fewer rows go when the wait policy says so. ``"adaptive"`` (the default) holds
