@@ -124,11 +124,13 @@ def app_target(name: str, factory: str, env: dict[str, str], bodies: tuple[str, 
 
 
 def batch_counters(url: str) -> dict[str, float]:
-    """The service's batch counters (summed over versions): batches, rows, seconds held open."""
+    """The service's batch counters (summed over versions): batches, rows, seconds held open and
+    seconds computing."""
     wanted = {
         "inference_batch_size_count": "batches",
         "inference_batch_size_sum": "rows",
         "inference_batch_wait_seconds_sum": "held_s",
+        "inference_compute_duration_seconds_sum": "compute_s",
     }
     totals = dict.fromkeys(wanted.values(), 0.0)
     seen = set()
@@ -145,6 +147,9 @@ def batching(before: dict[str, float], after: dict[str, float]) -> dict[str, flo
     return {
         "rows_per_batch": (after["rows"] - before["rows"]) / batches if batches else float("nan"),
         "held_us_per_batch": 1e6 * (after["held_s"] - before["held_s"]) / batches
+        if batches
+        else float("nan"),
+        "compute_us_per_batch": 1e6 * (after["compute_s"] - before["compute_s"]) / batches
         if batches
         else float("nan"),
     }

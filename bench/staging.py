@@ -22,38 +22,28 @@ import argparse
 import contextlib
 import datetime as dt
 import json
-import re
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench.grpc_load import infer_request_bytes
 from bench.harness import RESULTS, first_test_image, h2load, load_report, machine_load, write_bodies
 from bench.processes import Served, service
 from bench.protocols import check_answers, grpc_frame
+from bench.serving import batch_counters, batching
 
 TARGETS = ("http-json", "http-binary", "grpc-raw", "grpc-typed", "grpc-raw-mux")
 GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
-_COUNTERS = (
-    "inference_batches_total",
-    "inference_rows_total",
-    "inference_compute_duration_seconds_sum",
-)
 
 
-def batch_counters(url: str) -> dict[str, float]:
-    """The service's batch counters now, summed over models and versions."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return {
-        name: sum(float(v) for v in re.findall(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.M))
-        for name in _COUNTERS
-    }
-
-
-def turn(served: Served, target: str, files: dict[str, tuple[Path, dict[str, str]]], args: Any) -> dict:
+def turn(
+    served: Served,
+    target: str,
+    files: dict[str, tuple[Path, dict[str, str]]],
+    ok_sizes: dict[str, int],
+    args: Any,
+) -> dict[str, Any]:
     """One turn of h2load on ``target`` against ``served``, with its batches counted meanwhile."""
     before = batch_counters(served.url)
     body, headers = files[target]
@@ -68,17 +58,11 @@ def turn(served: Served, target: str, files: dict[str, tuple[Path, dict[str, str
             headers,
             args.concurrency,
             args.seconds,
-            ok_data_bytes=args.ok_sizes[kind],
+            ok_data_bytes=ok_sizes[kind],
             server_pid=served.pid,
             streams=args.streams if target == "grpc-raw-mux" else 1,
         )
-    after = batch_counters(served.url)
-    batches = max(after["inference_batches_total"] - before["inference_batches_total"], 1.0)
-    rows = after["inference_rows_total"] - before["inference_rows_total"]
-    compute = (
-        after["inference_compute_duration_seconds_sum"] - before["inference_compute_duration_seconds_sum"]
-    )
-    return {**r, "rows_per_batch": rows / batches, "compute_us_per_batch": 1e6 * compute / batches}
+    return r | batching(before, batch_counters(served.url))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,12 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         sizes = [check_answers(s.url, s.grpc_address, args.model, image, messages) for s in services.values()]
         assert sizes[0] == sizes[1]
-        args.ok_sizes = sizes[0]
         load_before = machine_load()
         for _ in range(args.rounds):
             for target in TARGETS:
                 for name, served in services.items():
-                    rounds.setdefault((target, name), []).append(turn(served, target, files, args))
+                    rounds.setdefault((target, name), []).append(turn(served, target, files, sizes[0], args))
         load = load_report(load_before, machine_load())
     rows: list[dict[str, Any]] = []
     ratios: dict[str, dict[str, float]] = {}
@@ -146,11 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         f"steal {100 * load['steal']:.1f} %" + ("  BUSY MACHINE: ratios only" if load["busy"] else "")
     )
     out = RESULTS / "staging.json"
-    results = {
-        "date": dt.date.today().isoformat(),
-        "args": {k: v for k, v in vars(args).items() if k != "ok_sizes"},
-    }
-    out.write_text(json.dumps({**results, "runs": rows, "ratios": ratios, "load": load}, indent=2))
+    results = {"date": dt.date.today().isoformat(), "args": vars(args), "runs": rows, "ratios": ratios}
+    out.write_text(json.dumps({**results, "load": load}, indent=2))
     print(f"wrote {out}")
     return 0
 
