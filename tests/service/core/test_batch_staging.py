@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import time
+import contextlib
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
+from service.core.batching import Batcher
 from service.errors import DeadlineExceeded, Unavailable
 from tests.service.core.test_batching import (
     GUARD_S,
+    Arrays,
     FakeClock,
     FakeRuntime,
     Recorder,
@@ -26,38 +29,54 @@ from tests.service.core.test_batching import (
 )
 
 
-def wait_blocking(condition: object, seconds: float = GUARD_S) -> bool:
-    """Poll ``condition`` (a callable) with the event loop's thread blocked: only other threads move."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.001)
-    return False
+async def one_computing(
+    fake: FakeRuntime, batcher: Batcher, rng: np.random.Generator
+) -> asyncio.Task[Arrays]:
+    """Submit one row and wait until its batch is inside the gated runtime: the batch that computes."""
+    first = asyncio.create_task(batcher.submit(make_inputs(rng, 1, 0)))
+    assert await fake.next_batch() == 1
+    return first
+
+
+@contextlib.contextmanager
+def one_worker(fake: FakeRuntime) -> Iterator[concurrent.futures.ThreadPoolExecutor]:
+    """The batcher's executor, one worker; on the way out the gate opens (a failed assertion must not leave
+    the worker waiting on it) and the worker is joined."""
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        yield executor
+    finally:
+        fake.gate.set()
+        executor.shutdown(wait=True)
+
+
+def until_worker_idle(executor: concurrent.futures.ThreadPoolExecutor) -> None:
+    """Block the event loop's thread until the batcher's only worker has finished all it was given (a
+    job queued behind them runs): meanwhile only the worker moves, and after it nothing can start a batch
+    but the loop."""
+    executor.submit(lambda: None).result(GUARD_S)
 
 
 def test_a_full_batch_behind_the_computing_one_starts_while_the_event_loop_is_blocked() -> None:
     async def main() -> None:
-        fake = FakeRuntime(gated=True)
-        recorder = Recorder()
-        batcher = make_batcher(fake, observer=recorder, stage=True)
-        rng = np.random.default_rng(1)
-        first = asyncio.create_task(batcher.submit(make_inputs(rng, 1, 0)))
-        assert await fake.next_batch() == 1
-        inputs = [make_inputs(rng, 4, 10), make_inputs(rng, 4, 20)]
-        full = [asyncio.create_task(batcher.submit(x)) for x in inputs]
-        await settle()
-        assert batcher.queue_rows == 0  # staged: it left the queue
-        fake.gate.set()
-        # No await from here: the loop cannot run, so only the worker can start the staged batch.
-        assert wait_blocking(lambda: len(fake.batches) == 2), fake.batches
-        assert fake.batches == [1, 8]
-        results = await answer(asyncio.gather(first, *full))
-        for x, out in zip(inputs, results[1:], strict=True):
-            assert_matches_model(x, out)
-        assert recorder.batches == [1, 8]
-        assert recorder.waits == [0.0, 0.0]
-        await batcher.stop()
+        fake, recorder = FakeRuntime(gated=True), Recorder()
+        with one_worker(fake) as executor:
+            batcher = make_batcher(fake, observer=recorder, executor=executor, stage=True)
+            rng = np.random.default_rng(1)
+            first = await one_computing(fake, batcher, rng)
+            inputs = [make_inputs(rng, 4, 10), make_inputs(rng, 4, 20)]
+            full = [asyncio.create_task(batcher.submit(x)) for x in inputs]
+            await settle()
+            assert batcher.queue_rows == 0  # staged: it left the queue
+            fake.gate.set()
+            until_worker_idle(executor)  # the loop's thread is held: only the worker can start it
+            assert fake.batches == [1, 8]
+            results = await answer(asyncio.gather(first, *full))
+            for x, out in zip(inputs, results[1:], strict=True):
+                assert_matches_model(x, out)
+            assert recorder.batches == [1, 8]
+            assert recorder.waits == [0.0, 0.0]
+            await batcher.stop()
 
     run(main)
 
@@ -67,8 +86,7 @@ def test_a_batch_that_is_not_full_waits_for_the_answer_and_grows_meanwhile() -> 
         fake = FakeRuntime(gated=True)
         batcher = make_batcher(fake, stage=True)
         rng = np.random.default_rng(2)
-        first = asyncio.create_task(batcher.submit(make_inputs(rng, 1, 0)))
-        assert await fake.next_batch() == 1
+        first = await one_computing(fake, batcher, rng)
         small = asyncio.create_task(batcher.submit(make_inputs(rng, 3, 10)))
         await settle()
         assert batcher.queue_rows == 3  # not staged
@@ -85,20 +103,19 @@ def test_a_batch_that_is_not_full_waits_for_the_answer_and_grows_meanwhile() -> 
 def test_one_batch_at_most_is_staged() -> None:
     async def main() -> None:
         fake = FakeRuntime(gated=True)
-        batcher = make_batcher(fake, stage=True)
-        rng = np.random.default_rng(3)
-        first = asyncio.create_task(batcher.submit(make_inputs(rng, 1, 0)))
-        assert await fake.next_batch() == 1
-        full = [asyncio.create_task(batcher.submit(make_inputs(rng, 8, 10 * (i + 1)))) for i in range(3)]
-        await settle()
-        assert batcher.queue_rows == 16  # one of the three staged, two queued
-        fake.gate.set()
-        assert wait_blocking(lambda: len(fake.batches) == 2)
-        # The third batch needs the loop, which is blocked: it does not start, however long we wait.
-        assert not wait_blocking(lambda: len(fake.batches) > 2, 0.2)
-        await answer(asyncio.gather(first, *full))
-        assert fake.batches == [1, 8, 8, 8]
-        await batcher.stop()
+        with one_worker(fake) as executor:
+            batcher = make_batcher(fake, executor=executor, stage=True)
+            rng = np.random.default_rng(3)
+            first = await one_computing(fake, batcher, rng)
+            full = [asyncio.create_task(batcher.submit(make_inputs(rng, 8, 10 * (i + 1)))) for i in range(3)]
+            await settle()
+            assert batcher.queue_rows == 16  # one of the three staged, two queued
+            fake.gate.set()
+            until_worker_idle(executor)
+            assert fake.batches == [1, 8]  # the third waits for the loop
+            await answer(asyncio.gather(first, *full))
+            assert fake.batches == [1, 8, 8, 8]
+            await batcher.stop()
 
     run(main)
 
@@ -109,8 +126,7 @@ def test_a_staged_job_past_its_deadline_is_answered_deadline_exceeded_and_not_co
         clock = FakeClock()
         batcher = make_batcher(fake, clock=clock, stage=True)
         rng = np.random.default_rng(4)
-        first = asyncio.create_task(batcher.submit(make_inputs(rng, 1, 0)))
-        assert await fake.next_batch() == 1
+        first = await one_computing(fake, batcher, rng)
         late = asyncio.create_task(batcher.submit(make_inputs(rng, 4, 10), deadline=clock.now + 1))
         kept = asyncio.create_task(batcher.submit(make_inputs(rng, 4, 20)))
         await settle()
@@ -132,8 +148,7 @@ def test_a_staged_job_whose_client_went_away_is_not_computed() -> None:
         fake = FakeRuntime(gated=True)
         batcher = make_batcher(fake, stage=True)
         rng = np.random.default_rng(5)
-        first = asyncio.create_task(batcher.submit(make_inputs(rng, 1, 0)))
-        assert await fake.next_batch() == 1
+        first = await one_computing(fake, batcher, rng)
         gone = asyncio.create_task(batcher.submit(make_inputs(rng, 4, 10)))
         kept = asyncio.create_task(batcher.submit(make_inputs(rng, 4, 20)))
         await settle()
@@ -152,11 +167,10 @@ def test_a_staged_job_whose_client_went_away_is_not_computed() -> None:
 def test_a_stop_that_times_out_fails_the_staged_batch_and_the_worker_never_runs_it() -> None:
     async def main() -> None:
         fake = FakeRuntime(gated=True)
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as executor:
+        with one_worker(fake) as executor:
             batcher = make_batcher(fake, executor=executor, stage=True)
             rng = np.random.default_rng(6)
-            first = asyncio.create_task(batcher.submit(make_inputs(rng, 1, 0)))
-            assert await fake.next_batch() == 1
+            first = await one_computing(fake, batcher, rng)
             staged = asyncio.create_task(batcher.submit(make_inputs(rng, 8, 10)))
             await settle()
             assert batcher.queue_rows == 0
@@ -174,17 +188,18 @@ def test_a_stop_that_times_out_fails_the_staged_batch_and_the_worker_never_runs_
 def test_without_staging_a_full_batch_waits_in_the_queue_for_the_loop() -> None:
     async def main() -> None:
         fake = FakeRuntime(gated=True)
-        batcher = make_batcher(fake)
-        rng = np.random.default_rng(7)
-        first = asyncio.create_task(batcher.submit(make_inputs(rng, 1, 0)))
-        assert await fake.next_batch() == 1
-        full = asyncio.create_task(batcher.submit(make_inputs(rng, 8, 10)))
-        await settle()
-        assert batcher.queue_rows == 8  # still queued
-        fake.gate.set()
-        assert not wait_blocking(lambda: len(fake.batches) > 1, 0.2)  # needs the loop, which is blocked
-        await answer(asyncio.gather(first, full))
-        assert fake.batches == [1, 8]
-        await batcher.stop()
+        with one_worker(fake) as executor:
+            batcher = make_batcher(fake, executor=executor)
+            rng = np.random.default_rng(7)
+            first = await one_computing(fake, batcher, rng)
+            full = asyncio.create_task(batcher.submit(make_inputs(rng, 8, 10)))
+            await settle()
+            assert batcher.queue_rows == 8  # still queued
+            fake.gate.set()
+            until_worker_idle(executor)
+            assert fake.batches == [1]  # the full batch needs the loop, which is held
+            await answer(asyncio.gather(first, full))
+            assert fake.batches == [1, 8]
+            await batcher.stop()
 
     run(main)
