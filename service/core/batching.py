@@ -163,11 +163,10 @@ class _Job:
 class _Batch:
     __slots__ = ("inputs", "jobs", "traced")
 
-    def __init__(self, jobs: list[_Job], traced: Any) -> None:
+    def __init__(self, jobs: list[_Job], traced: Any, inputs: Arrays | None) -> None:
         self.jobs = jobs
         self.traced = traced  # what the tracer's started() returned (tracing on), else None
-        # The jobs' inputs joined into the batch's, on the loop (see _join); None: the worker joins them.
-        self.inputs: Arrays | None = None
+        self.inputs = inputs  # the jobs' inputs joined on the loop (see _join); None: the worker joins them
 
 
 class Batcher:
@@ -318,8 +317,7 @@ class Batcher:
         try:
             if len(jobs) == 1:
                 return await jobs[0].future
-            parts = await asyncio.gather(*(job.future for job in jobs))
-            return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+            return _concat(await asyncio.gather(*(job.future for job in jobs)))
         except BaseException:
             for job in jobs:  # client went away or a chunk failed: skip what has not started
                 self._drop(job, None)
@@ -503,8 +501,7 @@ class Batcher:
             self._observe(self._observer.on_wait, held)
         if self._tracer is not None:
             traced = self._trace_start(self._tracer, jobs, held)
-        batch = _Batch(jobs, traced)
-        batch.inputs = _join(jobs)
+        batch = _Batch(jobs, traced, _join(jobs))
         self._out.append(batch)
         with self._lock:
             if self._working:
@@ -589,13 +586,7 @@ class Batcher:
         start = self._stopwatch()
         rows = sum(sizes)
         try:
-            if joined is not None:
-                inputs = joined
-            elif len(parts) == 1:
-                inputs = parts[0]
-            else:
-                inputs = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
-            outputs = self._run(inputs)
+            outputs = self._run(joined if joined is not None else _concat(parts))
             for k, v in outputs.items():
                 if v.ndim == 0 or v.shape[0] != rows:
                     raise ValueError(f"output {k!r} has shape {v.shape}, expected {rows} rows")
@@ -625,9 +616,14 @@ def _join(jobs: list[_Job]) -> Arrays | None:
     """The jobs' inputs as one batch, joined on the event loop's thread (the worker's time with the
     interpreter lock is what the loop waits for). None when they do not join: the worker then tries, and
     fails the batch as a failed compute, as before."""
-    if len(jobs) == 1:
-        return jobs[0].inputs
     try:
-        return {k: np.concatenate([job.inputs[k] for job in jobs]) for k in jobs[0].inputs}
+        return _concat([job.inputs for job in jobs])
     except Exception:
         return None
+
+
+def _concat(parts: Sequence[Arrays]) -> Arrays:
+    """Arrays of the same names joined along the rows, in order; a single part as it is (no copy)."""
+    if len(parts) == 1:
+        return parts[0]
+    return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
