@@ -268,7 +268,7 @@ def test_the_service_starts_as_the_runtime_starts_it(tmp_path: Path) -> None:
 
     log = tmp_path / "runtime.log"
     runtime = serve_on_free_ports(command, lambda port: log)
-    process, url, grpc_port = runtime.process, runtime.url, runtime.grpc_port
+    process, url, grpc_port = runtime.proc, runtime.url, runtime.grpc_port
     try:
         index = httpx.post(f"{url}/v2/repository/index", json={"ready": True}, timeout=10).json()
         assert {row["name"] for row in index} == {name}

@@ -89,7 +89,7 @@ def test_retrain_rolls_out_with_zero_failed_requests(tmp_path: Path) -> None:
         return argv, {**env, "SERVE_GRPC_PORT": str(grpc_port)}
 
     running = serve_on_free_ports(command, lambda port: tmp_path / "api.log")
-    api, api_port, api_url = running.process, running.port, running.url
+    api, api_port, api_url = running.proc, running.port, running.url
     config_dir = tmp_path / "prometheus"
     shutil.copytree(ROOT / "deploy" / "prometheus", config_dir)
     try:

@@ -15,27 +15,19 @@ from pathlib import Path
 
 import httpx
 
-from bench.processes import exited, free_port, until_bound
+from bench.processes import Served, exited, free_port, until_bound
 from tests.helpers.data import MODELS, ROOT
 
 #: What a server's command is, given its HTTP and gRPC ports: its argv and its whole environment.
 Command = Callable[[int, int], tuple[list[str], dict[str, str]]]
 
 
-@dataclass
-class RunningService:
-    process: subprocess.Popen[bytes]
-    port: int
+@dataclass(frozen=True)
+class RunningService(Served):
+    """A service process a test started (``proc``, ports, ``url``: :class:`bench.processes.Served`) and
+    the file its output goes to."""
+
     log_path: Path
-    grpc_port: int = 0  # 0: gRPC off
-
-    @property
-    def grpc_address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def address(self) -> str:
@@ -85,7 +77,7 @@ def serve_on_free_ports(
             process = subprocess.Popen(
                 argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=preexec_fn
             )
-        service = RunningService(process, port, log_path, int(env.get("SERVE_GRPC_PORT", grpc_port)))
+        service = RunningService(process, port, int(env.get("SERVE_GRPC_PORT", grpc_port)), log_path)
         if ready:
             try:
                 wait_ready(service.url, process, log=log_path)
@@ -130,7 +122,7 @@ def running_service(
     try:
         yield service
     finally:
-        stop_process(service.process)
+        stop_process(service.proc)
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 30) -> None:

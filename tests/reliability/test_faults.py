@@ -145,8 +145,8 @@ def test_sigterm_under_load_answers_every_request(tmp_path: Path) -> None:
 
         sigterm.set()
         signalled = time.monotonic()
-        service.process.send_signal(signal.SIGTERM)
-        returncode = service.process.wait(timeout=DRAIN_SECONDS + 15)
+        service.proc.send_signal(signal.SIGTERM)
+        returncode = service.proc.wait(timeout=DRAIN_SECONDS + 15)
         exited_after = time.monotonic() - signalled
         for recorder in [*streams, ready]:
             recorder.thread.join(timeout=15)

@@ -252,7 +252,7 @@ def test_process_logs_provider_and_settings(service: RunningService, tmp_path: P
 def test_workers_share_the_port_and_each_drains(tmp_path: Path) -> None:
     images, labels = load_digits("mnist")
     with running_service(tmp_path, env={"SERVE_MODELS": "mnist-mlp"}, args=["--workers", "2"]) as svc:
-        pid = svc.process.pid
+        pid = svc.proc.pid
         children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
         assert len(children) == 2
         # running_service saw one worker ready; the kernel spreads new connections over both, so wait
@@ -271,8 +271,8 @@ def test_workers_share_the_port_and_each_drains(tmp_path: Path) -> None:
             pending.append(client.async_infer("mnist-mlp", [inp]))
         predicted = [int(p.get_result().as_numpy("probabilities")[0].argmax()) for p in pending]
         assert (np.array(predicted) == labels[:64]).mean() >= 0.9
-        svc.process.send_signal(signal.SIGTERM)
-        assert svc.process.wait(timeout=30) == 0
+        svc.proc.send_signal(signal.SIGTERM)
+        assert svc.proc.wait(timeout=30) == 0
         for child in children:
             assert not Path(f"/proc/{child}").exists()  # reaped by the supervisor
         assert svc.log().count("draining (readiness now 503") == 2

@@ -191,7 +191,7 @@ def _rss_kib(pid: int) -> int:
 
 
 def test_a_header_block_over_the_limit_is_431_and_never_buffered(service: RunningService) -> None:
-    before = _rss_kib(service.process.pid)
+    before = _rss_kib(service.proc.pid)
     with connect(service) as sock:
         sent = threading.Thread(
             target=_send_quietly, args=(sock, b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * (64 << 20))
@@ -202,7 +202,7 @@ def test_a_header_block_over_the_limit_is_431_and_never_buffered(service: Runnin
     json_error(raw, 431, "exceeds 32768 bytes")
     assert httpx.get(f"{service.url}/v2/health/ready", timeout=5).status_code == 200
     # Buffering a 64 MiB header would take at least that much memory; the limit holds it to 32 KiB.
-    assert _rss_kib(service.process.pid) - before < 16 * 1024
+    assert _rss_kib(service.proc.pid) - before < 16 * 1024
 
 
 def _send_quietly(sock: socket.socket, data: bytes) -> None:
@@ -239,7 +239,7 @@ def test_idle_connections_cannot_exhaust_the_fd_limit(tmp_path: Path) -> None:
             statuses = [httpx.get(f"{running.url}/v2/health/ready", timeout=5).status_code for _ in range(5)]
             assert statuses == [200] * 5
             assert counter(running, "evicted") >= 1100 - 896
-            assert running.process.poll() is None
+            assert running.proc.poll() is None
         finally:
             for sock in idle:
                 sock.close()
