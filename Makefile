@@ -11,7 +11,7 @@ TRAIN_STAMP := $(VENV)/.train-installed
 DEV_STAMP   := $(VENV)/.dev-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run train-deps docs docs-serve docs-gen models test test-deploy lint format protos train bench bench-gpu bench-grpc bench-staging bench-tracing bench-soak bench-models bench-preprocess bench-threads schema system-deps clean
+.PHONY: help run train-deps docs docs-serve docs-gen models test test-deploy lint format protos train bench bench-gpu bench-grpc bench-compute bench-staging bench-tracing bench-soak bench-models bench-preprocess bench-threads schema system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -120,9 +120,14 @@ bench-gpu:
 bench-grpc: $(DEV_STAMP) system-deps
 	$(BIN)/python -m bench.protocols
 
-## bench-staging: SERVE_BATCH_STAGING off and on side by side, two service processes, c=64
+## bench-compute: SERVE_COMPUTE thread and process side by side, two service processes, c=64
+bench-compute: $(DEV_STAMP) system-deps
+	$(BIN)/python -m bench.sidebyside --name compute --a SERVE_COMPUTE=thread --b SERVE_COMPUTE=process
+
+## bench-staging: SERVE_BATCH_STAGING off and on (thread compute) side by side, two service processes, c=64
 bench-staging: $(DEV_STAMP) system-deps
-	$(BIN)/python -m bench.staging
+	$(BIN)/python -m bench.sidebyside --name staging --a SERVE_COMPUTE=thread \
+		--b SERVE_COMPUTE=thread SERVE_BATCH_STAGING=true
 
 ## bench-tracing: c=64 with tracing off (and off in BASELINE_TREE when given), at a 1 % sampler and at 100 %
 bench-tracing: $(DEV_STAMP) system-deps

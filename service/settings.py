@@ -81,11 +81,18 @@ class Settings(BaseSettings):
         "while other requests are likely to join, never for a lone client; 'fixed' always lets the oldest "
         "request wait max_queue_delay_us (Triton's rule).",
     )
+    compute: Literal["process", "thread"] = Field(
+        "process",
+        description="Where batches compute: 'process', each model version's session in a child process of "
+        "its own, so the event loop never waits for the interpreter lock; 'thread', in this process's "
+        "compute threads (docs/hotpath.md, 'Compute in a process of its own').",
+    )
     batch_staging: bool = Field(
         False,
-        description="Let one full batch wait behind the batch computing, for the compute worker to start "
-        "it without a turn of the event loop: on 2 cores, multiplexed gRPC (many calls per connection) "
-        "~1.8x, HTTP ~0.9x (docs/hotpath.md, 'The compute worker and the interpreter lock').",
+        description="With compute 'thread': let one full batch wait behind the batch computing, for the "
+        "compute worker to start it without a turn of the event loop: on 2 cores, multiplexed gRPC "
+        "(many calls per connection) ~1.8x, HTTP ~0.9x (docs/hotpath.md, 'The compute worker and the "
+        "interpreter lock').",
     )
     max_queue_rows: int = Field(
         2048,

@@ -104,6 +104,17 @@ RunFn = Callable[[Arrays], Arrays]
 """Blocking inference on one batch; called from one thread at a time per batcher."""
 
 
+class Offload(Protocol):
+    """Compute that runs elsewhere and answers on the event loop
+    (:class:`service.core.offload.ProcessRuntime`)."""
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None: ...
+
+    def submit(
+        self, parts: Sequence[Arrays], done: Callable[[Arrays | None, float, str | None], None]
+    ) -> None: ...
+
+
 class BatchObserver(Protocol):
     """Receives the batcher's measurements (see :mod:`service.telemetry.metrics`)."""
 
@@ -174,7 +185,7 @@ class Batcher:
 
     def __init__(
         self,
-        run: RunFn,
+        run: RunFn | Offload,
         *,
         max_batch_size: int,
         max_queue_delay_us: int,
@@ -196,7 +207,8 @@ class Batcher:
         worker to start it (see the module docstring)."""
         if max_batch_size < 1 or max_queue_delay_us < 0 or max_queue_rows < 1:
             raise ValueError("need max_batch_size >= 1, max_queue_delay_us >= 0, max_queue_rows >= 1")
-        self._run = run
+        self._offload: Offload | None = None if callable(run) else run
+        self._run: RunFn | None = run if callable(run) else None
         self._max_batch_size = max_batch_size
         self._max_background_rows = min(max_background_rows or max_batch_size, max_batch_size)
         self._policy = make_policy(wait, max_queue_delay_us / 1e6)
@@ -226,7 +238,7 @@ class Batcher:
         # full batch staged behind it (see _hand).
         self._out: deque[_Batch] = deque()
         self._lock = threading.Lock()  # guards _staged and _working, shared with the worker thread
-        self._stage = stage
+        self._stage = stage and self._offload is None
         self._staged: _Batch | None = None
         self._working = False  # an executor job of this batcher is queued or running
         self._closing = False  # stop() was called: refuse submits, dispatch without waiting for the delay
@@ -256,6 +268,8 @@ class Batcher:
         if self._task is None and not self._closing:
             self._loop = asyncio.get_running_loop()
             self._task = self._loop.create_task(self._consume(), name=f"batcher-{self._name}")
+            if self._offload is not None:
+                self._offload.attach(self._loop)
 
     async def submit(
         self, inputs: Arrays, *, deadline: float | None = None, background: bool = False
@@ -501,6 +515,15 @@ class Batcher:
             self._observe(self._observer.on_wait, held)
         if self._tracer is not None:
             traced = self._trace_start(self._tracer, jobs, held)
+        if self._offload is not None:
+            batch = _Batch(jobs, traced, None)
+            self._out.append(batch)
+            sizes = [job.rows for job in jobs]
+            self._offload.submit(
+                [job.inputs for job in jobs],
+                lambda outputs, seconds, error: self._answered(batch, sizes, outputs, seconds, error),
+            )
+            return
         batch = _Batch(jobs, traced, _join(jobs))
         self._out.append(batch)
         with self._lock:
@@ -534,6 +557,20 @@ class Batcher:
                     self._working = False
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for the answers
                 loop.call_soon_threadsafe(self._computed, done, live, results, seconds)
+
+    def _answered(
+        self, batch: _Batch, sizes: list[int], outputs: Arrays | None, seconds: float, error: str | None
+    ) -> None:
+        """On the loop: the offload's answer to ``batch``, checked and split as :meth:`_run_batch` does."""
+        results = None
+        if outputs is not None:
+            try:
+                results = _split(outputs, sizes)
+            except ValueError as exc:
+                error = str(exc)
+        if results is None:
+            logger.error("model '%s': batch of %d rows failed: %s", self._name, sum(sizes), error)
+        self._computed(batch, batch.jobs, results, seconds)
 
     def _computed(
         self, batch: _Batch, live: list[_Job], results: list[Arrays] | None, seconds: float
@@ -586,15 +623,8 @@ class Batcher:
         start = self._stopwatch()
         rows = sum(sizes)
         try:
-            outputs = self._run(joined if joined is not None else _concat(parts))
-            for k, v in outputs.items():
-                if v.ndim == 0 or v.shape[0] != rows:
-                    raise ValueError(f"output {k!r} has shape {v.shape}, expected {rows} rows")
-            if len(parts) == 1:
-                results = [outputs]
-            else:
-                bounds = itertools.pairwise(itertools.accumulate(sizes, initial=0))
-                results = [{k: v[a:b] for k, v in outputs.items()} for a, b in bounds]
+            assert self._run is not None, "an offloaded batcher never computes in the executor"
+            results = _split(self._run(joined if joined is not None else _concat(parts)), sizes)
         except Exception:
             logger.exception("model '%s': batch of %d rows failed", self._name, rows)
             return None, self._stopwatch() - start
@@ -610,6 +640,18 @@ class Batcher:
             method(*args)
         except Exception:  # a broken observer must not stall the queue
             logger.exception("batch observer failed")
+
+
+def _split(outputs: Arrays, sizes: list[int]) -> list[Arrays]:
+    """Each job's rows of a batch's ``outputs``; ValueError when an output has not one row per input row."""
+    rows = sum(sizes)
+    for k, v in outputs.items():
+        if v.ndim == 0 or v.shape[0] != rows:
+            raise ValueError(f"output {k!r} has shape {v.shape}, expected {rows} rows")
+    if len(sizes) == 1:
+        return [outputs]
+    bounds = itertools.pairwise(itertools.accumulate(sizes, initial=0))
+    return [{k: v[a:b] for k, v in outputs.items()} for a, b in bounds]
 
 
 def _join(jobs: list[_Job]) -> Arrays | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from service.core.batching import Batcher
+from service.core.offload import ProcessRuntime
 from service.core.runtime import ModelLoadError, ModelRuntime, load_model
 from service.core.signature import ModelSignature
 from service.settings import Settings
@@ -36,7 +37,7 @@ class IndexRow(NamedTuple):
 class ServedVersion:
     """One loaded, warmed model version with its batcher and metrics."""
 
-    runtime: ModelRuntime
+    runtime: ModelRuntime | ProcessRuntime
     batcher: Batcher
     metrics: ModelMetrics
     loaded_at: float = field(default_factory=time.time)
@@ -79,20 +80,33 @@ def warmup_batch_sizes(max_batch_size: int) -> list[int]:
 
 def load_and_warm(
     path: Path, providers: list[str], threads: int, settings: Settings, signature: ModelSignature | None
-) -> ModelRuntime:
+) -> ModelRuntime | ProcessRuntime:
     """The version directory ``path`` loaded onto ``providers`` with ``threads`` intra-op threads and
-    warmed up; :class:`ModelLoadError` when it fails a check, when its signature is not ``signature``
-    (the served version's, None for a model's first version), or when the warm-up fails."""
-    runtime = load_model(
-        path, providers=providers, intra_op_threads=threads, inter_op_threads=settings.inter_op_threads
-    )
+    warmed up, in this process or in a child process of its own (``settings.compute``);
+    :class:`ModelLoadError` when it fails a check, when its signature is not ``signature`` (the served
+    version's, None for a model's first version), or when the warm-up fails."""
+    sizes = warmup_batch_sizes(settings.max_batch_size)
+    runtime: ModelRuntime | ProcessRuntime
+    if settings.compute == "process":
+        runtime = ProcessRuntime.start(
+            path,
+            providers=providers,
+            intra_op_threads=threads,
+            inter_op_threads=settings.inter_op_threads,
+            warmup=sizes,
+        )
+    else:
+        runtime = load_model(
+            path, providers=providers, intra_op_threads=threads, inter_op_threads=settings.inter_op_threads
+        )
     try:
         if signature is not None and signature != runtime.signature:
             raise ModelLoadError(
                 f"{path}: signature differs from the served version's "
                 f"({runtime.signature!r} vs {signature!r})"
             )
-        runtime.warm_up(warmup_batch_sizes(settings.max_batch_size))
+        if isinstance(runtime, ModelRuntime):
+            runtime.warm_up(sizes)
     except ModelLoadError:
         runtime.close()
         raise
@@ -103,7 +117,7 @@ def load_and_warm(
 
 
 def serve(
-    runtime: ModelRuntime,
+    runtime: ModelRuntime | ProcessRuntime,
     settings: Settings,
     metrics: Metrics,
     executor: concurrent.futures.Executor,
@@ -114,7 +128,7 @@ def serve(
     name, version = runtime.name, runtime.version
     model_metrics = metrics.for_version(name, version)
     batcher = Batcher(
-        runtime.run,
+        runtime.run if isinstance(runtime, ModelRuntime) else runtime,
         max_batch_size=settings.max_batch_size,
         max_queue_delay_us=settings.max_queue_delay_us,
         max_queue_rows=settings.max_queue_rows,

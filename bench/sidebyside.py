@@ -1,18 +1,20 @@
-"""``SERVE_BATCH_STAGING`` off and on, side by side: the same requests to two service processes.
+"""Two service configurations side by side: the same requests to two service processes.
 
-``python -m bench.staging`` starts ``python -m service`` twice, once as configured by default and once with
-``SERVE_BATCH_STAGING=true`` (a full batch waits behind the one computing and the compute worker starts it
-itself, :mod:`service.core.batching`), each idle while the other is measured. At ``--concurrency`` it
+``python -m bench.sidebyside --a KEY=VALUE... --b KEY=VALUE...`` starts ``python -m service`` twice, with
+the ``SERVE_*`` settings of ``--a`` and of ``--b`` over the defaults, each idle while the other is
+measured. ``make bench-compute`` compares ``SERVE_COMPUTE=thread`` with ``process``, and
+``make bench-staging`` ``SERVE_BATCH_STAGING`` off and on (with thread compute). At ``--concurrency`` it
 drives both with ``h2load`` for every target of :mod:`bench.protocols` but grpcio's: HTTP/1.1 JSON and
 binary, gRPC raw and typed with one call per connection, and gRPC raw multiplexed (``--streams`` calls in
 flight on each connection, as a gRPC channel sends them). The two services take turns on each target,
-``--rounds`` times; each row is the median round, and each ratio (staging on over off) the ratio of the
-medians with the spread of the per-round ratios beside it. Besides requests/s, p99 and the server's CPU
-per request, it prints the rows per batch and the compute time per batch that the service's own metrics
-counted meanwhile: the compute time includes the worker's wait for the interpreter lock after
-onnxruntime returns (docs/hotpath.md, "The compute worker and the interpreter lock").
+``--rounds`` times; each row is the median round, and each ratio (b over a) the ratio of the medians with
+the spread of the per-round ratios beside it. Besides requests/s, p99 and the server's CPU per request
+(its child processes included: the compute processes of ``SERVE_COMPUTE=process``), it prints the rows
+per batch and the compute time per batch that the service's own metrics counted meanwhile. In the thread
+mode the compute time includes the worker's wait for the interpreter lock after onnxruntime returns
+(docs/hotpath.md, "The compute worker and the interpreter lock").
 
-Results go to stdout and ``bench/results/staging.json``, with the machine's load before and after.
+Results go to stdout and ``bench/results/<--name>.json``, with the machine's load before and after.
 Compare the ratios, not absolute figures across machines.
 """
 
@@ -72,7 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="turns each service takes on each target")
     parser.add_argument("--streams", type=int, default=8, help="calls in flight per connection, grpc-raw-mux")
+    parser.add_argument("--a", nargs="*", default=[], metavar="KEY=VALUE", help="settings of service a")
+    parser.add_argument("--b", nargs="*", default=[], metavar="KEY=VALUE", help="settings of service b")
+    parser.add_argument("--name", default="sidebyside", help="results file name, without .json")
     args = parser.parse_args(argv)
+    try:
+        settings = {"a": _settings(args.a), "b": _settings(args.b)}
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.streams < 1 or args.concurrency % args.streams:
         parser.error("--concurrency must be a multiple of --streams")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -85,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "http-binary": bodies["binary"],
     }
     for kind, message in messages.items():
-        path = RESULTS / f"staging-{kind}.grpc"
+        path = RESULTS / f"{args.name}-{kind}.grpc"
         path.write_bytes(grpc_frame(message))
         files[kind] = (path, grpc_headers)
     files["grpc-raw-mux"] = files["grpc-raw"]
@@ -93,10 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     rounds: dict[tuple[str, str], list[dict[str, Any]]] = {}
     with contextlib.ExitStack() as stack:
         services = {
-            "off": stack.enter_context(service(env, RESULTS / "staging-off.log")),
-            "on": stack.enter_context(
-                service({**env, "SERVE_BATCH_STAGING": "true"}, RESULTS / "staging-on.log")
-            ),
+            side: stack.enter_context(service({**env, **extra}, RESULTS / f"{args.name}-{side}.log"))
+            for side, extra in settings.items()
         }
         sizes = [check_answers(s.url, s.grpc_address, args.model, image, messages) for s in services.values()]
         assert sizes[0] == sizes[1]
@@ -108,31 +115,44 @@ def main(argv: list[str] | None = None) -> int:
         load = load_report(load_before, machine_load())
     rows: list[dict[str, Any]] = []
     ratios: dict[str, dict[str, float]] = {}
-    print(f"c={args.concurrency}, {args.rounds} rounds of {args.seconds:g} s, SERVE_BATCH_STAGING off / on:")
+    print(f"c={args.concurrency}, {args.rounds} rounds of {args.seconds:g} s")
+    for side in ("a", "b"):
+        print(f"  {side}: {' '.join(args.a if side == 'a' else args.b) or '(defaults)'}")
     for target in TARGETS:
-        for name in ("off", "on"):
+        for name in ("a", "b"):
             tries = rounds[(target, name)]
             r = sorted(tries, key=lambda t: t["rps"])[len(tries) // 2]
-            rows.append({"target": target, "staging": name, **r, "rps_rounds": [t["rps"] for t in tries]})
+            rows.append({"target": target, "side": name, **r, "rps_rounds": [t["rps"] for t in tries]})
             print(
-                f"{target:13} {name:3}: {r['rps']:8.0f} req/s  p99 {r['p99_ms']:5.1f} ms  "
+                f"{target:13} {name}: {r['rps']:8.0f} req/s  p99 {r['p99_ms']:5.1f} ms  "
                 f"cpu/req {r['server_cpu_us']:4.0f} us  rows/batch {r['rows_per_batch']:4.1f}  "
                 f"compute/batch {r['compute_us_per_batch']:5.0f} us  failed {r['non_2xx']:.0f}"
             )
-        on, off = rounds[(target, "on")], rounds[(target, "off")]
-        per_round = [a["rps"] / b["rps"] for a, b in zip(on, off, strict=True)]
-        median = statistics.median(t["rps"] for t in on) / statistics.median(t["rps"] for t in off)
+        a, b = rounds[(target, "a")], rounds[(target, "b")]
+        per_round = [y["rps"] / x["rps"] for x, y in zip(a, b, strict=True)]
+        median = statistics.median(t["rps"] for t in b) / statistics.median(t["rps"] for t in a)
         ratios[target] = {"median": median, "low": min(per_round), "high": max(per_round)}
-        print(f"{target:13} on/off {median:.2f}x ({min(per_round):.2f}..{max(per_round):.2f})")
+        print(f"{target:13} b/a {median:.2f}x ({min(per_round):.2f}..{max(per_round):.2f})")
     print(
         f"machine: load {load['load1_before']:.2f} before, {load['load1_after']:.2f} after, "
         f"steal {100 * load['steal']:.1f} %" + ("  BUSY MACHINE: ratios only" if load["busy"] else "")
     )
-    out = RESULTS / "staging.json"
+    out = RESULTS / f"{args.name}.json"
     results = {"date": dt.date.today().isoformat(), "args": vars(args), "runs": rows, "ratios": ratios}
     out.write_text(json.dumps({**results, "load": load}, indent=2))
     print(f"wrote {out}")
     return 0
+
+
+def _settings(pairs: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` arguments as environment variables; ValueError unless each names a ``SERVE_`` one."""
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.startswith("SERVE_"):
+            raise ValueError(f"expected SERVE_NAME=VALUE, got {pair!r}")
+        env[key] = value
+    return env
 
 
 if __name__ == "__main__":
