@@ -123,6 +123,17 @@ def _fork(args: tuple[object, ...], fds: list[int]) -> int:
     raise AssertionError("unreachable")
 
 
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs: neither gone (the zygote reaps its children) nor a zombie (the
+    orphan of a zygote that died, until whoever adopted it reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
 class _Child:
     """One started child: its pid, its end of the connection, and the shared memory."""
 
@@ -145,11 +156,7 @@ class _Child:
             os.kill(self.pid, signal.SIGKILL)
 
     def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)  # the zygote reaps its children: a pid that exited is gone
-        except ProcessLookupError:
-            return False
-        return True
+        return running(self.pid)
 
     def _reap(self) -> None:
         deadline = time.monotonic() + _STOP_TIMEOUT_S

@@ -24,7 +24,8 @@ GUARD_S = 10.0  # only reached when something is broken
 
 
 class Gate:
-    """Wraps a batcher's blocking run: lets ``free`` batches through, then holds each until opened."""
+    """Wraps a batcher's compute, in a thread (its blocking run) or in a process (its offload's submit):
+    lets ``free`` batches through, then holds each until opened."""
 
     def __init__(self, batcher: Batcher, free: int) -> None:
         self.loop = asyncio.get_running_loop()
@@ -33,17 +34,43 @@ class Gate:
         self.rows: list[int] = []
         self.batches: list[np.ndarray] = []
         self._free = free
-        self._run = batcher._run  # the runtime's own; the test only delays it
-        batcher._run = self
+        self._offload = batcher._offload  # the runtime's own; the test only delays it
+        if self._offload is not None:
+            batcher._offload = self
+        else:
+            self._run = batcher._run
+            batcher._run = self
+
+    def _holds(self, batch: np.ndarray) -> bool:
+        self.batches.append(batch)
+        self.rows.append(len(batch))
+        return len(self.rows) > self._free
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.batches.append(next(iter(inputs.values())))
-        self.rows.append(len(self.batches[-1]))
-        if len(self.rows) > self._free:
+        if self._holds(next(iter(inputs.values()))):
             self.loop.call_soon_threadsafe(self.held.set)
             if not self.open.wait(GUARD_S):
                 raise TimeoutError("the test never opened the gate")
+        assert self._run is not None
         return self._run(inputs)
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        raise AssertionError("the gate wraps an offload already attached")
+
+    def submit(self, parts: Any, done: Any) -> None:
+        assert self._offload is not None
+        if not self._holds(np.concatenate([next(iter(part.values())) for part in parts])):
+            self._offload.submit(parts, done)
+            return
+        self.held.set()
+
+        async def later() -> None:
+            if not await asyncio.to_thread(self.open.wait, GUARD_S):
+                raise TimeoutError("the test never opened the gate")
+            assert self._offload is not None
+            self._offload.submit(parts, done)
+
+        self.loop.create_task(later())
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -97,7 +124,8 @@ def test_attribution_matches_the_models_answer_on_its_own_input(tmp_path: Path) 
     run(test, tmp_path)
 
 
-def test_a_prediction_queued_behind_explanation_rows_goes_first(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compute", ["process", "thread"])
+def test_a_prediction_queued_behind_explanation_rows_goes_first(tmp_path: Path, compute: str) -> None:
     async def test(core: InferenceService, model: WrittenModel) -> None:
         batcher = core.registry.get("tiny").batcher
         gate = Gate(batcher, free=1)  # the unperturbed row passes; the first perturbed batch is held
@@ -118,10 +146,11 @@ def test_a_prediction_queued_behind_explanation_rows_goes_first(tmp_path: Path) 
         assert max(gate.rows[3:]) == 4  # explanation batches never exceed SERVE_EXPLAIN_JOB_ROWS
         assert sum(gate.rows) == 1 + 14 * 14 + 1
 
-    run(test, tmp_path)
+    run(test, tmp_path, compute=compute)
 
 
-def test_cancelling_an_explanation_drops_its_queued_rows(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compute", ["process", "thread"])
+def test_cancelling_an_explanation_drops_its_queued_rows(tmp_path: Path, compute: str) -> None:
     async def test(core: InferenceService, model: WrittenModel) -> None:
         batcher = core.registry.get("tiny").batcher
         gate = Gate(batcher, free=1)
@@ -141,7 +170,7 @@ def test_cancelling_an_explanation_drops_its_queued_rows(tmp_path: Path) -> None
         await core.explain("tiny", ExplainRequest(input=picture(), method="rise", masks=10))
         assert explanations(core, "ok") == 1
 
-    run(test, tmp_path)
+    run(test, tmp_path, compute=compute)
 
 
 def test_an_explanation_past_its_deadline_is_a_timeout(tmp_path: Path) -> None:
