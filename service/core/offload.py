@@ -3,15 +3,16 @@ version holds its onnxruntime session, so the interpreter lock the event loop ne
 with the compute (docs/hotpath.md, "Compute in a process of its own").
 
 The batcher hands a batch with :meth:`ProcessRuntime.submit`, on the event loop: its jobs' inputs are
-copied into a memfd both processes map, in place of the join the thread mode makes, and a small message
-(names, dtypes, shapes, offsets) goes down a pipe. The child (:mod:`service.core.offload_child`) runs the
-batch, writes the outputs into the same memory and answers on the pipe, which the loop watches
+copied into a memfd both processes map, in place of the join the thread mode makes, and a small
+message (names, dtypes, shapes, offsets) goes over a socket pair. The child
+(:mod:`service.core.offload_child`) runs the batch, writes the outputs into the same memory and
+answers on the socket, which the loop watches
 (``add_reader``); the outputs are copied out and given to the batcher's callback. No thread of this
 process takes part, and nothing waits: the loop goes on with its requests while the child computes.
 One batch is in the child at a time, as one batch computes at a time per batcher in the thread mode.
 
 Children are forked from a zygote process that has imported numpy and onnxruntime once (one per
-service process, started with the first child), so a child starts in milliseconds plus its model's load.
+service process, :mod:`service.core.zygote`), so a child starts in milliseconds plus its model's load.
 A child loads its version with every check of :func:`service.core.runtime.load_model` and warms up
 before it answers ready; a version it refuses is a :class:`ModelLoadError`, as in the thread mode.
 
@@ -19,31 +20,22 @@ When a child dies (killed, or a crash inside onnxruntime), the batch it was comp
 :class:`~service.errors.InferenceFailed`, the death is logged, and a new child is started in a worker
 thread; batches handed meanwhile wait for it. When the new one cannot start, the waiting batch fails,
 and so does every batch for the next :data:`RESTART_BACKOFF_S` seconds, after which the next batch tries
-again. A child that loses its parent (the pipe closes) exits.
+again. A child that loses its parent (its socket closes) exits.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import pickle
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
 
-from service.core import offload_child
-from service.core.offload_child import SharedMemory, aligned
-from service.core.runtime import ModelLoadError, ModelMetadata
+from service.core.offload_child import aligned
+from service.core.runtime import ModelMetadata
+from service.core.zygote import Child, start_child
 
 log = logging.getLogger(__name__)
 
@@ -53,158 +45,6 @@ Done = Callable[[Arrays | None, float, str | None], None]
 
 #: How long a failed restart keeps the version failing its batches before the next try.
 RESTART_BACKOFF_S = 5.0
-#: Longest a child may take to load and warm up its version before it is killed and refused.
-START_TIMEOUT_S = 300.0
-_STOP_TIMEOUT_S = 10.0
-_INITIAL_BYTES = 1 << 20
-
-
-class _Zygote:
-    """The process children are forked from (:func:`service.core.offload_child.zygote`)."""
-
-    def __init__(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}  # numpy's import starts no thread to fork over
-        try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", _ZYGOTE, str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                env=env,
-                stdin=subprocess.DEVNULL,
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        self.socket = ours
-
-    def fork(self, args: tuple[object, ...], fds: list[int]) -> int:
-        """A new child running ``offload_child.main(conn, memory, *args)``; its pid. OSError when the
-        zygote is gone."""
-        socket.send_fds(self.socket, [pickle.dumps(args)], fds)
-        answer = self.socket.recv(offload_child.PID.size)
-        if len(answer) != offload_child.PID.size:
-            raise OSError("the compute zygote exited")
-        (pid,) = offload_child.PID.unpack(answer)
-        if pid < 0:
-            raise OSError("the compute zygote refused the request")
-        return int(pid)
-
-    def close(self) -> None:
-        self.socket.close()
-
-
-_ZYGOTE = (
-    "import socket, sys\n"
-    f"from {offload_child.__name__} import zygote\n"
-    "zygote(socket.socket(fileno=int(sys.argv[1])))\n"
-)
-_zygote_lock = threading.Lock()
-_zygote: _Zygote | None = None
-
-
-def _fork(args: tuple[object, ...], fds: list[int]) -> int:
-    """A child forked by this process's zygote, started (again) when it is not running."""
-    global _zygote
-    with _zygote_lock:
-        for attempt in (1, 2):
-            if _zygote is None or _zygote.process.poll() is not None:
-                if _zygote is not None:
-                    _zygote.close()
-                _zygote = _Zygote()
-            try:
-                return _zygote.fork(args, fds)
-            except OSError:
-                _zygote.close()
-                _zygote = None
-                if attempt == 2:
-                    raise
-    raise AssertionError("unreachable")
-
-
-def running(pid: int) -> bool:
-    """Whether process ``pid`` runs: neither gone (the zygote reaps its children) nor a zombie (the
-    orphan of a zygote that died, until whoever adopted it reaps it)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            state = stat.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
-
-
-class _Child:
-    """One started child: its pid, its end of the connection, and the shared memory."""
-
-    def __init__(self, pid: int, conn: Connection, memory: SharedMemory) -> None:
-        self.pid = pid
-        self.conn = conn
-        self.memory = memory
-
-    def stop(self) -> None:
-        """Close the connection (the child exits after the batch it computes) and see it go in the
-        background, killing it when it lingers."""
-        with contextlib.suppress(OSError):
-            self.conn.close()
-        with contextlib.suppress(OSError):
-            os.close(self.memory.fd)
-        threading.Thread(target=self._reap, name="compute-reap", daemon=True).start()
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-
-    def alive(self) -> bool:
-        return running(self.pid)
-
-    def _reap(self) -> None:
-        deadline = time.monotonic() + _STOP_TIMEOUT_S
-        while self.alive():
-            if time.monotonic() > deadline:
-                log.warning("compute process %d did not exit; killing it", self.pid)
-                self.kill()
-                return
-            time.sleep(0.05)
-
-
-def _start_child(
-    path: Path, sha256: str, providers: list[str], threads: int, inter_op_threads: int, warmup: list[int]
-) -> tuple[_Child, str]:
-    """Start a child for the version at ``path`` and wait until it is ready; it and its provider.
-    Blocking (call it from a worker thread); ModelLoadError when the child refuses the version or dies."""
-    fd = os.memfd_create(f"compute-{path.parent.name}-{path.name}", os.MFD_CLOEXEC)
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        os.ftruncate(fd, _INITIAL_BYTES)
-        memory = SharedMemory(fd)
-        args = (str(path), sha256, providers, threads, inter_op_threads, warmup)
-        try:
-            pid = _fork(args, [theirs.fileno(), fd])
-        except OSError as exc:
-            raise ModelLoadError(f"{path}: cannot start a compute process: {exc}") from exc
-    except BaseException:
-        os.close(fd)
-        ours.close()
-        raise
-    finally:
-        theirs.close()
-    child = _Child(pid, Connection(ours.detach()), memory)
-    try:
-        if not child.conn.poll(START_TIMEOUT_S):
-            raise ModelLoadError(f"{path}: not loaded within {START_TIMEOUT_S:g} s")
-        status, detail = child.conn.recv()
-    except (EOFError, OSError):
-        child.stop()
-        raise ModelLoadError(f"{path}: the compute process exited while loading (see the log)") from None
-    except BaseException:
-        child.kill()
-        child.stop()
-        raise
-    if status != "ready":
-        child.stop()
-        raise ModelLoadError(detail)
-    return child, detail
 
 
 class ProcessRuntime:
@@ -217,9 +57,8 @@ class ProcessRuntime:
         self,
         path: Path,
         metadata: ModelMetadata,
-        child: _Child,
-        provider: str,
-        restart: Callable[[], tuple[_Child, str]],
+        child: Child,
+        restart: Callable[[], Child],
     ) -> None:
         self.path = path
         self.metadata = metadata
@@ -227,8 +66,9 @@ class ProcessRuntime:
         self.version = metadata.version
         self.signature = metadata.signature
         self.labels = metadata.labels
-        self.provider = provider
-        self._child: _Child | None = child
+        self.provider = child.provider
+        self.intra_op_threads = child.threads
+        self._child: Child | None = child
         self._restart = restart
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inflight: Done | None = None
@@ -253,13 +93,12 @@ class ProcessRuntime:
             raise ValueError("providers must not be empty (see select_providers)")
         metadata = ModelMetadata.from_file(path / "metadata.json")
 
-        def restart() -> tuple[_Child, str]:
-            return _start_child(
+        def restart() -> Child:
+            return start_child(
                 path, metadata.sha256, list(providers), intra_op_threads, inter_op_threads, list(warmup)
             )
 
-        child, provider = restart()
-        return cls(path, metadata, child, provider, restart)
+        return cls(path, metadata, restart(), restart)
 
     @property
     def pid(self) -> int | None:
@@ -288,7 +127,7 @@ class ProcessRuntime:
         else:
             self._send(self._child, parts, done)
 
-    def _send(self, child: _Child, parts: Sequence[Arrays], done: Done) -> None:
+    def _send(self, child: Child, parts: Sequence[Arrays], done: Done) -> None:
         start = time.perf_counter()
         try:
             places, end = [], 0
@@ -331,7 +170,7 @@ class ProcessRuntime:
         outputs = {name: child.memory.view(dtype, shape, at).copy() for name, dtype, shape, at in detail}
         done(outputs, seconds, None)
 
-    def _died(self, child: _Child) -> None:
+    def _died(self, child: Child) -> None:
         assert self._loop is not None
         self._loop.remove_reader(child.conn.fileno())
         self._child = None
@@ -350,20 +189,20 @@ class ProcessRuntime:
         future = self._loop.run_in_executor(None, self._restart)
         future.add_done_callback(self._restarted)
 
-    def _restarted(self, future: asyncio.Future[tuple[_Child, str]]) -> None:
+    def _restarted(self, future: asyncio.Future[Child]) -> None:
         self._restarting = False
         waiting, self._waiting = self._waiting, None
         error = future.exception()
         if error is not None or self._closed:
             if error is None:
-                future.result()[0].stop()
+                future.result().stop()
             else:
                 log.error("model %s version %d: no compute process: %s", self.name, self.version, error)
                 self._broken_until = time.monotonic() + RESTART_BACKOFF_S
             if waiting is not None:
                 waiting[1](None, 0.0, "the compute process could not be restarted")
             return
-        child, _ = future.result()
+        child = future.result()
         self._child = child
         assert self._loop is not None
         self._loop.add_reader(child.conn.fileno(), self._answered)

@@ -3,11 +3,12 @@ its own, computing the batches its parent writes into their shared memory.
 
 The child loads the version with :func:`service.core.runtime.load_model` (every check of the thread
 mode), checks that it read the metadata the parent read (its sha256), warms up, and answers
-``("ready", provider)`` or ``("refused", reason)``. Then, until its connection closes (the parent
-closed it, or died), it reads one request at a time: the inputs' names, dtypes, shapes and offsets in
-the shared memory, where the outputs go, and the memory's size (the parent grows it for a large batch).
-It runs the batch and answers ``("ok", seconds, outputs, size)``, each output's name, dtype, shape and
-offset, having grown the memory when the outputs did not fit, or ``("failed", seconds, reason, size)``.
+``("ready", provider, intra-op threads)`` or ``("refused", reason)``. Then, until its connection
+closes (the parent closed it, or died), it reads one request at a time: the inputs' names, dtypes,
+shapes and offsets in the shared memory, where the outputs go, and the memory's size (the parent
+grows it for a large batch). It runs the batch and answers ``("ok", seconds, outputs, size)``, with
+each output's name, dtype, shape and offset, having grown the memory when the outputs did not fit,
+or ``("failed", seconds, reason, size)``.
 
 It ignores SIGINT: an interrupt at a terminal reaches the whole process group, and the parent, not the
 child, decides when the compute stops (a drained shutdown computes what is queued).
@@ -96,7 +97,7 @@ def main(
     except ModelLoadError as exc:
         conn.send(("refused", str(exc)))
         return
-    conn.send(("ready", runtime.provider))
+    conn.send(("ready", runtime.provider, runtime.intra_op_threads))
     while True:
         try:
             inputs, out_offset, size = conn.recv()

@@ -106,6 +106,12 @@ class ModelRuntime:
         self._output_names = [t.name for t in metadata.signature.outputs]
         self._session: ort.InferenceSession | None = session
 
+    @property
+    def intra_op_threads(self) -> int:
+        """The session's intra-op threads (0: closed)."""
+        session = self._session
+        return 0 if session is None else session.get_session_options().intra_op_num_threads
+
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs by name, in signature order, for ``inputs`` by name; onnxruntime's errors propagate."""
         session = self._session  # one read: a concurrent close() must not strike between check and use

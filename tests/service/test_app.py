@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.app import create_app
 from service.core import InferenceService
+from service.core.offload import ProcessRuntime
+from service.core.runtime import ModelRuntime
+from service.core.zygote import running
 from service.settings import Settings
 from tests.helpers.modelfactory import WrittenModel, write_model_version
 
@@ -108,19 +112,28 @@ def test_with_and_without_the_fast_path_the_answers_are_the_same(model: tuple[Pa
     assert [a[0] for a in answers[0]] == [200, 400, 404]
 
 
-def test_lifespan_starts_and_stops_the_core(model: tuple[Path, WrittenModel]) -> None:
+@pytest.mark.parametrize("compute", ["process", "thread"])
+def test_lifespan_starts_and_stops_the_core(model: tuple[Path, WrittenModel], compute: str) -> None:
     root, _ = model
-    app = create_app(Settings(model_repository=root))
+    app = create_app(Settings(model_repository=root, compute=compute))
     core: InferenceService = app.state.core
     with pytest.raises(RuntimeError, match="not been started"):
         _ = core.registry
     with TestClient(app) as client:
         assert client.get("/v2/health/ready").status_code == 200
         runtime = core.registry.get("tiny").runtime
+        child = runtime.pid if isinstance(runtime, ProcessRuntime) else None
         assert app.state.models is core.registry and app.state.lifecycle is core.lifecycle
     assert core.draining
-    with pytest.raises(RuntimeError, match="closed"):
-        runtime.run({"image": IMAGES})
+    if isinstance(runtime, ModelRuntime):
+        with pytest.raises(RuntimeError, match="closed"):
+            runtime.run({"image": IMAGES})
+        return
+    assert child is not None and runtime.pid is None  # closed: its compute process was told to exit
+    deadline = time.monotonic() + 30
+    while running(child):
+        assert time.monotonic() < deadline, "the compute process outlived the service's stop"
+        time.sleep(0.01)
 
 
 def test_draining_answers_close_the_connection(model: tuple[Path, WrittenModel]) -> None:

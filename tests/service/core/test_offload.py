@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.core import offload
+from service.core import zygote
 from service.core.batching import Batcher
 from service.core.offload import ProcessRuntime
 from service.core.providers import CPU
@@ -32,7 +32,7 @@ def _images(n: int, seed: int = 1) -> np.ndarray:
 
 
 def _gone(pid: int) -> bool:
-    return not offload.running(pid)
+    return not zygote.running(pid)
 
 
 def _until_gone(pid: int) -> None:
@@ -74,7 +74,7 @@ def test_a_batch_computes_in_a_child_process_as_it_does_in_this_one(tmp_path: Pa
     try:
         assert runtime.pid is not None and runtime.pid != os.getpid() and not _gone(runtime.pid)
         assert (runtime.name, runtime.version, runtime.path) == ("tiny", 3, written.path)
-        assert runtime.provider == "CPUExecutionProvider"
+        assert runtime.provider == "CPUExecutionProvider" and runtime.intra_op_threads == 1
         assert runtime.signature == here.signature and runtime.labels == here.labels
         assert runtime.metadata.sha256 == here.metadata.sha256
         images = _images(5)
@@ -148,7 +148,7 @@ def test_a_version_the_child_refuses_is_refused_as_load_model_refuses_it(
 def test_the_child_loads_the_metadata_the_parent_read(tmp_path: Path) -> None:
     written = write_model_version(tmp_path, "tiny", 1)
     with pytest.raises(ModelLoadError, match=r"metadata\.json changed while the version was loading"):
-        offload._start_child(written.path, "0" * 64, [CPU], 1, 0, [])
+        zygote.start_child(written.path, "0" * 64, [CPU], 1, 0, [])
 
 
 def test_a_killed_child_fails_its_batch_and_a_new_one_computes_the_next(started: ProcessRuntime) -> None:
@@ -244,13 +244,13 @@ def test_closing_stops_the_child_and_fails_later_batches(started: ProcessRuntime
 def test_a_dead_zygote_is_started_again(tmp_path: Path) -> None:
     written = write_model_version(tmp_path, "tiny", 1)
     ProcessRuntime.start(written.path, providers=[CPU]).close()
-    zygote = offload._zygote
-    assert zygote is not None
-    zygote.process.kill()
-    zygote.process.wait(GUARD_S)
+    first = zygote._zygote
+    assert first is not None
+    first.process.kill()
+    first.process.wait(GUARD_S)
     runtime = ProcessRuntime.start(written.path, providers=[CPU])
     try:
-        assert offload._zygote is not None and offload._zygote is not zygote and runtime.pid is not None
+        assert zygote._zygote is not None and zygote._zygote is not first and runtime.pid is not None
     finally:
         runtime.close()
 
@@ -260,9 +260,9 @@ def test_the_children_exit_when_the_service_process_dies(tmp_path: Path) -> None
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from service.core import offload\n"
+        "from service.core import offload, zygote\n"
         "runtime = offload.ProcessRuntime.start(Path(sys.argv[1]), providers=['CPUExecutionProvider'])\n"
-        "print(runtime.pid, offload._zygote.process.pid, flush=True)\n"
+        "print(runtime.pid, zygote._zygote.process.pid, flush=True)\n"
         "time.sleep(600)\n"
     )
     parent = subprocess.Popen(
@@ -270,10 +270,10 @@ def test_the_children_exit_when_the_service_process_dies(tmp_path: Path) -> None
     )
     try:
         assert parent.stdout is not None
-        child, zygote = map(int, parent.stdout.readline().split())
-        assert not _gone(child) and not _gone(zygote)
+        child, forks = map(int, parent.stdout.readline().split())
+        assert not _gone(child) and not _gone(forks)
     finally:
         parent.kill()
         parent.wait(GUARD_S)
     _until_gone(child)
-    _until_gone(zygote)
+    _until_gone(forks)

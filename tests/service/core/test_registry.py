@@ -279,22 +279,24 @@ def test_corrupt_version_at_start_is_reported(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("budget", "models", "per_session"), [(4, 2, 2), (4, 3, 1), (2, 4, 1), (1, 1, 1)])
+@pytest.mark.parametrize("compute", ["process", "thread"])
 def test_one_thread_budget_divided_among_the_models(
-    tmp_path: Path, budget: int, models: int, per_session: int
+    tmp_path: Path, budget: int, models: int, per_session: int, compute: str
 ) -> None:
     for i in range(models):
         write_model_version(tmp_path, f"m{i}", 1, seed=i)
-    with TestClient(create_app(Settings(model_repository=tmp_path, intra_op_threads=budget))) as c:
+    settings = Settings(model_repository=tmp_path, intra_op_threads=budget, compute=compute)
+    with TestClient(create_app(settings)) as c:
         registry = c.app.state.models  # type: ignore[attr-defined]
         assert registry.threads == budget
         served = [registry.get(f"m{i}") for i in range(models)]
-        for version in served:
-            session = version.runtime._session
-            assert session is not None
-            assert session.get_session_options().intra_op_num_threads == per_session
-        # Every batcher computes on the one executor of `budget` workers.
-        executors = {id(version.batcher._executor) for version in served}
-        assert len(executors) == 1
-        assert served[0].batcher._executor._max_workers == budget  # type: ignore[attr-defined]
+        for version in served:  # in a child process, as its session reported it
+            assert version.runtime.intra_op_threads == per_session
+        if compute == "thread":  # every batcher computes on the one executor of `budget` workers
+            executors = {id(version.batcher._executor) for version in served}
+            assert len(executors) == 1
+            assert served[0].batcher._executor._max_workers == budget  # type: ignore[attr-defined]
+        else:  # each version in a process of its own
+            assert len({version.runtime.pid for version in served}) == models
         for i in range(models):
             assert infer(c, f"/v2/models/m{i}/infer")["model_version"] == "1"
