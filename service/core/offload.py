@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.core.offload_child import aligned
+from service.core.offload_child import aligned, receive, send
 from service.core.runtime import ModelMetadata
 from service.core.zygote import Child, start_child
 
@@ -135,14 +135,14 @@ class ProcessRuntime:
                 shape = (sum(len(part[name]) for part in parts), *first.shape[1:])
                 places.append((name, first.dtype.str, shape, end))
                 end = aligned(end + first.dtype.itemsize * int(np.prod(shape)))
-            child.memory.fit(end)
+            child.memory.ensure(end)
             for name, dtype, shape, at in places:
                 view = child.memory.view(dtype, shape, at)
                 if len(parts) == 1:
                     view[...] = parts[0][name]
                 else:
                     np.concatenate([part[name] for part in parts], out=view)
-            child.conn.send((places, end, child.memory.size))
+            send(child.conn, (places, end, child.memory.size))
         except (OSError, EOFError):  # the child is gone: its death is read from the pipe
             self._inflight = done
             return
@@ -156,17 +156,17 @@ class ProcessRuntime:
         if child is None:
             return
         try:
-            status, seconds, detail, _ = child.conn.recv()
+            status, seconds, detail, size = receive(child.conn)
         except (EOFError, OSError):
             self._died(child)
             return
+        child.memory.follow(size)
         done, self._inflight = self._inflight, None
         if done is None:
             return
         if status != "ok":
             done(None, seconds, str(detail))
             return
-        child.memory.remap()
         outputs = {name: child.memory.view(dtype, shape, at).copy() for name, dtype, shape, at in detail}
         done(outputs, seconds, None)
 

@@ -34,6 +34,7 @@ import traceback
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,28 +48,40 @@ def aligned(offset: int) -> int:
 
 
 class SharedMemory:
-    """The memfd both processes map; either may grow it (never shrink), the other remaps on its next use."""
+    """The memfd both processes map. Either grows it (never shrinks it) while the other waits: the parent
+    before a request, the child before its answer, and each message carries the size, which the other
+    side follows. In between, nothing costs a system call."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.size = os.fstat(fd).st_size
         self.map = mmap.mmap(fd, self.size)
 
-    def fit(self, size: int) -> None:
-        """Map at least ``size`` bytes, growing the memory (by doubling) when it is smaller."""
-        if size > os.fstat(self.fd).st_size:
+    def ensure(self, size: int) -> None:
+        """Hold at least ``size`` bytes, growing the memory (at least doubling it) when it is smaller."""
+        if size > self.size:
             os.ftruncate(self.fd, max(size, 2 * self.size))
-        self.remap()
+            self.follow(os.fstat(self.fd).st_size)
 
-    def remap(self) -> None:
-        """Follow a growth made by the other process. The old map closes when its last view is gone."""
-        size = os.fstat(self.fd).st_size
-        if size != self.size:
+    def follow(self, size: int) -> None:
+        """Map the ``size`` bytes the other process grew the memory to. The old map closes when its last
+        view is gone."""
+        if size > self.size:
             self.size = size
             self.map = mmap.mmap(self.fd, size)
 
     def view(self, dtype: str, shape: Sequence[int], offset: int) -> np.ndarray:
         return np.ndarray(tuple(shape), np.dtype(dtype), buffer=self.map, offset=offset)
+
+
+def send(conn: Connection, message: tuple[Any, ...]) -> None:
+    """``message`` pickled (plain pickle: multiprocessing's own pickler costs more per message)."""
+    conn.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
+
+
+def receive(conn: Connection) -> Any:
+    """The next message; EOFError when the other side closed the connection."""
+    return pickle.loads(conn.recv_bytes())
 
 
 def main(
@@ -95,26 +108,26 @@ def main(
         except Exception as exc:
             raise ModelLoadError(f"{path}: warm-up failed: {exc}") from exc
     except ModelLoadError as exc:
-        conn.send(("refused", str(exc)))
+        send(conn, ("refused", str(exc)))
         return
-    conn.send(("ready", runtime.provider, runtime.intra_op_threads))
+    send(conn, ("ready", runtime.provider, runtime.intra_op_threads))
     while True:
         try:
-            inputs, out_offset, size = conn.recv()
+            inputs, out_offset, size = receive(conn)
         except (EOFError, OSError):
             return
         start = time.perf_counter()
         try:
-            memory.fit(size)
+            memory.follow(size)
             feed = {name: memory.view(dtype, shape, offset) for name, dtype, shape, offset in inputs}
             results = runtime.run(feed)
             outputs = _place(memory, results, out_offset)
         except Exception as exc:  # the parent logs it and fails the batch; the child goes on
-            conn.send(("failed", time.perf_counter() - start, f"{type(exc).__name__}: {exc}", memory.size))
+            send(conn, ("failed", time.perf_counter() - start, f"{type(exc).__name__}: {exc}", memory.size))
             continue
         finally:
             feed = {}  # no view of the map outlives the batch, so a later growth can close it
-        conn.send(("ok", time.perf_counter() - start, outputs, memory.size))
+        send(conn, ("ok", time.perf_counter() - start, outputs, memory.size))
 
 
 def _place(
@@ -129,7 +142,7 @@ def _place(
     for name, array in arrays.items():
         places.append((name, array.dtype.str, array.shape, end))
         end = aligned(end + array.nbytes)
-    memory.fit(end)
+    memory.ensure(end)
     for (_, dtype, shape, at), array in zip(places, arrays.values(), strict=True):
         memory.view(dtype, shape, at)[...] = array
     return places

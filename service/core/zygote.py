@@ -175,7 +175,7 @@ def start_child(
     try:
         if not child.conn.poll(START_TIMEOUT_S):
             raise ModelLoadError(f"{path}: not loaded within {START_TIMEOUT_S:g} s")
-        status, *detail = child.conn.recv()
+        status, *detail = offload_child.receive(child.conn)
     except (EOFError, OSError):
         child.stop()
         raise ModelLoadError(f"{path}: the compute process exited while loading (see the log)") from None

@@ -109,6 +109,23 @@ def test_parts_are_joined_in_order_and_a_batch_larger_than_the_memory_grows_it(
     here.close()
 
 
+def test_outputs_that_do_not_fit_are_placed_by_the_child_after_growing_the_memory(
+    started: ProcessRuntime,
+) -> None:
+    here = load_model(started.path, providers=[CPU], intra_op_threads=1)
+    images = _images(334)  # 1047424 bytes of inputs fit in the first MiB; their outputs do not
+
+    async def test(compute: Compute) -> None:
+        assert started._child is not None and started._child.memory.size == 1 << 20
+        outputs, _, error = await compute({"image": images})
+        assert error is None and outputs is not None
+        assert np.array_equal(outputs["probabilities"], here.run({"image": images})["probabilities"])
+        assert started._child.memory.size == 2 << 20  # grown by the child, followed by this process
+
+    on_loop(started, test)
+    here.close()
+
+
 def test_inputs_that_do_not_join_fail_their_batch_and_the_child_goes_on(started: ProcessRuntime) -> None:
     pid = started.pid
 
