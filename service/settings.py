@@ -81,12 +81,13 @@ class Settings(BaseSettings):
         "while other requests are likely to join, never for a lone client; 'fixed' always lets the oldest "
         "request wait max_queue_delay_us (Triton's rule).",
     )
-    compute: Literal["thread", "process"] = Field(
+    compute: Literal["thread", "process", "auto"] = Field(
         "thread",
         description="Where batches compute: 'thread', in this process's compute threads; 'process', each "
         "model version's session in a child process of its own, so the event loop never waits for the "
         "interpreter lock: on 2 cores, c=16 ~1.2x, c=64 ~1.0x, multiplexed gRPC ~1.8x, but a lone "
-        "client (c=1) ~0.8x (docs/hotpath.md, 'Compute in a process of its own').",
+        "client (c=1) ~0.8x; 'auto', a child process and a session here too, for requests alone in "
+        "flight (twice the model's memory) (docs/hotpath.md, 'Compute in a process of its own').",
     )
     batch_staging: bool = Field(
         False,

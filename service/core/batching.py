@@ -22,6 +22,12 @@ for the worker) is left out of the compute (answered :class:`DeadlineExceeded` w
 Staged rows have left the queue: they no longer count in ``queue_rows`` or against ``max_queue_rows``, so
 the queue holds up to one batch more.
 
+With an offload (``run`` is an :class:`Offload`: compute in a process of its own,
+:mod:`service.core.offload`), a batch goes to it on the loop instead of to the executor, its inputs
+unjoined, and its answer comes back on the loop; staging does not apply. With ``lone`` as well, a batch
+that is the only request in flight computes in the executor with ``lone`` instead: a lone client gains
+nothing from the offload and would pay for two hand-offs between processes per request.
+
 When a batch goes (:mod:`service.core.batchwait`): ``max_batch_size`` queued rows go at once, and so does
 everything while stopping. Fewer rows go when the wait policy says so. ``"adaptive"`` (the default) holds
 them only when company is likely: the mean gap between arrivals is under ``max_queue_delay_us`` and at
@@ -198,17 +204,20 @@ class Batcher:
         tracer: BatchTracing | None = None,
         max_background_rows: int | None = None,
         stage: bool = False,
+        lone: RunFn | None = None,
     ) -> None:
         """``wait`` names the policy for batches that are not full (see the module docstring). ``clock``
         gives the seconds that deadlines, waits and compute times are measured in (default:
         ``time.monotonic``, and ``time.perf_counter`` for compute). ``tracer``: only when tracing is on.
         ``max_background_rows`` bounds a batch of background work (default ``max_batch_size``; a larger
         single job still goes whole). ``stage``: a full batch may wait behind the one computing, for the
-        worker to start it (see the module docstring)."""
+        worker to start it (see the module docstring). ``lone``, with an offload ``run``: computes in the
+        executor a batch that is the only request in flight, which the offload would make wait for
+        two hand-offs between processes with nothing else to do meanwhile."""
         if max_batch_size < 1 or max_queue_delay_us < 0 or max_queue_rows < 1:
             raise ValueError("need max_batch_size >= 1, max_queue_delay_us >= 0, max_queue_rows >= 1")
         self._offload: Offload | None = None if callable(run) else run
-        self._run: RunFn | None = run if callable(run) else None
+        self._run: RunFn | None = run if callable(run) else lone
         self._max_batch_size = max_batch_size
         self._max_background_rows = min(max_background_rows or max_batch_size, max_batch_size)
         self._policy = make_policy(wait, max_queue_delay_us / 1e6)
@@ -515,7 +524,9 @@ class Batcher:
             self._observe(self._observer.on_wait, held)
         if self._tracer is not None:
             traced = self._trace_start(self._tracer, jobs, held)
-        if self._offload is not None:
+        if self._offload is not None and not (
+            self._run is not None and len(jobs) == 1 and self._pending + self._pending_background == 1
+        ):
             batch = _Batch(jobs, traced, None)
             self._out.append(batch)
             sizes = [job.rows for job in jobs]
@@ -623,7 +634,7 @@ class Batcher:
         start = self._stopwatch()
         rows = sum(sizes)
         try:
-            assert self._run is not None, "an offloaded batcher never computes in the executor"
+            assert self._run is not None, "an offloaded batcher computes in the executor only with lone"
             results = _split(self._run(joined if joined is not None else _concat(parts)), sizes)
         except Exception:
             logger.exception("model '%s': batch of %d rows failed", self._name, rows)

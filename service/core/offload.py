@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from service.core.offload_child import aligned, receive, send
-from service.core.runtime import ModelMetadata
+from service.core.runtime import ModelMetadata, ModelRuntime
 from service.core.zygote import Child, start_child
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ class ProcessRuntime:
         self._restarting = False
         self._broken_until = 0.0
         self._closed = False
+        #: With ``SERVE_COMPUTE=auto``, the same version loaded in this process too, for lone requests.
+        self.local: ModelRuntime | None = None
 
     @classmethod
     def start(
@@ -222,3 +224,5 @@ class ProcessRuntime:
             if done is not None:
                 done(None, 0.0, "the model version is closed")
         self._inflight = self._waiting = None
+        if self.local is not None:
+            self.local.close()

@@ -87,7 +87,7 @@ def load_and_warm(
     version's, None for a model's first version), or when the warm-up fails."""
     sizes = warmup_batch_sizes(settings.max_batch_size)
     runtime: ModelRuntime | ProcessRuntime
-    if settings.compute == "process":
+    if settings.compute != "thread":
         runtime = ProcessRuntime.start(
             path,
             providers=providers,
@@ -95,6 +95,18 @@ def load_and_warm(
             inter_op_threads=settings.inter_op_threads,
             warmup=sizes,
         )
+        if settings.compute == "auto":  # lone requests compute here (service.core.batching)
+            try:
+                runtime.local = load_model(
+                    path,
+                    providers=providers,
+                    intra_op_threads=threads,
+                    inter_op_threads=settings.inter_op_threads,
+                )
+                runtime.local.warm_up(sizes[:1])
+            except BaseException:
+                runtime.close()
+                raise
     else:
         runtime = load_model(
             path, providers=providers, intra_op_threads=threads, inter_op_threads=settings.inter_op_threads
@@ -129,6 +141,7 @@ def serve(
     model_metrics = metrics.for_version(name, version)
     batcher = Batcher(
         runtime.run if isinstance(runtime, ModelRuntime) else runtime,
+        lone=runtime.local.run if isinstance(runtime, ProcessRuntime) and runtime.local else None,
         max_batch_size=settings.max_batch_size,
         max_queue_delay_us=settings.max_queue_delay_us,
         max_queue_rows=settings.max_queue_rows,

@@ -112,7 +112,7 @@ def test_with_and_without_the_fast_path_the_answers_are_the_same(model: tuple[Pa
     assert [a[0] for a in answers[0]] == [200, 400, 404]
 
 
-@pytest.mark.parametrize("compute", ["process", "thread"])
+@pytest.mark.parametrize("compute", ["process", "thread", "auto"])
 def test_lifespan_starts_and_stops_the_core(model: tuple[Path, WrittenModel], compute: str) -> None:
     root, _ = model
     app = create_app(Settings(model_repository=root, compute=compute))
@@ -123,11 +123,14 @@ def test_lifespan_starts_and_stops_the_core(model: tuple[Path, WrittenModel], co
         assert client.get("/v2/health/ready").status_code == 200
         runtime = core.registry.get("tiny").runtime
         child = runtime.pid if isinstance(runtime, ProcessRuntime) else None
+        local = runtime.local if isinstance(runtime, ProcessRuntime) else runtime
+        assert (local is not None) == (compute != "process")
         assert app.state.models is core.registry and app.state.lifecycle is core.lifecycle
     assert core.draining
-    if isinstance(runtime, ModelRuntime):
+    if local is not None:  # the session in this process: thread, or auto's for lone requests
         with pytest.raises(RuntimeError, match="closed"):
-            runtime.run({"image": IMAGES})
+            local.run({"image": IMAGES})
+    if isinstance(runtime, ModelRuntime):
         return
     assert child is not None and runtime.pid is None  # closed: its compute process was told to exit
     deadline = time.monotonic() + 30

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -294,3 +295,45 @@ def test_the_children_exit_when_the_service_process_dies(tmp_path: Path) -> None
         parent.wait(GUARD_S)
     _until_gone(child)
     _until_gone(forks)
+
+
+class FakeOffload:
+    """An offload that answers each batch on the next turn of the loop, recording the batches' rows."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def submit(self, parts: Any, done: Any) -> None:
+        rows = sum(len(part["x"]) for part in parts)
+        self.batches.append(rows)
+        self.loop.call_soon(done, {"y": np.concatenate([part["x"] for part in parts]) * 2}, 0.001, None)
+
+
+def test_a_lone_request_computes_in_this_process_and_company_goes_to_the_offload() -> None:
+    offloaded, here = FakeOffload(), []
+
+    def lone(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        here.append(len(inputs["x"]))
+        return {"y": inputs["x"] * 2}
+
+    async def main() -> None:
+        batcher = Batcher(offloaded, max_batch_size=8, max_queue_delay_us=0, max_queue_rows=64, lone=lone)
+        batcher.start()
+        try:
+            for rows in (1, 3):  # one client, one request at a time
+                answer = await batcher.submit({"x": np.ones((rows, 2), np.float32)})
+                assert answer["y"].shape == (rows, 2) and (answer["y"] == 2).all()
+            assert here == [1, 3] and offloaded.batches == []
+            answers = await asyncio.gather(
+                *(batcher.submit({"x": np.full((1, 2), i, np.float32)}) for i in range(6))
+            )
+            assert [a["y"][0, 0] for a in answers] == [2 * i for i in range(6)]
+            assert sum(offloaded.batches) + sum(here[2:]) == 6 and offloaded.batches  # company: the offload
+            assert all(rows == 1 for rows in here[2:])  # only a request alone in flight stays here
+        finally:
+            await batcher.stop()
+
+    asyncio.run(main())
