@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from service.core.offload_child import aligned, receive, send
-from service.core.runtime import ModelMetadata, ModelRuntime
+from service.core.runtime import LoadedVersion, ModelMetadata, ModelRuntime
 from service.core.zygote import Child, start_child
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ Done = Callable[[Arrays | None, float, str | None], None]
 RESTART_BACKOFF_S = 5.0
 
 
-class ProcessRuntime:
+class ProcessRuntime(LoadedVersion):
     """One model version computed in a child process: what :class:`~service.core.runtime.ModelRuntime`
     tells about the version (``path``, ``metadata``, ``provider``...), and :meth:`submit` in place of
     ``run``. Build it with :meth:`start` in a worker thread; :meth:`attach` it to the event loop that
@@ -60,12 +60,7 @@ class ProcessRuntime:
         child: Child,
         restart: Callable[[], Child],
     ) -> None:
-        self.path = path
-        self.metadata = metadata
-        self.name = metadata.name
-        self.version = metadata.version
-        self.signature = metadata.signature
-        self.labels = metadata.labels
+        super().__init__(path, metadata)
         self.provider = child.provider
         self.intra_op_threads = child.threads
         self._child: Child | None = child

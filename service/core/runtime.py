@@ -87,7 +87,20 @@ class ModelMetadata:
         return cls(document, ModelSignature.from_metadata(document), raw)
 
 
-class ModelRuntime:
+class LoadedVersion:
+    """What every loaded model version tells about itself, wherever it computes: its directory, its
+    metadata, and the parts of it the service reads on every request."""
+
+    def __init__(self, path: Path, metadata: ModelMetadata) -> None:
+        self.path = path
+        self.metadata = metadata
+        self.name = metadata.name
+        self.version = metadata.version
+        self.signature = metadata.signature
+        self.labels = metadata.labels
+
+
+class ModelRuntime(LoadedVersion):
     """One loaded model version: an onnxruntime session already checked against its metadata.
 
     ``provider`` is the execution provider the session actually uses. :meth:`run` blocks; call it from a
@@ -96,12 +109,7 @@ class ModelRuntime:
     """
 
     def __init__(self, path: Path, metadata: ModelMetadata, session: ort.InferenceSession) -> None:
-        self.path = path
-        self.metadata = metadata
-        self.name = metadata.name
-        self.version = metadata.version
-        self.signature = metadata.signature
-        self.labels = metadata.labels
+        super().__init__(path, metadata)
         self.provider: str = session.get_providers()[0]
         self._output_names = [t.name for t in metadata.signature.outputs]
         self._session: ort.InferenceSession | None = session
