@@ -18,6 +18,9 @@ drives it with ``h2load`` (nghttp2's load generator, C, one thread; ``make syste
   server the native one replaced), in a second service process that is idle while the others run
   (``--no-grpcio`` leaves it out).
 
+The services inherit this environment, so ``SERVE_COMPUTE=process python -m bench.protocols`` measures
+compute in processes (the output and the results file say which compute mode was measured).
+
 On a 2-core machine the client's own CPU decides much of a comparison: a Python gRPC client costs several
 times what the server spends per call, and it runs on the server's cores. Without ``h2load`` the bench
 falls back to what it did before, and says so: ``hey`` (Go) for HTTP, and the Python closed-loop
@@ -258,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     client = "h2load for every target" if use_h2load else "hey (HTTP) and the Python generator (fallback)"
     print(f"clients: {client}")
+    compute = os.environ.get("SERVE_COMPUTE", "thread (the default)")
+    print(f"compute: {compute} (SERVE_COMPUTE in this environment)")
     top = f"c{max(levels)}"
     measured = ratios[top]["grpc_raw_vs_http_binary"]
     print(
@@ -275,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "seconds": args.seconds,
         "client": client,
+        "compute": compute,
         "client_processes": args.client_processes,
         "rounds": args.rounds,
         "runs": runs,
