@@ -253,7 +253,11 @@ class _Connection(asyncio.Protocol):
         if transport is None or transport.is_closing() or self._linger_timer is not None:
             return
         if self._linger > 0 and transport.can_write_eof():
-            transport.write_eof()  # the client reads the GOAWAY, then an end of stream
+            try:
+                transport.write_eof()  # the client reads the GOAWAY, then an end of stream
+            except OSError:  # the client is gone already (reset), and the loop has not read that yet
+                transport.close()
+                return
             transport.resume_reading()
             self._linger_timer = self._loop.call_later(self._linger, transport.close)
         else:

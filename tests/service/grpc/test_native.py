@@ -9,6 +9,7 @@ services over the real core are checked in ``test_servicer.py`` and ``test_serve
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -22,7 +23,7 @@ import pytest
 import uvloop
 from prometheus_client import CollectorRegistry
 
-from service.grpc.native import LINGER_S, NativeGrpcServer
+from service.grpc.native import LINGER_S, NativeGrpcServer, _Connection
 from service.telemetry.metrics import Metrics
 
 LIMIT = 64 * 1024
@@ -359,6 +360,44 @@ def test_stop_closes_a_connection_whose_client_never_does(run: Callable[[Test], 
         client.writer.close()
 
     run(test)
+
+
+class GoneTransport(asyncio.Transport):
+    """A connection whose client has reset it, before the event loop has read that: asyncio's transport
+    then shuts its sending side down at once, and the kernel answers ENOTCONN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data: Any) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_stop_that_finds_the_client_gone_closes_its_connection_without_an_error() -> None:
+    async def main() -> None:
+        connection = _Connection(NativeGrpcServer({}, max_message_bytes=1 << 20))
+        transport = GoneTransport()
+        connection.connection_made(transport)
+        connection.close(linger=LINGER_S)  # what a stop with grace left does to each connection
+        assert transport.closed
+
+    asyncio.run(main())
 
 
 def test_stop_with_no_grace_left_closes_at_once(run: Callable[[Test], None]) -> None:
