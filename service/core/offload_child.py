@@ -103,10 +103,7 @@ def main(
         )
         if runtime.metadata.sha256 != sha256:
             raise ModelLoadError(f"{path}: metadata.json changed while the version was loading")
-        try:
-            runtime.warm_up(warmup_sizes)
-        except Exception as exc:
-            raise ModelLoadError(f"{path}: warm-up failed: {exc}") from exc
+        runtime.warm_up(warmup_sizes)
     except ModelLoadError as exc:
         send(conn, ("refused", str(exc)))
         return

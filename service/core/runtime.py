@@ -129,13 +129,17 @@ class ModelRuntime(LoadedVersion):
         return dict(zip(self._output_names, results, strict=True))
 
     def warm_up(self, batch_sizes: Iterable[int]) -> None:
-        """Run once per batch size on zeros, so first requests do not pay for allocation and kernel setup."""
+        """Run once per batch size on zeros, so first requests do not pay for allocation and kernel setup.
+        A run that fails refuses the version: ModelLoadError naming the directory and onnxruntime's reason."""
         for batch in batch_sizes:
             if batch < 1:
                 raise ValueError(f"warm-up batch size must be >= 1, got {batch}")
-            self.run(
-                {t.name: np.zeros(_concrete_shape(t.shape, batch), t.dtype) for t in self.signature.inputs}
-            )
+            inputs = self.signature.inputs
+            zeros = {t.name: np.zeros(_concrete_shape(t.shape, batch), t.dtype) for t in inputs}
+            try:
+                self.run(zeros)
+            except Exception as exc:  # onnxruntime raises several unrelated types
+                raise ModelLoadError(f"{self.path}: warm-up failed: {exc}") from exc
 
     def close(self) -> None:
         """Drop the session; runs already in progress finish, later ones raise RuntimeError."""

@@ -122,9 +122,6 @@ def load_and_warm(
     except ModelLoadError:
         runtime.close()
         raise
-    except Exception as exc:  # a warm-up failure is a refused version, not a crash
-        runtime.close()
-        raise ModelLoadError(f"{path}: warm-up failed: {exc}") from exc
     return runtime
 
 

@@ -278,6 +278,18 @@ def test_corrupt_version_at_start_is_reported(tmp_path: Path) -> None:
         assert c.get("/v2/health/ready").status_code == 503
 
 
+@pytest.mark.parametrize("compute", ["thread", "process", "auto"])
+def test_a_version_that_fails_its_warm_up_is_refused(
+    tmp_path: Path, compute: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_model_version(tmp_path, "tiny", 1, variant="batch_one_only")  # batches of 2 and more fail
+    write_model_version(tmp_path, "other", 1)
+    with TestClient(create_app(Settings(model_repository=tmp_path, compute=compute))) as c:
+        assert load_results(c, "tiny") == {"ok": 0.0, "error": 1.0}
+        assert infer(c, "/v2/models/other/infer")["model_version"] == "1"
+    assert any("tiny/1: warm-up failed: " in r.getMessage() for r in caplog.records), caplog.text
+
+
 @pytest.mark.parametrize(("budget", "models", "per_session"), [(4, 2, 2), (4, 3, 1), (2, 4, 1), (1, 1, 1)])
 @pytest.mark.parametrize("compute", ["process", "thread"])
 def test_one_thread_budget_divided_among_the_models(

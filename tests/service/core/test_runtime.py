@@ -106,7 +106,7 @@ def test_warm_up_runs_every_batch_size(tmp_path: Path) -> None:
         write_model_version(tmp_path, "fragile", variant="batch_one_only").path, providers=[CPU]
     )
     fragile.warm_up([1])
-    with pytest.raises(Exception, match="Reshape"):
+    with pytest.raises(ModelLoadError, match=r"fragile/1: warm-up failed: .*Reshape"):
         fragile.warm_up([1, 2])
     with pytest.raises(ValueError, match="batch size"):
         model.warm_up([0])
