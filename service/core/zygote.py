@@ -85,21 +85,21 @@ _zygote: _Zygote | None = None
 
 def _fork(args: tuple[object, ...], fds: list[int]) -> int:
     """A child forked by this process's zygote, started (again) when it is not running."""
-    global _zygote
     with _zygote_lock:
-        for attempt in (1, 2):
-            if _zygote is None or _zygote.process.poll() is not None:
-                if _zygote is not None:
-                    _zygote.close()
-                _zygote = _Zygote()
-            try:
-                return _zygote.fork(args, fds)
-            except OSError:
-                _zygote.close()
-                _zygote = None
-                if attempt == 2:
-                    raise
-    raise AssertionError("unreachable")
+        try:
+            return _live_zygote().fork(args, fds)
+        except OSError:  # it died since it was last seen: one new zygote, one more try
+            return _live_zygote(replace=True).fork(args, fds)
+
+
+def _live_zygote(replace: bool = False) -> _Zygote:
+    """The zygote, a new one when there is none, it has exited, or ``replace``; hold the lock."""
+    global _zygote
+    if replace or _zygote is None or _zygote.process.poll() is not None:
+        if _zygote is not None:
+            _zygote.close()
+        _zygote = _Zygote()
+    return _zygote
 
 
 def running(pid: int) -> bool:
