@@ -17,11 +17,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# The package compiles three C extensions (service/grpc/_h2.c, the gRPC front end over libnghttp2;
+# The package compiles four C extensions (service/grpc/_h2.c, the gRPC front end over libnghttp2;
 # service/grpc/_wire.c, plain ModelInfer messages without message objects; service/http/_leaves.c, JSON
-# tensor numbers packed in one pass): nghttp2's header and a compiler come first
+# tensor numbers packed in one pass; service/core/_finite.c, the finite-value check of decoded inputs): nghttp2's header and a compiler come first
 # (tools/system-deps.sh build), and editing any C source rebuilds them.
-BUILD_INPUTS := pyproject.toml setup.py service/grpc/_h2.c service/grpc/_wire.c service/http/_leaves.c
+BUILD_INPUTS := pyproject.toml setup.py service/grpc/_h2.c service/grpc/_wire.c service/http/_leaves.c \
+	service/core/_finite.c
 
 $(SERVE_STAMP): $(BUILD_INPUTS) | $(BIN)/python
 	bash tools/system-deps.sh build

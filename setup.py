@@ -1,11 +1,13 @@
-# The C extensions: service.grpc._h2 (the gRPC server's HTTP/2 session over libnghttp2) and
-# service.http._leaves (a JSON tensor's numbers packed in one pass) and service.grpc._wire (ModelInfer
-# messages of the plain form read and written without message objects); the project's metadata stays in
+# The C extensions: service.grpc._h2 (the gRPC server's HTTP/2 session over libnghttp2),
+# service.http._leaves (a JSON tensor's numbers packed in one pass), service.grpc._wire (ModelInfer
+# messages of the plain form read and written without message objects) and service.core._finite (a
+# decoded input's finite-value check without numpy's temporaries); the project's metadata stays in
 # pyproject.toml. Building needs a C compiler and nghttp2's header and library: Debian's libnghttp2-dev
 # provides both (`tools/system-deps.sh build`, which the Makefile runs first).
 # DIGITS_SERVING_BUILD_H2=0 installs the package without either, for an image that serves nothing (the
 # trainer's); such an install serves gRPC only with SERVE_GRPC_SERVER=grpcio, and reads JSON tensors with
-# the Python checks alone, and ModelInfer messages with protobuf alone (the same values, more CPU).
+# the Python checks alone, ModelInfer messages with protobuf alone, and checks values with numpy alone
+# (the same values, more CPU).
 import os
 import sys
 import sysconfig
@@ -45,6 +47,9 @@ if os.environ.get("DIGITS_SERVING_BUILD_H2", "1") != "0":
     )
     extensions.append(
         Extension("service.grpc._wire", ["service/grpc/_wire.c"], extra_compile_args=["-Wall", "-Wextra"])
+    )
+    extensions.append(
+        Extension("service.core._finite", ["service/core/_finite.c"], extra_compile_args=["-Wall", "-Wextra"])
     )
 
 setup(ext_modules=extensions)

@@ -35,7 +35,8 @@ FROM base AS builder
 ARG ONNXRUNTIME=cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 # A compiler, libnghttp2's header and (where the base lacks them) Python's headers, for service/grpc/_h2.c,
-# service/grpc/_wire.c and service/http/_leaves.c; none of them reaches the runtime stage.
+# service/grpc/_wire.c, service/http/_leaves.c and service/core/_finite.c; none of them reaches the runtime
+# stage.
 # hadolint ignore=DL3008
 RUN set -- gcc libc6-dev libnghttp2-dev \
     && if ! python3 -c "import os, sysconfig, sys; sys.exit(not os.path.exists(sysconfig.get_paths()['include'] + '/Python.h'))"; then set -- "$@" python3-dev; fi \

@@ -5,8 +5,8 @@
 # `tools/system-deps.sh deploy` adds what the deployment test (make test-deploy) needs on top: Debian's
 # Docker engine (docker.io) and debootstrap, for the local base image.
 # `tools/system-deps.sh build` installs only what building the package needs: a C compiler and
-# libnghttp2's header for the C extensions (service/grpc/_h2.c, _wire.c, service/http/_leaves.c; Python's headers
-# come with CPython).
+# libnghttp2's header for the C extensions (service/grpc/_h2.c, _wire.c, service/http/_leaves.c,
+# service/core/_finite.c; Python's headers come with CPython).
 set -euo pipefail
 need=()
 if [ "${1:-}" = build ]; then

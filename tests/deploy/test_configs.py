@@ -336,6 +336,7 @@ def test_dockerignore_keeps_models_and_sources_only(tmp_path: Path) -> None:
         "setup.py",
         "service/grpc/_h2.c",
         "service/http/_leaves.c",
+        "service/core/_finite.c",
         "README.md",
         "service/app.py",
         "service/static/index.html",
