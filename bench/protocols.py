@@ -36,7 +36,10 @@ the service, so compare the rows of one run as ratios, not across machines.
 Each ratio is printed as the ratio of the two medians, with the spread of the per-round ratios (each
 round's pair measured seconds apart, so a burst of other work moves both) beside it. The machine's load
 average and steal are recorded before and after, and a run that began on a busy machine is marked so.
-The last lines hold the issue's target, gRPC raw at least 1.2x HTTP binary at the highest level.
+The last lines hold the issue's target, gRPC raw at least 1.2x HTTP binary at the highest level, and
+what the machine allows it: each target's CPU per request, the service's processes and the load generator
+together, and the ratio of the two, which is the most gRPC raw can do over HTTP binary when both keep
+every core busy (:func:`ceiling`).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import platform
 import shutil
@@ -93,6 +97,26 @@ def check_answers(
             np.testing.assert_allclose(got.ravel(), expected, atol=1e-6, err_msg=kind)
             sizes[kind] = 5 + len(answer_bytes)
     return sizes
+
+
+def ceiling(grpc: dict[str, Any], http: dict[str, Any], cpus: int) -> dict[str, float] | None:
+    """What the machine allows the target ratio, from two runs' CPU per request (server, its compute
+    processes and the load generator): when both saturate its ``cpus`` cores, gRPC raw can do at most
+    HTTP binary's CPU per request over its own times HTTP binary's requests. Also each run's share of the
+    machine (requests/s times CPU per request, over the cores). None without the client's CPU (hey)."""
+    totals = {}
+    for name, run in (("grpc", grpc), ("http", http)):
+        server, client = run.get("server_cpu_us"), run.get("client_cpu_us")
+        if server is None or client is None or not math.isfinite(server + client) or server + client <= 0:
+            return None
+        totals[name] = server + client
+    return {
+        "ceiling": totals["http"] / totals["grpc"],
+        "grpc_cpu_us": totals["grpc"],
+        "http_cpu_us": totals["http"],
+        "grpc_machine_share": grpc["rps"] * totals["grpc"] / (1e6 * cpus),
+        "http_machine_share": http["rps"] * totals["http"] / (1e6 * cpus),
+    }
 
 
 def grpc_frame(message: bytes) -> bytes:
@@ -241,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             }
         load = load_report(load_before, machine_load())
 
-    by = {(r["target"], r["concurrency"]): r["rps"] for r in runs}
+    by_run = {(r["target"], r["concurrency"]): r for r in runs}
+    by = {key: r["rps"] for key, r in by_run.items()}
     ratios = {
         f"c{c}": {
             name: by[(top, c)] / by[(bottom, c)]
@@ -269,6 +294,18 @@ def main(argv: list[str] | None = None) -> int:
         f"target: {top} gRPC raw / HTTP binary {measured:.2f}x, bar >= {TARGET:.1f}x: "
         + ("met" if measured >= TARGET else "NOT MET")
     )
+    cpus = len(os.sched_getaffinity(0))
+    pair = by_run.get(("grpc-raw", max(levels))), by_run.get(("http-binary", max(levels)))
+    bound = ceiling(pair[0], pair[1], cpus) if pair[0] and pair[1] else None
+    if bound is not None:
+        grpc_us, http_us = bound["grpc_cpu_us"], bound["http_cpu_us"]
+        shares = 100 * bound["grpc_machine_share"], 100 * bound["http_machine_share"]
+        print(
+            f"machine bound: {grpc_us:.0f} us of CPU per gRPC raw call, {http_us:.0f} per HTTP binary "
+            f"request (server and client); with all {cpus} cores busy, gRPC raw could do at most "
+            f"{bound['ceiling']:.2f}x HTTP binary. The runs used {shares[0]:.0f} % and {shares[1]:.0f} % "
+            "of the machine."
+        )
     print(
         f"machine: load {load['load1_before']:.2f} before, {load['load1_after']:.2f} after, "
         f"steal {100 * load['steal']:.1f} %"
@@ -287,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": ratios,
         "ratio_rounds": round_ratios,
         "target": {"ratio": f"{top} grpc_raw_vs_http_binary", "measured": measured, "bar": TARGET},
+        "machine_bound": bound,
         "load": load,
     }
     out = RESULTS / "protocols.json"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+
+import pytest
 
 from bench import protocols
 from bench.harness import RESULTS
@@ -34,3 +37,23 @@ def test_a_short_run_measures_every_target_without_a_failed_call() -> None:
         "bar": 1.2,
     }
     assert {"load1_before", "load1_after", "steal", "busy"} <= set(results["load"])
+    bound = results["machine_bound"]
+    grpc, http = runs["grpc-raw"], runs["http-binary"]
+    assert bound["grpc_cpu_us"] == grpc["server_cpu_us"] + grpc["client_cpu_us"] > 0
+    assert bound["http_cpu_us"] == http["server_cpu_us"] + http["client_cpu_us"] > 0
+    assert bound["ceiling"] == bound["http_cpu_us"] / bound["grpc_cpu_us"]
+    assert bound["grpc_machine_share"] > 0 and bound["http_machine_share"] > 0
+
+
+def test_the_machine_bound_is_the_ratio_of_cpu_per_request() -> None:
+    grpc = {"rps": 10000.0, "server_cpu_us": 110.0, "client_cpu_us": 10.0}
+    http = {"rps": 9000.0, "server_cpu_us": 140.0, "client_cpu_us": 10.0}
+    bound = protocols.ceiling(grpc, http, cpus=2)
+    assert bound is not None
+    assert bound["ceiling"] == pytest.approx(150 / 120)
+    # 10000 calls/s at 120 µs each keep 1.2 of the 2 cores busy.
+    assert bound["grpc_machine_share"] == pytest.approx(0.6)
+    assert bound["http_machine_share"] == pytest.approx(0.675)
+    # Without the client's CPU (the hey fallback measures only the server's) there is no bound.
+    assert protocols.ceiling({**grpc, "client_cpu_us": math.nan}, http, cpus=2) is None
+    assert protocols.ceiling(grpc, {"rps": 1.0, "server_cpu_us": 1.0}, cpus=2) is None
