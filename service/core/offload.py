@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -131,7 +132,7 @@ class ProcessRuntime(LoadedVersion):
             for name, first in parts[0].items():
                 shape = (sum(len(part[name]) for part in parts), *first.shape[1:])
                 places.append((name, first.dtype.str, shape, end))
-                end = aligned(end + first.dtype.itemsize * int(np.prod(shape)))
+                end = aligned(end + first.dtype.itemsize * math.prod(shape))
             child.memory.ensure(end)
             for name, dtype, shape, at in places:
                 view = child.memory.view(dtype, shape, at)
