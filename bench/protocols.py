@@ -38,8 +38,8 @@ round's pair measured seconds apart, so a burst of other work moves both) beside
 average and steal are recorded before and after, and a run that began on a busy machine is marked so.
 The last lines hold the issue's target, gRPC raw at least 1.2x HTTP binary at the highest level, and
 what the machine allows it: each target's CPU per request, the service's processes and the load generator
-together, and the ratio of the two, which is the most gRPC raw can do over HTTP binary when both keep
-every core busy (:func:`ceiling`).
+together, and the ratio of the two, which is the most gRPC raw can do over HTTP binary where both are
+bound by the machine's cores (:func:`ceiling`).
 """
 
 from __future__ import annotations
@@ -100,10 +100,12 @@ def check_answers(
 
 
 def ceiling(grpc: dict[str, Any], http: dict[str, Any], cpus: int) -> dict[str, float] | None:
-    """What the machine allows the target ratio, from two runs' CPU per request (server, its compute
-    processes and the load generator): when both saturate its ``cpus`` cores, gRPC raw can do at most
-    HTTP binary's CPU per request over its own times HTTP binary's requests. Also each run's share of the
-    machine (requests/s times CPU per request, over the cores). None without the client's CPU (hey)."""
+    """What the machine allows the target ratio, from two runs' CPU per request (the service, its compute
+    processes and the load generator): where both targets are bound by the machine's ``cpus`` cores
+    (every core busy), gRPC raw does HTTP binary's CPU per request over its own times HTTP binary's
+    requests. Also each run's share of the machine (requests/s times CPU per request, over the cores):
+    a run below 100 % was bound by something else (one event loop's thread, the hand-offs between it and
+    the compute), and then the measured ratio may exceed this one. None without the client's CPU (hey)."""
     totals = {}
     for name, run in (("grpc", grpc), ("http", http)):
         server, client = run.get("server_cpu_us"), run.get("client_cpu_us")
@@ -301,10 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         grpc_us, http_us = bound["grpc_cpu_us"], bound["http_cpu_us"]
         shares = 100 * bound["grpc_machine_share"], 100 * bound["http_machine_share"]
         print(
-            f"machine bound: {grpc_us:.0f} us of CPU per gRPC raw call, {http_us:.0f} per HTTP binary "
-            f"request (server and client); with all {cpus} cores busy, gRPC raw could do at most "
-            f"{bound['ceiling']:.2f}x HTTP binary. The runs used {shares[0]:.0f} % and {shares[1]:.0f} % "
-            "of the machine."
+            f"machine bound: CPU per request (service processes and load generator) {grpc_us:.0f} us for "
+            f"gRPC raw, {http_us:.0f} us for HTTP binary: where both are bound by the machine's {cpus} "
+            f"cores, gRPC raw does at most {bound['ceiling']:.2f}x HTTP binary. These runs kept "
+            f"{shares[0]:.0f} % and {shares[1]:.0f} % of the machine busy."
         )
     print(
         f"machine: load {load['load1_before']:.2f} before, {load['load1_after']:.2f} after, "
