@@ -3,6 +3,11 @@
 ``tf2onnx.convert.from_keras`` fails on Keras 3 models, so the model is wrapped in a ``tf.function`` whose
 input signature names the input ``image`` (batch dimension dynamic) and whose output dict names the
 output ``probabilities``.
+
+The converted graph's single-value constants are then given the rank of what they combine with
+(:func:`training.broadcast.rank_matched_constants`): tf2onnx writes the ``Rescaling`` layer's factor and
+offset as scalars, which onnxruntime broadcasts over a grayscale ``[N, H, W, 1]`` image one element at a
+time. Every result stays the same, bit for bit.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
+from training.broadcast import rank_matched_constants
 from training.diskimages import Images, head
 from training.errors import ExportError
 from training.train import predict
@@ -72,6 +78,7 @@ def convert(forward: Forward, input_shape: tuple[int, int, int], opset: int = OP
     except Exception as exc:  # tf2onnx raises assorted errors; the run fails either way
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"tf2onnx could not convert the model: {reason}") from exc
+    rank_matched_constants(proto)
     return proto
 
 

@@ -23,6 +23,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from service.contract import Preprocessing
+from training.broadcast import rank_matched_constants
 from training.errors import UnsupportedModel, UsageError
 
 SUPPORTED = (
@@ -205,6 +206,10 @@ def prepare(model: onnx.ModelProto, pre: Preprocessing, labels: int, *, softmax:
     if softmax:
         _append_softmax(edited, output.name)
         prepared.changes.append(f"Softmax appended to output '{output.name}' (--softmax)")
+    reshaped = rank_matched_constants(edited)
+    if reshaped:
+        names = ", ".join(f"'{name}'" for name in reshaped)
+        prepared.changes.append(f"single-value constants {names} given their operand's rank (same results)")
 
     session = open_session(edited)
     probe = np.random.default_rng(0).uniform(0, 1, (3, pre.height, pre.width, pre.channels))
