@@ -28,7 +28,8 @@ def rank_matched_constants(model: onnx.ModelProto) -> list[str]:
     constant at the operand's rank it takes its fast path. Broadcasting aligns shapes from the last
     dimension, so leading 1s change neither the value nor any result, bit for bit. A constant that other
     nodes share, or that the graph declares as an input or describes in ``value_info``, is copied first,
-    not changed. Graphs with subgraphs (``If``, ``Loop``) are left as they are.
+    not changed. Graphs with subgraphs (``If``, ``Loop``), and graphs onnx's shape inference refuses, are
+    left as they are: the rewrite only ever saves time.
     """
     graph = model.graph
     if any(
@@ -37,7 +38,10 @@ def rank_matched_constants(model: onnx.ModelProto) -> list[str]:
         for a in n.attribute
     ):
         return []
-    inferred = onnx.shape_inference.infer_shapes(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # onnx cannot infer this graph (over 2 GB, an unknown operator set): no rewrite
+        return []
     shapes = {
         v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
         for v in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output)

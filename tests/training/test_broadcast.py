@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import helper, numpy_helper
 
 from training.broadcast import rank_matched_constants
@@ -154,6 +155,16 @@ def test_graphs_with_subgraphs_are_left_as_they_are() -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     assert rank_matched_constants(model) == []
     assert _dims(model) == {"scale": []}
+
+
+def test_a_graph_shape_inference_refuses_is_left_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(model: onnx.ModelProto) -> onnx.ModelProto:
+        raise ValueError("Message onnx.ModelProto exceeds maximum protobuf size of 2GB")
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", refuse)
+    model = _rescaling()
+    assert rank_matched_constants(model) == []
+    assert _dims(model) == {"scale": [], "offset": []}
 
 
 def test_an_export_carries_the_rescaling_constants_at_the_image_rank(tiny_run) -> None:
