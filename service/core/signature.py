@@ -15,9 +15,7 @@ from service.errors import InvalidInput, PayloadTooLarge, echo
 
 _scan: Callable[[object], bool | None] | None
 try:
-    from service.core._finite import all_finite as _c_scan
-
-    _scan = _c_scan
+    from service.core._finite import all_finite as _scan
 except ImportError:  # installed without the C extensions (DIGITS_SERVING_BUILD_H2=0): numpy checks alone
     _scan = None
 
