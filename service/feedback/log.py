@@ -72,7 +72,14 @@ _FIELDS = tuple(f for f in FeedbackItem.__dataclass_fields__ if f not in _OPTION
 def new_id() -> str:
     """26 characters of Crockford base32: 48 bits of milliseconds since the epoch, then 80 random bits
     (the ULID layout), so ids sort by time and cannot be guessed."""
-    value = (time.time_ns() // 1_000_000) << 80 | secrets.randbits(80)
+    return format_id(time.time_ns() // 1_000_000, secrets.randbits(80))
+
+
+def format_id(millis: int, random_bits: int) -> str:
+    """The id of ``millis`` (48 bits) and ``random_bits`` (80 bits), in :func:`new_id`'s layout."""
+    if not (0 <= millis < 1 << 48 and 0 <= random_bits < 1 << 80):
+        raise ValueError("an id holds 48 bits of milliseconds and 80 random bits")
+    value = millis << 80 | random_bits
     return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
 

@@ -7,7 +7,9 @@ store. Each test works on a fresh copy of the published repository.
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import random
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +21,8 @@ import pytest
 from PIL import Image
 
 from service.contract import CANDIDATE_FILE, KERAS_FILE, Preprocessing
+from service.feedback import store as feedback_store
+from service.feedback.log import format_id
 from service.feedback.store import FeedbackStore
 from service.rollout.records import read_record, write_record
 from tests.helpers.modelfactory import DROP, write_model_version
@@ -70,6 +74,27 @@ def feedback(tmp_path: Path) -> Path:
     return root
 
 
+#: The millisecond of each test's first feedback id (2026-09-21); each further item is a millisecond later.
+ID_EPOCH_MS = 1_790_000_000_000
+
+
+@pytest.fixture(autouse=True)
+def seeded_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Feedback ids drawn from a seeded generator, in the store's own format.
+
+    An item's part (train, validation or holdout) is a seeded hash of its id, and the parts decide what the
+    challenger learns and what it is judged on: with the store's random ids, the same 300 rotated images
+    gave challengers from 75.8 % to 90.0 % test accuracy (60 runs on one machine, and one CI run). Fixed
+    ids make each test's split, and so its figures, the same on every run (the fit itself is seeded; one
+    core or two, oneDNN on or off, gave the same figures). Seed 2 is a split on which 300 rotated digits help
+    on both sets: the challenger's test accuracy is 89.98 % against the champion's 84.96 %, so the tests that
+    publish pass the default guard.
+    """
+    bits = random.Random(2)
+    millis = itertools.count(ID_EPOCH_MS)
+    monkeypatch.setattr(feedback_store, "new_id", lambda: format_id(next(millis), bits.getrandbits(80)))
+
+
 def send(root: Path, images: np.ndarray, labels: np.ndarray) -> None:
     store = FeedbackStore(root, max_items=100_000, max_bytes=1 << 32)
     for image, label in zip(images, labels, strict=True):
@@ -106,11 +131,7 @@ def test_feedback_that_helps_is_published_and_then_nothing_is_new(
 ) -> None:
     send(feedback, *rotated(mnist, 0, 300))
     report = repository.parent / "report.json"
-    # A two-epoch fine-tune of this small champion moves its test accuracy by a few points from run to run
-    # on CPU (thread scheduling; 3.95 points below the champion once, under a full test run on 2 cores),
-    # so the guard is opened to eight: this test is about the publishing path. The default guard's refusal
-    # is tested below and in the end-to-end loop test.
-    assert retrain(repository, feedback, data_dir, "--report", str(report), "--max-regression", "8") == 0
+    assert retrain(repository, feedback, data_dir, "--report", str(report)) == 0  # the default guard
     out = capsys.readouterr().out
     assert "decision: published m version 2" in out
     assert "challenger: weights of version 1" in out
@@ -130,7 +151,7 @@ def test_feedback_that_helps_is_published_and_then_nothing_is_new(
     assert record["feedback"]["items"] == 300 and record["feedback"]["new"] == 300
     assert sum(record["feedback"][p] for p in ("train", "validation", "holdout")) == 300
     assert record["challenger"]["holdout_accuracy"] > record["champion"]["holdout_accuracy"] + 0.2
-    assert record["challenger"]["test_accuracy"] >= record["champion"]["test_accuracy"] - 0.08
+    assert record["challenger"]["test_accuracy"] >= record["champion"]["test_accuracy"] - 0.005
     assert metadata["metrics"]["accuracy"] == pytest.approx(record["challenger"]["test_accuracy"])
     assert metadata["sha256"] == sha256_hex((v2 / "model.onnx").read_bytes())
     assert (v2 / KERAS_FILE).is_file()
@@ -305,7 +326,7 @@ def test_retraining_reads_and_publishes_a_bucket(
         assert "nothing new: no feedback for m since version 1" in capsys.readouterr().out
 
         send(feedback, *rotated(mnist, 0, 300))
-        assert retrain(url, feedback, data_dir, "--max-regression", "8") == 0  # as above
+        assert retrain(url, feedback, data_dir) == 0  # as above
         assert "decision: published m version 2 at s3://models/repo/m/2" in capsys.readouterr().out
         assert versions(url, NAME) == [1, 2]
         stored = client.get_object(Bucket="models", Key="repo/m/2/metadata.json")

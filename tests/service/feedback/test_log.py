@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.feedback.log import FeedbackLogError, label_dir_name, new_id, read_log
+from service.feedback.log import FeedbackLogError, format_id, label_dir_name, new_id, read_log
 
 
 def test_ids_are_unique_unguessable_and_sort_by_time() -> None:
@@ -23,6 +23,20 @@ def test_ids_are_unique_unguessable_and_sort_by_time() -> None:
     assert later > first
     # 80 random bits: two ids from the same millisecond differ in their random part.
     assert len({i[10:] for i in ids}) == len(ids)
+
+
+def test_an_id_is_its_milliseconds_then_its_random_bits_in_crockford_base32() -> None:
+    assert format_id(0, 0) == "0" * 26
+    assert format_id((1 << 48) - 1, (1 << 80) - 1) == "7" + "Z" * 25
+    assert format_id(1, 0) == "0" * 9 + "1" + "0" * 16
+    assert format_id(0, 31) == "0" * 25 + "Z"
+    # The milliseconds lead, so ids sort by them before their random part.
+    assert format_id(2, 0) > format_id(1, (1 << 80) - 1)
+    now = time.time_ns() // 1_000_000
+    assert new_id()[:10] >= format_id(now, 0)[:10]
+    for millis, bits in ((-1, 0), (1 << 48, 0), (0, -1), (0, 1 << 80)):
+        with pytest.raises(ValueError, match="48 bits of milliseconds and 80 random bits"):
+            format_id(millis, bits)
 
 
 @pytest.mark.parametrize(
