@@ -53,7 +53,9 @@ def publish_variant(
     data = (source / MODEL_FILE).read_bytes()
     if swap is not None:
         data = swapped_graph(data, swap, len(metadata["labels"]))
-    metadata.update(version=version, sha256=hashlib.sha256(data).hexdigest())
+    digest = hashlib.sha256(data).hexdigest()
+    # Only model.onnx is published with it, so that is all its file list names (docs/repository.md).
+    metadata.update(version=version, sha256=digest, files={MODEL_FILE: digest})
     final = root / name / str(version)
     staging = root / name / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)

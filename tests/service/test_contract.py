@@ -37,8 +37,11 @@ SHIPPED = {
 
 
 def document(**changes: Any) -> dict[str, Any]:
-    """A valid metadata document (mnist-cnn's), with top-level keys replaced (None: removed)."""
+    """A valid metadata document (mnist-cnn's), with top-level keys replaced (None: removed). A new
+    ``sha256`` is also what its file list records for model.onnx, unless ``files`` is given."""
     raw: dict[str, Any] = json.loads((MODELS / "mnist-cnn" / "1" / "metadata.json").read_text())
+    if isinstance(changes.get("sha256"), str) and "files" in raw and "files" not in changes:
+        raw["files"] = {**raw["files"], "model.onnx": changes["sha256"].lower()}
     for key, value in changes.items():
         if value is None:
             raw.pop(key)
