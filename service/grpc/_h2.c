@@ -119,6 +119,7 @@ typedef struct {
     size_t out_len, out_cap;
 
     int local_goaway; /* the session was terminated by this side, not by a peer's error */
+    uint64_t pings_sent, pings_acked; /* this side's PINGs (ping()), and the acknowledgements of them */
     int broken;       /* nghttp2 reported a fatal error: the connection must be dropped */
     PyObject *peer_error; /* why nghttp2 tore the connection down, until feed() raises it */
 
@@ -491,11 +492,17 @@ end_request(Session *self, Stream *st)
     return emit(self, EV_END, st, 1, fields);
 }
 
+/* The opaque data of this side's PINGs: an acknowledgement carries it back. */
+static const uint8_t PING_OPAQUE[8] = {'d', 'r', 'a', 'i', 'n', 'i', 'n', 'g'};
+
 static int
 on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *user_data)
 {
     Session *self = user_data;
 
+    if (frame->hd.type == NGHTTP2_PING && (frame->hd.flags & NGHTTP2_FLAG_ACK) &&
+        memcmp(frame->ping.opaque_data, PING_OPAQUE, sizeof PING_OPAQUE) == 0 && self->pings_acked < self->pings_sent)
+        self->pings_acked++;
     if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA)
         return 0;
     Stream *st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
@@ -1255,6 +1262,23 @@ Session_shutdown_notice(Session *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
+Session_ping(Session *self, PyObject *Py_UNUSED(ignored))
+{
+    /* nghttp2 sends a PING ahead of the frames already queued; it must follow them, so that its
+     * acknowledgement says the peer has read them: they are serialized first. */
+    if (!self->broken && drain(self) < 0)
+        return NULL;
+    int rv = nghttp2_submit_ping(self->ng, NGHTTP2_FLAG_NONE, PING_OPAQUE);
+
+    if (rv != 0) {
+        submit_error(rv);
+        return NULL;
+    }
+    self->pings_sent++;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 Session_goaway(Session *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     static const char *const names[] = {"error_code", NULL};
@@ -1276,6 +1300,12 @@ static PyObject *
 Session_get_open_streams(Session *self, void *Py_UNUSED(closure))
 {
     return PyLong_FromSsize_t(self->nstreams);
+}
+
+static PyObject *
+Session_get_pings_unacked(Session *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(self->pings_sent - self->pings_acked);
 }
 
 static PyObject *
@@ -1307,6 +1337,8 @@ static PyMethodDef Session_methods[] = {
      "reset(stream_id, error_code=8): RST_STREAM."},
     {"shutdown_notice", (PyCFunction)Session_shutdown_notice, METH_NOARGS,
      "shutdown_notice(): the graceful-shutdown GOAWAY (no new streams past those in flight)."},
+    {"ping", (PyCFunction)Session_ping, METH_NOARGS,
+     "ping(): a PING after every frame queued so far; pings_unacked counts it until the peer acknowledges it."},
     {"goaway", (PyCFunction)(void (*)(void))Session_goaway, FAST,
      "goaway(error_code=0): the final GOAWAY; the session ends once it is written."},
     {NULL, NULL, 0, NULL},
@@ -1314,6 +1346,8 @@ static PyMethodDef Session_methods[] = {
 
 static PyGetSetDef Session_getset[] = {
     {"open_streams", (getter)Session_get_open_streams, NULL, "streams with live state", NULL},
+    {"pings_unacked", (getter)Session_get_pings_unacked, NULL, "this side's PINGs the peer has not acknowledged",
+     NULL},
     {"buffered_bytes", (getter)Session_get_buffered_bytes, NULL,
      "bytes held in unfinished request messages, over all streams (bounded by max_buffered_bytes)", NULL},
     {NULL, NULL, NULL, NULL, NULL},

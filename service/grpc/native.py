@@ -99,17 +99,25 @@ class NativeGrpcServer:
         return bound
 
     async def stop(self, grace: float) -> None:
-        """Close the port now and tell every client (GOAWAY); calls in flight get ``grace`` seconds."""
+        """Close the port now and tell every client (GOAWAY); calls in flight get ``grace`` seconds.
+
+        The final GOAWAY waits, besides the calls in flight, for each client to acknowledge the PING sent
+        with the first one (RFC 9113, section 6.8): every call a client sent before it read that GOAWAY
+        has then arrived, and is answered (computed, or UNAVAILABLE from the draining service) rather
+        than left behind the final GOAWAY. Once no call runs, the acknowledgements are waited for at most
+        :data:`LINGER_S`, within the grace.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(grace, 0.0)
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
             connection.drain()
-        if any(c.calls for c in self.connections):
-            self._idle.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), timeout=max(grace, 0.0))
+        await self._until(lambda: not any(c.calls for c in self.connections), deadline)
+        await self._until(
+            lambda: not any(c.calls or c.unacknowledged for c in self.connections),
+            min(deadline, loop.time() + LINGER_S),
+        )
         linger = min(LINGER_S, max(deadline - loop.time(), 0.0))
         for connection in list(self.connections):
             connection.close(linger=linger)
@@ -130,8 +138,20 @@ class NativeGrpcServer:
             self._gone.set()
 
     def call_ended(self) -> None:
-        if not self._idle.is_set() and not any(c.calls for c in self.connections):
+        """A call ended, or a client acknowledged the drain's PING: wakes a stop() waiting for either."""
+        if not self._idle.is_set():
             self._idle.set()
+
+    async def _until(self, done: Callable[[], bool], deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        while not done():
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout=left)
+        self._idle.set()  # at rest: call_ended() then costs one check per call
 
 
 class _Connection(asyncio.Protocol):
@@ -152,6 +172,8 @@ class _Connection(asyncio.Protocol):
         self._flush_soon = False  # a flush is scheduled for the end of this turn of the loop
         self._linger = 0.0  # how long close() lets the client close first, after the final GOAWAY
         self._linger_timer: asyncio.TimerHandle | None = None
+        # The drain's PING is out and not acknowledged yet (the client may still be sending calls).
+        self.unacknowledged = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # TCP_NODELAY is set by asyncio and uvloop alike; uvloop's transport is not an asyncio.Transport.
@@ -208,6 +230,9 @@ class _Connection(asyncio.Protocol):
                 self._cancel(event[1])
             elif kind == _h2.BUSY:
                 self._busy(event[1], event[2])
+        if self.unacknowledged and not self._session.pings_unacked:
+            self.unacknowledged = False
+            self._server.call_ended()
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -224,8 +249,13 @@ class _Connection(asyncio.Protocol):
         self._server.call_ended()
 
     def drain(self) -> None:
-        """No new streams past the ones already open (the first GOAWAY); the rest finish."""
+        """No new streams past the ones already open (the first GOAWAY); the rest finish. A PING follows
+        it, unless the client has not sent its preface yet: its acknowledgement means that the client
+        has read the GOAWAY, so no call it sent before can still be on the way."""
         self._session.shutdown_notice()
+        if self._preface_timer is None and self._transport is not None:
+            self._session.ping()
+            self.unacknowledged = True
         self._flush()
 
     def close(self, linger: float = 0.0) -> None:

@@ -14,7 +14,7 @@ import h2.errors
 import h2.events
 import h2.settings
 import pytest
-from hyperframe.frame import Frame, GoAwayFrame
+from hyperframe.frame import Frame, GoAwayFrame, PingFrame
 
 from service.grpc import _h2
 
@@ -502,6 +502,33 @@ def test_shutdown_notice_then_goaway() -> None:
     pair.server.shutdown_notice()  # too late: a no-op
     pair.server.goaway(2)
     assert pair.server.data_to_send() == b""
+
+
+def test_a_ping_counts_until_the_client_acknowledges_it() -> None:
+    pair = Pair()
+    assert pair.server.pings_unacked == 0
+    pair.server.shutdown_notice()
+    pair.server.ping()
+    notice, ping = frames(pair.server.data_to_send())
+    assert isinstance(notice, GoAwayFrame) and isinstance(ping, PingFrame)
+    assert "ACK" not in ping.flags and ping.opaque_data == b"draining"
+    assert pair.server.pings_unacked == 1
+    # Neither the client's own PING nor an acknowledgement of other data counts; the right one does once.
+    other = PingFrame(0, flags=["ACK"])
+    other.opaque_data = b"whatever"
+    own = PingFrame(0)
+    own.opaque_data = b"draining"
+    assert pair.server.feed(other.serialize() + own.serialize()) == []
+    assert pair.server.pings_unacked == 1
+    ack = PingFrame(0, flags=["ACK"])
+    ack.opaque_data = b"draining"
+    assert pair.server.feed(ack.serialize() + ack.serialize()) == []
+    assert pair.server.pings_unacked == 0
+    pair.server.ping()
+    pair.server.ping()
+    assert pair.server.pings_unacked == 2
+    pair.to_client()  # h2 acknowledges both
+    assert pair.to_server() == [] and pair.server.pings_unacked == 0
 
 
 def test_goaway_with_an_error_code() -> None:

@@ -21,6 +21,7 @@ import h2.events
 import h2.settings
 import pytest
 import uvloop
+from hyperframe.frame import Frame, GoAwayFrame, PingFrame
 from prometheus_client import CollectorRegistry
 
 from service.grpc.native import LINGER_S, NativeGrpcServer, _Connection
@@ -334,10 +335,11 @@ def test_stop_waits_for_the_client_to_read_the_final_goaway(run: Callable[[Test]
         client, first = await RawClient.answered_once(address)
         _, late = client.call(send=False)  # a call that crosses the final GOAWAY on the wire
         stopping = asyncio.ensure_future(server.stop(5))
-        final = await client.until(
-            lambda e: isinstance(e, h2.events.ConnectionTerminated) and e.last_stream_id == first
-        )
-        assert final.error_code == 0
+        received = await frames_until(client.reader, lambda f: isinstance(f, PingFrame))
+        client.writer.write(acknowledgement(received[-1]))
+        rest = await frames_until(client.reader, lambda f: isinstance(f, GoAwayFrame))
+        final = rest[-1]
+        assert (final.last_stream_id, final.error_code) == (first, 0)
         client.writer.write(late)
         await client.writer.drain()
         assert await asyncio.wait_for(client.reader.read(), 5) == b""  # an end of stream, not a reset
@@ -350,13 +352,80 @@ def test_stop_waits_for_the_client_to_read_the_final_goaway(run: Callable[[Test]
     run(test)
 
 
-def test_stop_closes_a_connection_whose_client_never_does(run: Callable[[Test], None]) -> None:
+def parse(data: bytes) -> tuple[list[Any], bytes]:
+    """The whole HTTP/2 frames at the start of ``data``, and what follows them."""
+    out = []
+    while len(data) >= 9:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        if len(data) < 9 + length:
+            break
+        frame.parse_body(memoryview(data[9 : 9 + length]))
+        out.append(frame)
+        data = data[9 + length :]
+    return out, data
+
+
+async def frames_until(reader: asyncio.StreamReader, last: Callable[[Any], bool]) -> list[Any]:
+    """The frames the server writes, read up to the first one ``last`` accepts (whole reads). Frames,
+    not ``h2`` events: ``h2`` takes the first GOAWAY for the end of the connection, and the PING that
+    follows it for a protocol error."""
+    out: list[Any] = []
+    data = b""
+    while not any(last(f) for f in out):
+        chunk = await asyncio.wait_for(reader.read(65536), 5)
+        assert chunk, f"the connection ended after {out}"
+        frames, data = parse(data + chunk)
+        out += frames
+    return out
+
+
+def acknowledgement(ping: PingFrame) -> bytes:
+    ack = PingFrame(0, flags=["ACK"])
+    ack.opaque_data = ping.opaque_data
+    return ack.serialize()
+
+
+async def final_goaway(reader: asyncio.StreamReader) -> GoAwayFrame:
+    """The last frame before the end of stream, which must be the final GOAWAY."""
+    frames, rest = parse(await asyncio.wait_for(reader.read(), 5))
+    assert not rest and isinstance(frames[-1], GoAwayFrame), frames
+    return frames[-1]
+
+
+def test_a_call_sent_before_the_client_read_the_first_goaway_is_answered(run: Callable[[Test], None]) -> None:
+    """A client may send a call while the first GOAWAY is on its way to it. A PING follows that GOAWAY,
+    and the final one waits for its acknowledgement (RFC 9113, section 6.8): the call is taken and
+    answered, where before the final GOAWAY went out at once and left it behind."""
+
     async def test(server: NativeGrpcServer, address: str, seen: Recorder) -> None:
         client, _ = await RawClient.answered_once(address)
-        await asyncio.wait_for(server.stop(30), LINGER_S + 2)  # the linger ends it, not the grace
+        late, request = client.call(send=False)
+        stopping = asyncio.ensure_future(server.stop(5))
+        received = await frames_until(client.reader, lambda f: isinstance(f, PingFrame))
+        goaways = [f for f in received if isinstance(f, GoAwayFrame)]
+        assert [g.last_stream_id for g in goaways] == [2**31 - 1]  # the notice, and it came first
+        assert received.index(goaways[0]) < len(received) - 1
+        client.writer.write(request)  # the call crossed the notice on the wire
+        await asyncio.sleep(0.2)
+        assert not stopping.done()
+        client.writer.write(acknowledgement(received[-1]))
+        rest = await frames_until(client.reader, lambda f: isinstance(f, GoAwayFrame))
+        assert any(f.stream_id == late and "END_STREAM" in f.flags for f in rest)  # answered, trailers
+        assert rest[-1].last_stream_id == late and rest[-1].error_code == 0
+        client.writer.close()
+        await asyncio.wait_for(stopping, LINGER_S + 1)
         assert not server.connections
-        rest = await asyncio.wait_for(client.reader.read(), 5)  # to the end of stream the close sent
-        assert any(isinstance(e, h2.events.ConnectionTerminated) for e in client.h2.receive_data(rest))
+
+    run(test)
+
+
+def test_stop_closes_a_connection_whose_client_never_does(run: Callable[[Test], None]) -> None:
+    async def test(server: NativeGrpcServer, address: str, seen: Recorder) -> None:
+        client, first = await RawClient.answered_once(address)
+        # It acknowledges no PING either: LINGER_S for that, LINGER_S for the close; not the grace.
+        await asyncio.wait_for(server.stop(30), 2 * LINGER_S + 1)
+        assert not server.connections
+        assert (await final_goaway(client.reader)).last_stream_id == first
         client.writer.close()
 
     run(test)
@@ -404,10 +473,9 @@ def test_stop_with_no_grace_left_closes_at_once(run: Callable[[Test], None]) -> 
     """The drain's time is not stretched: with the grace spent, connections close without waiting."""
 
     async def test(server: NativeGrpcServer, address: str, seen: Recorder) -> None:
-        client, _ = await RawClient.answered_once(address)
-        await asyncio.wait_for(server.stop(0), LINGER_S / 2)  # no linger
-        rest = await asyncio.wait_for(client.reader.read(), 5)  # to the end of stream the close sent
-        assert any(isinstance(e, h2.events.ConnectionTerminated) for e in client.h2.receive_data(rest))
+        client, first = await RawClient.answered_once(address)
+        await asyncio.wait_for(server.stop(0), LINGER_S / 2)  # no linger, no wait for the PING's answer
+        assert (await final_goaway(client.reader)).last_stream_id == first
         client.writer.close()
 
     run(test)
