@@ -80,8 +80,8 @@ class NativeGrpcServer:
         self.connections: set[_Connection] = set()
         self._reuse_port = reuse_port
         self._server: asyncio.Server | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._progress = asyncio.Event()
+        self._progress.set()
         self._gone = asyncio.Event()
 
     async def start(self, host: str, port: int) -> int:
@@ -137,10 +137,10 @@ class NativeGrpcServer:
         if not self.connections:
             self._gone.set()
 
-    def call_ended(self) -> None:
+    def drain_progress(self) -> None:
         """A call ended, or a client acknowledged the drain's PING: wakes a stop() waiting for either."""
-        if not self._idle.is_set():
-            self._idle.set()
+        if not self._progress.is_set():
+            self._progress.set()
 
     async def _until(self, done: Callable[[], bool], deadline: float) -> None:
         loop = asyncio.get_running_loop()
@@ -148,10 +148,10 @@ class NativeGrpcServer:
             left = deadline - loop.time()
             if left <= 0:
                 return
-            self._idle.clear()
+            self._progress.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), timeout=left)
-        self._idle.set()  # at rest: call_ended() then costs one check per call
+                await asyncio.wait_for(self._progress.wait(), timeout=left)
+        self._progress.set()  # at rest: drain_progress() then costs one check per call
 
 
 class _Connection(asyncio.Protocol):
@@ -232,7 +232,7 @@ class _Connection(asyncio.Protocol):
                 self._busy(event[1], event[2])
         if self.unacknowledged and not self._session.pings_unacked:
             self.unacknowledged = False
-            self._server.call_ended()
+            self._server.drain_progress()
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -246,7 +246,7 @@ class _Connection(asyncio.Protocol):
         for stream_id in list(self.calls):
             self._cancel(stream_id)
         self._transport = None
-        self._server.call_ended()
+        self._server.drain_progress()
 
     def drain(self) -> None:
         """No new streams past the ones already open (the first GOAWAY); the rest finish. A PING follows
@@ -419,7 +419,7 @@ class _Connection(asyncio.Protocol):
         """End ``call`` now with ``code`` (its task, if any, is cancelled)."""
         self._cancel(call.stream_id)
         self._session.finish(call.stream_id, status_trailers(code, message, call.context.trailing_metadata()))
-        self._server.call_ended()
+        self._server.drain_progress()
 
     def _done(self, call: Call) -> bool:
         """Whether ``call`` still owns its stream; if so, forget it (its answer goes out next)."""
@@ -498,7 +498,7 @@ class _Connection(asyncio.Protocol):
                 self._loop.call_soon(self._flush_deferred)
             return
         self._flush()
-        self._server.call_ended()
+        self._server.drain_progress()
 
     def _flush_deferred(self) -> None:
         self._flush_soon = False

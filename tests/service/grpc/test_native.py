@@ -405,15 +405,14 @@ def test_a_call_sent_before_the_client_read_the_first_goaway_is_answered(run: Ca
         goaways = [f for f in received if isinstance(f, GoAwayFrame)]
         assert [g.last_stream_id for g in goaways] == [2**31 - 1]  # the notice, and it came first
         assert received.index(goaways[0]) < len(received) - 1
-        client.writer.write(request)  # the call crossed the notice on the wire
-        await asyncio.sleep(0.2)
-        assert not stopping.done()
-        client.writer.write(acknowledgement(received[-1]))
+        # The call crossed the notice on the wire; the acknowledgement follows it, as a client that read
+        # the notice after sending the call would write them.
+        client.writer.write(request + acknowledgement(received[-1]))
         rest = await frames_until(client.reader, lambda f: isinstance(f, GoAwayFrame))
         assert any(f.stream_id == late and "END_STREAM" in f.flags for f in rest)  # answered, trailers
         assert rest[-1].last_stream_id == late and rest[-1].error_code == 0
         client.writer.close()
-        await asyncio.wait_for(stopping, LINGER_S + 1)
+        await asyncio.wait_for(stopping, 5)  # within the grace, once the client has closed
         assert not server.connections
 
     run(test)
@@ -422,8 +421,9 @@ def test_a_call_sent_before_the_client_read_the_first_goaway_is_answered(run: Ca
 def test_stop_closes_a_connection_whose_client_never_does(run: Callable[[Test], None]) -> None:
     async def test(server: NativeGrpcServer, address: str, seen: Recorder) -> None:
         client, first = await RawClient.answered_once(address)
-        # It acknowledges no PING either: LINGER_S for that, LINGER_S for the close; not the grace.
-        await asyncio.wait_for(server.stop(30), 2 * LINGER_S + 1)
+        # It acknowledges no PING either: LINGER_S for that and LINGER_S for the close end the stop, not
+        # the grace (30 s).
+        await asyncio.wait_for(server.stop(30), 10)
         assert not server.connections
         assert (await final_goaway(client.reader)).last_stream_id == first
         client.writer.close()
